@@ -1,0 +1,38 @@
+# One entry point per task; each bootstraps the environment from nothing (Python 3.11 + pip).
+SHELL := /bin/bash
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
+RUN := $(UV) run --frozen
+
+.PHONY: setup demo test check fmt bench dictionary ui clean
+
+setup:
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check uv
+	@$(UV) sync --frozen --quiet
+
+demo: setup
+	$(RUN) joor-pipeline demo
+
+test: setup
+	$(RUN) pytest -q
+
+check: setup
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) mypy
+
+fmt: setup
+	$(RUN) ruff check --fix .
+	$(RUN) ruff format .
+
+bench: setup
+	$(RUN) python -m joor_pipeline_tests.bench
+
+dictionary: setup
+	$(RUN) python -m joor_pipeline.flatten.dictionary
+
+ui: setup
+	$(RUN) dagster dev -w workspace.yaml
+
+clean:
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,421 @@
+"""The JOOR API client: authentication, formats, retries, pacing and pagination over one connection pool.
+
+It knows nothing of Dagster or of storage: it yields pages (the exact bytes JOOR sent plus their parsed,
+canonical form) and leaves landing them to the caller.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+from urllib.parse import quote
+
+import httpx
+
+from joor_pipeline.config import JoorSettings, Secret
+from joor_pipeline.joor.errors import (
+    AuthError,
+    JoorApiError,
+    NotFoundError,
+    PaginationError,
+    PayloadError,
+    RetriesExhausted,
+)
+from joor_pipeline.joor.pacing import CreditPacer
+from joor_pipeline.joor.parse import Canonical, Page, parse_page
+from joor_pipeline.joor.shapes import MEDIA_TYPES
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
+SENSITIVE_PARAMS: Final = frozenset(
+    {"token", "api_token", "access_token", "password", "client_secret", "refresh_token", "code"}
+)
+GET_COST: Final = 1
+POST_COST: Final = 5
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try: attempts and total time are both capped; backoff is exponential with full jitter."""
+
+    max_attempts: int = 6
+    max_elapsed: float = 120.0
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+
+    def backoff(self, attempt: int, rng: random.Random) -> float:
+        """Seconds to wait before try ``attempt + 1``."""
+        return rng.uniform(0, min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)))
+
+
+@dataclass
+class ClientStats:
+    """Counters for one client: what was sent, retried and throttled."""
+
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0
+    server_errors: int = 0
+    transport_errors: int = 0
+    token_requests: int = 0
+    bytes_received: int = 0
+
+
+@dataclass(frozen=True)
+class FetchedPage:
+    """One list page: the exact bytes received and their parsed form."""
+
+    index: int
+    start_from: int
+    body: bytes
+    page: Page
+    url: str
+    content_type: str
+
+    @property
+    def log_id(self) -> str | None:
+        return self.page.response.log_id
+
+
+def redact_url(url: httpx.URL | str) -> str:
+    """The URL with any credential-like query value masked."""
+    url = httpx.URL(str(url))
+    if not url.query:
+        return str(url)
+    params = [(k, "***" if k.lower() in SENSITIVE_PARAMS else v) for k, v in url.params.multi_items()]
+    return str(url.copy_with(params=params))
+
+
+def parse_retry_after(value: str | None, *, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now()).total_seconds())
+
+
+class _V4Token:
+    """A cached v4 access token, renewed shortly before it expires (JOOR documents no refresh flow)."""
+
+    def __init__(self) -> None:
+        self.value: Secret | None = None
+        self.renew_at = 0.0
+        self.lock = threading.Lock()
+
+
+class JoorClient:
+    """Talks to one JOOR account (or the sandbox) over a shared httpx connection pool."""
+
+    def __init__(
+        self,
+        settings: JoorSettings,
+        *,
+        retry: RetryPolicy | None = None,
+        pacer: CreditPacer | None = None,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+        max_connections: int = 10,
+    ) -> None:
+        self.settings = settings
+        self.retry = retry or RetryPolicy(max_attempts=settings.max_attempts)
+        self.pacer = pacer or CreditPacer(settings.rate_limit_credits, settings.rate_limit_window)
+        self.stats = ClientStats()
+        self._sleep = sleep
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._token = _V4Token()
+        self._stats_lock = threading.Lock()
+        self._media_type = MEDIA_TYPES[settings.format]
+        self._http = httpx.Client(
+            base_url=settings.base_url,
+            timeout=httpx.Timeout(settings.timeout, connect=min(10.0, settings.timeout)),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            transport=transport,
+            headers={"User-Agent": "joor-pipeline/0.1 (+httpx)"},
+            follow_redirects=False,
+        )
+        self._validate_credentials()
+
+    def _validate_credentials(self) -> None:
+        s = self.settings
+        if s.api_version == "v2" and not s.api_token:
+            raise AuthError("no v2 API token configured (JOOR_API_TOKEN)", url=s.base_url)
+        if s.api_version == "v4" and not all(
+            (s.account_id, s.client_id, s.client_secret, s.username, s.password)
+        ):
+            raise AuthError("incomplete v4 credentials (JOOR_ACCOUNT_ID, JOOR_CLIENT_ID, ...)", url=s.auth_url)
+
+    def __repr__(self) -> str:
+        return f"JoorClient({self.settings.api_version}, {self.settings.target}, format={self.settings.format})"
+
+    def __enter__(self) -> JoorClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    # ---- authentication -------------------------------------------------------------------------------------
+
+    def _auth(self) -> tuple[dict[str, str], dict[str, str]]:
+        """Headers and query parameters that authenticate one API call."""
+        s = self.settings
+        if s.api_version == "v2":
+            assert s.api_token is not None
+            encoded = base64.b64encode(s.api_token.reveal().encode()).decode()
+            return {"Authorization": f"OAuth2 {encoded}"}, {}
+        assert s.account_id is not None
+        return {"Authorization": f"Bearer {self._access_token().reveal()}"}, {"account": s.account_id}
+
+    def _access_token(self) -> Secret:
+        with self._token.lock:
+            if self._token.value is None or time.monotonic() >= self._token.renew_at:
+                self._token.value, expires_in = self._request_token()
+                # Renew with a tenth of the lifetime (at most five minutes) to spare, so no call races expiry.
+                self._token.renew_at = time.monotonic() + expires_in - min(300.0, expires_in / 10)
+            return self._token.value
+
+    def invalidate_token(self) -> None:
+        """Forget the cached v4 token; the next call asks for a new one."""
+        with self._token.lock:
+            self._token.value = None
+
+    def _request_token(self) -> tuple[Secret, float]:
+        s = self.settings
+        assert s.client_secret is not None and s.password is not None
+        fields = {
+            "client_id": s.client_id or "",
+            "client_secret": s.client_secret.reveal(),
+            "grant_type": "password",
+            "username": s.username or "",
+            "password": s.password.reveal(),
+        }
+        # JOOR documents multipart/form-data; (None, value) parts carry no filename.
+        files = {name: (None, value) for name, value in fields.items()}
+        response = self._send("POST", s.auth_url, files=files, cost=POST_COST, authenticate=False)
+        with self._stats_lock:
+            self.stats.token_requests += 1
+        url = redact_url(response.request.url)
+        if response.status_code != 200:
+            detail = _token_error(response)
+            raise AuthError(f"JOOR refused the v4 credentials{detail}", url=url, status=response.status_code)
+        try:
+            answer = response.json()
+            token = str(answer["access_token"])
+            expires_in = float(answer.get("expires_in") or 36000)
+        except (ValueError, KeyError, TypeError):
+            raise PayloadError("token endpoint answer has no access_token", source=url) from None
+        return Secret(token), expires_in
+
+    # ---- transport ------------------------------------------------------------------------------------------
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: dict[str, Any] | None = None,
+        files: dict[str, Any] | None = None,
+        cost: int = GET_COST,
+        authenticate: bool = True,
+    ) -> httpx.Response:
+        """Send with pacing and retries (429, 5xx, transport errors); re-authenticate once on a v4 401."""
+        started = time.monotonic()
+        reauthenticated = False
+        attempt = 0
+        while True:
+            attempt += 1
+            self.pacer.acquire(cost)
+            headers = {"Accept": self._media_type}
+            query = dict(params or {})
+            if authenticate:
+                auth_headers, auth_params = self._auth()
+                headers.update(auth_headers)
+                query.update(auth_params)
+            retry_after: float | None = None
+            with self._stats_lock:
+                self.stats.requests += 1
+            try:
+                response = self._http.request(method, url, params=query or None, headers=headers, files=files)
+            except httpx.TransportError as exc:
+                with self._stats_lock:
+                    self.stats.transport_errors += 1
+                problem = f"{type(exc).__name__}: {exc}"
+                request_url = redact_url(self._http.build_request(method, url, params=query or None).url)
+            else:
+                with self._stats_lock:
+                    self.stats.bytes_received += len(response.content)
+                request_url = redact_url(response.request.url)
+                status = response.status_code
+                if (
+                    status == 401
+                    and authenticate
+                    and self.settings.api_version == "v4"
+                    and not reauthenticated
+                ):
+                    # The token may have been revoked or expired early: one fresh token, one more try.
+                    reauthenticated = True
+                    self.invalidate_token()
+                    log.info("JOOR answered 401 to %s %s; renewing the v4 token once", method, request_url)
+                    attempt -= 1
+                    continue
+                if status not in RETRY_STATUSES:
+                    return response
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                with self._stats_lock:
+                    if status == 429:
+                        self.stats.throttled += 1
+                    else:
+                        self.stats.server_errors += 1
+                if status == 429:
+                    self.pacer.exhausted(retry_after)
+                problem = f"HTTP {status}"
+            elapsed = time.monotonic() - started
+            delay = retry_after if retry_after is not None else self.retry.backoff(attempt, self._rng)
+            if attempt >= self.retry.max_attempts or elapsed + delay > self.retry.max_elapsed:
+                raise RetriesExhausted(
+                    f"{method} {request_url} failed after {attempt} attempt(s) in {elapsed:.1f}s; "
+                    f"last error: {problem}"
+                )
+            with self._stats_lock:
+                self.stats.retries += 1
+            log.warning(
+                "%s %s: %s; retry %d/%d in %.2fs",
+                method,
+                request_url,
+                problem,
+                attempt,
+                self.retry.max_attempts - 1,
+                delay,
+            )
+            self._sleep(delay)
+
+    def _get_page(self, path: str, params: dict[str, Any] | None = None) -> tuple[httpx.Response, Page]:
+        """GET one envelope; turn HTTP errors and non-zero response codes into clear exceptions."""
+        response = self._send("GET", path, params=params)
+        url = redact_url(response.request.url)
+        status = response.status_code
+        if status != 200:
+            page = _try_parse(response, self.settings.format, url)
+            block = page.response if page else None
+            kwargs = {
+                "url": url,
+                "status": status,
+                "code": block.code if block else None,
+                "comment": block.comment if block else None,
+                "log_id": block.log_id if block else None,
+            }
+            if status in (401, 403):
+                raise AuthError("JOOR refused the credentials", **kwargs)  # type: ignore[arg-type]
+            if status == 404:
+                raise NotFoundError("not found", **kwargs)  # type: ignore[arg-type]
+            raise JoorApiError("JOOR request failed", **kwargs)  # type: ignore[arg-type]
+        page = parse_page(response.content, self.settings.format, source=url)
+        if page.response.code != 0:
+            raise JoorApiError(
+                "JOOR answered with an error",
+                url=url,
+                status=status,
+                code=page.response.code,
+                comment=page.response.comment,
+                log_id=page.response.log_id,
+            )
+        return response, page
+
+    # ---- endpoints ------------------------------------------------------------------------------------------
+
+    def iter_connection_pages(self, *, page_size: int | None = None, start_from: int = 0) -> Iterator[FetchedPage]:
+        """Every page of ``GET /v2/connection/``, following ``next_start`` until JOOR says there is no more."""
+        count = page_size or self.settings.page_size
+        index = 0
+        while True:
+            response, page = self._get_page("/v2/connection/", {"start_from": start_from, "count": count})
+            yield FetchedPage(
+                index=index,
+                start_from=start_from,
+                body=response.content,
+                page=page,
+                url=redact_url(response.request.url),
+                content_type=response.headers.get("Content-Type", ""),
+            )
+            next_start = page.response.next_start
+            if not next_start or not page.connections:
+                return
+            if next_start <= start_from:
+                raise PaginationError(
+                    f"next_start {next_start} does not advance past start_from {start_from} "
+                    f"(page {index}, log_id {page.response.log_id}); stopping instead of looping"
+                )
+            expected = start_from + len(page.connections)
+            if next_start != expected:
+                log.warning(
+                    "page %d (log_id %s): next_start %d, but start_from %d + %d connections is %d",
+                    index,
+                    page.response.log_id,
+                    next_start,
+                    start_from,
+                    len(page.connections),
+                    expected,
+                )
+            start_from = next_start
+            index += 1
+
+    def _one(self, path: str) -> Canonical:
+        _, page = self._get_page(path)
+        if len(page.connections) != 1:
+            raise PayloadError(
+                f"expected one connection, got {len(page.connections)}", source=path, log_id=page.response.log_id
+            )
+        return page.connections[0]
+
+    def get_connection_by_customer_code(self, customer_code: str) -> Canonical:
+        """``GET /v2/connection/customer_code/<customer_code>/``."""
+        return self._one(f"/v2/connection/customer_code/{quote(customer_code, safe='')}/")
+
+    def get_connection(self, connection_id: int | str) -> Canonical:
+        """``GET /v2/connection/<connection_id>/`` (the connection's ``customer_account_id``)."""
+        return self._one(f"/v2/connection/{quote(str(connection_id), safe='')}/")
+
+
+def _try_parse(response: httpx.Response, fmt: str, url: str) -> Page | None:
+    """An error answer's envelope when it has one (JOOR may answer errors as JSON whatever was asked)."""
+    for candidate in (fmt, "json" if fmt == "xml" else "xml"):
+        try:
+            return parse_page(response.content, candidate, source=url)
+        except PayloadError:
+            continue
+    return None
+
+
+def _token_error(response: httpx.Response) -> str:
+    try:
+        answer = response.json()
+    except ValueError:
+        return f" (HTTP {response.status_code})"
+    if isinstance(answer, dict):
+        parts = [str(answer[k]) for k in ("error", "error_description") if answer.get(k)]
+        if parts:
+            return f": {' - '.join(parts)}"
+    return f" (HTTP {response.status_code})"

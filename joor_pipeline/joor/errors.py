@@ -1,0 +1,82 @@
+"""Errors raised by the JOOR client and payload parser.
+
+The hierarchy::
+
+    JoorError
+    ├── ConfigError          settings missing or inconsistent (names the environment variable)
+    ├── PayloadError         a body that is not a JOOR envelope (names the page / URL and log_id)
+    ├── JoorApiError         JOOR answered with a non-zero response.code (carries code, comment, log_id, URL)
+    │   └── AuthError        credentials refused (HTTP 401/403 or the token endpoint said no)
+    ├── NotFoundError        the connection asked for does not exist (HTTP 404)
+    ├── PaginationError      next_start did not advance
+    └── RetriesExhausted     429 / 5xx / transport errors outlasted the retry budget
+
+Every message is built from redacted URLs: no token, password or secret ever reaches an exception.
+"""
+
+from __future__ import annotations
+
+
+class JoorError(Exception):
+    """Base class for everything this package raises on purpose."""
+
+
+class ConfigError(JoorError):
+    """Configuration is missing or inconsistent."""
+
+
+class PayloadError(JoorError):
+    """A response body could not be parsed as a JOOR envelope."""
+
+    def __init__(self, message: str, *, source: str, log_id: str | None = None) -> None:
+        self.source = source
+        self.log_id = log_id
+        where = f"{source}" + (f" (log_id {log_id})" if log_id else "")
+        super().__init__(f"{message} in {where}")
+
+
+class JoorApiError(JoorError):
+    """JOOR answered, but with an error: non-zero response.code or an HTTP error status."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str,
+        status: int | None = None,
+        code: int | None = None,
+        comment: str | None = None,
+        log_id: str | None = None,
+    ) -> None:
+        self.url = url
+        self.status = status
+        self.code = code
+        self.comment = comment
+        self.log_id = log_id
+        parts = [message]
+        if status is not None:
+            parts.append(f"HTTP {status}")
+        if code is not None:
+            parts.append(f"response.code {code}")
+        if comment:
+            parts.append(f"comment {comment!r}")
+        if log_id:
+            parts.append(f"log_id {log_id}")
+        parts.append(f"url {url}")
+        super().__init__("; ".join(parts))
+
+
+class AuthError(JoorApiError):
+    """JOOR refused the credentials."""
+
+
+class NotFoundError(JoorApiError):
+    """The requested connection does not exist."""
+
+
+class PaginationError(JoorError):
+    """The list endpoint's cursor did not advance."""
+
+
+class RetriesExhausted(JoorError):
+    """A request kept failing with retryable errors until the retry budget ran out."""

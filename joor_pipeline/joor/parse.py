@@ -1,0 +1,207 @@
+"""Parse JOOR response bodies (JSON or XML) into one canonical Python structure.
+
+The canonical connection is the JSON example's shape (``billing`` / ``shipping`` groups, every list a Python
+list) with every leaf as *text*, exactly as the XML rendering would spell it: ``True``/``False`` for booleans,
+``str(n)`` for integers, ``repr(x)`` for floats, an empty element as ``""``. Typing is the flattener's job, done
+once for both formats, so JSON and XML of the same data parse to identical structures and flatten to identical
+tables. The raw bytes are landed untouched elsewhere; this is a view on them, not a replacement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from xml.etree.ElementTree import Element
+
+import orjson
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import ParseError
+from defusedxml.ElementTree import fromstring as xml_fromstring
+
+from joor_pipeline.joor.errors import PayloadError
+from joor_pipeline.joor.shapes import GROUP_TAGS, LIST_ITEM_TAGS
+
+Leaf = str | None
+Canonical = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ResponseBlock:
+    """JOOR's ``response`` block: status code, paging cursor and the support ``log_id``."""
+
+    code: int
+    comment: str = ""
+    start_from: int | None = None
+    next_start: int | None = None
+    count: int | None = None
+    log_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    """One parsed response: its ``response`` block and its connections in canonical form."""
+
+    response: ResponseBlock
+    connections: list[Canonical] = field(default_factory=list)
+
+
+def leaf_text(value: Any) -> Leaf:
+    """The XML spelling of a JSON scalar."""
+    if isinstance(value, str) or value is None:
+        return value
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    raise TypeError(type(value).__name__)
+
+
+class _ShapeError(Exception):
+    """A JSON value of the wrong kind; parse_json adds the page and log_id."""
+
+
+def _canonical_json(value: Any, key: str) -> Any:
+    if key in LIST_ITEM_TAGS:
+        if value is None or value == "":
+            return []
+        if isinstance(value, dict):
+            # A JSON rendering of the XML shape: {"doors": {"door": [...]}} or a lone object.
+            item = LIST_ITEM_TAGS[key]
+            value = value[item] if set(value) == {item} else [value]
+            if isinstance(value, dict):
+                value = [value]
+        if not isinstance(value, list):
+            raise _ShapeError(f"field {key!r} should be a list, got {type(value).__name__}")
+        return [_canonical_json(item, LIST_ITEM_TAGS[key]) for item in value]
+    if isinstance(value, dict):
+        return {k: _canonical_json(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canonical_json(v, key) for v in value]
+    if key in GROUP_TAGS and value in (None, ""):
+        return {}
+    return leaf_text(value)
+
+
+def _element_value(el: Element) -> Any:
+    tag = el.tag
+    children = list(el)
+    if tag in LIST_ITEM_TAGS:
+        return [_element_value(child) for child in children]
+    if not children:
+        if tag in GROUP_TAGS:
+            return {}
+        return el.text or ""
+    if tag not in GROUP_TAGS and _looks_like_list(tag, children):
+        return [_element_value(child) for child in children]
+    out: dict[str, Any] = {}
+    repeated: set[str] = set()
+    for child in children:
+        value = _element_value(child)
+        if child.tag not in out:
+            out[child.tag] = value
+            continue
+        # An unknown element repeated inside an object: keep every occurrence.
+        if child.tag not in repeated:
+            out[child.tag] = [out[child.tag]]
+            repeated.add(child.tag)
+        out[child.tag].append(value)
+    return out
+
+
+def _looks_like_list(tag: str, children: list[Element]) -> bool:
+    """An unknown wrapper whose children all share the singular of its name is a list."""
+    first = children[0].tag
+    if any(child.tag != first for child in children):
+        return False
+    return len(children) > 1 or tag in (first + "s", first + "es") or (
+        tag.endswith("ies") and first == tag[:-3] + "y"
+    )
+
+
+def _as_int(value: Any, name: str, source: str, log_id: str | None) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise PayloadError(f"response.{name} is not an integer: {value!r}", source=source, log_id=log_id)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise PayloadError(
+            f"response.{name} is not an integer: {value!r}", source=source, log_id=log_id
+        ) from None
+
+
+def _response_block(raw: Any, source: str) -> ResponseBlock:
+    if not isinstance(raw, dict):
+        raise PayloadError("envelope has no 'response' block", source=source)
+    log_id = raw.get("log_id")
+    log_id = None if log_id in (None, "") else str(log_id)
+    code = _as_int(raw.get("code"), "code", source, log_id)
+    if code is None:
+        raise PayloadError("response.code is missing", source=source, log_id=log_id)
+    comment = raw.get("comment")
+    return ResponseBlock(
+        code=code,
+        comment="" if comment is None else str(comment),
+        start_from=_as_int(raw.get("start_from"), "start_from", source, log_id),
+        next_start=_as_int(raw.get("next_start"), "next_start", source, log_id),
+        count=_as_int(raw.get("count"), "count", source, log_id),
+        log_id=log_id,
+    )
+
+
+def _connections(items: Any, response: ResponseBlock, source: str) -> list[Canonical]:
+    if not isinstance(items, list):
+        raise PayloadError("'connections' is not a list", source=source, log_id=response.log_id)
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise PayloadError(
+                f"connection #{index} is a {type(item).__name__}, not an object",
+                source=source,
+                log_id=response.log_id,
+            )
+    return items
+
+
+def parse_json(body: bytes, *, source: str = "<response>") -> Page:
+    """Parse a JSON envelope, with or without an outer ``connections`` wrapper."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise PayloadError(f"invalid JSON ({exc})", source=source) from None
+    if not isinstance(doc, dict):
+        raise PayloadError(f"top level is a {type(doc).__name__}, not an object", source=source)
+    if "response" not in doc and isinstance(doc.get("connections"), dict):
+        doc = doc["connections"]
+    response = _response_block(doc.get("response"), source)
+    try:
+        connections = _canonical_json(doc.get("connections"), "connections")
+    except _ShapeError as exc:
+        raise PayloadError(str(exc), source=source, log_id=response.log_id) from None
+    return Page(response, _connections(connections, response, source))
+
+
+def parse_xml(body: bytes, *, source: str = "<response>") -> Page:
+    """Parse an XML envelope (``<connections><response/><connections>...</connections></connections>``)."""
+    try:
+        root = xml_fromstring(body)
+    except (ParseError, DefusedXmlException) as exc:
+        raise PayloadError(f"invalid XML ({type(exc).__name__}: {exc})", source=source) from None
+    if root.tag != "connections":
+        raise PayloadError(f"root element is <{root.tag}>, expected <connections>", source=source)
+    response_el = root.find("response")
+    response = _response_block(_element_value(response_el) if response_el is not None else None, source)
+    inner = root.find("connections")
+    connections = [] if inner is None else [_element_value(child) for child in inner]
+    return Page(response, _connections(connections, response, source))
+
+
+def parse_page(body: bytes, fmt: str, *, source: str = "<response>") -> Page:
+    """Parse one response body of the given format (``json`` or ``xml``)."""
+    if fmt == "json":
+        return parse_json(body, source=source)
+    if fmt == "xml":
+        return parse_xml(body, source=source)
+    raise ValueError(f"unknown format {fmt!r}; expected 'json' or 'xml'")

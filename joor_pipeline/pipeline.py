@@ -1,0 +1,139 @@
+"""The operations the CLI and the Dagster assets share: connect to JOOR (or the built-in sandbox) and fetch.
+
+Each function takes plain settings and paths and returns a report; neither knows who called it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from joor_pipeline import __version__
+from joor_pipeline.config import JoorSettings, Secret
+from joor_pipeline.joor.client import ClientStats, JoorClient
+from joor_pipeline.storage.raw import open_raw_snapshot, raw_snapshot_dir
+
+log = logging.getLogger(__name__)
+
+FetchProgress = Callable[[int, int], None]
+"""Called after each landed page with (pages so far, connections so far)."""
+
+
+@contextmanager
+def connect(settings: JoorSettings, **client_options: Any) -> Iterator[JoorClient]:
+    """A client for the configured JOOR; with nothing configured, for a built-in sandbox started here."""
+    if not settings.builtin_sandbox:
+        with JoorClient(settings, **client_options) as client:
+            yield client
+        return
+
+    from joor_pipeline.sandbox import SandboxConfig, run_sandbox
+
+    config = SandboxConfig(connections=settings.sandbox_connections, seed=settings.sandbox_seed)
+    with run_sandbox(config) as sandbox:
+        log.info(
+            "no JOOR credentials or JOOR_BASE_URL configured: using the built-in sandbox at %s (%d connections)",
+            sandbox.base_url,
+            config.connections,
+        )
+        local = settings.with_endpoint(
+            sandbox.base_url,
+            sandbox.auth_url,
+            api_token=Secret(config.api_token),
+            account_id=config.account_id,
+            client_id=config.client_id,
+            client_secret=Secret(config.client_secret),
+            username=config.username,
+            password=Secret(config.password),
+        )
+        with JoorClient(local, **client_options) as client:
+            yield client
+
+
+@dataclass
+class FetchReport:
+    """What one fetch landed and how it went."""
+
+    snapshot_date: date
+    path: Path
+    pages: int
+    connections: int
+    log_ids: list[str]
+    format: str
+    api_version: str
+    source: str
+    started_at: datetime
+    finished_at: datetime
+    stats: ClientStats
+    manifest: dict[str, Any] = field(repr=False)
+
+    @property
+    def duration_seconds(self) -> float:
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+def fetch_snapshot(
+    client: JoorClient,
+    data_dir: Path,
+    snapshot_date: date,
+    *,
+    progress: FetchProgress | None = None,
+) -> FetchReport:
+    """Land every connection page for ``snapshot_date``, replacing that snapshot atomically."""
+    settings = client.settings
+    started_at = datetime.now(UTC)
+    clock = time.monotonic()
+    connections = 0
+    log_ids: list[str] = []
+    with open_raw_snapshot(data_dir, snapshot_date, settings.format) as writer:
+        for fetched in client.iter_connection_pages():
+            count = len(fetched.page.connections)
+            writer.add_page(
+                fetched.index,
+                fetched.body,
+                log_id=fetched.log_id,
+                connections=count,
+                start_from=fetched.start_from,
+                url=fetched.url,
+            )
+            connections += count
+            if fetched.log_id:
+                log_ids.append(fetched.log_id)
+            if progress is not None:
+                progress(len(writer.pages), connections)
+        finished_at = datetime.now(UTC)
+        stats = client.stats
+        manifest = writer.commit(
+            {
+                "api_version": settings.api_version,
+                "source": settings.target,
+                "page_size": settings.page_size,
+                "fetch_started_at": started_at.isoformat(),
+                "fetch_finished_at": finished_at.isoformat(),
+                "fetch_seconds": round(time.monotonic() - clock, 3),
+                "requests": stats.requests,
+                "retries": stats.retries,
+                "throttled": stats.throttled,
+                "joor_pipeline_version": __version__,
+            }
+        )
+    return FetchReport(
+        snapshot_date=snapshot_date,
+        path=raw_snapshot_dir(data_dir, snapshot_date),
+        pages=len(writer.pages),
+        connections=connections,
+        log_ids=log_ids,
+        format=settings.format,
+        api_version=settings.api_version,
+        source=settings.target,
+        started_at=started_at,
+        finished_at=finished_at,
+        stats=stats,
+        manifest=manifest,
+    )

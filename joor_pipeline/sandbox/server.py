@@ -1,0 +1,770 @@
+"""A JOOR API emulator over real HTTP: v2 connection endpoints, the v4 token endpoint, metering and faults.
+
+It answers the way JOOR documents (and, where JOOR is silent, the way the project's notes assume): an envelope
+with a ``response`` block on every v2 answer, content negotiation that refuses requests without a supported
+``Accept``, OAuth2 (v2 token) or Bearer + ``account`` (v4) authentication, and a per-account fixed window of
+credits past which it answers 429. Faults (latency, scripted or random 5xx/429, dropped and truncated
+responses, non-advancing cursors, JOOR-level error codes) let clients prove their retry and paging logic
+against real sockets. The server is the stdlib's ``ThreadingHTTPServer``; nothing here imports Dagster.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import hmac
+import math
+import random
+import re
+import secrets
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from email.message import Message
+from email.parser import BytesParser
+from email.policy import HTTP
+from email.utils import collapse_rfc2231_value
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Final
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from joor_pipeline.sandbox.data import generate_connections
+from joor_pipeline.sandbox.render import JSON_CONTENT_TYPE, XML_CONTENT_TYPE, render, render_json
+
+SCRIPT_ENTRIES: Final = frozenset({"500", "502", "503", "429", "drop", "truncate", "garbage", "ok"})
+RANDOM_ERROR_STATUSES: Final = (503, 500, 502)
+GARBAGE_BODY: Final = b"upstream hiccup: <<this is neither JSON nor XML"
+MAX_BODY_BYTES: Final = 1 << 20
+REFRESH_EXPIRES_IN: Final = 1800
+
+_DIGITS = re.compile(r"\d+")
+_SIGNED_DIGITS = re.compile(r"-?\d+")
+_STATUS_ENTRY = re.compile(r"[45]\d\d")
+
+
+@dataclass
+class Faults:
+    """Faults injected into API requests (``/v2`` and ``/auth``); all off by default, mutable while serving."""
+
+    latency_ms: float = 0.0
+    error_rate: float = 0.0
+    rate_limit_storm: int = 0
+    drop_rate: float = 0.0
+    truncate_rate: float = 0.0
+    script: list[str] = field(default_factory=list)
+    stuck_pagination: bool = False
+    error_code: int | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [entry for entry in self.script if not _valid_script_entry(entry)]
+        if unknown:
+            raise ValueError(f"unknown fault script entries {unknown}; expected {sorted(SCRIPT_ENTRIES)}")
+
+
+def _valid_script_entry(entry: str) -> bool:
+    # Any 4xx/5xx status is accepted too, beyond the documented ones, so a test can ask for e.g. a 504.
+    return entry in SCRIPT_ENTRIES or bool(_STATUS_ENTRY.fullmatch(entry))
+
+
+@dataclass
+class SandboxConfig:
+    """How the sandbox behaves: dataset, credentials, metering and faults."""
+
+    connections: int = 250
+    seed: int = 7
+    host: str = "127.0.0.1"
+    port: int = 0
+    api_token: str = "sandbox-token"
+    account_id: str = "24180"
+    client_id: str = "sandbox-client"
+    client_secret: str = "sandbox-client-secret"
+    username: str = "sandbox-user"
+    password: str = "sandbox-password"
+    token_ttl: int = 36000
+    rate_limit_credits: int = 300
+    rate_limit_window: float = 300.0
+    retry_after: bool = True
+    default_page_size: int = 50
+    max_page_size: int = 1000
+    faults: Faults = field(default_factory=Faults)
+
+
+@dataclass
+class SandboxStats:
+    """Counters of what the sandbox served; read them after the client is done."""
+
+    requests: int = 0
+    by_status: dict[int, int] = field(default_factory=dict)
+    credits_used: int = 0
+    throttled: int = 0
+    tokens_issued: int = 0
+    max_concurrent: int = 0
+    dropped: int = 0
+    in_flight: int = 0
+
+
+class Sandbox:
+    """A running emulator: binds on construction and serves from a daemon thread until ``close()``."""
+
+    def __init__(self, config: SandboxConfig, *, connections: list[dict[str, Any]] | None = None) -> None:
+        self.config = config
+        self.connections: list[dict[str, Any]] = (
+            connections if connections is not None else generate_connections(config.connections, config.seed)
+        )
+        self.stats = SandboxStats()
+        self._lock = threading.Lock()
+        self._by_code = {str(c["customer_code"]): c for c in self.connections}
+        self._by_id = {_id_key(c["customer_account_id"]): c for c in self.connections}
+        self._tokens: dict[str, float] = {}
+        self._window_start: float | None = None
+        self._window_used = 0
+        self._fault_rng = random.Random(config.seed)
+        self._log_rng = random.Random(f"log_id:{config.seed}")
+        self._closed = False
+        self._server = _Server((config.host, config.port), self)
+        self.base_url = f"http://{self._server.server_name}:{self._server.server_port}"
+        self.auth_url = f"{self.base_url}/auth/"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="joor-sandbox", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def faults(self) -> Faults:
+        """The live fault settings; mutate them (or assign new ones) while the server runs."""
+        return self.config.faults
+
+    @faults.setter
+    def faults(self, value: Faults) -> None:
+        with self._lock:
+            self.config.faults = value
+
+    def revoke_tokens(self) -> None:
+        """Invalidate every v4 access token issued so far."""
+        with self._lock:
+            self._tokens.clear()
+
+    def reset_stats(self) -> None:
+        """Zero the counters, in place, so references to ``stats`` stay valid."""
+        with self._lock:
+            in_flight = self.stats.in_flight
+            for f in dataclasses.fields(SandboxStats):
+                setattr(self.stats, f.name, {} if f.name == "by_status" else 0)
+            self.stats.in_flight = in_flight
+            self.stats.max_concurrent = in_flight
+
+    def close(self) -> None:
+        """Stop serving, hang up on idle keep-alive connections and release the port."""
+        if self._closed:
+            return
+        self._closed = True
+        self._server.shutdown()
+        self._server.server_close()
+        self._server.hang_up_all()
+        self._thread.join()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # --- bookkeeping used by the handler threads -------------------------------------------------------------
+
+    def _enter(self) -> None:
+        with self._lock:
+            self.stats.requests += 1
+            self.stats.in_flight += 1
+            self.stats.max_concurrent = max(self.stats.max_concurrent, self.stats.in_flight)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.stats.in_flight -= 1
+
+    def _record(self, status: int) -> None:
+        with self._lock:
+            self.stats.by_status[int(status)] = self.stats.by_status.get(int(status), 0) + 1
+            if status == HTTPStatus.TOO_MANY_REQUESTS:
+                self.stats.throttled += 1
+
+    def _record_drop(self) -> None:
+        with self._lock:
+            self.stats.dropped += 1
+
+    def _log_id(self) -> str:
+        with self._lock:
+            return str(uuid.UUID(int=self._log_rng.getrandbits(128), version=4))
+
+    def _next_fault(self, connection_get: bool) -> str | None:
+        """The fault for this request, consuming script entries and storm budget; None to serve normally."""
+        faults = self.config.faults
+        if faults.latency_ms > 0:
+            time.sleep(faults.latency_ms / 1000)
+        with self._lock:
+            if faults.script:
+                # A script entry decides the request on its own, "ok" included: scripts must be exact.
+                entry = faults.script.pop(0)
+                return None if entry == "ok" else entry
+            if faults.rate_limit_storm > 0:
+                faults.rate_limit_storm -= 1
+                return "429"
+            rng = self._fault_rng
+            if faults.drop_rate > 0 and rng.random() < faults.drop_rate:
+                return "drop"
+            if faults.truncate_rate > 0 and rng.random() < faults.truncate_rate:
+                return "truncate"
+            if connection_get and faults.error_rate > 0 and rng.random() < faults.error_rate:
+                return str(rng.choice(RANDOM_ERROR_STATUSES))
+        return None
+
+    def _authenticate(self, authorization: str | None, account: str | None) -> bool:
+        """A v2 token (``OAuth2 <base64>``) or a live v4 token (``Bearer``) with the right ``account``."""
+        if not authorization:
+            return False
+        scheme, _, credential = authorization.strip().partition(" ")
+        credential = credential.strip()
+        if scheme.lower() == "oauth2":
+            try:
+                decoded = base64.b64decode(credential, validate=True)
+            except (binascii.Error, ValueError):
+                return False
+            return hmac.compare_digest(decoded, self.config.api_token.encode("utf-8"))
+        if scheme.lower() == "bearer":
+            if account is None or not _same(account, self.config.account_id):
+                return False
+            with self._lock:
+                expiry = self._tokens.get(credential)
+            return expiry is not None and time.monotonic() < expiry
+        return False
+
+    def _spend(self, cost: int) -> float | None:
+        """Charge the account ``cost`` credits; None when allowed, else the seconds until its window resets."""
+        config = self.config
+        now = time.monotonic()
+        with self._lock:
+            if config.rate_limit_credits <= 0:
+                self.stats.credits_used += cost
+                return None
+            if self._window_start is None or now >= self._window_start + config.rate_limit_window:
+                self._window_start = now
+                self._window_used = 0
+            if self._window_used + cost > config.rate_limit_credits:
+                return self._window_start + config.rate_limit_window - now
+            self._window_used += cost
+            self.stats.credits_used += cost
+            return None
+
+    def _issue_token(self) -> dict[str, Any]:
+        token = secrets.token_hex(32)
+        now = time.monotonic()
+        with self._lock:
+            # Forget expired tokens so a long benchmark does not grow the table without bound.
+            for stale in [t for t, expiry in self._tokens.items() if expiry <= now]:
+                del self._tokens[stale]
+            self._tokens[token] = now + self.config.token_ttl
+            self.stats.tokens_issued += 1
+        return {
+            "access_token": token,
+            "expires_in": self.config.token_ttl,
+            "refresh_token": secrets.token_hex(32),
+            "refresh_expires_in": REFRESH_EXPIRES_IN,
+            "token_type": "Bearer",
+            "scope": "profile email",
+            "not-before-policy": 0,
+            "session_state": str(uuid.uuid4()),
+        }
+
+    def _find_by_code(self, code: str) -> dict[str, Any] | None:
+        return self._by_code.get(code)
+
+    def _find_by_id(self, raw: str) -> dict[str, Any] | None:
+        if not _SIGNED_DIGITS.fullmatch(raw):
+            return None
+        return self._by_id.get(str(int(raw)))
+
+
+def _id_key(value: Any) -> str:
+    """Lookup key of a customer_account_id, which may arrive as an int or a numeric string."""
+    text = str(value)
+    return str(int(text)) if _SIGNED_DIGITS.fullmatch(text) else text
+
+
+def _same(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer that knows its sandbox and can hang up on every open connection."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], sandbox: Sandbox) -> None:
+        self.sandbox = sandbox
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the host's FQDN, a DNS round trip a loopback server does not need.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = host.decode() if isinstance(host, bytes) else str(host)
+        self.server_port = int(port)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def hang_up_all(self) -> None:
+        """Shut down every open client socket so idle keep-alive handler threads exit now."""
+        with self._open_lock:
+            sockets = list(self._open)
+        for sock in sockets:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients hanging up mid-response (timeouts, dropped pools) are normal here, not worth a traceback.
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            return
+        super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """One request: route, apply faults, negotiate, authenticate, meter, answer."""
+
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    server_version = "JOORSandbox/1.0"
+    sys_version = ""
+    # Idle keep-alive connections are closed after this many seconds of silence.
+    timeout = 60
+    # Headers and body leave in one segment, with Nagle off: split small writes cost 40 ms of delayed ACK each.
+    wbufsize = 1 << 16
+    disable_nagle_algorithm = True
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Stay quiet: tests and benchmarks read stats, not access logs."""
+
+    def do_GET(self) -> None:
+        """Dispatch."""
+        self._dispatch()
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = do_GET
+
+    # --- plumbing --------------------------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        sandbox = self.server.sandbox
+        sandbox._enter()
+        try:
+            self._truncate = False
+            self._format: str | None = None
+            body = self._read_body()
+            if body is None:
+                return
+            self._handle(sandbox, body)
+        finally:
+            sandbox._leave()
+
+    def _read_body(self) -> bytes | None:
+        """The request body, or None once a 413/400 has been sent."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self._read_chunked()
+        length_header = self.headers.get("Content-Length")
+        if not length_header:
+            return b""
+        if not _DIGITS.fullmatch(length_header.strip()):
+            self.close_connection = True
+            self._send_json(HTTPStatus.BAD_REQUEST, {"error": "invalid_request"})
+            return None
+        length = int(length_header)
+        if length > MAX_BODY_BYTES:
+            self.close_connection = True
+            self._send_json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "invalid_request"})
+            return None
+        return self.rfile.read(length)
+
+    def _read_chunked(self) -> bytes | None:
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            size_line = self.rfile.readline(65537).split(b";", 1)[0].strip()
+            try:
+                size = int(size_line, 16)
+            except ValueError:
+                size = -1
+            if size < 0 or total + size > MAX_BODY_BYTES:
+                self.close_connection = True
+                self._send_json(HTTPStatus.BAD_REQUEST, {"error": "invalid_request"})
+                return None
+            if size == 0:
+                while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                    pass
+                return b"".join(chunks)
+            chunks.append(self.rfile.read(size))
+            total += size
+            self.rfile.readline(65537)
+
+    def _send(self, status: int, body: bytes, content_type: str, headers: Mapping[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body[: len(body) // 2] if self._truncate else body)
+        self.server.sandbox._record(status)
+        if self._truncate:
+            self._hang_up()
+
+    def _send_json(self, status: int, document: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> None:
+        self._send(status, render_json(document), JSON_CONTENT_TYPE, headers)
+
+    def _send_envelope(
+        self, status: int, document: Mapping[str, Any], headers: Mapping[str, str] | None = None
+    ) -> None:
+        body, content_type = render(document, self._format or "json")
+        self._send(status, body, content_type, headers)
+
+    def _send_error_envelope(
+        self, status: int, code: int, comment: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        log_id = self.server.sandbox._log_id()
+        self._send_envelope(status, {"response": {"code": code, "comment": comment, "log_id": log_id}}, headers)
+
+    def _hang_up(self) -> None:
+        """Close the socket now, whatever has (not) been written."""
+        self.close_connection = True
+        with suppress(OSError):
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    # --- the API ---------------------------------------------------------------------------------------------
+
+    def _handle(self, sandbox: Sandbox, body: bytes) -> None:
+        split = urlsplit(self.path)
+        # Split before decoding, so a customer code holding an encoded "/" stays one segment.
+        segments = [unquote(s) for s in split.path.split("/") if s]
+        query = {k: v[0] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
+        if segments == ["auth"]:
+            self._handle_auth(sandbox, body)
+        elif segments[:1] == ["v2"]:
+            self._handle_v2(sandbox, segments[1:], query)
+        else:
+            self._send_json(HTTPStatus.NOT_FOUND, {"response": {"code": 404, "comment": "Not found"}})
+
+    def _apply_fault(self, sandbox: Sandbox, connection_get: bool, auth_endpoint: bool) -> bool:
+        """Act on an injected fault; True when the request has been answered (or hung up on)."""
+        fault = sandbox._next_fault(connection_get)
+        if fault is None:
+            return False
+        if fault == "drop":
+            sandbox._record_drop()
+            self._hang_up()
+            return True
+        if fault == "truncate":
+            self._truncate = True
+            return False
+        if fault == "garbage":
+            content_type = XML_CONTENT_TYPE if self._format == "xml" and not auth_endpoint else JSON_CONTENT_TYPE
+            self._send(HTTPStatus.OK, GARBAGE_BODY, content_type)
+            return True
+        if not _STATUS_ENTRY.fullmatch(fault):
+            self._send_json(
+                HTTPStatus.INTERNAL_SERVER_ERROR,
+                {"response": {"code": 500, "comment": "Unknown sandbox fault script entry"}},
+            )
+            return True
+        status = int(fault)
+        phrase = _phrase(status)
+        # Injected 429s ask for a short pause: a real window reset would stall tests for minutes.
+        headers = self._throttle_headers(1.0) if status == HTTPStatus.TOO_MANY_REQUESTS else None
+        if auth_endpoint:
+            self._send_json(status, {"error": "temporarily_unavailable", "error_description": phrase}, headers)
+        else:
+            self._send_error_envelope(status, status, phrase, headers)
+        return True
+
+    def _throttle_headers(self, seconds_left: float) -> dict[str, str]:
+        headers = {"X-Throttling-Account-Id": self.server.sandbox.config.account_id}
+        if self.server.sandbox.config.retry_after:
+            headers["Retry-After"] = str(max(1, math.ceil(seconds_left)))
+        return headers
+
+    def _handle_v2(self, sandbox: Sandbox, segments: list[str], query: dict[str, str]) -> None:
+        config = sandbox.config
+        self._format = negotiate(self.headers.get("Accept"), query.get("return_format"))
+        route = _v2_route(segments)
+        if self._apply_fault(sandbox, connection_get=route is not None and self.command == "GET", auth_endpoint=False):
+            return
+        if route is None:
+            self._send_error_envelope(HTTPStatus.NOT_FOUND, 404, "Not found")
+            return
+        if self.command != "GET":
+            self._send_error_envelope(HTTPStatus.METHOD_NOT_ALLOWED, 405, "Method not allowed", {"Allow": "GET"})
+            return
+        if self._format is None:
+            self._send_json(
+                HTTPStatus.NOT_ACCEPTABLE,
+                {
+                    "response": {
+                        "code": 406,
+                        "comment": "Calls made without the content MIME type are not processed",
+                        "log_id": sandbox._log_id(),
+                    }
+                },
+            )
+            return
+        if not sandbox._authenticate(self.headers.get("Authorization"), query.get("account")):
+            self._send_error_envelope(HTTPStatus.UNAUTHORIZED, 401, "Invalid authentication credentials")
+            return
+        seconds_left = sandbox._spend(1)
+        if seconds_left is not None:
+            self._send_error_envelope(
+                HTTPStatus.TOO_MANY_REQUESTS,
+                429,
+                "Rate limit exceeded",
+                self._throttle_headers(seconds_left),
+            )
+            return
+        kind, argument = route
+        if kind == "list":
+            self._list(sandbox, query)
+            return
+        if config.faults.error_code is not None:
+            self._joor_error(sandbox, config.faults.error_code)
+            return
+        found = sandbox._find_by_code(argument) if kind == "code" else sandbox._find_by_id(argument)
+        if found is None:
+            self._send_error_envelope(HTTPStatus.NOT_FOUND, 404, "Connection not found")
+            return
+        self._send_envelope(HTTPStatus.OK, _page_document(0, 0, "1", sandbox._log_id(), [found]))
+
+    def _joor_error(self, sandbox: Sandbox, code: int) -> None:
+        """HTTP 200 carrying a JOOR-level failure in ``response.code``."""
+        self._send_error_envelope(HTTPStatus.OK, code, f"Sandbox injected JOOR error {code}")
+
+    def _list(self, sandbox: Sandbox, query: dict[str, str]) -> None:
+        config = sandbox.config
+        start_from = _non_negative(query.get("start_from"), 0)
+        count = _non_negative(query.get("count"), config.default_page_size)
+        if start_from is None or count is None or count == 0:
+            bad = "start_from" if start_from is None else "count"
+            self._send_error_envelope(
+                HTTPStatus.BAD_REQUEST, 400, f"Invalid {bad}: expected a non-negative integer (count >= 1)"
+            )
+            return
+        if config.faults.error_code is not None:
+            self._joor_error(sandbox, config.faults.error_code)
+            return
+        count = min(count, config.max_page_size)
+        total = len(sandbox.connections)
+        page = sandbox.connections[start_from : start_from + count]
+        end = start_from + len(page)
+        next_start = end if page and end < total else 0
+        if config.faults.stuck_pagination and start_from > 0:
+            # A cursor echoed back at offset 0 would read as "last page", so the first page still advances.
+            next_start = start_from
+        document = _page_document(start_from, next_start, str(total), sandbox._log_id(), page)
+        self._send_envelope(HTTPStatus.OK, document)
+
+    def _handle_auth(self, sandbox: Sandbox, body: bytes) -> None:
+        config = sandbox.config
+        if self._apply_fault(sandbox, connection_get=False, auth_endpoint=True):
+            return
+        if self.command != "POST":
+            self._send_json(
+                HTTPStatus.METHOD_NOT_ALLOWED,
+                {"error": "invalid_request", "error_description": "HTTP method not allowed"},
+                {"Allow": "POST"},
+            )
+            return
+        form = parse_form(self.headers.get("Content-Type", ""), body)
+        if form is None:
+            self._oauth_error(HTTPStatus.BAD_REQUEST, "invalid_request", "Unsupported content type")
+            return
+        for name in ("grant_type", "client_id", "client_secret", "username", "password"):
+            if not form.get(name):
+                self._oauth_error(HTTPStatus.BAD_REQUEST, "invalid_request", f"Missing form parameter: {name}")
+                return
+        if form["grant_type"] != "password":
+            self._oauth_error(HTTPStatus.BAD_REQUEST, "unsupported_grant_type", "Unsupported grant_type")
+            return
+        if not (_same(form["client_id"], config.client_id) & _same(form["client_secret"], config.client_secret)):
+            self._oauth_error(HTTPStatus.UNAUTHORIZED, "invalid_client", "Invalid client credentials")
+            return
+        if not (_same(form["username"], config.username) & _same(form["password"], config.password)):
+            self._oauth_error(HTTPStatus.UNAUTHORIZED, "invalid_grant", "Invalid user credentials")
+            return
+        seconds_left = sandbox._spend(5)
+        if seconds_left is not None:
+            self._send_json(
+                HTTPStatus.TOO_MANY_REQUESTS,
+                {"error": "too_many_requests", "error_description": "Rate limit exceeded"},
+                self._throttle_headers(seconds_left),
+            )
+            return
+        self._send_json(HTTPStatus.OK, sandbox._issue_token(), {"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+    def _oauth_error(self, status: int, error: str, description: str) -> None:
+        self._send_json(status, {"error": error, "error_description": description})
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _v2_route(segments: list[str]) -> tuple[str, str] | None:
+    """``("list", "")``, ``("code", customer_code)``, ``("id", connection_id)`` or None for an unknown path."""
+    if segments == ["connection"]:
+        return ("list", "")
+    if len(segments) == 3 and segments[:2] == ["connection", "customer_code"]:
+        return ("code", segments[2])
+    if len(segments) == 2 and segments[0] == "connection":
+        return ("id", segments[1])
+    return None
+
+
+def _non_negative(raw: str | None, default: int) -> int | None:
+    """A query integer; the default when absent, None when malformed."""
+    if raw is None:
+        return default
+    raw = raw.strip()
+    return int(raw) if _DIGITS.fullmatch(raw) else None
+
+
+def _page_document(
+    start_from: int, next_start: int, count: str, log_id: str, connections: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "response": {
+            "code": 0,
+            "comment": "",
+            "start_from": start_from,
+            "next_start": next_start,
+            "count": count,
+            "log_id": log_id,
+        },
+        "connections": connections,
+    }
+
+
+def negotiate(accept: str | None, return_format: str | None) -> str | None:
+    """``"json"``, ``"xml"`` or None (answer 406): ``return_format`` wins, else the best supported Accept."""
+    if return_format and return_format.strip().lower() in ("json", "xml"):
+        return return_format.strip().lower()
+    if not accept:
+        return None
+    ranked: list[tuple[float, int, str]] = []
+    for position, media_range in enumerate(accept.split(",")):
+        media, *params = (p.strip() for p in media_range.split(";"))
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if quality > 0:
+            ranked.append((-quality, position, media.lower()))
+    for _, _, media in sorted(ranked):
+        if media == "application/json":
+            return "json"
+        if media in ("application/xml", "text/xml"):
+            return "xml"
+    return None
+
+
+def parse_form(content_type: str, body: bytes) -> dict[str, str] | None:
+    """Fields of a multipart/form-data or url-encoded body (first value wins); None for other types."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/x-www-form-urlencoded":
+        text = body.decode("utf-8", "replace")
+        return {k: v[0] for k, v in parse_qs(text, keep_blank_values=True).items()}
+    if media != "multipart/form-data":
+        return None
+    head = b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n"
+    message = BytesParser(policy=HTTP).parsebytes(head + body)
+    fields: dict[str, str] = {}
+    if not message.is_multipart():
+        return fields
+    for part in message.get_payload():
+        if not isinstance(part, Message):
+            continue
+        name = part.get_param("name", header="content-disposition")
+        if name is None:
+            continue
+        key = collapse_rfc2231_value(name)
+        payload = part.get_payload(decode=True)
+        value = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+        fields.setdefault(key, value)
+    return fields
+
+
+def _configure(config: SandboxConfig | None, overrides: dict[str, Any]) -> SandboxConfig:
+    if config is None:
+        return SandboxConfig(**overrides)
+    return dataclasses.replace(config, **overrides) if overrides else config
+
+
+def start_sandbox(config: SandboxConfig | None = None, **overrides: Any) -> Sandbox:
+    """Start a sandbox in a background thread; the caller must ``close()`` it."""
+    return Sandbox(_configure(config, overrides))
+
+
+@contextmanager
+def run_sandbox(config: SandboxConfig | None = None, **overrides: Any) -> Iterator[Sandbox]:
+    """Serve for the duration of the ``with`` block."""
+    sandbox = start_sandbox(config, **overrides)
+    try:
+        yield sandbox
+    finally:
+        sandbox.close()
+
+
+def serve_forever(config: SandboxConfig | None = None, **overrides: Any) -> None:
+    """Serve until Ctrl-C or SIGTERM, for the standalone sandbox process."""
+    sandbox = start_sandbox(config, **overrides)
+    print(
+        f"JOOR sandbox listening on {sandbox.base_url} "
+        f"({sandbox.config.connections} connections, seed {sandbox.config.seed})",
+        flush=True,
+    )
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    # SIGTERM takes the same clean path as Ctrl-C, so a supervisor's stop releases the port too.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if in_main_thread else None
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sandbox.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

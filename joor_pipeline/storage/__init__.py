@@ -1,0 +1,1 @@
+"""Storage: the raw landing zone (``raw``), atomic directory swaps (``atomic``) and partitioned Parquet."""

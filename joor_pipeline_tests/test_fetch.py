@@ -1,0 +1,192 @@
+"""Raw landing: pages byte for byte, the manifest last, atomic replacement, and no secret anywhere."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from datetime import date
+from pathlib import Path
+
+import httpx
+import pytest
+
+from joor_pipeline.cli import main
+from joor_pipeline.joor.client import JoorClient, RetryPolicy
+from joor_pipeline.joor.errors import JoorError, RetriesExhausted
+from joor_pipeline.pipeline import fetch_snapshot
+from joor_pipeline.sandbox import run_sandbox
+from joor_pipeline.storage.raw import MANIFEST_NAME, raw_snapshot_dir, read_manifest
+from joor_pipeline_tests.conftest import sandbox_settings
+
+DAY = date(2026, 11, 2)
+
+
+@pytest.mark.parametrize("fmt", ["json", "xml"])
+def test_pages_are_landed_exactly_as_received(sandbox, tmp_path: Path, fmt: str) -> None:
+    settings = sandbox_settings(sandbox, fmt=fmt, page_size=50)
+    with JoorClient(settings) as client:
+        report = fetch_snapshot(client, tmp_path, DAY)
+    directory = raw_snapshot_dir(tmp_path, DAY)
+    assert report.path == directory
+    assert sorted(p.name for p in directory.iterdir()) == [
+        MANIFEST_NAME, f"page-00000.{fmt}", f"page-00001.{fmt}", f"page-00002.{fmt}"
+    ]
+    token = base64.b64encode(sandbox.config.api_token.encode()).decode()
+    accept = {"json": "application/json", "xml": "application/xml"}[fmt]
+    with httpx.Client(base_url=sandbox.base_url, headers={"Authorization": f"OAuth2 {token}", "Accept": accept}) as h:
+        direct = h.get("/v2/connection/", params={"start_from": 50, "count": 50}).content
+    landed = (directory / f"page-00001.{fmt}").read_bytes()
+    # Byte for byte, but for the log_id JOOR stamps on every call.
+    assert landed.replace(report.log_ids[1].encode(), b"") == direct.replace(
+        _log_id(direct, fmt).encode(), b""
+    )
+    manifest = read_manifest(tmp_path, DAY)
+    assert manifest["format"] == fmt
+    assert manifest["connections"] == 120 == report.connections
+    assert [p["connections"] for p in manifest["pages"]] == [50, 50, 20]
+    assert [p["log_id"] for p in manifest["pages"]] == report.log_ids
+    assert manifest["pages"][1]["start_from"] == 50
+    assert manifest["fetch_started_at"] <= manifest["fetch_finished_at"]
+
+
+def _log_id(body: bytes, fmt: str) -> str:
+    from joor_pipeline.joor.parse import parse_page
+
+    log_id = parse_page(body, fmt).response.log_id
+    assert log_id
+    return log_id
+
+
+def test_rerun_replaces_the_snapshot(tmp_path: Path) -> None:
+    for connections, pages in ((30, 3), (12, 2)):
+        with run_sandbox(connections=connections, rate_limit_credits=0) as sb:
+            with JoorClient(sandbox_settings(sb, page_size=10)) as client:
+                fetch_snapshot(client, tmp_path, DAY)
+        files = sorted(p.name for p in raw_snapshot_dir(tmp_path, DAY).glob("page-*"))
+        assert len(files) == pages
+        assert read_manifest(tmp_path, DAY)["connections"] == connections
+    assert [p.name for p in (tmp_path / "raw" / "connections").iterdir()] == [f"snapshot_date={DAY}"]
+
+
+def test_failed_run_leaves_previous_snapshot_untouched(sandbox, tmp_path: Path) -> None:
+    with JoorClient(sandbox_settings(sandbox, page_size=40)) as client:
+        fetch_snapshot(client, tmp_path, DAY)
+    before = {p.name: p.read_bytes() for p in raw_snapshot_dir(tmp_path, DAY).iterdir()}
+
+    sandbox.faults.script = ["ok", "503", "503", "503"]
+    retry = RetryPolicy(max_attempts=3, backoff_base=0.01)
+    with JoorClient(sandbox_settings(sandbox, page_size=10), retry=retry) as client:
+        with pytest.raises(RetriesExhausted):
+            fetch_snapshot(client, tmp_path, DAY)
+    after = {p.name: p.read_bytes() for p in raw_snapshot_dir(tmp_path, DAY).iterdir()}
+    assert after == before
+    assert [p.name for p in (tmp_path / "raw" / "connections").iterdir()] == [f"snapshot_date={DAY}"]
+
+
+def test_progress_reports_pages_and_connections(sandbox, tmp_path: Path) -> None:
+    seen: list[tuple[int, int]] = []
+    with JoorClient(sandbox_settings(sandbox, page_size=50)) as client:
+        fetch_snapshot(client, tmp_path, DAY, progress=lambda p, c: seen.append((p, c)))
+    assert seen == [(1, 50), (2, 100), (3, 120)]
+
+
+SECRETS = {
+    "JOOR_API_TOKEN": "tok-SECRET-v2-9f3a",
+    "JOOR_CLIENT_SECRET": "cs-SECRET-v4-77b1",
+    "JOOR_PASSWORD": "pw-SECRET-v4-c0de",
+}
+
+
+@pytest.mark.parametrize("api_version", ["v2", "v4"])
+def test_no_secret_reaches_logs_errors_or_raw_files(
+    tmp_path: Path, caplog, capsys, monkeypatch, api_version: str
+) -> None:
+    """Run the CLI with distinctive secrets through faults and failures, then scan everything it left."""
+    caplog.set_level(logging.DEBUG)
+    forbidden = [*SECRETS.values(), base64.b64encode(SECRETS["JOOR_API_TOKEN"].encode()).decode()]
+    errors: list[str] = []
+    with run_sandbox(
+        connections=25,
+        api_token=SECRETS["JOOR_API_TOKEN"],
+        client_secret=SECRETS["JOOR_CLIENT_SECRET"],
+        password=SECRETS["JOOR_PASSWORD"],
+        rate_limit_credits=0,
+    ) as sb:
+        env = {
+            "JOOR_BASE_URL": sb.base_url,
+            "JOOR_API_VERSION": api_version,
+            "JOOR_ACCOUNT_ID": sb.config.account_id,
+            "JOOR_CLIENT_ID": sb.config.client_id,
+            "JOOR_USERNAME": sb.config.username,
+            "JOOR_PAGE_SIZE": "10",
+            "JOOR_MAX_ATTEMPTS": "3",
+            **SECRETS,
+        }
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        sb.faults.script = ["500", "ok", "drop", "ok", "429"]
+        assert main(["-v", "fetch", "--date", "2026-11-02", "--data-dir", str(tmp_path)]) == 0
+        sb.faults.script = ["503"] * 5
+        assert main(["-v", "fetch", "--date", "2026-11-03", "--data-dir", str(tmp_path)]) == 1
+        with JoorClient(sandbox_settings(sb, api_version=api_version)) as client:
+            sb.faults.script = ["garbage"]
+            try:
+                client.get_connection(24181)
+            except JoorError as exc:
+                errors.append(str(exc) + repr(exc))
+            errors.append(repr(client) + repr(client.settings))
+        monkeypatch.setenv("JOOR_PASSWORD", "wrong")
+        monkeypatch.setenv("JOOR_API_TOKEN", "wrong")
+        assert main(["fetch", "--date", "2026-11-04", "--data-dir", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    files = [p.read_text("utf-8") for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) == 4  # three pages and the manifest of the one good run
+    texts = [caplog.text, captured.out, captured.err, *errors, *files]
+    assert "Traceback" not in captured.err
+    for text in texts:
+        for secret in forbidden:
+            assert secret not in text
+
+
+def test_cli_fetch_against_a_running_sandbox(sandbox, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("JOOR_BASE_URL", sandbox.base_url)
+    monkeypatch.setenv("JOOR_API_TOKEN", sandbox.config.api_token)
+    monkeypatch.setenv("JOOR_PAGE_SIZE", "25")
+    assert main(["fetch", "--date", "2026-11-02", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr()
+    assert "landed 120 connections in 5 pages" in out.out
+    assert "fetch 2026-11-02: 5 pages, 120 connections" in out.err
+    assert sandbox.config.api_token not in out.out + out.err
+
+
+def test_cli_fetch_builtin_sandbox_when_nothing_configured(tmp_path: Path, monkeypatch, capsys) -> None:
+    for name in ("JOOR_BASE_URL", "JOOR_API_TOKEN", "JOOR_ACCOUNT_ID", "JOOR_CLIENT_ID", "JOOR_CLIENT_SECRET",
+                 "JOOR_USERNAME", "JOOR_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("JOOR_SANDBOX_CONNECTIONS", "42")
+    monkeypatch.setenv("JOOR_FORMAT", "xml")
+    assert main(["fetch", "--date", "2026-11-03", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr()
+    assert "built-in sandbox" in out.err
+    assert read_manifest(tmp_path, date(2026, 11, 3))["connections"] == 42
+
+
+def test_cli_config_error_is_one_clear_message(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("JOOR_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.delenv("JOOR_API_TOKEN", raising=False)
+    assert main(["fetch", "--date", "2026-11-02"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid JOOR configuration")
+    assert "JOOR_API_TOKEN is required" in err
+    assert "Traceback" not in err
+
+
+def test_cli_unreachable_api_is_a_clear_error(monkeypatch, capsys, tmp_path: Path) -> None:
+    monkeypatch.setenv("JOOR_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("JOOR_API_TOKEN", "t")
+    monkeypatch.setenv("JOOR_MAX_ATTEMPTS", "2")
+    assert main(["fetch", "--date", "2026-11-02", "--data-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "error: GET http://127.0.0.1:9/v2/connection/" in err
+    assert "ConnectError" in err
