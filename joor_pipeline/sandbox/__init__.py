@@ -1,7 +1,7 @@
 """A faithful JOOR API emulator over real HTTP, for offline tests, benchmarks and local runs."""
 
 from joor_pipeline.sandbox.data import generate_connections, load_seed_connection
-from joor_pipeline.sandbox.render import leaf_text, render_json, render_xml
+from joor_pipeline.sandbox.render import render_json, render_xml
 from joor_pipeline.sandbox.server import (
     Faults,
     Sandbox,
@@ -20,7 +20,6 @@ __all__ = [
     "SandboxConfig",
     "SandboxStats",
     "generate_connections",
-    "leaf_text",
     "load_seed_connection",
     "negotiate",
     "parse_form",

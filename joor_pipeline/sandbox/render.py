@@ -13,27 +13,12 @@ from collections.abc import Mapping
 from typing import Any, Final
 from xml.sax.saxutils import escape
 
+from joor_pipeline.joor.parse import leaf_text
 from joor_pipeline.joor.shapes import JSON_MEDIA_TYPE, LIST_ITEM_TAGS, XML_MEDIA_TYPE
 
 JSON_CONTENT_TYPE: Final = f"{JSON_MEDIA_TYPE}; charset=utf-8"
 XML_CONTENT_TYPE: Final = f"{XML_MEDIA_TYPE}; charset=utf-8"
 XML_DECLARATION: Final = '<?xml version="1.0" encoding="UTF-8"?>\n'
-
-
-def leaf_text(value: object) -> str:
-    """The XML spelling of a JSON scalar: ``True``/``False``, ``str(int)``, ``repr(float)``, text as is."""
-    # bool first: it is a subclass of int.
-    if value is True:
-        return "True"
-    if value is False:
-        return "False"
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value)
-    raise TypeError(f"no wire spelling for {type(value).__name__}")
 
 
 def render_json(document: Mapping[str, Any]) -> bytes:
@@ -79,5 +64,5 @@ def _element(tag: str, value: Any, parts: list[str]) -> None:
         _children(value, parts)
         parts.append(f"</{tag}>")
     else:
-        text = leaf_text(value)
+        text = leaf_text(value) or ""
         parts.append(f"<{tag}>{escape(text)}</{tag}>" if text else f"<{tag} />")

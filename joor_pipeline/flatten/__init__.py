@@ -1,0 +1,15 @@
+"""Canonical JOOR connections -> the typed tables of the data contract (pure; no I/O)."""
+
+from joor_pipeline.flatten.flatten import FlatBatch, FlattenStats, flatten_page
+from joor_pipeline.flatten.schema import TABLES, Column, ListSource, TableSpec, arrow_schema
+
+__all__ = [
+    "TABLES",
+    "Column",
+    "FlatBatch",
+    "FlattenStats",
+    "ListSource",
+    "TableSpec",
+    "arrow_schema",
+    "flatten_page",
+]

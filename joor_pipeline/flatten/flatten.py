@@ -1,0 +1,461 @@
+"""Flatten canonical JOOR connections (one parsed page) into the ten tables of the contract. Pure: no I/O.
+
+How it stays fast: the field maps are compiled once from the specs in :mod:`.schema`. Each list item becomes
+one tuple of its raw leaves, taken with a single ``itemgetter`` call when its keys are exactly the expected
+ones (nearly always); the tuples are transposed with ``zip`` and each column is coerced in one pass
+(:func:`~.coerce.coerce_column`) and handed to Arrow once. Only items with unknown fields, aliases or a
+wrong shape take the slow path, and only they allocate the per-row dicts behind ``extra`` and
+``invalid_values``.
+
+What it never does: drop a row or fail a run over a value. Unknown fields go to ``extra``, values that
+cannot be coerced go to ``invalid_values`` (the column is null), a list that is not a list is recorded in the
+connection's ``invalid_values``, and every such event is counted in :class:`FlattenStats`. The only error is a
+connection that is not an object at all, which the parser already rejects (:class:`PayloadError`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from operator import itemgetter
+from typing import Any, Final
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from joor_pipeline.flatten.coerce import (
+    INVALID,
+    canonical_value,
+    coerce_column,
+    coerce_value,
+    compact_json,
+    original_text,
+)
+from joor_pipeline.flatten.schema import INT64, TABLES, ListSource, TableSpec, arrow_schema
+from joor_pipeline.joor.errors import PayloadError
+
+Item = dict[str, Any]
+
+
+@dataclass
+class FlattenStats:
+    """Counts of what flattening saw: rows written, and every field or value it could not place."""
+
+    #: Connections read, duplicates included.
+    connections: int = 0
+    #: Rows per table (every table present, zero included).
+    rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TABLES, 0))
+    #: Fields written to ``extra``, as ``table.field`` (unknown fields and aliases that disagree).
+    unknown_fields: Counter[str] = field(default_factory=Counter)
+    #: Values written to ``invalid_values`` (column left null), as ``table.column``.
+    coercion_problems: Counter[str] = field(default_factory=Counter)
+    #: Connections skipped because their customer_account_id was already seen (the first one is kept).
+    duplicate_connections: int = 0
+    #: Connections kept with a null customer_account_id (missing or invalid).
+    missing_customer_account_id: int = 0
+
+    def merge(self, other: FlattenStats) -> None:
+        """Add ``other``'s counts to these."""
+        self.connections += other.connections
+        for table, count in other.rows.items():
+            self.rows[table] = self.rows.get(table, 0) + count
+        self.unknown_fields.update(other.unknown_fields)
+        self.coercion_problems.update(other.coercion_problems)
+        self.duplicate_connections += other.duplicate_connections
+        self.missing_customer_account_id += other.missing_customer_account_id
+
+
+@dataclass(frozen=True)
+class FlatBatch:
+    """One page flattened: a table per name in :data:`~.schema.TABLES`, each exactly its contract schema."""
+
+    tables: dict[str, pa.Table]
+    stats: FlattenStats
+
+
+# --- field maps, compiled once from the specs -------------------------------------------------------------
+
+
+class _Reader:
+    """How to read one kind of JOOR object (a connection, or an item of one list) into a row tuple."""
+
+    __slots__ = (
+        "accepted",
+        "aliases",
+        "canonical",
+        "columns",
+        "fields",
+        "getter",
+        "nulls",
+        "positions",
+        "source",
+        "structure",
+        "table",
+        "width",
+    )
+
+    def __init__(
+        self,
+        table: str,
+        columns: Sequence[str],
+        fields: Sequence[str],
+        aliases: dict[str, int],
+        structure: frozenset[str] = frozenset(),
+        source: ListSource | None = None,
+    ) -> None:
+        self.table = table
+        self.columns = tuple(columns)  # the table's columns this object feeds, in row-tuple order
+        self.fields = tuple(fields)  # the canonical JOOR field of each
+        self.aliases = aliases  # alias field -> row-tuple position
+        self.structure = structure  # keys that are neither fields nor unknown (a connection's lists, groups)
+        self.source = source
+        self.width = len(self.fields)
+        self.positions = {name: i for i, name in enumerate(self.fields)}
+        self.canonical = frozenset(self.fields)
+        self.accepted = self.canonical | structure
+        self.nulls: tuple[Any, ...] = (None,) * self.width
+        first = self.fields[0]
+        self.getter: Callable[[Item], tuple[Any, ...]] = (
+            itemgetter(*self.fields) if self.width > 1 else lambda item: (item[first],)
+        )
+
+    @property
+    def list_source(self) -> ListSource:
+        """The JOOR list this reader reads the items of."""
+        assert self.source is not None, f"{self.table} is not read from a list"
+        return self.source
+
+    def row(self, item: Item) -> tuple[tuple[Any, ...], dict[str, Any] | None]:
+        """The row tuple of ``item`` and the fields it leaves over for ``extra`` (None when nothing)."""
+        keys = item.keys()
+        if keys <= self.accepted:
+            if len(keys) == self.width and keys <= self.canonical:
+                return self.getter(item), None
+            return tuple(map(item.get, self.fields)), None
+        return self._slow_row(item)
+
+    def _slow_row(self, item: Item) -> tuple[tuple[Any, ...], dict[str, Any] | None]:
+        values: list[Any] = [None] * self.width
+        filled: set[int] = set()
+        extra: dict[str, Any] = {}
+        aliased: list[tuple[str, Any]] = []
+        for key, value in item.items():
+            position = self.positions.get(key)
+            if position is not None:
+                values[position] = value
+                filled.add(position)
+            elif key in self.aliases:
+                aliased.append((key, value))
+            elif key not in self.structure:
+                extra[key] = value
+        for key, value in aliased:
+            position = self.aliases[key]
+            if position not in filled:
+                values[position] = value
+                filled.add(position)
+            elif canonical_value(value) != canonical_value(values[position]):
+                # Both spellings present and disagreeing: the canonical one wins, the other is kept.
+                extra[key] = value
+        return tuple(values), extra or None
+
+
+def _list_reader(spec: TableSpec, source: ListSource) -> _Reader:
+    columns: list[str] = []
+    fields: list[str] = []
+    aliases: dict[str, int] = {}
+    for column in spec.field_columns:
+        sources = source.fields_of(column)
+        if sources:
+            aliases.update(dict.fromkeys(sources[1:], len(columns)))
+            columns.append(column.name)
+            fields.append(sources[0])
+    return _Reader(spec.name, columns, fields, aliases, source=source)
+
+
+def _connection_reader() -> _Reader:
+    columns = [c for c in TABLES["connections"].field_columns if c.name != "customer_account_id"]
+    lists_and_groups = {source.path[0] for spec in TABLES.values() for source in spec.lists}
+    return _Reader(
+        "connections",
+        [c.name for c in columns],
+        [c.sources[0] for c in columns],
+        {alias: i for i, c in enumerate(columns) for alias in c.sources[1:]},
+        frozenset({"customer_account_id", *lists_and_groups}),
+    )
+
+
+_CONNECTION: Final = _connection_reader()
+_LISTS: Final[tuple[_Reader, ...]] = tuple(
+    _list_reader(spec, source) for spec in TABLES.values() for source in spec.lists
+)
+
+
+def _group_layout() -> tuple[tuple[str | None, frozenset[str], tuple[int, ...]], ...]:
+    """Per group (None: the connection itself): the list keys it holds and their indexes into ``_LISTS``."""
+    layout: dict[str | None, list[int]] = {}
+    for index, reader in enumerate(_LISTS):
+        path = reader.list_source.path
+        layout.setdefault(path[0] if len(path) > 1 else None, []).append(index)
+    return tuple(
+        (group, frozenset(_LISTS[i].list_source.key for i in indexes), tuple(indexes))
+        for group, indexes in layout.items()
+    )
+
+
+_GROUPS: Final = _group_layout()
+
+
+# --- row accumulation -------------------------------------------------------------------------------------
+
+
+class _Rows:
+    """Rows gathered by one reader: value tuples, their owning connection and ordinal, and rare extras."""
+
+    __slots__ = ("extra", "invalid", "ordinals", "owners", "reader", "rows")
+
+    def __init__(self, reader: _Reader) -> None:
+        self.reader = reader
+        self.rows: list[tuple[Any, ...]] = []
+        self.owners: list[int] = []
+        self.ordinals: list[int] = []
+        self.extra: dict[int, dict[str, Any]] = {}
+        self.invalid: dict[int, dict[str, str]] = {}
+
+    def add(self, item: Item, stats: FlattenStats) -> None:
+        """Append one object's row; its leftover fields go to ``extra``."""
+        row, extra = self.reader.row(item)
+        if extra is not None:
+            self.extra[len(self.rows)] = extra
+            stats.unknown_fields.update(f"{self.reader.table}.{key}" for key in extra)
+        self.rows.append(row)
+
+    def add_items(self, items: list[Any], owner: int, stats: FlattenStats) -> None:
+        """Append the rows of one connection's list."""
+        reader = self.reader
+        rows = self.rows
+        for item in items:
+            if type(item) is dict:
+                keys = item.keys()
+                # The common case, inlined: exactly the expected fields, one itemgetter call.
+                if len(keys) == reader.width and keys <= reader.canonical:
+                    rows.append(reader.getter(item))
+                else:
+                    self.add(item, stats)
+            else:
+                tag = reader.list_source.item_tag
+                self.invalid[len(rows)] = {tag: original_text(item)}
+                stats.coercion_problems[f"{reader.table}.{tag}"] += 1
+                rows.append(reader.nulls)
+        self.owners.extend([owner] * len(items))
+        self.ordinals.extend(range(len(items)))
+
+
+def _list_items(value: Any) -> list[Any] | None:
+    """A JOOR list value as a list; None when it is not list-shaped at all."""
+    if type(value) is list:
+        return value
+    if value is None or value == "":
+        return []
+    if isinstance(value, dict):
+        # A lone object where a list belongs, as the parser also reads it.
+        return [value]
+    return None
+
+
+class _PageFlattener:
+    """The state of flattening one page."""
+
+    def __init__(self, stats: FlattenStats, seen: set[int]) -> None:
+        self.stats = stats
+        self.seen = seen
+        self.connections = _Rows(_CONNECTION)
+        self.ids: list[int | None] = []
+        self.lists = [_Rows(reader) for reader in _LISTS]
+
+    def _flag_connection(self, owner: int, key: str, value: Any) -> None:
+        self.connections.invalid.setdefault(owner, {})[key] = original_text(value)
+        self.stats.coercion_problems[f"connections.{key}"] += 1
+
+    def _extra_connection(self, owner: int, key: str, value: Any) -> None:
+        self.connections.extra.setdefault(owner, {})[key] = value
+        self.stats.unknown_fields[f"connections.{key}"] += 1
+
+    def add(self, connection: Item) -> None:
+        """Flatten one connection, unless its customer_account_id was seen already."""
+        raw_id = connection.get("customer_account_id")
+        account_id = coerce_value(raw_id, INT64)
+        owner = len(self.ids)
+        if account_id is INVALID:
+            self._flag_connection(owner, "customer_account_id", raw_id)
+            account_id = None
+        if account_id is None:
+            self.stats.missing_customer_account_id += 1
+        elif account_id in self.seen:
+            self.stats.duplicate_connections += 1
+            return
+        else:
+            self.seen.add(account_id)
+        self.ids.append(account_id)
+        self.connections.add(connection, self.stats)
+        self.connections.owners.append(owner)
+
+        for group, list_keys, indexes in _GROUPS:
+            container: Any = connection
+            if group is not None:
+                container = connection.get(group)
+                if type(container) is not dict:
+                    if container is not None and container != "":
+                        self._flag_connection(owner, group, container)
+                    continue
+                for key in container.keys() - list_keys:
+                    self._extra_connection(owner, f"{group}.{key}", container[key])
+            for index in indexes:
+                rows = self.lists[index]
+                source = rows.reader.list_source
+                raw = container.get(source.key)
+                if type(raw) is list:
+                    items: list[Any] | None = raw
+                else:
+                    items = _list_items(raw)
+                    if items is None:
+                        self._flag_connection(owner, ".".join(source.path), raw)
+                        continue
+                if items:
+                    rows.add_items(items, owner, self.stats)
+
+    def tables(self, snapshot_date: date, source_page: int, log_id: str | None) -> dict[str, pa.Table]:
+        """The ten Arrow tables of everything added."""
+        common = _Common(snapshot_date, source_page, log_id)
+        ids = pa.array(self.ids, type=pa.int64())
+        connections = _build(TABLES["connections"], [self.connections], common, self.stats, ids, None)
+        codes = connections.column("customer_code").combine_chunks()
+        out = {"connections": connections}
+        by_table: dict[str, list[_Rows]] = {}
+        for rows in self.lists:
+            by_table.setdefault(rows.reader.table, []).append(rows)
+        for name, spec in TABLES.items():
+            if spec.is_child:
+                out[name] = _build(spec, by_table[name], common, self.stats, ids, codes)
+        for name, table in out.items():
+            self.stats.rows[name] += table.num_rows
+        return out
+
+
+@dataclass(frozen=True)
+class _Common:
+    snapshot_date: date
+    source_page: int
+    log_id: str | None
+
+
+def _build(
+    spec: TableSpec,
+    parts: list[_Rows],
+    common: _Common,
+    stats: FlattenStats,
+    ids: pa.Array,
+    codes: pa.Array | None,
+) -> pa.Table:
+    """One table from its gathered rows (several parts for addresses), coerced and in schema order."""
+    counts = [len(part.rows) for part in parts]
+    n = sum(counts)
+    invalid: dict[int, dict[str, str]] = {}
+    extra: dict[int, dict[str, Any]] = {}
+    offset = 0
+    for part, count in zip(parts, counts, strict=True):
+        for row, flagged in part.invalid.items():
+            invalid.setdefault(offset + row, {}).update(flagged)
+        for row, unknown in part.extra.items():
+            extra[offset + row] = unknown
+        offset += count
+
+    # The field columns first: coercing them adds to ``invalid``.
+    transposed = [list(zip(*part.rows, strict=True)) for part in parts]
+    arrays: dict[str, pa.Array] = {}
+    for column in spec.field_columns:
+        if spec.is_child or column.name != "customer_account_id":
+            values = _column_values(column.name, parts, counts, transposed)
+            arrays[column.name], bad = coerce_column(values, column.type)
+            for position in bad:
+                invalid.setdefault(position, {})[column.name] = original_text(values[position])
+            if bad:
+                stats.coercion_problems[f"{spec.name}.{column.name}"] += len(bad)
+
+    owners = pa.array(_concat([part.owners for part in parts]), type=pa.int32())
+    arrays["snapshot_date"] = pa.repeat(pa.scalar(common.snapshot_date, pa.date32()), n)
+    arrays["customer_account_id"] = ids.take(owners) if spec.is_child else ids
+    if codes is not None:
+        arrays["customer_code"] = codes.take(owners)
+    arrays["source_page"] = pa.repeat(pa.scalar(common.source_page, pa.int32()), n)
+    arrays["log_id"] = pa.repeat(pa.scalar(common.log_id, pa.string()), n)
+    arrays["extra"] = _json_column(extra, n)
+    arrays["invalid_values"] = _json_column(invalid, n)
+    if spec.is_child:
+        arrays["ordinal"] = pa.array(_concat([part.ordinals for part in parts]), type=pa.int32())
+    if spec.name == "addresses":
+        types = [[part.reader.list_source.address_type] * count for part, count in zip(parts, counts, strict=True)]
+        arrays["address_type"] = pa.array(_concat(types), type=pa.string())
+
+    schema = arrow_schema(spec.name)
+    table = pa.Table.from_arrays([arrays[name] for name in schema.names], schema=schema)
+    if len(parts) > 1 and n:
+        # Parts are gathered list by list; a stable sort on the owner puts each connection's rows together,
+        # in list order (billing, shipping, location) and then by ordinal.
+        table = table.take(pc.sort_indices(owners))
+    return table
+
+
+def _concat(chunks: list[list[Any]]) -> list[Any]:
+    return chunks[0] if len(chunks) == 1 else [value for chunk in chunks for value in chunk]
+
+
+def _column_values(
+    name: str, parts: list[_Rows], counts: list[int], transposed: list[list[tuple[Any, ...]]]
+) -> Sequence[Any]:
+    """One column's raw values across the parts; None for a part whose JOOR list lacks the field."""
+    chunks: list[Sequence[Any]] = []
+    for part, count, columns in zip(parts, counts, transposed, strict=True):
+        if name in part.reader.columns and count:
+            chunks.append(columns[part.reader.columns.index(name)])
+        else:
+            chunks.append((None,) * count)
+    if len(chunks) == 1:
+        return chunks[0]
+    return [value for chunk in chunks for value in chunk]
+
+
+def _json_column(rows: dict[int, dict[str, Any]], n: int) -> pa.Array:
+    if not rows:
+        return pa.nulls(n, type=pa.string())
+    values: list[str | None] = [None] * n
+    for row, payload in rows.items():
+        values[row] = compact_json(payload)
+    return pa.array(values, type=pa.string())
+
+
+def flatten_page(
+    connections: Sequence[Item],
+    *,
+    snapshot_date: date,
+    source_page: int,
+    log_id: str | None,
+    seen_account_ids: set[int] | None = None,
+) -> FlatBatch:
+    """Flatten one page of canonical connections into the ten tables of the contract.
+
+    ``seen_account_ids`` carries the customer_account_ids of earlier pages so a snapshot is deduplicated
+    across pages (the first occurrence wins); it is updated in place. Without it, only this page is deduped.
+    """
+    stats = FlattenStats(connections=len(connections))
+    page = _PageFlattener(stats, set() if seen_account_ids is None else seen_account_ids)
+    for index, connection in enumerate(connections):
+        if type(connection) is not dict:
+            raise PayloadError(
+                f"connection #{index} is a {type(connection).__name__}, not an object",
+                source=f"page {source_page}",
+                log_id=log_id,
+            )
+        page.add(connection)
+    return FlatBatch(page.tables(snapshot_date, source_page, log_id), stats)

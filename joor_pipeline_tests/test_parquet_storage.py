@@ -1,0 +1,285 @@
+"""Raw snapshot -> partitioned Parquet: reconciliation with the raw pages, atomic swaps, errors and DuckDB reads."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections import Counter
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+from joor_pipeline.flatten import TABLES, arrow_schema
+from joor_pipeline.joor.errors import PayloadError
+from joor_pipeline.joor.parse import parse_page
+from joor_pipeline.sandbox.data import generate_connections
+from joor_pipeline.sandbox.render import render_json, render_xml
+from joor_pipeline.storage.parquet import (
+    PARQUET_DIR,
+    flatten_snapshot,
+    iter_raw_pages,
+    parquet_path,
+    partition_dir,
+)
+from joor_pipeline.storage.raw import MANIFEST_NAME, SnapshotNotFound, open_raw_snapshot, raw_snapshot_dir
+
+DAY = date(2024, 5, 1)
+NEXT_DAY = date(2024, 5, 2)
+PAGE_SIZE = 100
+
+
+def land(
+    data_dir: Path,
+    snapshot_date: date,
+    connections: list[dict[str, Any]],
+    fmt: str = "json",
+    *,
+    body_of: Callable[[int, bytes], bytes] | None = None,
+) -> None:
+    """Land ``connections`` as raw pages of 100 with the fetch's own writer; ``body_of`` may spoil a page."""
+    chunks = [connections[i : i + PAGE_SIZE] for i in range(0, len(connections), PAGE_SIZE)]
+    with open_raw_snapshot(data_dir, snapshot_date, fmt) as writer:
+        for index, chunk in enumerate(chunks):
+            start = index * PAGE_SIZE
+            last = index == len(chunks) - 1
+            document = {
+                "response": {
+                    "code": 0,
+                    "comment": "",
+                    "start_from": start,
+                    "next_start": 0 if last else start + PAGE_SIZE,
+                    "count": len(chunk),
+                    "log_id": f"log-{index}",
+                },
+                "connections": chunk,
+            }
+            body = render_json(document) if fmt == "json" else render_xml(document)
+            if body_of is not None:
+                body = body_of(index, body)
+            writer.add_page(
+                index, body, log_id=f"log-{index}", connections=len(chunk), start_from=start, url="https://x/"
+            )
+        writer.commit({"api_version": "v2", "fetch_started_at": "t0", "fetch_finished_at": "t1"})
+
+
+def partition_bytes(data_dir: Path, snapshot_date: date) -> dict[str, bytes]:
+    return {table: parquet_path(data_dir, table, snapshot_date).read_bytes() for table in TABLES}
+
+
+def staging_leftovers(data_dir: Path) -> list[Path]:
+    return sorted((data_dir / PARQUET_DIR).glob(".staging-*"))
+
+
+# --- reconciliation ---------------------------------------------------------------------------------------
+
+
+def raw_keys(data_dir: Path, snapshot_date: date, fmt: str) -> dict[str, Counter[tuple[Any, ...]]]:
+    """Every connection and list item of the landed pages, keyed as the tables key them, plus page and log_id."""
+    keys: dict[str, Counter[tuple[Any, ...]]] = {name: Counter() for name in TABLES}
+    for path in sorted(raw_snapshot_dir(data_dir, snapshot_date).glob(f"page-*.{fmt}")):
+        page = parse_page(path.read_bytes(), fmt)
+        number, log_id = int(path.stem.removeprefix("page-")), page.response.log_id
+        for connection in page.connections:
+            account_id = int(connection["customer_account_id"])
+            keys["connections"][(number, log_id, account_id)] += 1
+            for name, spec in TABLES.items():
+                for source in spec.lists:
+                    container = connection if len(source.path) == 1 else connection[source.path[0]]
+                    for ordinal, _ in enumerate(container[source.key]):
+                        kind = (source.address_type,) if source.address_type else ()
+                        keys[name][(number, log_id, account_id, *kind, ordinal)] += 1
+    return keys
+
+
+def parquet_keys(data_dir: Path, snapshot_date: date) -> dict[str, Counter[tuple[Any, ...]]]:
+    keys: dict[str, Counter[tuple[Any, ...]]] = {}
+    for name, spec in TABLES.items():
+        table = pq.read_table(parquet_path(data_dir, name, snapshot_date))
+        assert table.schema.equals(arrow_schema(name)), name
+        columns = ["source_page", "log_id", *[k for k in spec.key if k != "snapshot_date"]]
+        keys[name] = Counter(zip(*(table[c].to_pylist() for c in columns), strict=True))
+        assert set(table["snapshot_date"].to_pylist()) <= {snapshot_date}
+    return keys
+
+
+@pytest.mark.parametrize("fmt", ["json", "xml"])
+@pytest.mark.parametrize("n", [0, 1, 99, 100, 101, 1000])
+def test_every_raw_connection_and_item_lands_exactly_once(tmp_path: Path, n: int, fmt: str) -> None:
+    land(tmp_path, DAY, generate_connections(n, seed=21), fmt)
+    report = flatten_snapshot(tmp_path, DAY)
+
+    expected = raw_keys(tmp_path, DAY, fmt)
+    written = parquet_keys(tmp_path, DAY)
+    assert sum(expected["connections"].values()) == n
+    for name in TABLES:
+        assert written[name] == expected[name], name
+        assert set(written[name].values()) <= {1}, name
+        assert report.rows[name] == sum(expected[name].values()), name
+    assert report.pages == -(-n // PAGE_SIZE) and report.format == fmt
+    assert report.connections == n
+    assert not report.stats.coercion_problems and not report.stats.unknown_fields
+    assert staging_leftovers(tmp_path) == []
+
+
+def test_duplicates_across_pages_are_written_once(tmp_path: Path) -> None:
+    connections = generate_connections(150, seed=3)
+    connections.append(copy.deepcopy(connections[5]))  # page 1 repeats a connection of page 0
+    land(tmp_path, DAY, connections)
+    report = flatten_snapshot(tmp_path, DAY)
+    ids = pq.read_table(parquet_path(tmp_path, "connections", DAY))["customer_account_id"].to_pylist()
+    assert len(ids) == len(set(ids)) == 150
+    assert report.stats.duplicate_connections == 1 and report.stats.connections == 151
+
+
+def test_raw_pages_are_read_back_in_manifest_order(tmp_path: Path) -> None:
+    land(tmp_path, DAY, generate_connections(250, seed=4), "xml")
+    pages = [
+        (entry.page, entry.file, len(connections), log_id)
+        for entry, connections, log_id in iter_raw_pages(tmp_path, DAY)
+    ]
+    assert pages == [
+        (0, "page-00000.xml", 100, "log-0"),
+        (1, "page-00001.xml", 100, "log-1"),
+        (2, "page-00002.xml", 50, "log-2"),
+    ]
+
+
+def test_progress_is_reported_after_every_page(tmp_path: Path) -> None:
+    land(tmp_path, DAY, generate_connections(250, seed=4))
+    calls: list[tuple[int, int, int]] = []
+    flatten_snapshot(tmp_path, DAY, progress=lambda *args: calls.append(args))
+    assert calls == [(1, 3, 100), (2, 3, 200), (3, 3, 250)]
+
+
+# --- idempotence and atomic replacement -------------------------------------------------------------------
+
+
+def test_a_rerun_writes_byte_identical_files(tmp_path: Path) -> None:
+    land(tmp_path, DAY, generate_connections(230, seed=8), "xml")
+    first = flatten_snapshot(tmp_path, DAY)
+    before = partition_bytes(tmp_path, DAY)
+    second = flatten_snapshot(tmp_path, DAY)
+    assert partition_bytes(tmp_path, DAY) == before
+    assert first.rows == second.rows and first.paths == second.paths
+    assert all(path.is_file() for path in second.paths.values())
+    assert staging_leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("fmt", "spoil", "reason"),
+    [
+        ("json", lambda body: body[: len(body) // 2], "invalid JSON"),
+        ("xml", lambda body: body[: len(body) // 2], "invalid XML"),
+        ("json", lambda body: b'{"response": {"code": 0}, "connections": "none"}', "'connections' should be a list"),
+        ("xml", lambda body: b"<orders><response><code>0</code></response></orders>", "root element is <orders>"),
+    ],
+)
+def test_a_failed_rerun_leaves_the_previous_partition_intact(
+    tmp_path: Path, fmt: str, spoil: Callable[[bytes], bytes], reason: str
+) -> None:
+    land(tmp_path, DAY, generate_connections(120, seed=1), fmt)
+    flatten_snapshot(tmp_path, DAY)
+    before = partition_bytes(tmp_path, DAY)
+
+    land(tmp_path, DAY, generate_connections(300, seed=2), fmt, body_of=lambda i, b: spoil(b) if i == 1 else b)
+    with pytest.raises(PayloadError) as caught:
+        flatten_snapshot(tmp_path, DAY)
+    message = str(caught.value)
+    assert reason in message
+    assert f"page-00001.{fmt}" in message
+    assert "log_id log-1" in message  # from the manifest when the body has none
+    assert partition_bytes(tmp_path, DAY) == before
+    assert staging_leftovers(tmp_path) == []
+
+
+def test_a_swap_failing_midway_puts_every_previous_partition_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    land(tmp_path, DAY, generate_connections(120, seed=1))
+    flatten_snapshot(tmp_path, DAY)
+    before = partition_bytes(tmp_path, DAY)
+    land(tmp_path, DAY, generate_connections(200, seed=2))
+    rename = os.replace
+    doors = partition_dir(tmp_path, "doors", DAY)
+
+    def failing_rename(src: Any, dst: Any) -> None:
+        # The filesystem gives out when the fifth table's new partition is renamed in.
+        if Path(dst) == doors and Path(src).parent.parent.name == "new":
+            raise OSError("simulated rename failure")
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_rename)
+    with pytest.raises(OSError, match="simulated rename failure"):
+        flatten_snapshot(tmp_path, DAY)
+    monkeypatch.undo()
+    assert partition_bytes(tmp_path, DAY) == before
+    assert staging_leftovers(tmp_path) == []
+
+
+def test_a_page_that_differs_from_its_manifest_entry_is_refused(tmp_path: Path) -> None:
+    land(tmp_path, DAY, generate_connections(10, seed=1))
+    page = raw_snapshot_dir(tmp_path, DAY) / "page-00000.json"
+    page.write_bytes(page.read_bytes().replace(b'"code": 0', b'"code":0'))
+    with pytest.raises(PayloadError, match=r"sha256.*page-00000\.json \(log_id log-0\)"):
+        flatten_snapshot(tmp_path, DAY)
+    assert not (tmp_path / PARQUET_DIR / "connections").exists()
+
+
+def test_a_snapshot_without_manifest_is_incomplete(tmp_path: Path) -> None:
+    land(tmp_path, DAY, generate_connections(3, seed=1))
+    raw_dir = raw_snapshot_dir(tmp_path, DAY)
+    (raw_dir / MANIFEST_NAME).unlink()
+    with pytest.raises(SnapshotNotFound, match="incomplete") as caught:
+        flatten_snapshot(tmp_path, DAY)
+    assert str(raw_dir) in str(caught.value)
+    with pytest.raises(SnapshotNotFound, match="2024-05-02"):
+        flatten_snapshot(tmp_path, NEXT_DAY)
+
+
+def test_a_page_missing_from_disk_is_reported(tmp_path: Path) -> None:
+    land(tmp_path, DAY, generate_connections(150, seed=1))
+    (raw_snapshot_dir(tmp_path, DAY) / "page-00001.json").unlink()
+    with pytest.raises(SnapshotNotFound, match=r"page-00001\.json is in the manifest but not on disk"):
+        flatten_snapshot(tmp_path, DAY)
+    assert staging_leftovers(tmp_path) == []
+
+
+# --- reading it back --------------------------------------------------------------------------------------
+
+
+def test_duckdb_reads_the_partitions_with_snapshot_date_as_a_date(tmp_path: Path) -> None:
+    land(tmp_path, DAY, generate_connections(30, seed=5))
+    land(tmp_path, NEXT_DAY, generate_connections(40, seed=5))
+    first, second = flatten_snapshot(tmp_path, DAY), flatten_snapshot(tmp_path, NEXT_DAY)
+    glob = str(tmp_path / "parquet" / "addresses" / "*" / "*.parquet")
+    con = duckdb.connect()
+    relation = "read_parquet(?, hive_partitioning = true)"
+    counts = con.execute(
+        f"select snapshot_date, typeof(snapshot_date), count(*) from {relation} group by all order by 1", [glob]
+    ).fetchall()
+    assert counts == [
+        (DAY, "DATE", first.rows["addresses"]),
+        (NEXT_DAY, "DATE", second.rows["addresses"]),
+    ]
+    columns = [row[0] for row in con.execute(f"describe select * from {relation}", [glob]).fetchall()]
+    assert columns == arrow_schema("addresses").names  # snapshot_date once, where the contract puts it
+    pruned = con.execute(f"select count(*) from {relation} where snapshot_date = ?", [glob, NEXT_DAY]).fetchone()
+    assert pruned == (second.rows["addresses"],)
+
+
+def test_an_empty_snapshot_writes_every_table_empty(tmp_path: Path) -> None:
+    land(tmp_path, DAY, [])
+    report = flatten_snapshot(tmp_path, DAY)
+    assert report.pages == 0 and report.rows == dict.fromkeys(TABLES, 0)
+    con = duckdb.connect()
+    for name in TABLES:
+        path = parquet_path(tmp_path, name, DAY)
+        table = pq.read_table(path)
+        assert table.num_rows == 0 and table.schema.equals(arrow_schema(name)), name
+        glob = str(tmp_path / "parquet" / name / "*" / "*.parquet")
+        assert con.execute("select count(*) from read_parquet(?, hive_partitioning = true)", [glob]).fetchone() == (0,)
