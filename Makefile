@@ -32,7 +32,8 @@ dictionary: setup
 	$(RUN) python -m joor_pipeline.flatten.dictionary
 
 ui: setup
-	$(RUN) dagster dev -w workspace.yaml
+	@mkdir -p dagster_home && { [ -f dagster_home/dagster.yaml ] || cp dagster_home.example/dagster.yaml dagster_home/; }
+	DAGSTER_HOME="$(CURDIR)/dagster_home" $(RUN) dagster dev -w workspace.yaml
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

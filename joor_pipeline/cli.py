@@ -10,11 +10,14 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from joor_pipeline import __version__
-from joor_pipeline.config import ENV_VARS, JoorSettings, load_settings
+from joor_pipeline.config import ENV_VARS, V4_VARS, JoorSettings, load_settings
 from joor_pipeline.joor.errors import ConfigError, JoorError
+
+if TYPE_CHECKING:
+    from joor_pipeline.assets.run import RunSummary
 
 EXIT_ERROR = 1
 EXIT_CONFIG = 2
@@ -95,6 +98,91 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_flatten(args: argparse.Namespace) -> int:
+    from joor_pipeline.storage.parquet import flatten_snapshot
+
+    settings = _settings(args)
+    progress = Progress(f"flatten {args.date}")
+    report = flatten_snapshot(
+        settings.data_dir,
+        args.date,
+        progress=lambda done, total, conns: progress.update(f"{done}/{total} pages, {conns} connections"),
+    )
+    progress.done()
+    stats = report.stats
+    print(
+        f"wrote {report.connections} connections to {settings.data_dir / 'parquet'} in {report.duration_seconds:.1f}s:"
+    )
+    for table, rows in report.rows.items():
+        print(f"  {table:<17} {rows:>9} rows")
+    if stats.unknown_fields:
+        print(f"unknown fields kept in 'extra': {dict(stats.unknown_fields)}")
+    if stats.coercion_problems:
+        print(f"values that could not be typed (kept in 'invalid_values'): {dict(stats.coercion_problems)}")
+    if stats.duplicate_connections:
+        print(f"connections repeated across pages (kept once): {stats.duplicate_connections}")
+    return 0
+
+
+def _run_environ(args: argparse.Namespace, *, builtin: bool) -> dict[str, str]:
+    env = dict(os.environ)
+    if getattr(args, "data_dir", None):
+        env["JOOR_DATA_DIR"] = str(args.data_dir)
+    if builtin:
+        for name in ("JOOR_BASE_URL", "JOOR_AUTH_URL", "JOOR_API_TOKEN", *V4_VARS):
+            env.pop(name, None)
+    load_settings(env)  # one clear message for a bad setting, before Dagster starts
+    return env
+
+
+def _print_run(summary: RunSummary, data_dir: Path) -> None:
+    status = "succeeded" if summary.success else "FAILED"
+    print(f"Dagster run {summary.run_id} {status}")
+    for asset, rows in summary.rows.items():
+        print(f"  {asset:<22} {rows:>9} rows")
+    passed = sum(c.passed for c in summary.checks)
+    print(f"checks: {passed}/{len(summary.checks)} passed")
+    for check in summary.failed_checks:
+        detail = f" ({check.failures} records)" if check.failures else ""
+        print(f"  {check.severity:<5} {check.asset}.{check.check}{detail}")
+    if summary.failure:
+        print(f"error: {summary.failure}", file=sys.stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from joor_pipeline.assets.run import run_graph
+
+    env = _run_environ(args, builtin=False)
+    summary = run_graph(args.date, env, allow_backdated=args.allow_backdated)
+    _print_run(summary, load_settings(env).data_dir)
+    return 0 if summary.success else EXIT_ERROR
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from joor_pipeline.assets.run import run_graph
+
+    env = _run_environ(args, builtin=True)
+    data_dir = load_settings(env).data_dir
+    print(f"demo: the whole graph for {args.date} on the built-in JOOR sandbox, data in {data_dir}/", flush=True)
+    summary = run_graph(args.date, env, allow_backdated=True)
+    _print_run(summary, data_dir)
+    if not summary.success:
+        return EXIT_ERROR
+    print(
+        f"""
+files:
+  raw pages    {data_dir}/raw/connections/snapshot_date={args.date}/
+  parquet      {data_dir}/parquet/<table>/snapshot_date={args.date}/part-00000.parquet
+  duckdb       {data_dir}/joor.duckdb
+next:
+  make ui      # the Dagster UI at http://127.0.0.1:3000 (assets, checks, backfills, schedule)
+  uv run python -c "import duckdb; print(duckdb.connect('{data_dir}/joor.duckdb', read_only=True)\\
+    .sql('select * from payment_terms'))"
+  uv run joor-pipeline --help"""
+    )
+    return 0
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from joor_pipeline.sandbox import Faults, SandboxConfig, serve_forever
 
@@ -112,6 +200,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         port=args.port,
         rate_limit_credits=args.rate_limit_credits,
         rate_limit_window=args.rate_limit_window,
+        token_ttl=args.token_ttl,
         faults=faults,
     )
     serve_forever(config)
@@ -144,6 +233,23 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--date", type=_date, default=date.today(), help="snapshot date, YYYY-MM-DD (default: today)")
     fetch.add_argument("--data-dir", type=Path, help="overrides JOOR_DATA_DIR")
 
+    flatten = add("flatten", cmd_flatten, "flatten one raw snapshot into the ten Parquet tables (atomically)")
+    flatten.add_argument("--date", type=_date, default=date.today(), help="snapshot date, YYYY-MM-DD (default: today)")
+    flatten.add_argument("--data-dir", type=Path, help="overrides JOOR_DATA_DIR")
+
+    run = add("run", cmd_run, "materialize the whole Dagster graph (fetch, tables, checks, models) for one date")
+    run.add_argument("--date", type=_date, default=date.today(), help="snapshot date, YYYY-MM-DD (default: today)")
+    run.add_argument("--data-dir", type=Path, help="overrides JOOR_DATA_DIR")
+    run.add_argument(
+        "--allow-backdated",
+        action="store_true",
+        help="fetch today's JOOR state into a past date that has no raw snapshot (JOOR serves only the present)",
+    )
+
+    demo = add("demo", cmd_demo, "run the whole graph on the built-in sandbox for today and summarise it")
+    demo.add_argument("--date", type=_date, default=date.today(), help="snapshot date (default: today)")
+    demo.add_argument("--data-dir", type=Path, help="overrides JOOR_DATA_DIR")
+
     sandbox = add("sandbox", cmd_sandbox, "serve the JOOR sandbox (an emulator of JOOR's API) until interrupted")
     sandbox.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     sandbox.add_argument("--port", type=int, default=8765, help="port to listen on (default 8765; 0 picks one)")
@@ -158,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument(
         "--rate-limit-window", type=float, default=300.0, help="seconds in a rate-limit window (default 300)"
     )
+    sandbox.add_argument("--token-ttl", type=int, default=36000, help="lifetime of v4 access tokens in seconds")
     sandbox.add_argument("--latency-ms", type=float, default=0.0, help="fault: added latency per request")
     sandbox.add_argument("--error-rate", type=float, default=0.0, help="fault: share of requests answered 5xx")
     sandbox.add_argument("--drop-rate", type=float, default=0.0, help="fault: share of connections dropped")

@@ -19,8 +19,15 @@ def seeds_dir() -> Path:
     return SEEDS_DIR
 
 
-def sandbox_settings(sandbox, *, api_version: str = "v2", fmt: str = "json", page_size: int = 100,
-                     data_dir: Path | None = None, **overrides) -> JoorSettings:
+def sandbox_settings(
+    sandbox,
+    *,
+    api_version: str = "v2",
+    fmt: str = "json",
+    page_size: int = 100,
+    data_dir: Path | None = None,
+    **overrides,
+) -> JoorSettings:
     """Settings aimed at a running sandbox with its own credentials."""
     c = sandbox.config
     values = dict(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import logging
 from datetime import date
 from pathlib import Path
@@ -30,7 +29,10 @@ def test_pages_are_landed_exactly_as_received(sandbox, tmp_path: Path, fmt: str)
     directory = raw_snapshot_dir(tmp_path, DAY)
     assert report.path == directory
     assert sorted(p.name for p in directory.iterdir()) == [
-        MANIFEST_NAME, f"page-00000.{fmt}", f"page-00001.{fmt}", f"page-00002.{fmt}"
+        MANIFEST_NAME,
+        f"page-00000.{fmt}",
+        f"page-00001.{fmt}",
+        f"page-00002.{fmt}",
     ]
     token = base64.b64encode(sandbox.config.api_token.encode()).decode()
     accept = {"json": "application/json", "xml": "application/xml"}[fmt]
@@ -38,9 +40,7 @@ def test_pages_are_landed_exactly_as_received(sandbox, tmp_path: Path, fmt: str)
         direct = h.get("/v2/connection/", params={"start_from": 50, "count": 50}).content
     landed = (directory / f"page-00001.{fmt}").read_bytes()
     # Byte for byte, but for the log_id JOOR stamps on every call.
-    assert landed.replace(report.log_ids[1].encode(), b"") == direct.replace(
-        _log_id(direct, fmt).encode(), b""
-    )
+    assert landed.replace(report.log_ids[1].encode(), b"") == direct.replace(_log_id(direct, fmt).encode(), b"")
     manifest = read_manifest(tmp_path, DAY)
     assert manifest["format"] == fmt
     assert manifest["connections"] == 120 == report.connections
@@ -161,8 +161,15 @@ def test_cli_fetch_against_a_running_sandbox(sandbox, tmp_path: Path, monkeypatc
 
 
 def test_cli_fetch_builtin_sandbox_when_nothing_configured(tmp_path: Path, monkeypatch, capsys) -> None:
-    for name in ("JOOR_BASE_URL", "JOOR_API_TOKEN", "JOOR_ACCOUNT_ID", "JOOR_CLIENT_ID", "JOOR_CLIENT_SECRET",
-                 "JOOR_USERNAME", "JOOR_PASSWORD"):
+    for name in (
+        "JOOR_BASE_URL",
+        "JOOR_API_TOKEN",
+        "JOOR_ACCOUNT_ID",
+        "JOOR_CLIENT_ID",
+        "JOOR_CLIENT_SECRET",
+        "JOOR_USERNAME",
+        "JOOR_PASSWORD",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("JOOR_SANDBOX_CONNECTIONS", "42")
     monkeypatch.setenv("JOOR_FORMAT", "xml")
@@ -190,3 +197,51 @@ def test_cli_unreachable_api_is_a_clear_error(monkeypatch, capsys, tmp_path: Pat
     err = capsys.readouterr().err
     assert "error: GET http://127.0.0.1:9/v2/connection/" in err
     assert "ConnectError" in err
+
+
+def test_cli_flatten_after_fetch(sandbox, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("JOOR_BASE_URL", sandbox.base_url)
+    monkeypatch.setenv("JOOR_API_TOKEN", sandbox.config.api_token)
+    assert main(["fetch", "--date", "2026-11-02", "--data-dir", str(tmp_path)]) == 0
+    assert main(["flatten", "--date", "2026-11-02", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "wrote 120 connections" in out
+    assert "connections             120 rows" in out
+    assert (tmp_path / "parquet" / "doors" / "snapshot_date=2026-11-02" / "part-00000.parquet").is_file()
+
+
+def test_cli_flatten_without_raw_snapshot_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    assert main(["flatten", "--date", "2026-01-01", "--data-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "error: no raw snapshot for 2026-01-01" in err
+    assert "joor-pipeline fetch --date 2026-01-01" in err
+
+
+def test_standalone_sandbox_process(tmp_path: Path) -> None:
+    """`joor-pipeline sandbox` as its own process, as a developer would start it."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "joor_pipeline.sandbox", "--port", "0", "--connections", "7", "--seed", "3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert "JOOR sandbox listening on http://127.0.0.1:" in line, line
+        base_url = line.split(" on ")[1].split()[0]
+        from joor_pipeline.config import load_settings
+
+        settings = load_settings({"JOOR_BASE_URL": base_url, "JOOR_API_TOKEN": "sandbox-token", "JOOR_FORMAT": "xml"})
+        with JoorClient(settings) as client:
+            assert len([c for p in client.iter_connection_pages() for c in p.page.connections]) == 7
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        if process.stdout:
+            process.stdout.close()
+        if process.stderr:
+            process.stderr.close()

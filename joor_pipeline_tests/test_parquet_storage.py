@@ -18,7 +18,6 @@ from joor_pipeline.flatten import TABLES, arrow_schema
 from joor_pipeline.joor.errors import PayloadError
 from joor_pipeline.joor.parse import parse_page
 from joor_pipeline.sandbox.data import generate_connections
-from joor_pipeline.sandbox.render import render_json, render_xml
 from joor_pipeline.storage.parquet import (
     PARQUET_DIR,
     flatten_snapshot,
@@ -26,45 +25,11 @@ from joor_pipeline.storage.parquet import (
     parquet_path,
     partition_dir,
 )
-from joor_pipeline.storage.raw import MANIFEST_NAME, SnapshotNotFound, open_raw_snapshot, raw_snapshot_dir
+from joor_pipeline.storage.raw import MANIFEST_NAME, SnapshotNotFound, raw_snapshot_dir
+from joor_pipeline_tests.raw_fixtures import PAGE_SIZE, land
 
 DAY = date(2024, 5, 1)
 NEXT_DAY = date(2024, 5, 2)
-PAGE_SIZE = 100
-
-
-def land(
-    data_dir: Path,
-    snapshot_date: date,
-    connections: list[dict[str, Any]],
-    fmt: str = "json",
-    *,
-    body_of: Callable[[int, bytes], bytes] | None = None,
-) -> None:
-    """Land ``connections`` as raw pages of 100 with the fetch's own writer; ``body_of`` may spoil a page."""
-    chunks = [connections[i : i + PAGE_SIZE] for i in range(0, len(connections), PAGE_SIZE)]
-    with open_raw_snapshot(data_dir, snapshot_date, fmt) as writer:
-        for index, chunk in enumerate(chunks):
-            start = index * PAGE_SIZE
-            last = index == len(chunks) - 1
-            document = {
-                "response": {
-                    "code": 0,
-                    "comment": "",
-                    "start_from": start,
-                    "next_start": 0 if last else start + PAGE_SIZE,
-                    "count": len(chunk),
-                    "log_id": f"log-{index}",
-                },
-                "connections": chunk,
-            }
-            body = render_json(document) if fmt == "json" else render_xml(document)
-            if body_of is not None:
-                body = body_of(index, body)
-            writer.add_page(
-                index, body, log_id=f"log-{index}", connections=len(chunk), start_from=start, url="https://x/"
-            )
-        writer.commit({"api_version": "v2", "fetch_started_at": "t0", "fetch_finished_at": "t1"})
 
 
 def partition_bytes(data_dir: Path, snapshot_date: date) -> dict[str, bytes]:

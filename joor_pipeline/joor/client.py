@@ -159,9 +159,7 @@ class JoorClient:
         s = self.settings
         if s.api_version == "v2" and not s.api_token:
             raise AuthError("no v2 API token configured (JOOR_API_TOKEN)", url=s.base_url)
-        if s.api_version == "v4" and not all(
-            (s.account_id, s.client_id, s.client_secret, s.username, s.password)
-        ):
+        if s.api_version == "v4" and not all((s.account_id, s.client_id, s.client_secret, s.username, s.password)):
             raise AuthError("incomplete v4 credentials (JOOR_ACCOUNT_ID, JOOR_CLIENT_ID, ...)", url=s.auth_url)
 
     def __repr__(self) -> str:
@@ -269,12 +267,7 @@ class JoorClient:
                     self.stats.bytes_received += len(response.content)
                 request_url = redact_url(response.request.url)
                 status = response.status_code
-                if (
-                    status == 401
-                    and authenticate
-                    and self.settings.api_version == "v4"
-                    and not reauthenticated
-                ):
+                if status == 401 and authenticate and self.settings.api_version == "v4" and not reauthenticated:
                     # The token may have been revoked or expired early: one fresh token, one more try.
                     reauthenticated = True
                     self.invalidate_token()
@@ -296,8 +289,7 @@ class JoorClient:
             delay = retry_after if retry_after is not None else self.retry.backoff(attempt, self._rng)
             if attempt >= self.retry.max_attempts or elapsed + delay > self.retry.max_elapsed:
                 raise RetriesExhausted(
-                    f"{method} {request_url} failed after {attempt} attempt(s) in {elapsed:.1f}s; "
-                    f"last error: {problem}"
+                    f"{method} {request_url} failed after {attempt} attempt(s) in {elapsed:.1f}s; last error: {problem}"
                 )
             with self._stats_lock:
                 self.stats.retries += 1

@@ -115,9 +115,7 @@ def _looks_like_list(tag: str, children: list[Element]) -> bool:
     first = children[0].tag
     if any(child.tag != first for child in children):
         return False
-    return len(children) > 1 or tag in (first + "s", first + "es") or (
-        tag.endswith("ies") and first == tag[:-3] + "y"
-    )
+    return len(children) > 1 or tag in (first + "s", first + "es") or (tag.endswith("ies") and first == tag[:-3] + "y")
 
 
 def _as_int(value: Any, name: str, source: str, log_id: str | None) -> int | None:
@@ -128,9 +126,7 @@ def _as_int(value: Any, name: str, source: str, log_id: str | None) -> int | Non
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise PayloadError(
-            f"response.{name} is not an integer: {value!r}", source=source, log_id=log_id
-        ) from None
+        raise PayloadError(f"response.{name} is not an integer: {value!r}", source=source, log_id=log_id) from None
 
 
 def _response_block(raw: Any, source: str) -> ResponseBlock:

@@ -1,0 +1,290 @@
+-- data_quality_issues: every rule a record breaks, in every snapshot; a clean snapshot contributes zero rows.
+-- grain: one row per (snapshot_date, table_name, customer_account_id, record_key, rule, column_name).
+-- depends_on: stg_connections, stg_addresses, stg_payment_methods, stg_shipping_methods, stg_discounts,
+--   stg_doors, stg_price_types, stg_buyers, stg_warehouses, stg_tax_ids, int_addresses
+-- Rules: required_missing and max_length_exceeded (REQ and MAX of JOOR's field table), state_missing (state is
+-- required for US, CA, JP and AU), dangling_door (a door's shipping address is not one of the connection's),
+-- duplicate_key, duplicate_customer_code, invalid_value (could not be coerced; the column holds null) and
+-- unknown_field (kept in extra). A value that could not be coerced in a required column breaks both rules.
+with records as (
+    select 'connections' as table_name, snapshot_date, customer_account_id, customer_code, extra, invalid_values,
+        to_json(r) as record
+    from stg_connections as r
+    union all by name
+    select 'addresses' as table_name, snapshot_date, customer_account_id, customer_code, address_type, ordinal,
+        extra, invalid_values, to_json(r) as record
+    from stg_addresses as r
+    union all by name
+    select 'payment_methods' as table_name, snapshot_date, customer_account_id, customer_code, ordinal,
+        extra, invalid_values, to_json(r) as record
+    from stg_payment_methods as r
+    union all by name
+    select 'shipping_methods' as table_name, snapshot_date, customer_account_id, customer_code, ordinal,
+        extra, invalid_values, to_json(r) as record
+    from stg_shipping_methods as r
+    union all by name
+    select 'discounts' as table_name, snapshot_date, customer_account_id, customer_code, ordinal,
+        extra, invalid_values, to_json(r) as record
+    from stg_discounts as r
+    union all by name
+    select 'doors' as table_name, snapshot_date, customer_account_id, customer_code, ordinal,
+        extra, invalid_values, to_json(r) as record
+    from stg_doors as r
+    union all by name
+    select 'price_types' as table_name, snapshot_date, customer_account_id, customer_code, ordinal,
+        extra, invalid_values, to_json(r) as record
+    from stg_price_types as r
+    union all by name
+    select 'buyers' as table_name, snapshot_date, customer_account_id, customer_code, ordinal,
+        extra, invalid_values, to_json(r) as record
+    from stg_buyers as r
+    union all by name
+    select 'warehouses' as table_name, snapshot_date, customer_account_id, customer_code, ordinal,
+        extra, invalid_values, to_json(r) as record
+    from stg_warehouses as r
+    union all by name
+    select 'tax_ids' as table_name, snapshot_date, customer_account_id, customer_code, ordinal,
+        extra, invalid_values, to_json(r) as record
+    from stg_tax_ids as r
+),
+
+keyed_records as (
+    select
+        *,
+        case
+            when ordinal is null then 'customer_account_id=' || coalesce(customer_account_id::varchar, 'null')
+            when address_type is not null then 'address_type=' || address_type || ', ordinal=' || ordinal
+            else 'ordinal=' || ordinal
+        end as record_key
+    from records
+),
+
+-- REQ = Y in JOOR's field table (customer_account_id too: it is the connection's key). A child's customer_code
+-- is its connection's, checked once on connections. Cities and countries are required for billing and shipping
+-- addresses only; price_type_terms is left out because JOOR's own example leaves it empty.
+required_columns (table_name, column_name, address_type) as (
+    values
+        ('connections', 'customer_account_id', null),
+        ('connections', 'customer_code', null),
+        ('connections', 'customer_alias', null),
+        ('connections', 'customer_contact_name', null),
+        ('addresses', 'city', 'billing'),
+        ('addresses', 'city', 'shipping'),
+        ('addresses', 'country', 'billing'),
+        ('addresses', 'country', 'shipping'),
+        ('doors', 'door_id', null),
+        ('doors', 'shipping_address_id', null),
+        ('doors', 'door_name', null),
+        ('price_types', 'price_type_id', null),
+        ('price_types', 'price_type_currency_code', null),
+        ('price_types', 'price_type_currency_name', null)
+),
+
+-- MAX of JOOR's field table, for text columns (the MAX of an Int is its size in bytes, not a length).
+max_lengths (table_name, column_name, max_length) as (
+    values
+        ('connections', 'customer_code', 50),
+        ('connections', 'customer_alias', 150),
+        ('connections', 'customer_contact_name', 1000),
+        ('connections', 'customer_contact_email', 50),
+        ('connections', 'customer_buyer_name', 50),
+        ('connections', 'company_number_name', 150),
+        ('connections', 'company_number_code', 100),
+        ('connections', 'customer_group_name', 150),
+        ('connections', 'customer_group_code', 100),
+        ('connections', 'sales_rep_code', 100),
+        ('addresses', 'code', 50),
+        ('addresses', 'name', 255),
+        ('addresses', 'phone', 30),
+        ('addresses', 'address_1', 100),
+        ('addresses', 'address_2', 100),
+        ('addresses', 'city', 150),
+        ('addresses', 'state', 40),
+        ('addresses', 'postal_code', 30),
+        ('addresses', 'country', 100),
+        ('payment_methods', 'payment_method_code', 255),
+        ('payment_methods', 'payment_method_name', 255),
+        ('shipping_methods', 'shipping_method_code', 255),
+        ('shipping_methods', 'shipping_method_name', 255),
+        ('doors', 'door_name', 150),
+        ('doors', 'door_code', 15),
+        ('price_types', 'price_type_currency_code', 3),
+        ('price_types', 'price_type_currency_name', 100),
+        ('price_types', 'connection_override_terms_name', 255),
+        ('warehouses', 'warehouse_name', 150),
+        ('warehouses', 'warehouse_code', 100),
+        ('tax_ids', 'tax_id_number', 100),
+        ('tax_ids', 'name', 255)
+),
+
+required_missing as (
+    select
+        keyed_records.snapshot_date,
+        keyed_records.table_name,
+        'required_missing' as rule,
+        keyed_records.customer_account_id,
+        keyed_records.customer_code,
+        keyed_records.record_key,
+        required_columns.column_name,
+        required_columns.column_name || ' is required but missing' as detail
+    from keyed_records
+    inner join required_columns
+        on required_columns.table_name = keyed_records.table_name
+        and (required_columns.address_type is null or required_columns.address_type = keyed_records.address_type)
+    where keyed_records.record ->> required_columns.column_name is null
+),
+
+max_length_exceeded as (
+    select
+        keyed_records.snapshot_date,
+        keyed_records.table_name,
+        'max_length_exceeded' as rule,
+        keyed_records.customer_account_id,
+        keyed_records.customer_code,
+        keyed_records.record_key,
+        max_lengths.column_name,
+        max_lengths.column_name || ' has ' || length(keyed_records.record ->> max_lengths.column_name)
+            || ' characters; JOOR allows ' || max_lengths.max_length as detail
+    from keyed_records
+    inner join max_lengths on max_lengths.table_name = keyed_records.table_name
+    where length(keyed_records.record ->> max_lengths.column_name) > max_lengths.max_length
+),
+
+state_missing as (
+    select
+        snapshot_date,
+        'addresses' as table_name,
+        'state_missing' as rule,
+        customer_account_id,
+        customer_code,
+        'address_type=' || address_type || ', ordinal=' || ordinal as record_key,
+        'state' as column_name,
+        'state is required for an address in ' || country as detail
+    from int_addresses
+    where state_required and state is null
+),
+
+dangling_doors as (
+    select
+        stg_doors.snapshot_date,
+        'doors' as table_name,
+        'dangling_door' as rule,
+        stg_doors.customer_account_id,
+        stg_doors.customer_code,
+        'ordinal=' || stg_doors.ordinal as record_key,
+        'shipping_address_id' as column_name,
+        'door ' || coalesce(stg_doors.door_id::varchar, 'without id') || ' points at shipping address '
+            || stg_doors.shipping_address_id || ', which the connection does not have' as detail
+    from stg_doors
+    where stg_doors.shipping_address_id is not null
+        and not exists (
+            select 1
+            from stg_addresses
+            where stg_addresses.snapshot_date = stg_doors.snapshot_date
+                and stg_addresses.customer_account_id is not distinct from stg_doors.customer_account_id
+                and stg_addresses.address_type = 'shipping'
+                and stg_addresses.address_id = stg_doors.shipping_address_id
+        )
+),
+
+duplicate_keys as (
+    select
+        snapshot_date,
+        table_name,
+        'duplicate_key' as rule,
+        customer_account_id,
+        min(customer_code) as customer_code,
+        record_key,
+        null as column_name,
+        count(*) || ' rows share this key' as detail
+    from keyed_records
+    where customer_account_id is not null
+    group by snapshot_date, table_name, customer_account_id, record_key
+    having count(*) > 1
+),
+
+duplicate_customer_codes as (
+    select
+        snapshot_date,
+        'connections' as table_name,
+        'duplicate_customer_code' as rule,
+        customer_account_id,
+        customer_code,
+        'customer_account_id=' || coalesce(customer_account_id::varchar, 'null') as record_key,
+        'customer_code' as column_name,
+        'customer_code is shared by ' || count(*) over same_code || ' connections' as detail
+    from stg_connections
+    where customer_code is not null
+    window same_code as (partition by snapshot_date, customer_code)
+    qualify count(*) over same_code > 1
+),
+
+drift as (
+    select *, 'invalid_value' as rule, invalid_values as payload
+    from keyed_records
+    where invalid_values is not null
+    union all
+    select *, 'unknown_field' as rule, extra as payload
+    from keyed_records
+    where extra is not null
+),
+
+-- one row per JSON key; a payload that is not a non-empty JSON object still yields one row, without a column
+drift_entries as (
+    select
+        *,
+        unnest(
+            case
+                when not json_valid(payload) then [null]
+                when json_type(payload) <> 'OBJECT' then [null]
+                when len(json_keys(payload)) = 0 then [null]
+                else json_keys(payload)
+            end
+        ) as column_name
+    from drift
+),
+
+drift_issues as (
+    select
+        snapshot_date,
+        table_name,
+        rule,
+        customer_account_id,
+        customer_code,
+        record_key,
+        column_name,
+        case rule
+            when 'invalid_value' then 'value ' || left(coalesce((payload -> column_name)::varchar, payload), 200)
+                || ' could not be read as the column''s type'
+            else 'unknown field, value ' || left(coalesce((payload -> column_name)::varchar, payload), 200)
+        end as detail
+    from drift_entries
+),
+
+issues as (
+    select * from required_missing
+    union all by name
+    select * from max_length_exceeded
+    union all by name
+    select * from state_missing
+    union all by name
+    select * from dangling_doors
+    union all by name
+    select * from duplicate_keys
+    union all by name
+    select * from duplicate_customer_codes
+    union all by name
+    select * from drift_issues
+)
+
+select
+    snapshot_date,
+    table_name,
+    rule,
+    customer_account_id,
+    customer_code,
+    record_key,
+    column_name::varchar as column_name,
+    detail
+from issues
+order by snapshot_date, table_name, customer_account_id, record_key, rule, column_name

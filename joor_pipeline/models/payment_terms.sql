@@ -1,0 +1,47 @@
+-- payment_terms: how many retailers of the latest snapshot are offered each payment method, and how many have it
+-- as their default.
+-- grain: one row per (payment_method_code, payment_method_name).
+-- depends_on: stg_connections, stg_payment_methods
+-- A retailer's default is the method flagged is_default, the first in JOOR's list when several are (as in
+-- dim_retailers). share_of_retailers divides by every retailer of the snapshot, with or without payment methods.
+with latest_snapshot as (
+    select max(snapshot_date) as snapshot_date
+    from stg_connections
+),
+
+retailer_total as (
+    select count(distinct stg_connections.customer_account_id) as retailers
+    from stg_connections
+    inner join latest_snapshot using (snapshot_date)
+),
+
+payment_methods as (
+    select stg_payment_methods.*
+    from stg_payment_methods
+    inner join latest_snapshot using (snapshot_date)
+    where stg_payment_methods.customer_account_id is not null
+),
+
+default_payment_methods as (
+    select
+        customer_account_id,
+        ordinal
+    from payment_methods
+    where payment_method_is_default
+    qualify row_number() over (partition by customer_account_id order by ordinal) = 1
+)
+
+select
+    payment_methods.payment_method_code,
+    payment_methods.payment_method_name,
+    count(distinct payment_methods.customer_account_id) as retailers,
+    count(distinct default_payment_methods.customer_account_id) as retailers_with_it_as_default,
+    count(distinct payment_methods.customer_account_id) / nullif(any_value(retailer_total.retailers), 0)
+        as share_of_retailers
+from payment_methods
+cross join retailer_total
+left join default_payment_methods
+    on default_payment_methods.customer_account_id = payment_methods.customer_account_id
+    and default_payment_methods.ordinal = payment_methods.ordinal
+group by payment_methods.payment_method_code, payment_methods.payment_method_name
+order by retailers desc, payment_methods.payment_method_code nulls last, payment_methods.payment_method_name nulls last

@@ -1,0 +1,50 @@
+-- retailer_addresses: every address of every current retailer (the latest snapshot), with an ISO-2 country_code
+-- and whether one of the retailer's doors points at it.
+-- grain: one row per (customer_account_id, address_type, ordinal).
+-- depends_on: stg_connections, int_addresses, stg_doors
+-- Doors point at shipping addresses only (JOOR's door_shipping_address_id), so only those can be door addresses.
+with latest_snapshot as (
+    select max(snapshot_date) as snapshot_date
+    from stg_connections
+),
+
+addresses as (
+    select int_addresses.*
+    from int_addresses
+    inner join latest_snapshot using (snapshot_date)
+    where int_addresses.customer_account_id is not null
+),
+
+door_addresses as (
+    select distinct
+        stg_doors.customer_account_id,
+        stg_doors.shipping_address_id
+    from stg_doors
+    inner join latest_snapshot using (snapshot_date)
+    where stg_doors.shipping_address_id is not null
+)
+
+select
+    addresses.snapshot_date,
+    addresses.customer_account_id,
+    addresses.customer_code,
+    addresses.address_type,
+    addresses.ordinal,
+    addresses.address_id,
+    addresses.code,
+    addresses.name,
+    addresses.phone,
+    addresses.email,
+    addresses.address_1,
+    addresses.address_2,
+    addresses.city,
+    addresses.state,
+    addresses.postal_code,
+    addresses.country,
+    addresses.country_code,
+    addresses.address_type = 'shipping' and door_addresses.shipping_address_id is not null as is_door_address
+from addresses
+left join door_addresses
+    on door_addresses.customer_account_id = addresses.customer_account_id
+    and door_addresses.shipping_address_id = addresses.address_id
+order by addresses.customer_account_id, addresses.address_type, addresses.ordinal

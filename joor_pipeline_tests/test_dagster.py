@@ -1,0 +1,251 @@
+"""The Dagster project: definitions load, the full graph materializes per partition, checks, schedule, CLI run."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+import sys
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+from joor_pipeline.assets.joor import joor_raw_connections, joor_tables
+from joor_pipeline.assets.models import joor_models
+from joor_pipeline.assets.resources import DataDirResource, JoorApiResource, resources_from_env
+from joor_pipeline.cli import main
+from joor_pipeline.definitions import build_defs
+from joor_pipeline.flatten import TABLES
+from joor_pipeline.quality import parquet_counts, raw_counts
+from joor_pipeline.sandbox import load_seed_connection, run_sandbox
+from joor_pipeline.storage.parquet import flatten_snapshot, parquet_path
+from joor_pipeline.warehouse import MODELS, database_path
+from joor_pipeline_tests.raw_fixtures import land
+
+DAY1 = "2026-03-02"
+DAY2 = "2026-03-03"
+ASSETS = [joor_raw_connections, joor_tables, joor_models]
+BACKDATED = {"ops": {"joor_raw_connections": {"config": {"allow_backdated": True}}}}
+
+
+def resources(sandbox, data_dir: Path, **joor) -> dict:
+    return {
+        "joor": JoorApiResource(base_url=sandbox.base_url, api_token=sandbox.config.api_token, page_size="20", **joor),
+        "storage": DataDirResource(data_dir=str(data_dir)),
+    }
+
+
+def checks_of(result: dg.ExecuteInProcessResult) -> dict[tuple[str, str], bool]:
+    return {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
+
+
+def warehouse(data_dir: Path, sql: str) -> list[tuple]:
+    with duckdb.connect(str(database_path(data_dir)), read_only=True) as con:
+        return con.execute(sql).fetchall()
+
+
+def test_definitions_load_every_asset_check_schedule_and_resource() -> None:
+    defs = build_defs({})
+    graph = defs.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert keys == {"joor_raw_connections", *TABLES, *(m.name for m in MODELS)}
+    assert len(list(graph.asset_check_keys)) == 7 * len(TABLES) + 2
+    assert defs.resolve_job_def("joor_daily") is not None
+    assert defs.resolve_schedule_def("joor_daily_schedule").cron_schedule == "0 6 * * *"
+    assert set(defs.resources or {}) == {"joor", "storage"}
+
+
+def test_workspace_loads_with_the_dagster_cli(tmp_path: Path) -> None:
+    """What `dagster dev -w workspace.yaml` loads: every asset, check, schedule and resource, without error."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": "/usr/bin:/bin", "DAGSTER_HOME": str(tmp_path), "HOME": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "All code locations passed validation" in done.stderr + done.stdout
+
+
+def test_resources_use_envvar_only_for_variables_that_are_set() -> None:
+    res = resources_from_env({"JOOR_API_TOKEN": "tok-123", "JOOR_DATA_DIR": "some/dir"})
+    joor = res["joor"]
+    assert isinstance(joor.api_token, dg.EnvVar) and joor.api_token == "JOOR_API_TOKEN"
+    assert joor.password is None
+    assert "tok-123" not in repr(res)
+
+
+def test_full_graph_for_two_partitions(tmp_path: Path) -> None:
+    with run_sandbox(connections=40, seed=21, rate_limit_credits=0) as sb:
+        first = dg.materialize(ASSETS, partition_key=DAY1, resources=resources(sb, tmp_path), run_config=BACKDATED)
+        assert first.success
+        # Between the snapshots: one retailer changes its alias, five leave, JBNY's door moves.
+        changed = sb.connections[3]
+        changed["customer_alias"] = "Renamed Boutique"
+        gone = [str(c["customer_account_id"]) for c in sb.connections[-5:]]
+        del sb.connections[-5:]
+        second = dg.materialize(ASSETS, partition_key=DAY2, resources=resources(sb, tmp_path), run_config=BACKDATED)
+        assert second.success
+
+    for day in (DAY1, DAY2):
+        for table in TABLES:
+            assert parquet_path(tmp_path, table, date.fromisoformat(day)).is_file()
+    raw = second.asset_materializations_for_node("joor_raw_connections")[0].metadata
+    assert raw["connections"].value == 35
+    assert raw["pages"].value == 2
+    assert raw["joor_log_ids"].value["count"] == 2
+    tables = {
+        m.asset_key.to_user_string(): m.metadata
+        for m in second.get_asset_materialization_events()
+        and [e.event_specific_data.materialization for e in second.get_asset_materialization_events()]
+    }
+    assert tables["connections"]["dagster/row_count"].value == 35
+    assert "customer_code" in tables["connections"]["preview"].value
+    assert tables["addresses"]["dagster/column_schema"].value.columns[0].name == "snapshot_date"
+
+    failed = {key for key, passed in checks_of(second).items() if not passed}
+    assert failed <= {("doors", "door_addresses_known"), ("connections", "row_count_steady")}
+    assert checks_of(second)[("connections", "reconciles_with_raw")]
+
+    assert warehouse(tmp_path, "select count(*) from dim_retailers") == [(35,)]
+    history = warehouse(
+        tmp_path,
+        "select customer_account_id::varchar, valid_from::varchar, valid_to::varchar, is_current "
+        "from retailer_history order by 1, 2",
+    )
+    assert len(history) == 41
+    closed = {row[0] for row in history if row[2] == DAY2 and not row[3]}
+    assert closed == set(gone) | {str(changed["customer_account_id"])}
+    versions = [row for row in history if row[0] == str(changed["customer_account_id"])]
+    assert [(v[1], v[2], v[3]) for v in versions] == [(DAY1, DAY2, False), (DAY2, None, True)]
+
+
+def test_past_partition_without_raw_snapshot_is_refused(tmp_path: Path) -> None:
+    with run_sandbox(connections=5, rate_limit_credits=0) as sb:
+        result = dg.materialize(
+            [joor_raw_connections], partition_key=DAY1, resources=resources(sb, tmp_path), raise_on_error=False
+        )
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.user_failure_data
+    assert "JOOR serves only the current state" in failure.description
+    assert not (tmp_path / "raw").exists()
+
+
+def test_todays_partition_fetches_and_a_kept_past_snapshot_is_reused(tmp_path: Path) -> None:
+    today = datetime.now(UTC).date()
+    with run_sandbox(connections=5, rate_limit_credits=0) as sb:
+        fetched = dg.materialize(
+            [joor_raw_connections], partition_key=today.isoformat(), resources=resources(sb, tmp_path)
+        )
+        assert (
+            fetched.asset_materializations_for_node("joor_raw_connections")[0]
+            .metadata["reused_existing_snapshot"]
+            .value
+            is False
+        )
+        land(tmp_path, date.fromisoformat(DAY1), [load_seed_connection()])
+        requests = sb.stats.requests
+        kept = dg.materialize([joor_raw_connections], partition_key=DAY1, resources=resources(sb, tmp_path))
+        assert sb.stats.requests == requests
+    meta = kept.asset_materializations_for_node("joor_raw_connections")[0].metadata
+    assert meta["reused_existing_snapshot"].value is True
+    assert meta["connections"].value == 1
+
+
+def _bad_connections() -> list[dict]:
+    seed = load_seed_connection()
+    us_without_state = copy.deepcopy(seed)
+    us_without_state["customer_account_id"] = 777
+    us_without_state["customer_code"] = "NOSTATE"
+    us_without_state["billing"]["billing_addresses"][0]["billing_state"] = ""
+    no_door_name = copy.deepcopy(seed)
+    no_door_name["customer_account_id"] = 778
+    no_door_name["customer_code"] = "NODOORNAME"
+    no_door_name["doors"][0]["door_name"] = ""
+    no_door_name["surprise_field"] = "new in JOOR"
+    return [seed, us_without_state, no_door_name]
+
+
+def test_blocking_checks_fail_on_bad_data_and_keep_models_from_running(tmp_path: Path) -> None:
+    day = date.fromisoformat(DAY1)
+    storage = DataDirResource(data_dir=str(tmp_path))
+    land(tmp_path, day, [load_seed_connection()])
+    good = dg.materialize(ASSETS, partition_key=DAY1, resources={"joor": JoorApiResource(), "storage": storage})
+    assert good.success
+    good_checks = checks_of(good)
+    assert all(passed for (asset, check), passed in good_checks.items() if check != "door_addresses_known")
+    assert not good_checks[("doors", "door_addresses_known")]  # the seed's door points at address 214920
+
+    land(tmp_path, day, _bad_connections())
+    bad = dg.materialize(
+        ASSETS, partition_key=DAY1, resources={"joor": JoorApiResource(), "storage": storage}, raise_on_error=False
+    )
+    checks = checks_of(bad)
+    assert checks[("addresses", "state_for_us_ca_jp_au")] is False
+    assert checks[("doors", "required_fields_present")] is False
+    assert checks[("connections", "no_unknown_fields")] is False
+    assert checks[("connections", "unique_keys")] is True
+    evaluation = next(e for e in bad.get_asset_check_evaluations() if e.check_name == "state_for_us_ca_jp_au")
+    assert evaluation.severity == dg.AssetCheckSeverity.ERROR
+    assert evaluation.metadata["sample"].value[0]["customer_code"] == "NOSTATE"
+    materialized = {e.asset_key.to_user_string() for e in bad.get_asset_materialization_events()}
+    assert "dim_retailers" not in materialized  # blocked by the failed ERROR checks
+    assert warehouse(tmp_path, "select customer_code from dim_retailers") == [("JBNY",)]
+
+
+def test_reconciliation_notices_a_lost_row(tmp_path: Path) -> None:
+    day = date.fromisoformat(DAY1)
+    land(tmp_path, day, _bad_connections())
+    flatten_snapshot(tmp_path, day)
+    assert raw_counts(tmp_path, day) == parquet_counts(tmp_path, day)
+    path = parquet_path(tmp_path, "buyers", day)
+    table = pq.read_table(path)
+    pq.write_table(table.slice(1), path)
+    assert raw_counts(tmp_path, day)["buyers"] == parquet_counts(tmp_path, day)["buyers"] + 1
+
+
+@pytest.mark.parametrize(
+    ("tick", "expected"),
+    [(datetime(2026, 11, 23, 6, tzinfo=UTC), "2026-11-23"), (datetime(2027, 1, 1, 6, tzinfo=UTC), "2027-01-01")],
+)
+def test_schedule_requests_the_current_days_partition(tick: datetime, expected: str) -> None:
+    defs = build_defs({})
+    schedule = defs.resolve_schedule_def("joor_daily_schedule")
+    context = dg.build_schedule_context(scheduled_execution_time=tick, repository_def=defs.get_repository_def())
+    requests = schedule.evaluate_tick(context).run_requests
+    assert requests is not None and [r.partition_key for r in requests] == [expected]
+
+
+def test_cli_run_records_in_dagster_home(tmp_path: Path, monkeypatch, capsys) -> None:
+    home = tmp_path / "dagster_home"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "dagster_home.example", home)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with run_sandbox(connections=30, rate_limit_credits=0) as sb:
+        monkeypatch.setenv("JOOR_BASE_URL", sb.base_url)
+        monkeypatch.setenv("JOOR_API_TOKEN", sb.config.api_token)
+        code = main(["run", "--date", DAY1, "--data-dir", str(tmp_path / "data"), "--allow-backdated"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "connections                   30 rows" in out
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        runs = instance.get_runs()
+        assert len(runs) == 1 and runs[0].tags.get("dagster/partition") == DAY1
+
+
+def test_cli_demo_end_to_end(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.setenv("JOOR_API_TOKEN", "a-real-looking-token")  # demo ignores configured credentials
+    monkeypatch.setenv("JOOR_SANDBOX_CONNECTIONS", "60")
+    assert main(["demo", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "on the built-in JOOR sandbox" in out
+    assert "connections                   60 rows" in out
+    assert "checks: " in out and "make ui" in out
+    assert warehouse(tmp_path, "select count(*) from dim_retailers") == [(60,)]
