@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -28,6 +28,11 @@ def _date(text: str) -> date:
         return date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date in YYYY-MM-DD form: {text!r}") from None
+
+
+def _today() -> date:
+    """Today in UTC: snapshot dates are UTC days, as are the Dagster partitions."""
+    return datetime.now(UTC).date()
 
 
 def _env_help() -> str:
@@ -79,6 +84,11 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     from joor_pipeline.pipeline import connect, fetch_snapshot
 
     settings = _settings(args)
+    if args.date < _today():
+        print(
+            f"note: JOOR serves only the current state; this stores today's connections under {args.date}",
+            file=sys.stderr,
+        )
     progress = Progress(f"fetch {args.date}")
     with connect(settings) as client:
         print(
@@ -230,15 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     fetch = add("fetch", cmd_fetch, "land one raw snapshot of every connection, exactly as JOOR sends it")
-    fetch.add_argument("--date", type=_date, default=date.today(), help="snapshot date, YYYY-MM-DD (default: today)")
+    fetch.add_argument("--date", type=_date, default=_today(), help="snapshot date, YYYY-MM-DD (default: today, UTC)")
     fetch.add_argument("--data-dir", type=Path, help="overrides JOOR_DATA_DIR")
 
     flatten = add("flatten", cmd_flatten, "flatten one raw snapshot into the ten Parquet tables (atomically)")
-    flatten.add_argument("--date", type=_date, default=date.today(), help="snapshot date, YYYY-MM-DD (default: today)")
+    flatten.add_argument("--date", type=_date, default=_today(), help="snapshot date, YYYY-MM-DD (default: today, UTC)")
     flatten.add_argument("--data-dir", type=Path, help="overrides JOOR_DATA_DIR")
 
     run = add("run", cmd_run, "materialize the whole Dagster graph (fetch, tables, checks, models) for one date")
-    run.add_argument("--date", type=_date, default=date.today(), help="snapshot date, YYYY-MM-DD (default: today)")
+    run.add_argument("--date", type=_date, default=_today(), help="snapshot date, YYYY-MM-DD (default: today, UTC)")
     run.add_argument("--data-dir", type=Path, help="overrides JOOR_DATA_DIR")
     run.add_argument(
         "--allow-backdated",
@@ -247,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     demo = add("demo", cmd_demo, "run the whole graph on the built-in sandbox for today and summarise it")
-    demo.add_argument("--date", type=_date, default=date.today(), help="snapshot date (default: today)")
+    demo.add_argument("--date", type=_date, default=_today(), help="snapshot date (default: today, UTC)")
     demo.add_argument("--data-dir", type=Path, help="overrides JOOR_DATA_DIR")
 
     sandbox = add("sandbox", cmd_sandbox, "serve the JOOR sandbox (an emulator of JOOR's API) until interrupted")

@@ -18,6 +18,7 @@ import duckdb
 import pyarrow.parquet as pq
 
 from joor_pipeline.flatten import TABLES
+from joor_pipeline.joor.parse import as_list
 from joor_pipeline.joor.shapes import CONNECTION_LISTS
 from joor_pipeline.storage.parquet import iter_raw_pages, parquet_path
 from joor_pipeline.warehouse import MODELS, MODELS_BY_NAME, parquet_root, run_model
@@ -91,10 +92,8 @@ def _list_length(connection: dict[str, Any], path: tuple[str, ...], key: str) ->
     node: Any = connection
     for group in path:
         node = node.get(group) if isinstance(node, dict) else None
-    value = node.get(key) if isinstance(node, dict) else None
-    if isinstance(value, list):
-        return len(value)
-    return 1 if isinstance(value, dict) else 0
+    items = as_list(key, node.get(key) if isinstance(node, dict) else None)
+    return 0 if items is None else len(items)
 
 
 def raw_counts(data_dir: Path, snapshot_date: date) -> dict[str, int]:

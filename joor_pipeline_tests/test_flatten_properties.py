@@ -9,6 +9,7 @@ from datetime import date
 from typing import Any
 
 import pyarrow as pa
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -227,3 +228,24 @@ def test_mutated_json_bodies_parse_and_flatten_or_fail_clearly(mutator: Mutator,
         assert "page-00000.json" in str(exc)
         return
     check_batch(page.connections, [[] for _ in page.connections])
+
+
+@SETTINGS
+@given(mutator=mutators, picks=picks)
+def test_json_fast_path_flattens_exactly_like_the_canonical_form(mutator: Mutator, picks: list[int]) -> None:
+    """The flattener reads JSON as parsed (native leaves) to the same rows and stats as the text-leaf form."""
+    connections = [mutator(BASES[i], []) for i in picks]
+    body = json.dumps({"response": {"code": 0, "log_id": "L"}, "connections": connections}).encode()
+    try:
+        canonical = parse_page(body, "json", source="p")
+    except PayloadError:
+        with pytest.raises(PayloadError):
+            parse_page(body, "json", source="p", canonical=False)
+        return
+    native = parse_page(body, "json", source="p", canonical=False)
+    common = {"snapshot_date": date(2024, 1, 1), "source_page": 0, "log_id": "L"}
+    slow = flatten_page(canonical.connections, **common)
+    fast = flatten_page(native.connections, **common)
+    assert slow.stats == fast.stats
+    for name in TABLES:
+        assert fast.tables[name].equals(slow.tables[name]), name

@@ -91,6 +91,18 @@ def test_every_raw_connection_and_item_lands_exactly_once(tmp_path: Path, n: int
     assert staging_leftovers(tmp_path) == []
 
 
+def test_json_and_xml_snapshots_of_the_same_data_write_identical_tables(tmp_path: Path) -> None:
+    connections = generate_connections(250, seed=8)
+    tables = {}
+    for fmt in ("json", "xml"):
+        land(tmp_path / fmt, DAY, connections, fmt)
+        flatten_snapshot(tmp_path / fmt, DAY)
+        tables[fmt] = {name: pq.read_table(parquet_path(tmp_path / fmt, name, DAY)) for name in TABLES}
+    for name in TABLES:
+        assert tables["json"][name].num_rows > 0, name
+        assert tables["json"][name].equals(tables["xml"][name]), name
+
+
 def test_duplicates_across_pages_are_written_once(tmp_path: Path) -> None:
     connections = generate_connections(150, seed=3)
     connections.append(copy.deepcopy(connections[5]))  # page 1 repeats a connection of page 0

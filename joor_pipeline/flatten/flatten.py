@@ -35,6 +35,7 @@ from joor_pipeline.flatten.coerce import (
 )
 from joor_pipeline.flatten.schema import INT64, TABLES, ListSource, TableSpec, arrow_schema
 from joor_pipeline.joor.errors import PayloadError
+from joor_pipeline.joor.parse import as_list
 
 Item = dict[str, Any]
 
@@ -252,18 +253,6 @@ class _Rows:
         self.ordinals.extend(range(len(items)))
 
 
-def _list_items(value: Any) -> list[Any] | None:
-    """A JOOR list value as a list; None when it is not list-shaped at all."""
-    if type(value) is list:
-        return value
-    if value is None or value == "":
-        return []
-    if isinstance(value, dict):
-        # A lone object where a list belongs, as the parser also reads it.
-        return [value]
-    return None
-
-
 class _PageFlattener:
     """The state of flattening one page."""
 
@@ -318,7 +307,7 @@ class _PageFlattener:
                 if type(raw) is list:
                     items: list[Any] | None = raw
                 else:
-                    items = _list_items(raw)
+                    items = as_list(source.key, raw)
                     if items is None:
                         self._flag_connection(owner, ".".join(source.path), raw)
                         continue

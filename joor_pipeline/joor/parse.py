@@ -58,23 +58,33 @@ def leaf_text(value: Any) -> Leaf:
     raise TypeError(type(value).__name__)
 
 
-class _ShapeError(Exception):
-    """A JSON value of the wrong kind; parse_json adds the page and log_id."""
+def as_list(key: str, value: Any) -> list[Any] | None:
+    """A JOOR list field's value as a list, however JSON spelled it; None when it is no list at all.
+
+    Missing, null and ``""`` are empty; a lone object is a list of one; the XML shape rendered as JSON
+    (``{"doors": {"door": [...]}}``) is unwrapped. The parser and the flattener share this one reading.
+    """
+    if type(value) is list:
+        return value
+    if value is None or value == "":
+        return []
+    if isinstance(value, dict):
+        item = LIST_ITEM_TAGS.get(key)
+        if item is not None and value.keys() == {item}:
+            inner = value[item]
+            if isinstance(inner, list):
+                return inner
+            return [inner] if isinstance(inner, dict) else None
+        return [value]
+    return None
 
 
 def _canonical_json(value: Any, key: str) -> Any:
     if key in LIST_ITEM_TAGS:
-        if value is None or value == "":
-            return []
-        if isinstance(value, dict):
-            # A JSON rendering of the XML shape: {"doors": {"door": [...]}} or a lone object.
-            item = LIST_ITEM_TAGS[key]
-            value = value[item] if set(value) == {item} else [value]
-            if isinstance(value, dict):
-                value = [value]
-        if not isinstance(value, list):
-            raise _ShapeError(f"field {key!r} should be a list, got {type(value).__name__}")
-        return [_canonical_json(item, LIST_ITEM_TAGS[key]) for item in value]
+        items = as_list(key, value)
+        if items is not None:
+            return [_canonical_json(item, LIST_ITEM_TAGS[key]) for item in items]
+        # Not list-shaped: kept as it came, for the flattener to record as an invalid value.
     if isinstance(value, dict):
         return {k: _canonical_json(v, k) for k, v in value.items()}
     if isinstance(value, list):
@@ -161,8 +171,13 @@ def _connections(items: Any, response: ResponseBlock, source: str) -> list[Canon
     return items
 
 
-def parse_json(body: bytes, *, source: str = "<response>") -> Page:
-    """Parse a JSON envelope, with or without an outer ``connections`` wrapper."""
+def parse_json(body: bytes, *, source: str = "<response>", canonical: bool = True) -> Page:
+    """Parse a JSON envelope, with or without an outer ``connections`` wrapper.
+
+    ``canonical=False`` leaves each connection as JSON gave it (native numbers and booleans, lists in any of
+    the spellings :func:`as_list` reads): the flattener reads both forms to identical rows, and skipping the
+    walk that spells every leaf as text makes a large snapshot flatten several times faster.
+    """
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -172,11 +187,14 @@ def parse_json(body: bytes, *, source: str = "<response>") -> Page:
     if "response" not in doc and isinstance(doc.get("connections"), dict):
         doc = doc["connections"]
     response = _response_block(doc.get("response"), source)
-    try:
-        connections = _canonical_json(doc.get("connections"), "connections")
-    except _ShapeError as exc:
-        raise PayloadError(str(exc), source=source, log_id=response.log_id) from None
-    return Page(response, _connections(connections, response, source))
+    items = as_list("connections", doc.get("connections"))
+    if items is None:
+        kind = type(doc.get("connections")).__name__
+        raise PayloadError(f"field 'connections' should be a list, got {kind}", source=source, log_id=response.log_id)
+    connections = _connections(items, response, source)
+    if canonical:
+        connections = [_canonical_json(connection, "connection") for connection in connections]
+    return Page(response, connections)
 
 
 def parse_xml(body: bytes, *, source: str = "<response>") -> Page:
@@ -194,10 +212,10 @@ def parse_xml(body: bytes, *, source: str = "<response>") -> Page:
     return Page(response, _connections(connections, response, source))
 
 
-def parse_page(body: bytes, fmt: str, *, source: str = "<response>") -> Page:
-    """Parse one response body of the given format (``json`` or ``xml``)."""
+def parse_page(body: bytes, fmt: str, *, source: str = "<response>", canonical: bool = True) -> Page:
+    """Parse one response body of the given format (``json`` or ``xml``); see :func:`parse_json` for ``canonical``."""
     if fmt == "json":
-        return parse_json(body, source=source)
+        return parse_json(body, source=source, canonical=canonical)
     if fmt == "xml":
         return parse_xml(body, source=source)
     raise ValueError(f"unknown format {fmt!r}; expected 'json' or 'xml'")

@@ -146,7 +146,7 @@ def _read_page(raw_dir: Path, entry: RawPageEntry, fmt: str) -> tuple[list[Canon
     if entry.sha256 is not None and hashlib.sha256(body).hexdigest() != entry.sha256:
         raise PayloadError("page differs from the sha256 in the manifest", source=str(path), log_id=entry.log_id)
     try:
-        page = parse_page(body, fmt, source=str(path))
+        page = parse_page(body, fmt, source=str(path), canonical=False)
     except PayloadError as exc:
         if exc.log_id is None and entry.log_id is not None:
             # The body carried no log_id (it may not even parse); the fetch recorded one in the manifest.
@@ -168,7 +168,9 @@ def _pages(snapshot: _RawSnapshot) -> Iterator[tuple[RawPageEntry, list[Canonica
 
 
 def iter_raw_pages(data_dir: Path, snapshot_date: date) -> Iterator[tuple[RawPageEntry, list[Canonical], str | None]]:
-    """Each page of a complete raw snapshot in manifest order: its entry, canonical connections and log_id.
+    """Each page of a complete raw snapshot in manifest order: its entry, connections and log_id.
+
+    JSON connections come as parsed (native leaves, see ``parse_json(canonical=False)``), XML ones canonical.
 
     One page is read at a time. Errors are those of :func:`flatten_snapshot`: ``SnapshotNotFound`` for a missing
     or unusable manifest or page file, ``PayloadError`` (naming the file and log_id) for a page that is not a
