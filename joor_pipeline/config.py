@@ -44,6 +44,7 @@ ENV_VARS: Final[dict[str, str]] = {
     "JOOR_RATE_LIMIT_WINDOW": "seconds in JOOR's rate-limit window; default 300",
     "JOOR_TIMEOUT": "seconds per HTTP request (connect, read, write); default 30",
     "JOOR_MAX_ATTEMPTS": "tries per request on 429/5xx/transport errors; default 6",
+    "JOOR_CONCURRENCY": "list pages in flight at once when JOOR reports the total; 1 walks page by page; default 4",
     "JOOR_SANDBOX_CONNECTIONS": "connections the built-in sandbox serves when no JOOR is configured; default 500",
     "JOOR_SANDBOX_SEED": "seed of the built-in sandbox's generated retailers; default 7",
 }
@@ -100,6 +101,8 @@ class JoorSettings:
     rate_limit_window: float = 300.0
     timeout: float = 30.0
     max_attempts: int = 6
+    #: List pages in flight at once once the first page tells how many connections there are (1: one at a time).
+    concurrency: int = 4
     #: True when nothing points at a real JOOR: the caller starts the built-in sandbox and fills in its URLs.
     builtin_sandbox: bool = False
     sandbox_connections: int = 500
@@ -175,6 +178,7 @@ def load_settings(env: Mapping[str, str]) -> JoorSettings:
     window = _positive_float(env, "JOOR_RATE_LIMIT_WINDOW", 300.0, problems)
     timeout = _positive_float(env, "JOOR_TIMEOUT", 30.0, problems)
     max_attempts = _positive_int(env, "JOOR_MAX_ATTEMPTS", 6, problems)
+    concurrency = _positive_int(env, "JOOR_CONCURRENCY", 4, problems)
     sandbox_connections = _positive_int(env, "JOOR_SANDBOX_CONNECTIONS", 500, problems)
     sandbox_seed = _positive_int(env, "JOOR_SANDBOX_SEED", 7, problems)
 
@@ -222,6 +226,7 @@ def load_settings(env: Mapping[str, str]) -> JoorSettings:
         rate_limit_window=window,
         timeout=timeout,
         max_attempts=max_attempts,
+        concurrency=concurrency,
         builtin_sandbox=builtin,
         sandbox_connections=sandbox_connections,
         sandbox_seed=sandbox_seed,

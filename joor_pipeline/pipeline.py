@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -84,15 +84,23 @@ def fetch_snapshot(
     snapshot_date: date,
     *,
     progress: FetchProgress | None = None,
+    concurrency: int | None = None,
 ) -> FetchReport:
-    """Land every connection page for ``snapshot_date``, replacing that snapshot atomically."""
+    """Land every connection page for ``snapshot_date``, replacing that snapshot atomically.
+
+    ``concurrency`` (default: the client's settings) is how many list pages may be in flight at once.
+    """
     settings = client.settings
+    # The client never runs more requests at once than its connection pool holds; the manifest says what ran.
+    concurrency = min(settings.concurrency if concurrency is None else concurrency, client.max_connections)
     started_at = datetime.now(UTC)
     clock = time.monotonic()
     connections = 0
     log_ids: list[str] = []
-    with open_raw_snapshot(data_dir, snapshot_date, settings.format) as writer:
-        for fetched in client.iter_connection_pages():
+    # closing(): a failure while landing stops the page requests still in flight before the snapshot is discarded.
+    pages = closing(client.iter_connection_pages(concurrency=concurrency))
+    with open_raw_snapshot(data_dir, snapshot_date, settings.format) as writer, pages as fetched_pages:
+        for fetched in fetched_pages:
             count = len(fetched.page.connections)
             writer.add_page(
                 fetched.index,
@@ -114,6 +122,7 @@ def fetch_snapshot(
                 "api_version": settings.api_version,
                 "source": settings.target,
                 "page_size": settings.page_size,
+                "concurrency": concurrency,
                 "fetch_started_at": started_at.isoformat(),
                 "fetch_finished_at": finished_at.isoformat(),
                 "fetch_seconds": round(time.monotonic() - clock, 3),

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import threading
 import time
 
 import pytest
 
-from joor_pipeline.joor.client import JoorClient, RetryPolicy, parse_retry_after, redact_url
+from joor_pipeline.joor.client import FetchedPage, JoorClient, RetryPolicy, parse_retry_after, redact_url
 from joor_pipeline.joor.errors import (
     AuthError,
     JoorApiError,
@@ -15,9 +17,9 @@ from joor_pipeline.joor.errors import (
     PayloadError,
     RetriesExhausted,
 )
-from joor_pipeline.joor.pacing import CreditPacer
+from joor_pipeline.joor.pacing import Cancelled, CreditPacer
 from joor_pipeline.joor.parse import parse_page
-from joor_pipeline.sandbox import run_sandbox
+from joor_pipeline.sandbox import Faults, run_sandbox
 from joor_pipeline_tests.conftest import sandbox_settings
 
 FAST_RETRY = RetryPolicy(max_attempts=6, max_elapsed=30.0, backoff_base=0.01, backoff_max=0.05)
@@ -29,6 +31,21 @@ def all_connections(client: JoorClient, **kwargs) -> list[dict]:
 
 def ids(connections: list[dict]) -> list[str]:
     return [c["customer_account_id"] for c in connections]
+
+
+def served_ids(sandbox) -> list[str]:
+    return [str(c["customer_account_id"]) for c in sandbox.connections]
+
+
+def fetch_threads() -> list[str]:
+    """Threads of a concurrent walk still alive (the client names them ``joor-fetch-*``)."""
+    return [t.name for t in threading.enumerate() if t.name.startswith("joor-fetch")]
+
+
+def comparable(page: FetchedPage) -> tuple[int, int, str, bytes]:
+    """A page as a walk yields it, but for the log_id JOOR stamps on every call."""
+    assert page.log_id
+    return page.index, page.start_from, page.url, page.body.replace(page.log_id.encode(), b"")
 
 
 # ---- pagination ------------------------------------------------------------------------------------------------
@@ -57,12 +74,231 @@ def test_empty_account_gives_one_empty_page() -> None:
     assert fetched[0].page.connections == []
 
 
-def test_non_advancing_next_start_is_an_error_not_a_loop(sandbox) -> None:
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_non_advancing_next_start_is_an_error_not_a_loop(sandbox, concurrency: int) -> None:
     sandbox.faults.stuck_pagination = True
-    with JoorClient(sandbox_settings(sandbox, page_size=10)) as client:
+    yielded: list[int] = []
+    with JoorClient(sandbox_settings(sandbox, page_size=10, concurrency=concurrency)) as client:
         with pytest.raises(PaginationError, match="does not advance"):
-            all_connections(client)
-        assert client.stats.requests == 2
+            for page in client.iter_connection_pages():
+                yielded.append(page.start_from)
+        # Page by page, the stuck page is the last request; concurrently, at most the pages planned ahead follow.
+        assert client.stats.requests == 2 if concurrency == 1 else client.stats.requests <= 2 + 2 * concurrency
+    assert yielded == [0, 10]
+    assert fetch_threads() == []
+
+
+# ---- concurrent pagination ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("connections", "fmt"),
+    [(0, "json"), (1, "json"), (10, "json"), (11, "json"), (95, "json"), (95, "xml"), (100, "json")],
+)
+def test_concurrent_walk_yields_what_the_page_by_page_walk_yields(connections: int, fmt: str) -> None:
+    with run_sandbox(connections=connections, seed=3, rate_limit_credits=0) as sb:
+        walks = {}
+        for concurrency in (1, 4):
+            with JoorClient(sandbox_settings(sb, fmt=fmt, page_size=10, concurrency=concurrency)) as client:
+                walks[concurrency] = list(client.iter_connection_pages())
+    assert [comparable(p) for p in walks[4]] == [comparable(p) for p in walks[1]]
+    assert [p.page.connections for p in walks[4]] == [p.page.connections for p in walks[1]]
+    assert ids([c for p in walks[4] for c in p.page.connections]) == served_ids(sb)
+    assert len(walks[4]) == max(1, -(-connections // 10))
+    assert fetch_threads() == []
+
+
+def test_planned_walk_starts_where_asked(sandbox) -> None:
+    with JoorClient(sandbox_settings(sandbox, page_size=10, concurrency=4)) as client:
+        fetched = list(client.iter_connection_pages(start_from=35))
+    assert [p.start_from for p in fetched] == [35, 45, 55, 65, 75, 85, 95, 105, 115]
+    assert [p.index for p in fetched] == list(range(9))
+    assert ids([c for p in fetched for c in p.page.connections]) == served_ids(sandbox)[35:]
+
+
+@pytest.mark.parametrize(("concurrency", "peak"), [(1, 1), (4, 4)])
+def test_concurrency_bounds_the_requests_in_flight(concurrency: int, peak: int) -> None:
+    with run_sandbox(connections=60, rate_limit_credits=0, faults=Faults(latency_ms=50)) as sb:
+        with JoorClient(sandbox_settings(sb, page_size=5, concurrency=concurrency)) as client:
+            got = all_connections(client)
+    assert ids(got) == served_ids(sb)
+    if concurrency == 1:
+        assert sb.stats.max_concurrent == 1
+    else:
+        assert 1 < sb.stats.max_concurrent <= peak
+
+
+def test_concurrent_walk_through_faults_loses_and_duplicates_nothing(sandbox) -> None:
+    sandbox.faults.script = ["ok", "500", "drop", "ok", "truncate", "503", "429", "502", "ok", "504"]
+    with JoorClient(sandbox_settings(sandbox, page_size=10, concurrency=4), retry=FAST_RETRY) as client:
+        fetched = list(client.iter_connection_pages())
+        assert client.stats.retries == 7
+        assert client.stats.transport_errors == 2
+        assert client.stats.throttled == 1
+    assert [p.index for p in fetched] == list(range(12))
+    assert [p.start_from for p in fetched] == list(range(0, 120, 10))
+    assert ids([c for p in fetched for c in p.page.connections]) == served_ids(sandbox)
+    assert sandbox.faults.script == []
+
+
+def test_page_failing_for_good_ends_the_walk_with_its_error(sandbox) -> None:
+    sandbox.faults.script = ["ok", *["503"] * 40]
+    retry = RetryPolicy(max_attempts=2, backoff_base=0.01, backoff_max=0.01)
+    yielded: list[int] = []
+    with JoorClient(sandbox_settings(sandbox, page_size=10, concurrency=4), retry=retry) as client:
+        pages = client.iter_connection_pages()
+        with pytest.raises(RetriesExhausted, match="start_from=10&"):
+            for page in pages:
+                yielded.append(page.index)
+        assert fetch_threads() == []
+        with pytest.raises(StopIteration):
+            next(pages)
+    assert yielded == [0]
+
+
+def test_error_mid_walk_stops_after_the_pages_before_it(sandbox) -> None:
+    with JoorClient(sandbox_settings(sandbox, page_size=10, concurrency=4)) as client:
+        pages = client.iter_connection_pages()
+        yielded = [next(pages) for _ in range(3)]
+        sandbox.faults.error_code = 17
+        with pytest.raises(JoorApiError) as info:
+            yielded.extend(pages)
+        assert info.value.code == 17
+        assert fetch_threads() == []
+    # Pages already fetched when JOOR started failing still come, in order; none after the failed one.
+    assert 3 <= len(yielded) < 12
+    assert [p.index for p in yielded] == list(range(len(yielded)))
+    assert ids([c for p in yielded for c in p.page.connections]) == served_ids(sandbox)[: 10 * len(yielded)]
+
+
+def test_consumer_stopping_early_leaves_no_thread_behind() -> None:
+    with run_sandbox(connections=200, rate_limit_credits=0, faults=Faults(latency_ms=20)) as sb:
+        with JoorClient(sandbox_settings(sb, page_size=5, concurrency=4)) as client:
+            pages = client.iter_connection_pages()
+            assert [next(pages).index for _ in range(3)] == [0, 1, 2]
+            assert fetch_threads()
+            # However long the consumer dawdles, only a bounded window of pages is requested ahead of it:
+            # the first page, twice the concurrency planned ahead, one more for each planned page consumed.
+            time.sleep(0.3)
+            assert sb.stats.requests <= 1 + 2 * 4 + 2
+            pages.close()
+            assert fetch_threads() == []
+
+
+def _more_connections(sandbox, n: int) -> list[dict]:
+    extra = []
+    for i in range(n):
+        connection = copy.deepcopy(sandbox.connections[i % len(sandbox.connections)])
+        connection["customer_account_id"] = 900_000 + i
+        connection["customer_code"] = f"GROWN-{i}"
+        extra.append(connection)
+    return extra
+
+
+@pytest.mark.parametrize(("connections", "grow_after"), [(95, 1), (195, 5)])
+def test_account_growing_during_the_walk_loses_nothing(connections: int, grow_after: int) -> None:
+    # The growth lands before the last planned page is requested (at most 2 x 4 pages are requested ahead of the
+    # consumer), so that page sees the grown account whatever the timing.
+    with run_sandbox(connections=connections, seed=4, rate_limit_credits=0) as sb:
+        with JoorClient(sandbox_settings(sb, page_size=10, concurrency=4)) as client:
+            pages = client.iter_connection_pages()
+            fetched = [next(pages) for _ in range(grow_after)]
+            sb.connections.extend(_more_connections(sb, 17))
+            fetched.extend(pages)
+    total = connections + 17
+    assert len(sb.connections) == total
+    assert ids([c for p in fetched for c in p.page.connections]) == served_ids(sb)
+    assert [p.start_from for p in fetched] == list(range(0, total, 10))
+    assert [p.index for p in fetched] == list(range(len(fetched)))
+    # The first page promised the original count: the walk went past that plan, page by page.
+    assert fetched[0].page.response.count == connections
+
+
+def test_account_shrinking_during_the_walk_stops_where_joor_says() -> None:
+    with run_sandbox(connections=95, seed=4, rate_limit_credits=0) as sb:
+        with JoorClient(sandbox_settings(sb, page_size=10, concurrency=4)) as client:
+            pages = client.iter_connection_pages()
+            fetched = [next(pages)]
+            del sb.connections[35:]
+            fetched.extend(pages)
+            assert fetch_threads() == []
+    assert [p.start_from for p in fetched] == [0, 10, 20, 30]
+    assert ids([c for p in fetched for c in p.page.connections]) == served_ids(sb)
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_concurrent_walk_under_a_rate_limit_meets_no_429(concurrency: int) -> None:
+    with run_sandbox(connections=60, rate_limit_credits=10, rate_limit_window=0.5) as sb:
+        settings = sandbox_settings(
+            sb, page_size=2, rate_limit_credits=10, rate_limit_window=0.5, concurrency=concurrency
+        )
+        with JoorClient(settings) as client:
+            got = all_connections(client)
+            assert client.stats.throttled == 0
+            assert client.pacer.stats.windows >= 3
+    assert ids(got) == served_ids(sb)
+    assert sb.stats.throttled == 0
+    assert sb.stats.credits_used == 30
+
+
+def test_burst_after_a_pause_at_the_window_end_meets_no_429() -> None:
+    """A request sent just after JOOR's window closed opens JOOR's next one: it must count there, not here."""
+    with run_sandbox(connections=13, rate_limit_credits=10, rate_limit_window=0.5) as sb:
+        settings = sandbox_settings(sb, page_size=1, rate_limit_credits=10, rate_limit_window=0.5, concurrency=1)
+        with JoorClient(settings) as client:
+            pages = client.iter_connection_pages()
+            first = next(pages)
+            # The consumer dawdles until just past JOOR's window but before the client's margin ends, then bursts.
+            time.sleep(0.52)
+            got = [first, *pages]
+            assert client.stats.throttled == 0
+    assert len(got) == 13
+    assert sb.stats.throttled == 0
+
+
+# ---- auth with concurrency -------------------------------------------------------------------------------------
+
+
+def test_v4_concurrent_walk_asks_for_one_token(sandbox) -> None:
+    with JoorClient(sandbox_settings(sandbox, api_version="v4", page_size=10, concurrency=4)) as client:
+        assert ids(all_connections(client)) == served_ids(sandbox)
+        assert client.stats.token_requests == 1
+    assert sandbox.stats.tokens_issued == 1
+
+
+def test_v4_concurrent_first_calls_ask_for_one_token() -> None:
+    with run_sandbox(connections=5, rate_limit_credits=0, faults=Faults(latency_ms=50)) as sb:
+        with JoorClient(sandbox_settings(sb, api_version="v4")) as client:
+            start = threading.Barrier(6)
+            codes: list[str] = []
+
+            def call() -> None:
+                start.wait()
+                codes.append(client.get_connection_by_customer_code("JBNY")["customer_code"])
+
+            threads = [threading.Thread(target=call) for _ in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert client.stats.token_requests == 1
+    assert codes == ["JBNY"] * 6
+    assert sb.stats.tokens_issued == 1
+    assert sb.stats.max_concurrent > 1
+
+
+def test_v4_token_revoked_mid_walk_is_renewed_once() -> None:
+    with run_sandbox(connections=120, rate_limit_credits=0, faults=Faults(latency_ms=50)) as sb:
+        with JoorClient(sandbox_settings(sb, api_version="v4", page_size=10, concurrency=4)) as client:
+            pages = client.iter_connection_pages()
+            fetched = [next(pages)]
+            sb.revoke_tokens()
+            fetched.extend(pages)
+            assert client.stats.token_requests == 2
+    assert ids([c for p in fetched for c in p.page.connections]) == served_ids(sb)
+    # Several requests in flight met the revoked token; one of them renewed it for all.
+    assert sb.stats.by_status.get(401, 0) > 1
+    assert sb.stats.tokens_issued == 2
 
 
 # ---- auth --------------------------------------------------------------------------------------------------------
@@ -284,3 +520,63 @@ def test_pacer_never_exceeds_budget_in_a_window() -> None:
     assert max(per_window.values()) == 10
     assert pacer.stats.credits_used == 35
     assert pacer.stats.windows == 4
+
+
+def fake_time() -> tuple[list[float], dict]:
+    now = [0.0]
+    return now, {"clock": lambda: now[0], "sleep": lambda s: now.__setitem__(0, now[0] + s)}
+
+
+def test_pacer_sends_nothing_in_the_margin_before_a_window_ends() -> None:
+    now, clock = fake_time()
+    pacer = CreditPacer(10, 1.0, margin=0.1, **clock)
+    pacer.acquire(1)
+    now[0] = 0.85
+    assert pacer.acquire(1) == 0.0
+    now[0] = 0.95
+    # Sent now, it could reach JOOR after its window closed and open the next one there, unseen here.
+    assert pacer.acquire(1) == pytest.approx(0.15)
+    assert now[0] == pytest.approx(1.1)
+    assert pacer.stats.windows == 2
+    assert pacer.stats.credits_used == 3
+
+
+def test_pacer_window_shorter_than_its_margin_still_sends() -> None:
+    _, clock = fake_time()
+    pacer = CreditPacer(5, 0.05, **clock)
+    for _ in range(3):
+        pacer.acquire(1)
+    assert pacer.stats.credits_used == 3
+    assert pacer.stats.windows == 3
+
+
+def test_pacer_429s_from_several_requests_keep_the_latest_reset() -> None:
+    now, clock = fake_time()
+    pacer = CreditPacer(10, 300.0, **clock)
+    pacer.acquire(1)
+    pacer.exhausted(2.0)
+    now[0] = 0.5
+    pacer.exhausted(1.0)  # an answer that left JOOR earlier, arriving later
+    assert pacer.acquire(1) == pytest.approx(1.5)
+    assert now[0] == pytest.approx(2.0)
+
+
+def test_pacer_wait_ends_when_cancelled() -> None:
+    pacer = CreditPacer(1, 60.0)
+    pacer.acquire(1)
+    cancel = threading.Event()
+    outcome: list[BaseException] = []
+
+    def wait_for_credits() -> None:
+        try:
+            pacer.acquire(1, cancel=cancel)
+        except Cancelled as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=wait_for_credits)
+    waiter.start()
+    cancel.set()
+    waiter.join(timeout=10)
+    assert not waiter.is_alive()
+    assert len(outcome) == 1
+    assert pacer.stats.credits_used == 1

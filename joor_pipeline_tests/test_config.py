@@ -23,6 +23,7 @@ def test_nothing_configured_means_builtin_sandbox() -> None:
     s = load_settings({})
     assert s.builtin_sandbox
     assert (s.api_version, s.format, s.page_size, s.data_dir) == ("v2", "json", 100, Path("data"))
+    assert s.concurrency == 4
     assert s.target == "built-in sandbox"
 
 
@@ -58,6 +59,10 @@ def test_base_url_override_brings_its_own_token_endpoint() -> None:
         ({"JOOR_PAGE_SIZE": "many"}, "JOOR_PAGE_SIZE must be a whole number"),
         ({"JOOR_PAGE_SIZE": "0"}, "JOOR_PAGE_SIZE must be greater than 0"),
         ({"JOOR_RATE_LIMIT_WINDOW": "-1"}, "JOOR_RATE_LIMIT_WINDOW must be greater than 0"),
+        ({"JOOR_CONCURRENCY": "0"}, "JOOR_CONCURRENCY must be greater than 0, got 0"),
+        ({"JOOR_CONCURRENCY": "-2"}, "JOOR_CONCURRENCY must be greater than 0"),
+        ({"JOOR_CONCURRENCY": "four"}, "JOOR_CONCURRENCY must be a whole number, got 'four'"),
+        ({"JOOR_CONCURRENCY": "2.5"}, "JOOR_CONCURRENCY must be a whole number"),
         ({"JOOR_BASE_URL": "api.jooraccess.com", "JOOR_API_TOKEN": "t"}, "must start with http"),
         ({"JOOR_BASE_URL": "https://api.jooraccess.com/v2", "JOOR_API_TOKEN": "t"}, "without the version"),
     ],
@@ -65,6 +70,16 @@ def test_base_url_override_brings_its_own_token_endpoint() -> None:
 def test_bad_settings_name_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings(env)
+
+
+def test_concurrency_is_read_from_the_environment_and_the_resource() -> None:
+    from joor_pipeline.assets.resources import JoorApiResource
+
+    assert load_settings({"JOOR_CONCURRENCY": " 8 "}).concurrency == 8
+    assert load_settings({"JOOR_CONCURRENCY": "1"}).concurrency == 1
+    assert JoorApiResource(concurrency="3").settings().concurrency == 3
+    with pytest.raises(ConfigError, match="JOOR_CONCURRENCY must be greater than 0"):
+        JoorApiResource(concurrency="0").settings()
 
 
 def test_every_problem_reported_at_once() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
 from datetime import date
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def test_pages_are_landed_exactly_as_received(sandbox, tmp_path: Path, fmt: str)
     assert [p["log_id"] for p in manifest["pages"]] == report.log_ids
     assert manifest["pages"][1]["start_from"] == 50
     assert manifest["fetch_started_at"] <= manifest["fetch_finished_at"]
+    assert manifest["concurrency"] == settings.concurrency == 4
 
 
 def _log_id(body: bytes, fmt: str) -> str:
@@ -69,26 +71,47 @@ def test_rerun_replaces_the_snapshot(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "raw" / "connections").iterdir()] == [f"snapshot_date={DAY}"]
 
 
-def test_failed_run_leaves_previous_snapshot_untouched(sandbox, tmp_path: Path) -> None:
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_failed_run_leaves_previous_snapshot_untouched(sandbox, tmp_path: Path, concurrency: int) -> None:
     with JoorClient(sandbox_settings(sandbox, page_size=40)) as client:
         fetch_snapshot(client, tmp_path, DAY)
     before = {p.name: p.read_bytes() for p in raw_snapshot_dir(tmp_path, DAY).iterdir()}
 
-    sandbox.faults.script = ["ok", "503", "503", "503"]
+    sandbox.faults.script = ["ok", "ok", *["503"] * 40]
     retry = RetryPolicy(max_attempts=3, backoff_base=0.01)
     with JoorClient(sandbox_settings(sandbox, page_size=10), retry=retry) as client:
         with pytest.raises(RetriesExhausted):
-            fetch_snapshot(client, tmp_path, DAY)
+            fetch_snapshot(client, tmp_path, DAY, concurrency=concurrency)
+    assert not [t for t in threading.enumerate() if t.name.startswith("joor-fetch")]
     after = {p.name: p.read_bytes() for p in raw_snapshot_dir(tmp_path, DAY).iterdir()}
     assert after == before
     assert [p.name for p in (tmp_path / "raw" / "connections").iterdir()] == [f"snapshot_date={DAY}"]
 
 
-def test_progress_reports_pages_and_connections(sandbox, tmp_path: Path) -> None:
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_progress_reports_pages_and_connections(sandbox, tmp_path: Path, concurrency: int) -> None:
     seen: list[tuple[int, int]] = []
     with JoorClient(sandbox_settings(sandbox, page_size=50)) as client:
-        fetch_snapshot(client, tmp_path, DAY, progress=lambda p, c: seen.append((p, c)))
+        report = fetch_snapshot(
+            client, tmp_path, DAY, progress=lambda p, c: seen.append((p, c)), concurrency=concurrency
+        )
     assert seen == [(1, 50), (2, 100), (3, 120)]
+    assert report.manifest["concurrency"] == concurrency
+    assert [p["start_from"] for p in report.manifest["pages"]] == [0, 50, 100]
+
+
+def test_concurrent_fetch_lands_the_same_snapshot(tmp_path: Path) -> None:
+    landed = {}
+    with run_sandbox(connections=95, seed=9, rate_limit_credits=0) as sb:
+        for concurrency in (1, 4):
+            with JoorClient(sandbox_settings(sb, page_size=10, concurrency=concurrency)) as client:
+                report = fetch_snapshot(client, tmp_path / str(concurrency), DAY)
+            landed[concurrency] = [
+                path.read_bytes().replace(log_id.encode(), b"")
+                for path, log_id in zip(sorted(report.path.glob("page-*")), report.log_ids, strict=True)
+            ]
+    assert len(landed[4]) == 10
+    assert landed[4] == landed[1]
 
 
 SECRETS = {

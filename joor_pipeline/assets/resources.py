@@ -29,6 +29,7 @@ JOOR_FIELDS: dict[str, str] = {
     "rate_limit_window": "JOOR_RATE_LIMIT_WINDOW",
     "timeout": "JOOR_TIMEOUT",
     "max_attempts": "JOOR_MAX_ATTEMPTS",
+    "concurrency": "JOOR_CONCURRENCY",
     "sandbox_connections": "JOOR_SANDBOX_CONNECTIONS",
     "sandbox_seed": "JOOR_SANDBOX_SEED",
 }
@@ -58,6 +59,7 @@ class JoorApiResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     rate_limit_window: str | None = None
     timeout: str | None = None
     max_attempts: str | None = None
+    concurrency: str | None = None
     sandbox_connections: str | None = None
     sandbox_seed: str | None = None
 

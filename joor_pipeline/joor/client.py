@@ -1,7 +1,8 @@
 """The JOOR API client: authentication, formats, retries, pacing and pagination over one connection pool.
 
 It knows nothing of Dagster or of storage: it yields pages (the exact bytes JOOR sent plus their parsed,
-canonical form) and leaves landing them to the caller.
+canonical form) and leaves landing them to the caller. Several threads may share one client: the pool, the
+pacer, the v4 token and the counters are all safe to use concurrently.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Generator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -29,7 +32,7 @@ from joor_pipeline.joor.errors import (
     PayloadError,
     RetriesExhausted,
 )
-from joor_pipeline.joor.pacing import CreditPacer
+from joor_pipeline.joor.pacing import Cancelled, CreditPacer
 from joor_pipeline.joor.parse import Canonical, Page, parse_page
 from joor_pipeline.joor.shapes import MEDIA_TYPES
 
@@ -134,7 +137,7 @@ class JoorClient:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
-        max_connections: int = 10,
+        max_connections: int | None = None,
     ) -> None:
         self.settings = settings
         self.retry = retry or RetryPolicy(max_attempts=settings.max_attempts)
@@ -145,10 +148,13 @@ class JoorClient:
         self._token = _V4Token()
         self._stats_lock = threading.Lock()
         self._media_type = MEDIA_TYPES[settings.format]
+        # Room for every request a concurrent fetch keeps in flight, so none waits for a connection after it has
+        # taken its rate-limit credits (the pacer's margin assumes credits are spent right before sending).
+        self.max_connections = max_connections or max(10, settings.concurrency)
         self._http = httpx.Client(
             base_url=settings.base_url,
             timeout=httpx.Timeout(settings.timeout, connect=min(10.0, settings.timeout)),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            limits=httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections),
             transport=transport,
             headers={"User-Agent": "joor-pipeline/0.1 (+httpx)"},
             follow_redirects=False,
@@ -177,17 +183,19 @@ class JoorClient:
 
     # ---- authentication -------------------------------------------------------------------------------------
 
-    def _auth(self) -> tuple[dict[str, str], dict[str, str]]:
-        """Headers and query parameters that authenticate one API call."""
+    def _auth(self) -> tuple[dict[str, str], dict[str, str], Secret | None]:
+        """Headers and query parameters that authenticate one API call, and the v4 token they carry."""
         s = self.settings
         if s.api_version == "v2":
             assert s.api_token is not None
             encoded = base64.b64encode(s.api_token.reveal().encode()).decode()
-            return {"Authorization": f"OAuth2 {encoded}"}, {}
+            return {"Authorization": f"OAuth2 {encoded}"}, {}, None
         assert s.account_id is not None
-        return {"Authorization": f"Bearer {self._access_token().reveal()}"}, {"account": s.account_id}
+        token = self._access_token()
+        return {"Authorization": f"Bearer {token.reveal()}"}, {"account": s.account_id}, token
 
     def _access_token(self) -> Secret:
+        # The lock is held across the token request: threads that need a token meanwhile wait for this one.
         with self._token.lock:
             if self._token.value is None or time.monotonic() >= self._token.renew_at:
                 self._token.value, expires_in = self._request_token()
@@ -195,10 +203,15 @@ class JoorClient:
                 self._token.renew_at = time.monotonic() + expires_in - min(300.0, expires_in / 10)
             return self._token.value
 
-    def invalidate_token(self) -> None:
-        """Forget the cached v4 token; the next call asks for a new one."""
+    def invalidate_token(self, rejected: Secret | None = None) -> None:
+        """Forget the cached v4 token; the next call asks for a new one.
+
+        With ``rejected`` (the token JOOR just refused), only that token is forgotten: when several requests in
+        flight are refused at once, the first to get here renews it and the others use the new one.
+        """
         with self._token.lock:
-            self._token.value = None
+            if rejected is None or self._token.value == rejected:
+                self._token.value = None
 
     def _request_token(self) -> tuple[Secret, float]:
         s = self.settings
@@ -238,18 +251,29 @@ class JoorClient:
         files: dict[str, Any] | None = None,
         cost: int = GET_COST,
         authenticate: bool = True,
+        cancel: threading.Event | None = None,
     ) -> httpx.Response:
-        """Send with pacing and retries (429, 5xx, transport errors); re-authenticate once on a v4 401."""
+        """Send with pacing and retries (429, 5xx, transport errors); re-authenticate once on a v4 401.
+
+        ``cancel``, once set, stops the retries and any wait for credits with :class:`Cancelled`.
+        """
         started = time.monotonic()
         reauthenticated = False
         attempt = 0
+        v4 = authenticate and self.settings.api_version == "v4"
         while True:
             attempt += 1
-            self.pacer.acquire(cost)
+            _check(cancel)
+            if v4:
+                # A token request due now goes first, so it cannot slip in between this call's credits and its send.
+                self._access_token()
+            self.pacer.acquire(cost, cancel=cancel)
+            _check(cancel)
             headers = {"Accept": self._media_type}
             query = dict(params or {})
+            token: Secret | None = None
             if authenticate:
-                auth_headers, auth_params = self._auth()
+                auth_headers, auth_params, token = self._auth()
                 headers.update(auth_headers)
                 query.update(auth_params)
             retry_after: float | None = None
@@ -267,10 +291,10 @@ class JoorClient:
                     self.stats.bytes_received += len(response.content)
                 request_url = redact_url(response.request.url)
                 status = response.status_code
-                if status == 401 and authenticate and self.settings.api_version == "v4" and not reauthenticated:
+                if status == 401 and v4 and not reauthenticated:
                     # The token may have been revoked or expired early: one fresh token, one more try.
                     reauthenticated = True
-                    self.invalidate_token()
+                    self.invalidate_token(token)
                     log.info("JOOR answered 401 to %s %s; renewing the v4 token once", method, request_url)
                     attempt -= 1
                     continue
@@ -304,9 +328,11 @@ class JoorClient:
             )
             self._sleep(delay)
 
-    def _get_page(self, path: str, params: dict[str, Any] | None = None) -> tuple[httpx.Response, Page]:
+    def _get_page(
+        self, path: str, params: dict[str, Any] | None = None, *, cancel: threading.Event | None = None
+    ) -> tuple[httpx.Response, Page]:
         """GET one envelope; turn HTTP errors and non-zero response codes into clear exceptions."""
-        response = self._send("GET", path, params=params)
+        response = self._send("GET", path, params=params, cancel=cancel)
         url = redact_url(response.request.url)
         status = response.status_code
         if status != 200:
@@ -338,41 +364,121 @@ class JoorClient:
 
     # ---- endpoints ------------------------------------------------------------------------------------------
 
-    def iter_connection_pages(self, *, page_size: int | None = None, start_from: int = 0) -> Iterator[FetchedPage]:
-        """Every page of ``GET /v2/connection/``, following ``next_start`` until JOOR says there is no more."""
-        count = page_size or self.settings.page_size
+    def iter_connection_pages(
+        self, *, page_size: int | None = None, start_from: int = 0, concurrency: int | None = None
+    ) -> Generator[FetchedPage, None, None]:
+        """Every page of ``GET /v2/connection/``, in order, following ``next_start`` until JOOR says there is no more.
+
+        The first page is fetched alone. When it ends where its ``next_start`` points and its ``response.count``
+        (ASSUMED: the number of connections in the account) says more remain, the remaining offsets are known: up
+        to ``concurrency`` (default: the settings'; at most the client's ``max_connections``) of them are fetched at
+        once, and the pages are still yielded strictly in order, each checked as in a page-by-page walk. Any
+        departure from that plan (a page with another ``next_start``, an account that grew meanwhile) is followed
+        page by page from there, so the pages are those a page-by-page walk would yield. A page that fails ends
+        the walk with its error once the pages before it have been yielded; requests still in flight are abandoned
+        and waited for, so no thread outlives the walk.
+        """
+        size = page_size or self.settings.page_size
+        workers = self.settings.concurrency if concurrency is None else concurrency
+        if workers < 1:
+            raise ValueError(f"concurrency must be at least 1, got {workers}")
+        # More threads than pooled connections would queue for a connection with their credits already taken.
+        workers = min(workers, self.max_connections)
         index = 0
-        while True:
-            response, page = self._get_page("/v2/connection/", {"start_from": start_from, "count": count})
-            yield FetchedPage(
-                index=index,
-                start_from=start_from,
-                body=response.content,
-                page=page,
-                url=redact_url(response.request.url),
-                content_type=response.headers.get("Content-Type", ""),
-            )
-            next_start = page.response.next_start
-            if not next_start or not page.connections:
-                return
-            if next_start <= start_from:
-                raise PaginationError(
-                    f"next_start {next_start} does not advance past start_from {start_from} "
-                    f"(page {index}, log_id {page.response.log_id}); stopping instead of looping"
-                )
-            expected = start_from + len(page.connections)
-            if next_start != expected:
-                log.warning(
-                    "page %d (log_id %s): next_start %d, but start_from %d + %d connections is %d",
-                    index,
-                    page.response.log_id,
-                    next_start,
-                    start_from,
-                    len(page.connections),
-                    expected,
-                )
-            start_from = next_start
+        fetched = self._list_page(index, start_from, size)
+        yield fetched
+        next_start = self._next_start(fetched)
+        offsets = _planned_offsets(fetched, next_start) if workers > 1 else range(0)
+        if offsets:
+            index, next_start = yield from self._fetch_planned(offsets, index + 1, size, workers)
+        while next_start is not None:
             index += 1
+            fetched = self._list_page(index, next_start, size)
+            yield fetched
+            next_start = self._next_start(fetched)
+
+    def _list_page(self, index: int, start_from: int, count: int, cancel: threading.Event | None = None) -> FetchedPage:
+        response, page = self._get_page("/v2/connection/", {"start_from": start_from, "count": count}, cancel=cancel)
+        return FetchedPage(
+            index=index,
+            start_from=start_from,
+            body=response.content,
+            page=page,
+            url=redact_url(response.request.url),
+            content_type=response.headers.get("Content-Type", ""),
+        )
+
+    def _fetch_planned(
+        self, offsets: range, index: int, size: int, workers: int
+    ) -> Generator[FetchedPage, None, tuple[int, int | None]]:
+        """Yield the pages at ``offsets`` in order, ``workers`` requests at a time.
+
+        Returns the index of the last page yielded and where a page-by-page walk goes on (None: nowhere).
+        """
+        cancel = threading.Event()
+        # Twice as many pages requested as threads: a slow page (a retry) does not idle the others, and no more
+        # than this many pages are ever held in memory.
+        todo = iter(enumerate(offsets, start=index))
+        pending: deque[tuple[int, Future[FetchedPage]]] = deque()
+        executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="joor-fetch")
+
+        def submit() -> None:
+            planned = next(todo, None)
+            if planned is not None:
+                i, offset = planned
+                pending.append((offset, executor.submit(self._list_page, i, offset, size, cancel)))
+
+        try:
+            for _ in range(2 * workers):
+                submit()
+            while pending:
+                _, future = pending.popleft()
+                fetched = future.result()
+                submit()
+                yield fetched
+                next_start = self._next_start(fetched)
+                if next_start is None:
+                    return fetched.index, None
+                if not pending or next_start != pending[0][0]:
+                    if pending:
+                        log.warning(
+                            "page %d (log_id %s): next_start %d is not the planned %d; continuing page by page",
+                            fetched.index,
+                            fetched.log_id,
+                            next_start,
+                            pending[0][0],
+                        )
+                    return fetched.index, next_start
+            raise AssertionError("unreachable: the last planned page returns")  # pragma: no cover
+        finally:
+            cancel.set()
+            for _, future in pending:
+                future.cancel()
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    def _next_start(self, fetched: FetchedPage) -> int | None:
+        """Where the walk goes after ``fetched``: None when JOOR says there is no more; an error if it would loop."""
+        page = fetched.page
+        next_start = page.response.next_start
+        if not next_start or not page.connections:
+            return None
+        if next_start <= fetched.start_from:
+            raise PaginationError(
+                f"next_start {next_start} does not advance past start_from {fetched.start_from} "
+                f"(page {fetched.index}, log_id {page.response.log_id}); stopping instead of looping"
+            )
+        expected = fetched.start_from + len(page.connections)
+        if next_start != expected:
+            log.warning(
+                "page %d (log_id %s): next_start %d, but start_from %d + %d connections is %d",
+                fetched.index,
+                page.response.log_id,
+                next_start,
+                fetched.start_from,
+                len(page.connections),
+                expected,
+            )
+        return next_start
 
     def _one(self, path: str) -> Canonical:
         _, page = self._get_page(path)
@@ -389,6 +495,24 @@ class JoorClient:
     def get_connection(self, connection_id: int | str) -> Canonical:
         """``GET /v2/connection/<connection_id>/`` (the connection's ``customer_account_id``)."""
         return self._one(f"/v2/connection/{quote(str(connection_id), safe='')}/")
+
+
+def _planned_offsets(first: FetchedPage, next_start: int | None) -> range:
+    """The offsets left after the first page, when it tells them; else an empty range (walk page by page).
+
+    Only a page that ends exactly where ``next_start`` points, below a larger ``response.count``, gives a plan;
+    its length is the page size JOOR serves (which may be less than the size asked for).
+    """
+    step = len(first.page.connections)
+    total = first.page.response.count
+    if next_start is None or step == 0 or next_start != first.start_from + step or total is None:
+        return range(0)
+    return range(next_start, total, step)
+
+
+def _check(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("the fetch this request belongs to has stopped")
 
 
 def _try_parse(response: httpx.Response, fmt: str, url: str) -> Page | None:
