@@ -217,6 +217,11 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def _snapshot_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--date", type=_date, default=_today(), help="snapshot date, YYYY-MM-DD (default: today, UTC)")
+    parser.add_argument("--data-dir", type=Path, help="overrides JOOR_DATA_DIR")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="joor-pipeline",
@@ -240,16 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     fetch = add("fetch", cmd_fetch, "land one raw snapshot of every connection, exactly as JOOR sends it")
-    fetch.add_argument("--date", type=_date, default=_today(), help="snapshot date, YYYY-MM-DD (default: today, UTC)")
-    fetch.add_argument("--data-dir", type=Path, help="overrides JOOR_DATA_DIR")
+    _snapshot_options(fetch)
 
     flatten = add("flatten", cmd_flatten, "flatten one raw snapshot into the ten Parquet tables (atomically)")
-    flatten.add_argument("--date", type=_date, default=_today(), help="snapshot date, YYYY-MM-DD (default: today, UTC)")
-    flatten.add_argument("--data-dir", type=Path, help="overrides JOOR_DATA_DIR")
+    _snapshot_options(flatten)
 
     run = add("run", cmd_run, "materialize the whole Dagster graph (fetch, tables, checks, models) for one date")
-    run.add_argument("--date", type=_date, default=_today(), help="snapshot date, YYYY-MM-DD (default: today, UTC)")
-    run.add_argument("--data-dir", type=Path, help="overrides JOOR_DATA_DIR")
+    _snapshot_options(run)
     run.add_argument(
         "--allow-backdated",
         action="store_true",
@@ -257,8 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     demo = add("demo", cmd_demo, "run the whole graph on the built-in sandbox for today and summarise it")
-    demo.add_argument("--date", type=_date, default=_today(), help="snapshot date (default: today, UTC)")
-    demo.add_argument("--data-dir", type=Path, help="overrides JOOR_DATA_DIR")
+    _snapshot_options(demo)
 
     sandbox = add("sandbox", cmd_sandbox, "serve the JOOR sandbox (an emulator of JOOR's API) until interrupted")
     sandbox.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")

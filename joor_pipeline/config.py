@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 from joor_pipeline.joor.errors import ConfigError
 
@@ -48,6 +48,8 @@ ENV_VARS: Final[dict[str, str]] = {
     "JOOR_SANDBOX_CONNECTIONS": "connections the built-in sandbox serves when no JOOR is configured; default 500",
     "JOOR_SANDBOX_SEED": "seed of the built-in sandbox's generated retailers; default 7",
 }
+
+N = TypeVar("N", int, float)
 
 V4_VARS: Final = ("JOOR_ACCOUNT_ID", "JOOR_CLIENT_ID", "JOOR_CLIENT_SECRET", "JOOR_USERNAME", "JOOR_PASSWORD")
 SECRET_VARS: Final = frozenset({"JOOR_API_TOKEN", "JOOR_CLIENT_SECRET", "JOOR_PASSWORD"})
@@ -128,28 +130,16 @@ def _clean(env: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
-def _positive_int(env: Mapping[str, str], name: str, default: int, problems: list[str]) -> int:
+def _positive(env: Mapping[str, str], name: str, default: N, problems: list[str]) -> N:
+    """A number greater than 0, of the default's type (whole for int defaults)."""
     raw = _clean(env, name)
     if raw is None:
         return default
+    kind = type(default)
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        problems.append(f"{name} must be a whole number, got {raw!r}")
-        return default
-    if value <= 0:
-        problems.append(f"{name} must be greater than 0, got {value}")
-    return value
-
-
-def _positive_float(env: Mapping[str, str], name: str, default: float, problems: list[str]) -> float:
-    raw = _clean(env, name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        problems.append(f"{name} must be a number, got {raw!r}")
+        problems.append(f"{name} must be {'a whole number' if kind is int else 'a number'}, got {raw!r}")
         return default
     if value <= 0:
         problems.append(f"{name} must be greater than 0, got {raw}")
@@ -173,14 +163,14 @@ def load_settings(env: Mapping[str, str]) -> JoorSettings:
     api_version = _choice(env, "JOOR_API_VERSION", ("v2", "v4"), problems)
     environment = _choice(env, "JOOR_ENVIRONMENT", ("production", "sandbox"), problems)
     fmt = _choice(env, "JOOR_FORMAT", ("json", "xml"), problems)
-    page_size = _positive_int(env, "JOOR_PAGE_SIZE", 100, problems)
-    credits = _positive_int(env, "JOOR_RATE_LIMIT_CREDITS", 300, problems)
-    window = _positive_float(env, "JOOR_RATE_LIMIT_WINDOW", 300.0, problems)
-    timeout = _positive_float(env, "JOOR_TIMEOUT", 30.0, problems)
-    max_attempts = _positive_int(env, "JOOR_MAX_ATTEMPTS", 6, problems)
-    concurrency = _positive_int(env, "JOOR_CONCURRENCY", 4, problems)
-    sandbox_connections = _positive_int(env, "JOOR_SANDBOX_CONNECTIONS", 500, problems)
-    sandbox_seed = _positive_int(env, "JOOR_SANDBOX_SEED", 7, problems)
+    page_size = _positive(env, "JOOR_PAGE_SIZE", 100, problems)
+    credits = _positive(env, "JOOR_RATE_LIMIT_CREDITS", 300, problems)
+    window = _positive(env, "JOOR_RATE_LIMIT_WINDOW", 300.0, problems)
+    timeout = _positive(env, "JOOR_TIMEOUT", 30.0, problems)
+    max_attempts = _positive(env, "JOOR_MAX_ATTEMPTS", 6, problems)
+    concurrency = _positive(env, "JOOR_CONCURRENCY", 4, problems)
+    sandbox_connections = _positive(env, "JOOR_SANDBOX_CONNECTIONS", 500, problems)
+    sandbox_seed = _positive(env, "JOOR_SANDBOX_SEED", 7, problems)
 
     base_url = _clean(env, "JOOR_BASE_URL")
     auth_url = _clean(env, "JOOR_AUTH_URL")
