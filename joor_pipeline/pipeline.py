@@ -98,7 +98,7 @@ def fetch_snapshot(
     connections = 0
     log_ids: list[str] = []
     # closing(): a failure while landing stops the page requests still in flight before the snapshot is discarded.
-    pages = closing(client.iter_connection_pages(concurrency=concurrency))
+    pages = closing(client.iter_connection_pages(concurrency=concurrency, canonical=False))
     with open_raw_snapshot(data_dir, snapshot_date, settings.format) as writer, pages as fetched_pages:
         for fetched in fetched_pages:
             count = len(fetched.page.connections)

@@ -580,3 +580,12 @@ def test_pacer_wait_ends_when_cancelled() -> None:
     assert not waiter.is_alive()
     assert len(outcome) == 1
     assert pacer.stats.credits_used == 1
+
+
+def test_pages_for_landing_skip_the_text_spelling_of_json_leaves(sandbox) -> None:
+    with JoorClient(sandbox_settings(sandbox, page_size=50)) as client:
+        native = [c for p in client.iter_connection_pages(canonical=False) for c in p.page.connections]
+        text = all_connections(client)
+    assert len(native) == len(text) == 120
+    assert native[0]["customer_account_id"] == 24181 and text[0]["customer_account_id"] == "24181"
+    assert native[0]["customer_code"] == text[0]["customer_code"] == "JBNY"

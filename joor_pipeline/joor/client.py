@@ -18,6 +18,7 @@ from collections.abc import Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -329,7 +330,12 @@ class JoorClient:
             self._sleep(delay)
 
     def _get_page(
-        self, path: str, params: dict[str, Any] | None = None, *, cancel: threading.Event | None = None
+        self,
+        path: str,
+        params: dict[str, Any] | None = None,
+        *,
+        cancel: threading.Event | None = None,
+        canonical: bool = True,
     ) -> tuple[httpx.Response, Page]:
         """GET one envelope; turn HTTP errors and non-zero response codes into clear exceptions."""
         response = self._send("GET", path, params=params, cancel=cancel)
@@ -350,7 +356,7 @@ class JoorClient:
             if status == 404:
                 raise NotFoundError("not found", **kwargs)  # type: ignore[arg-type]
             raise JoorApiError("JOOR request failed", **kwargs)  # type: ignore[arg-type]
-        page = parse_page(response.content, self.settings.format, source=url)
+        page = parse_page(response.content, self.settings.format, source=url, canonical=canonical)
         if page.response.code != 0:
             raise JoorApiError(
                 "JOOR answered with an error",
@@ -365,7 +371,12 @@ class JoorClient:
     # ---- endpoints ------------------------------------------------------------------------------------------
 
     def iter_connection_pages(
-        self, *, page_size: int | None = None, start_from: int = 0, concurrency: int | None = None
+        self,
+        *,
+        page_size: int | None = None,
+        start_from: int = 0,
+        concurrency: int | None = None,
+        canonical: bool = True,
     ) -> Generator[FetchedPage, None, None]:
         """Every page of ``GET /v2/connection/``, in order, following ``next_start`` until JOOR says there is no more.
 
@@ -377,6 +388,9 @@ class JoorClient:
         page by page from there, so the pages are those a page-by-page walk would yield. A page that fails ends
         the walk with its error once the pages before it have been yielded; requests still in flight are abandoned
         and waited for, so no thread outlives the walk.
+
+        ``canonical=False`` leaves JSON connections as parsed (see ``parse_json``): enough to count and land them,
+        without the cost of spelling every leaf as text.
         """
         size = page_size or self.settings.page_size
         workers = self.settings.concurrency if concurrency is None else concurrency
@@ -385,20 +399,30 @@ class JoorClient:
         # More threads than pooled connections would queue for a connection with their credits already taken.
         workers = min(workers, self.max_connections)
         index = 0
-        fetched = self._list_page(index, start_from, size)
+        fetched = self._list_page(index, start_from, size, canonical=canonical)
         yield fetched
         next_start = self._next_start(fetched)
         offsets = _planned_offsets(fetched, next_start) if workers > 1 else range(0)
         if offsets:
-            index, next_start = yield from self._fetch_planned(offsets, index + 1, size, workers)
+            index, next_start = yield from self._fetch_planned(offsets, index + 1, size, workers, canonical)
         while next_start is not None:
             index += 1
-            fetched = self._list_page(index, next_start, size)
+            fetched = self._list_page(index, next_start, size, canonical=canonical)
             yield fetched
             next_start = self._next_start(fetched)
 
-    def _list_page(self, index: int, start_from: int, count: int, cancel: threading.Event | None = None) -> FetchedPage:
-        response, page = self._get_page("/v2/connection/", {"start_from": start_from, "count": count}, cancel=cancel)
+    def _list_page(
+        self,
+        index: int,
+        start_from: int,
+        count: int,
+        cancel: threading.Event | None = None,
+        *,
+        canonical: bool = True,
+    ) -> FetchedPage:
+        response, page = self._get_page(
+            "/v2/connection/", {"start_from": start_from, "count": count}, cancel=cancel, canonical=canonical
+        )
         return FetchedPage(
             index=index,
             start_from=start_from,
@@ -409,7 +433,7 @@ class JoorClient:
         )
 
     def _fetch_planned(
-        self, offsets: range, index: int, size: int, workers: int
+        self, offsets: range, index: int, size: int, workers: int, canonical: bool
     ) -> Generator[FetchedPage, None, tuple[int, int | None]]:
         """Yield the pages at ``offsets`` in order, ``workers`` requests at a time.
 
@@ -426,7 +450,9 @@ class JoorClient:
             planned = next(todo, None)
             if planned is not None:
                 i, offset = planned
-                pending.append((offset, executor.submit(self._list_page, i, offset, size, cancel)))
+                pending.append(
+                    (offset, executor.submit(partial(self._list_page, canonical=canonical), i, offset, size, cancel))
+                )
 
         try:
             for _ in range(2 * workers):
