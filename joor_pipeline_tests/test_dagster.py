@@ -57,6 +57,9 @@ def test_definitions_load_every_asset_check_schedule_and_resource() -> None:
     assert defs.resolve_job_def("joor_daily") is not None
     assert defs.resolve_schedule_def("joor_daily_schedule").cron_schedule == "0 6 * * *"
     assert set(defs.resources or {}) == {"joor", "storage"}
+    # One process talks to JOOR and one writes joor.duckdb at a time (limits in dagster_home.example).
+    assert joor_raw_connections.op.pool == "joor_api"
+    assert joor_models.op.pool == "duckdb"
 
 
 def test_workspace_loads_with_the_dagster_cli(tmp_path: Path) -> None:
