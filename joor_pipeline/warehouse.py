@@ -249,7 +249,7 @@ def run_model(
             )
     row = con.execute(f"select count(*) from {_quoted(model.name)}").fetchone()
     rows = int(row[0]) if row else 0
-    log.info("model %s: %d rows in %.2f s", model.name, rows, time.perf_counter() - started)
+    log.debug("model %s: %d rows in %.2f s", model.name, rows, time.perf_counter() - started)
     return rows
 
 

@@ -66,6 +66,8 @@ def expected(value: Any) -> Any:
         ),
         st.lists(st.one_of(st.none(), numeric_text), max_size=20),
         st.lists(st.one_of(st.none(), st.integers(-(2**64), 2**64)), max_size=20),
+        # Ids as JOOR sends them: native ints mixed with digit strings and empty strings.
+        st.lists(st.one_of(st.none(), st.just(""), st.integers(-(2**64), 2**64), plain_ids), max_size=20),
         st.lists(st.one_of(st.none(), st.sampled_from(["True", "False", "true", "false", ""])), max_size=20),
         st.lists(json_values, max_size=5),
     ),

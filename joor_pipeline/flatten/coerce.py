@@ -207,6 +207,7 @@ def coerce_column(values: Sequence[Any], arrow_type: pa.DataType) -> tuple[pa.Ar
 _TEXT_TYPES: Final = frozenset({str, type(None)})
 _INT_TYPES: Final = frozenset({int, type(None)})
 _NUMBER_TYPES: Final = frozenset({int, float, type(None)})
+_MIXED_INT_TYPES: Final = frozenset({int, str, type(None)})
 #: Deletes every character a plain decimal or exponent number can hold; what is left disqualifies a fast path.
 _NUMBER_CHARS: Final = str.maketrans("", "", "0123456789+-.eE")
 
@@ -225,7 +226,7 @@ def _fast_ints(values: Sequence[Any]) -> pa.Array | None:
             return pa.array(values, type=pa.int64())
         return None
     if not types <= _TEXT_TYPES:
-        return None
+        return _mixed_ints(values) if types <= _MIXED_INT_TYPES else None
     texts = [v for v in values if v]
     if not texts:
         return pa.nulls(len(values), type=pa.int64())
@@ -239,6 +240,27 @@ def _fast_ints(values: Sequence[Any]) -> pa.Array | None:
         return pa.array([v or None for v in values], type=pa.string()).cast(pa.int64())
     except pa.ArrowInvalid:
         return None
+
+
+def _mixed_ints(values: Sequence[Any]) -> pa.Array | None:
+    """Native ints mixed with plain decimal text (JOOR sends some ids either way), in one pass."""
+    out: list[int | None] = []
+    append = out.append
+    for v in values:
+        if type(v) is str:
+            if not v:
+                append(None)
+                continue
+            digits = v[1:] if v[0] == "-" else v
+            # The same restriction as the all-text path: what int() reads here, the reference reads alike.
+            if len(digits) > 18 or not (digits.isascii() and digits.isdigit()):
+                return None
+            append(int(v))
+        elif v is None or _INT64_MIN <= v <= _INT64_MAX:
+            append(v)
+        else:
+            return None
+    return pa.array(out, type=pa.int64())
 
 
 def _fast_floats(values: Sequence[Any]) -> pa.Array | None:

@@ -206,6 +206,8 @@ def _group_layout() -> tuple[tuple[str | None, frozenset[str], tuple[int, ...]],
 
 
 _GROUPS: Final = _group_layout()
+#: The JOOR list key each of ``_LISTS`` reads, looked up once per connection and list.
+_LIST_KEYS: Final = tuple(reader.list_source.key for reader in _LISTS)
 
 
 # --- row accumulation -------------------------------------------------------------------------------------
@@ -236,14 +238,19 @@ class _Rows:
         """Append the rows of one connection's list."""
         reader = self.reader
         rows = self.rows
+        width = reader.width
+        getter = reader.getter
         for item in items:
             if type(item) is dict:
-                keys = item.keys()
-                # The common case, inlined: exactly the expected fields, one itemgetter call.
-                if len(keys) == reader.width and keys <= reader.canonical:
-                    rows.append(reader.getter(item))
-                else:
-                    self.add(item, stats)
+                # The common case, inlined: as many keys as fields and every field present means exactly the
+                # expected fields, so one itemgetter call makes the row.
+                if len(item) == width:
+                    try:
+                        rows.append(getter(item))
+                        continue
+                    except KeyError:
+                        pass
+                self.add(item, stats)
             else:
                 tag = reader.list_source.item_tag
                 self.invalid[len(rows)] = {tag: original_text(item)}
@@ -302,14 +309,14 @@ class _PageFlattener:
                     self._extra_connection(owner, f"{group}.{key}", container[key])
             for index in indexes:
                 rows = self.lists[index]
-                source = rows.reader.list_source
-                raw = container.get(source.key)
+                key = _LIST_KEYS[index]
+                raw = container.get(key)
                 if type(raw) is list:
                     items: list[Any] | None = raw
                 else:
-                    items = as_list(source.key, raw)
+                    items = as_list(key, raw)
                     if items is None:
-                        self._flag_connection(owner, ".".join(source.path), raw)
+                        self._flag_connection(owner, ".".join(rows.reader.list_source.path), raw)
                         continue
                 if items:
                     rows.add_items(items, owner, self.stats)
