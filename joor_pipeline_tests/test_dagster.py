@@ -252,3 +252,27 @@ def test_cli_demo_end_to_end(tmp_path: Path, monkeypatch, capsys) -> None:
     assert "connections                   60 rows" in out
     assert "checks: " in out and "make ui" in out
     assert warehouse(tmp_path, "select count(*) from dim_retailers") == [(60,)]
+
+
+def test_warning_checks_flag_but_do_not_block(tmp_path: Path) -> None:
+    """Max lengths and a sharp drop in rows are warnings: flagged, and the models still build."""
+    from joor_pipeline.sandbox import generate_connections
+
+    storage = DataDirResource(data_dir=str(tmp_path))
+    res = {"joor": JoorApiResource(), "storage": storage}
+    land(tmp_path, date.fromisoformat(DAY1), generate_connections(100, seed=4))
+    first = dg.materialize(ASSETS, partition_key=DAY1, resources=res)
+    assert checks_of(first)[("connections", "row_count_steady")]  # no previous snapshot to compare with
+
+    shrunk = generate_connections(30, seed=4)
+    shrunk[1]["customer_code"] = "X" * 51  # JOOR's field table: at most 50
+    land(tmp_path, date.fromisoformat(DAY2), shrunk)
+    second = dg.materialize(ASSETS, partition_key=DAY2, resources=res)
+    assert second.success
+    checks = checks_of(second)
+    assert checks[("connections", "row_count_steady")] is False
+    assert checks[("connections", "max_lengths")] is False
+    evaluations = {e.check_name: e for e in second.get_asset_check_evaluations() if e.asset_key.path == ["connections"]}
+    assert evaluations["row_count_steady"].severity == dg.AssetCheckSeverity.WARN
+    assert evaluations["row_count_steady"].metadata["previous_rows"].value == 100
+    assert warehouse(tmp_path, "select count(*) from dim_retailers") == [(30,)]
