@@ -1,20 +1,20 @@
 """Build ``joor.duckdb`` from the partitioned Parquet tables by running the SQL models in ``models/``.
 
-Staging is materialised as tables, not views. Each ``stg_<table>`` model reads
-``read_parquet($parquet_files, hive_partitioning = true, union_by_name = true)`` with the partition files bound
-as a parameter, so no path is ever formatted into SQL and nothing needs quoting. A view could not take that
-parameter, and a view holding an absolute path breaks as soon as the data directory moves or the file is opened
-on another machine; a table opens anywhere with the plain ``duckdb`` CLI. Reading the files once per build also
-gives every model of that build the same set of partitions, even if the flattener lands a new one meanwhile.
-The price is a second copy of the data inside ``joor.duckdb``, which is small for connection data.
+Staging models are views: each ``stg_<table>`` reads
+``read_parquet(<partition files>, hive_partitioning = true, union_by_name = true)``, so ``joor.duckdb`` holds no
+copy of the Parquet data however many snapshots accumulate, and the marts are tables built from the views. A
+view takes no bound parameters, so the file paths are the one place a value is written into SQL, as literals
+made by :func:`sql_string` (tested on quotes); the paths come from the file system, never from user text. The
+views hold absolute paths: move the data directory and rebuild (every run does). The file list is fixed per
+build, so every model of a build sees the same partitions even if the flattener lands a new one meanwhile.
 
 An empty Parquet file with the table's contract schema (:func:`~joor_pipeline.flatten.schema.arrow_schema`) is
-written to a temporary directory and read first (``$contract_file``), so a staging table always has every
-contract column, typed and in contract order: when a column is newer than the old partitions, and when a table
-has no partition yet (``$parquet_files`` is then that file alone). With ``hive_partitioning`` the
-``snapshot_date=`` directory wins over the column stored in the file and is read as a DATE; staging casts it
-anyway. Any other ``key=value`` directory above the Parquet root would become a column too, so keep ``=`` out of
-the data directory's path.
+kept at ``parquet/_contract/<table>.parquet`` and read first, so a staging view always has every contract
+column, typed and in contract order: when a column is newer than the old partitions, and when a table has no
+partition yet (the file list is then that file alone). With ``hive_partitioning`` the ``snapshot_date=``
+directory wins over the column stored in the file and is read as a DATE; staging casts it anyway. Any other
+``key=value`` directory above the Parquet root would become a column too, so keep ``=`` out of the data
+directory's path.
 
 Writes are serialised by an exclusive ``fcntl.flock`` on ``joor.duckdb.lock``; readers (:func:`query`) take it
 shared. A build runs in one transaction: if any model fails, everything rolls back and the previous warehouse
@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 import re
-import tempfile
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -46,6 +46,7 @@ MODELS_DIR: Final = Path(__file__).resolve().parent / "models"
 DATABASE_FILE: Final = "joor.duckdb"
 LOCK_FILE: Final = "joor.duckdb.lock"
 PARQUET_DIR: Final = "parquet"
+CONTRACT_DIR: Final = "_contract"
 
 _NAME: Final = re.compile(r"[a-z][a-z0-9_]*")
 _PARTITION_DIR: Final = re.compile(r"snapshot_date=\d{4}-\d{2}-\d{2}")
@@ -223,6 +224,22 @@ def _quoted(name: str) -> str:
     return f'"{name}"'
 
 
+def sql_string(text: str) -> str:
+    """``text`` as a SQL string literal (quotes doubled), for the view definitions that cannot take parameters."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def contract_file(parquet_root: Path, table: str) -> Path:
+    """An empty Parquet file with ``table``'s contract schema, (re)written atomically; staging views read it."""
+    directory = parquet_root / CONTRACT_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{table}.parquet"
+    scratch = directory / f".{table}.{os.getpid()}.tmp"
+    pq.write_table(arrow_schema(table).empty_table(), scratch)
+    os.replace(scratch, path)
+    return path
+
+
 def run_model(
     con: duckdb.DuckDBPyConnection,
     model: Model,
@@ -230,23 +247,28 @@ def run_model(
     *,
     snapshot_dates: Collection[date] | None = None,
 ) -> int:
-    """Create or replace the table ``model.name`` from its query; returns its row count.
+    """Create or replace ``model.name`` (a view for staging, a table otherwise); returns its row count.
 
     Run it inside :func:`open_warehouse` so the replacement is atomic and serialised with other writers, or on
     an in-memory connection with ``snapshot_dates`` to evaluate the models on some partitions only (checks).
     """
-    statement = f"create or replace table {_quoted(model.name)} as\n{model.sql}\n"
     started = time.perf_counter()
     if model.source_table is None:
-        con.execute(statement)
+        con.execute(f"create or replace table {_quoted(model.name)} as\n{model.sql}\n")
     else:
-        with tempfile.TemporaryDirectory(prefix="joor-contract-") as tmp:
-            contract_file = Path(tmp) / f"{model.source_table}.parquet"
-            pq.write_table(arrow_schema(model.source_table).empty_table(), contract_file)
-            files = [str(path) for path in partition_files(parquet_root, model.source_table, snapshot_dates)]
-            con.execute(
-                statement, {"contract_file": str(contract_file), "parquet_files": files or [str(contract_file)]}
-            )
+        contract = str(contract_file(parquet_root, model.source_table))
+        files = [str(path) for path in partition_files(parquet_root, model.source_table, snapshot_dates)]
+        body = model.sql.replace("$contract_file", sql_string(contract)).replace(
+            "$parquet_files", "[" + ", ".join(sql_string(f) for f in files or [contract]) + "]"
+        )
+        # A warehouse built before staging became views holds a table of that name; a view cannot replace it.
+        found = con.execute(
+            "select count(*) from duckdb_tables() where table_name = ? and schema_name = current_schema()",
+            [model.name],
+        ).fetchone()
+        if found and found[0]:
+            con.execute(f"drop table {_quoted(model.name)}")
+        con.execute(f"create or replace view {_quoted(model.name)} as\n{body}\n")
     row = con.execute(f"select count(*) from {_quoted(model.name)}").fetchone()
     rows = int(row[0]) if row else 0
     log.debug("model %s: %d rows in %.2f s", model.name, rows, time.perf_counter() - started)

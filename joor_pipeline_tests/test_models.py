@@ -25,6 +25,7 @@ from joor_pipeline.warehouse import (
     database_path,
     parquet_root,
     query,
+    sql_string,
     writer_lock,
 )
 from joor_pipeline_tests.model_fixtures import (
@@ -247,7 +248,7 @@ _DUCKDB_TYPES = {
 }
 
 
-def test_every_model_builds_on_an_empty_parquet_root_with_typed_staging_tables(tmp_path: Path) -> None:
+def test_every_model_builds_on_an_empty_parquet_root_with_typed_staging_views(tmp_path: Path) -> None:
     counts = build_warehouse(tmp_path)
 
     assert counts == {model.name: 0 for model in MODELS}
@@ -647,3 +648,38 @@ def test_the_lock_holds_across_processes_for_writers_and_readers(tmp_path: Path)
         holder.communicate("", timeout=10)
     assert build_warehouse(tmp_path, lock_timeout=5)["stg_connections"] == 1
     assert query(tmp_path, "select count(*) from dim_retailers") == [(1,)]
+
+
+# --- staging views ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["plain", "it's", "''", "a'b'c", "back\\slash", "ünïcode ' 東京"])
+def test_sql_string_round_trips_through_duckdb(text: str) -> None:
+    with duckdb.connect() as con:
+        assert con.execute(f"select {sql_string(text)}").fetchone() == (text,)
+
+
+def test_staging_models_are_views_and_the_marts_are_tables(built: Built) -> None:
+    kinds = dict(built.rows("select table_name, table_type from information_schema.tables"))
+    for table in TABLES:
+        assert kinds[f"stg_{table}"] == "VIEW", table
+    assert kinds["dim_retailers"] == kinds["retailer_history"] == "BASE TABLE"
+
+
+def test_views_read_a_data_dir_whose_path_has_quotes(tmp_path: Path) -> None:
+    data_dir = tmp_path / "brand's data"
+    write_snapshot(parquet_root(data_dir), D1, [clean_retailer(1, "ONE"), clean_retailer(2, "TWO")])
+    counts = build_warehouse(data_dir)
+    assert counts["stg_connections"] == counts["dim_retailers"] == 2
+    assert query(data_dir, "select customer_code from stg_connections order by 1") == [("ONE",), ("TWO",)]
+
+
+def test_a_warehouse_with_staging_tables_is_rebuilt_with_views(tmp_path: Path) -> None:
+    write_snapshot(parquet_root(tmp_path), D1, [clean_retailer(1, "ONE")])
+    with duckdb.connect(str(database_path(tmp_path))) as con:
+        con.execute("create table stg_connections as select 42 as stale")
+    build_warehouse(tmp_path)
+    assert query(tmp_path, "select table_type from information_schema.tables where table_name = 'stg_connections'") == [
+        ("VIEW",)
+    ]
+    assert query(tmp_path, "select customer_code from stg_connections") == [("ONE",)]
