@@ -1,0 +1,1 @@
+"""Dagster wiring: assets, checks and resources over the library (``definitions.py`` puts them together)."""
