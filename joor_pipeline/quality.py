@@ -21,7 +21,7 @@ from joor_pipeline.flatten import TABLES
 from joor_pipeline.joor.parse import as_list
 from joor_pipeline.joor.shapes import CONNECTION_LISTS
 from joor_pipeline.storage.parquet import iter_raw_pages, parquet_path
-from joor_pipeline.warehouse import MODELS, MODELS_BY_NAME, parquet_root, run_model
+from joor_pipeline.warehouse import MODELS, MODELS_BY_NAME, parquet_root, partition_files, run_model
 
 #: Which JOOR list feeds which table (the connections table is fed by the connections themselves).
 LIST_TABLE: Final[dict[str, str]] = {
@@ -120,12 +120,8 @@ def parquet_counts(data_dir: Path, snapshot_date: date) -> dict[str, int]:
 
 def previous_partition(data_dir: Path, table: str, snapshot_date: date) -> date | None:
     """The latest snapshot date before ``snapshot_date`` that ``table`` has a partition for."""
-    earlier = []
-    for path in (parquet_root(data_dir) / table).glob("snapshot_date=*"):
-        try:
-            day = date.fromisoformat(path.name.removeprefix("snapshot_date="))
-        except ValueError:
-            continue
-        if day < snapshot_date and (path / parquet_path(data_dir, table, day).name).is_file():
-            earlier.append(day)
-    return max(earlier, default=None)
+    days = (
+        date.fromisoformat(path.parent.name.removeprefix("snapshot_date="))
+        for path in partition_files(parquet_root(data_dir), table)
+    )
+    return max((day for day in days if day < snapshot_date), default=None)

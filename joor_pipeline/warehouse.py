@@ -39,13 +39,13 @@ import duckdb
 import pyarrow.parquet as pq
 
 from joor_pipeline.flatten.schema import TABLES, arrow_schema
+from joor_pipeline.storage.parquet import PARQUET_DIR
 
 log = logging.getLogger(__name__)
 
 MODELS_DIR: Final = Path(__file__).resolve().parent / "models"
 DATABASE_FILE: Final = "joor.duckdb"
 LOCK_FILE: Final = "joor.duckdb.lock"
-PARQUET_DIR: Final = "parquet"
 CONTRACT_DIR: Final = "_contract"
 
 _NAME: Final = re.compile(r"[a-z][a-z0-9_]*")
