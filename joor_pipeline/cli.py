@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from joor_pipeline import __version__
-from joor_pipeline.config import ENV_VARS, V4_VARS, JoorSettings, load_settings
+from joor_pipeline.config import ENV_VARS, V4_VARS, JoorSettings, flatten_workers_setting, load_settings
 from joor_pipeline.joor.errors import ConfigError, JoorError
 
 if TYPE_CHECKING:
@@ -112,16 +112,20 @@ def cmd_flatten(args: argparse.Namespace) -> int:
     from joor_pipeline.storage.parquet import flatten_snapshot
 
     settings = _settings(args)
+    workers = flatten_workers_setting(os.environ)
     progress = Progress(f"flatten {args.date}")
     report = flatten_snapshot(
         settings.data_dir,
         args.date,
         progress=lambda done, total, conns: progress.update(f"{done}/{total} pages, {conns} connections"),
+        workers=workers,
     )
     progress.done()
     stats = report.stats
+    processes = f" by {report.workers} processes" if report.workers > 1 else ""
     print(
-        f"wrote {report.connections} connections to {settings.data_dir / 'parquet'} in {report.duration_seconds:.1f}s:"
+        f"wrote {report.connections} connections to {settings.data_dir / 'parquet'}{processes} "
+        f"in {report.duration_seconds:.1f}s:"
     )
     for table, rows in report.rows.items():
         print(f"  {table:<17} {rows:>9} rows")
@@ -182,7 +186,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"""
 files:
   raw pages    {data_dir}/raw/connections/snapshot_date={args.date}/
-  parquet      {data_dir}/parquet/<table>/snapshot_date={args.date}/part-00000.parquet
+  parquet      {data_dir}/parquet/<table>/snapshot_date={args.date}/part-*.parquet
   duckdb       {data_dir}/joor.duckdb
 next:
   make ui      # the Dagster UI at http://127.0.0.1:3000 (assets, checks, backfills, schedule)

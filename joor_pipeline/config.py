@@ -45,6 +45,8 @@ ENV_VARS: Final[dict[str, str]] = {
     "JOOR_TIMEOUT": "seconds per HTTP request (connect, read, write); default 30",
     "JOOR_MAX_ATTEMPTS": "tries per request on 429/5xx/transport errors; default 6",
     "JOOR_CONCURRENCY": "list pages in flight at once when JOOR reports the total; 1 walks page by page; default 4",
+    "JOOR_FLATTEN_WORKERS": "processes that flatten a snapshot's pages in parallel (Linux); 1 flattens in one process; "
+    "default: one per usable core, at most 8, and one per 8 pages",
     "JOOR_SANDBOX_CONNECTIONS": "connections the built-in sandbox serves when no JOOR is configured; default 500",
     "JOOR_SANDBOX_SEED": "seed of the built-in sandbox's generated retailers; default 7",
 }
@@ -155,6 +157,17 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], problem
         problems.append(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
         return choices[0]
     return value
+
+
+def flatten_workers_setting(env: Mapping[str, str]) -> int | None:
+    """``JOOR_FLATTEN_WORKERS`` as a number of processes, None when unset (the default); ConfigError if bad."""
+    problems: list[str] = []
+    if _clean(env, "JOOR_FLATTEN_WORKERS") is None:
+        return None
+    workers = _positive(env, "JOOR_FLATTEN_WORKERS", 1, problems)
+    if problems:
+        raise ConfigError("invalid JOOR configuration:\n  - " + "\n  - ".join(problems))
+    return workers
 
 
 def load_settings(env: Mapping[str, str]) -> JoorSettings:

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from joor_pipeline.flatten import TABLES
 from joor_pipeline.joor.parse import as_list
 from joor_pipeline.joor.shapes import CONNECTION_LISTS
-from joor_pipeline.storage.parquet import iter_raw_pages, parquet_path
+from joor_pipeline.storage.parquet import iter_raw_pages, partition_parquet_files
 from joor_pipeline.warehouse import MODELS, MODELS_BY_NAME, parquet_root, partition_files, run_model
 
 #: Which JOOR list feeds which table (the connections table is fed by the connections themselves).
@@ -113,9 +113,16 @@ def raw_counts(data_dir: Path, snapshot_date: date) -> dict[str, int]:
     return dict(counts)
 
 
+def partition_rows(data_dir: Path, table: str, snapshot_date: date) -> int:
+    """Rows one table's Parquet partition holds, over all its files (from the file footers)."""
+    return sum(
+        pq.ParquetFile(path).metadata.num_rows for path in partition_parquet_files(data_dir, table, snapshot_date)
+    )
+
+
 def parquet_counts(data_dir: Path, snapshot_date: date) -> dict[str, int]:
-    """Rows each table's Parquet partition holds (from the file footers)."""
-    return {table: pq.ParquetFile(parquet_path(data_dir, table, snapshot_date)).metadata.num_rows for table in TABLES}
+    """Rows each table's Parquet partition holds."""
+    return {table: partition_rows(data_dir, table, snapshot_date) for table in TABLES}
 
 
 def previous_partition(data_dir: Path, table: str, snapshot_date: date) -> date | None:

@@ -24,6 +24,7 @@ from joor_pipeline.storage.parquet import (
     iter_raw_pages,
     parquet_path,
     partition_dir,
+    partition_parquet_files,
 )
 from joor_pipeline.storage.raw import MANIFEST_NAME, SnapshotNotFound, raw_snapshot_dir
 from joor_pipeline_tests.raw_fixtures import PAGE_SIZE, land
@@ -32,8 +33,12 @@ DAY = date(2024, 5, 1)
 NEXT_DAY = date(2024, 5, 2)
 
 
-def partition_bytes(data_dir: Path, snapshot_date: date) -> dict[str, bytes]:
-    return {table: parquet_path(data_dir, table, snapshot_date).read_bytes() for table in TABLES}
+def partition_bytes(data_dir: Path, snapshot_date: date) -> dict[str, dict[str, bytes]]:
+    """Every file of every table's partition, by table and file name."""
+    return {
+        table: {path.name: path.read_bytes() for path in partition_parquet_files(data_dir, table, snapshot_date)}
+        for table in TABLES
+    }
 
 
 def staging_leftovers(data_dir: Path) -> list[Path]:
@@ -143,7 +148,7 @@ def test_a_rerun_writes_byte_identical_files(tmp_path: Path) -> None:
     second = flatten_snapshot(tmp_path, DAY)
     assert partition_bytes(tmp_path, DAY) == before
     assert first.rows == second.rows and first.paths == second.paths
-    assert all(path.is_file() for path in second.paths.values())
+    assert all((path / "part-00000.parquet").is_file() for path in second.paths.values())
     assert staging_leftovers(tmp_path) == []
 
 

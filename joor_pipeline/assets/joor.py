@@ -3,6 +3,7 @@
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any, Final
 
 import dagster as dg
@@ -14,8 +15,16 @@ from joor_pipeline.assets.resources import DataDirResource, JoorApiResource
 from joor_pipeline.flatten import TABLES
 from joor_pipeline.flatten.schema import REQ_IF_STATE_COUNTRY, REQ_YES
 from joor_pipeline.pipeline import fetch_snapshot
-from joor_pipeline.quality import SHARP_CHANGE, Issue, parquet_counts, partition_issues, previous_partition, raw_counts
-from joor_pipeline.storage.parquet import flatten_snapshot, parquet_path
+from joor_pipeline.quality import (
+    SHARP_CHANGE,
+    Issue,
+    parquet_counts,
+    partition_issues,
+    partition_rows,
+    previous_partition,
+    raw_counts,
+)
+from joor_pipeline.storage.parquet import flatten_snapshot, partition_parquet_files
 from joor_pipeline.storage.raw import MANIFEST_NAME, raw_snapshot_dir, read_manifest
 
 RAW_ASSET: Final = "joor_raw_connections"
@@ -186,6 +195,16 @@ def _column_schema(table: str) -> dg.TableSchema:
     )
 
 
+def _first_rows(files: list[Path]) -> pa.Table:
+    """The first rows of a partition for its preview, read without loading the whole table."""
+    for path in files:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=PREVIEW_ROWS)
+        first = next(batches, None)
+        if first is not None and first.num_rows:
+            return pa.Table.from_batches([first])
+    return pq.ParquetFile(files[0]).schema_arrow.empty_table()
+
+
 def _preview(table: pa.Table) -> str:
     """A markdown table of the first rows, wide text cut short."""
     rows = table.slice(0, PREVIEW_ROWS).to_pylist()
@@ -240,7 +259,7 @@ def evaluate_checks(storage: DataDirResource, snapshot_date: date) -> Iterator[d
             if previous is None:
                 passed, metadata = True, {"previous_snapshot": "none"}
             else:
-                before = pq.ParquetFile(parquet_path(data_dir, table, previous)).metadata.num_rows
+                before = partition_rows(data_dir, table, previous)
                 change = (actual[table] - before) / before if before else (0.0 if not actual[table] else 1.0)
                 passed = abs(change) <= SHARP_CHANGE
                 metadata = {
@@ -293,11 +312,13 @@ def joor_tables(context: dg.AssetExecutionContext, storage: DataDirResource) -> 
             last_logged = done
             context.log.info("flattened %d/%d pages, %d connections", done, total, connections)
 
-    report = flatten_snapshot(data_dir, snapshot_date, progress=progress)
+    report = flatten_snapshot(data_dir, snapshot_date, progress=progress, workers=storage.workers())
+    if report.workers > 1:
+        context.log.info("flattened by %d worker processes (one file per table each)", report.workers)
     stats = report.stats
     for table in TABLES:
         path = report.paths[table]
-        data = pq.read_table(path)
+        data = _first_rows(partition_parquet_files(data_dir, table, snapshot_date))
         unknown = {k: v for k, v in stats.unknown_fields.items() if k.startswith(f"{table}.")}
         problems = {k: v for k, v in stats.coercion_problems.items() if k.startswith(f"{table}.")}
         yield dg.MaterializeResult(

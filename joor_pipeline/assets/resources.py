@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from joor_pipeline.config import ENV_VARS, JoorSettings, load_settings
+from joor_pipeline.config import ENV_VARS, JoorSettings, flatten_workers_setting, load_settings
 from joor_pipeline.joor.client import JoorClient
 from joor_pipeline.pipeline import connect
 
@@ -78,13 +78,21 @@ class JoorApiResource(dg.ConfigurableResource):  # type: ignore[type-arg]
 
 
 class DataDirResource(dg.ConfigurableResource):  # type: ignore[type-arg]
-    """Where raw pages, Parquet tables and ``joor.duckdb`` live (``JOOR_DATA_DIR``, default ``./data``)."""
+    """Where raw pages, Parquet tables and ``joor.duckdb`` live (``JOOR_DATA_DIR``, default ``./data``), and how
+    many processes flatten a snapshot (``JOOR_FLATTEN_WORKERS``, default one per usable core)."""
 
     data_dir: str = "data"
+    flatten_workers: str | None = None
 
     @property
     def path(self) -> Path:
         return Path(self.data_dir).expanduser().resolve()
+
+    def workers(self) -> int | None:
+        """The flatten's worker processes; None for the default (raises ConfigError naming the variable)."""
+        if self.flatten_workers is None:
+            return None
+        return flatten_workers_setting({"JOOR_FLATTEN_WORKERS": self.flatten_workers})
 
 
 def resources_from_env(environ: dict[str, str] | None = None) -> dict[str, dg.ConfigurableResource]:  # type: ignore[type-arg]
@@ -97,5 +105,11 @@ def resources_from_env(environ: dict[str, str] | None = None) -> dict[str, dg.Co
     joor = JoorApiResource(
         **{name: dg.EnvVar(var) for name, var in JOOR_FIELDS.items() if environ.get(var, "").strip()}
     )
-    data = DataDirResource(data_dir=dg.EnvVar("JOOR_DATA_DIR")) if environ.get("JOOR_DATA_DIR") else DataDirResource()
+    data = DataDirResource(
+        **{
+            name: dg.EnvVar(var)
+            for name, var in (("data_dir", "JOOR_DATA_DIR"), ("flatten_workers", "JOOR_FLATTEN_WORKERS"))
+            if environ.get(var, "").strip()
+        }
+    )
     return {"joor": joor, "storage": data}

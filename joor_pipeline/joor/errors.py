@@ -29,10 +29,19 @@ class PayloadError(JoorError):
     """A response body could not be parsed as a JOOR envelope."""
 
     def __init__(self, message: str, *, source: str, log_id: str | None = None) -> None:
+        self.message = message
         self.source = source
         self.log_id = log_id
         where = f"{source}" + (f" (log_id {log_id})" if log_id else "")
         super().__init__(f"{message} in {where}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only arguments: pickle (a flatten worker sends its errors home) needs to be told how.
+        return (_payload_error, (self.message, self.source, self.log_id), self.__dict__)
+
+
+def _payload_error(message: str, source: str, log_id: str | None) -> PayloadError:
+    return PayloadError(message, source=source, log_id=log_id)
 
 
 class JoorApiError(JoorError):

@@ -3,6 +3,7 @@
 Layout::
 
     $JOOR_DATA_DIR/parquet/<table>/snapshot_date=YYYY-MM-DD/part-00000.parquet    (all ten tables, always)
+                                                            part-00001.parquet    (one per flatten worker)
 
 ``snapshot_date`` is stored in the files as well as in the directory name, so a file read on its own still
 says which snapshot it belongs to; DuckDB's ``read_parquet(..., hive_partitioning = true)`` gives one
@@ -10,21 +11,35 @@ says which snapshot it belongs to; DuckDB's ``read_parquet(..., hive_partitionin
 
 Memory stays flat with the snapshot's size: one page is checked against the manifest's sha256, parsed and
 flattened at a time, and its rows are buffered only until a row group's worth is ready for each table's
-``ParquetWriter``. Everything is written to
+``ParquetWriter``.
+
+Parallel: a snapshot of many pages is cut into contiguous runs of pages, one per worker process (forked, on
+Linux; ``workers`` or ``JOOR_FLATTEN_WORKERS``, by default one per usable core). Worker ``k`` writes
+``part-0000k.parquet`` of every table, so reading a partition's files in name order gives the rows in page
+order, exactly as one process would have written them. Each worker drops the connections repeated within its
+pages; if a connection kept by one worker was also kept by another (pages that overlap across the cut, which
+JOOR's offset pagination makes rare), the snapshot is flattened again in one process, so the first occurrence
+wins as always. Everything is written to
 ``parquet/.staging-<uuid>/`` first; only when all ten tables are complete are the partition directories
 renamed into place (the old ones renamed aside first, then deleted). A failure before that leaves the previous
 partitions untouched and removes the staging directory. Nothing time-dependent goes into the files, so a
-re-run of the same raw snapshot writes byte-identical Parquet.
+re-run of the same raw snapshot with the same number of workers writes byte-identical Parquet.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import multiprocessing
+import multiprocessing.queues
 import os
+import pickle
+import queue
+import shutil
+import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Final
@@ -40,6 +55,15 @@ from joor_pipeline.storage.raw import SnapshotNotFound, raw_snapshot_dir, read_m
 
 PARQUET_DIR: Final = Path("parquet")
 PART_FILE: Final = "part-00000.parquet"
+#: Name of worker ``k``'s file in every partition.
+PART_FILE_PATTERN: Final = "part-{:05d}.parquet"
+#: Forking is how workers start (they inherit the loaded libraries, so starting one costs milliseconds); only
+#: Linux forks safely, elsewhere the flatten runs in one process.
+CAN_FORK: Final = sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods()
+#: The default number of workers is the usable cores, at most this many...
+MAX_DEFAULT_WORKERS: Final = 8
+#: ...and at most one per this many pages (a small snapshot is not worth a second process).
+MIN_PAGES_PER_WORKER: Final = 8
 #: Rows per Parquet row group: large enough for good compression and pruning, small enough that ten tables'
 #: buffers stay small (a flatten of 200,000 connections peaks near 250 MB RSS, half of it the libraries loaded).
 ROW_GROUP_ROWS: Final = 32_768
@@ -58,7 +82,10 @@ class FlattenReport:
     pages: int
     rows: dict[str, int]
     stats: FlattenStats
+    #: Each table's partition directory (its ``part-*.parquet`` files, see :func:`partition_parquet_files`).
     paths: dict[str, Path]
+    #: Processes that wrote the partition (one file each per table).
+    workers: int
     duration_seconds: float
 
     @property
@@ -94,8 +121,30 @@ def partition_dir(data_dir: Path, table: str, snapshot_date: date) -> Path:
 
 
 def parquet_path(data_dir: Path, table: str, snapshot_date: date) -> Path:
-    """The Parquet file of one table's partition."""
+    """The first Parquet file of one table's partition (the only one when a single worker wrote it)."""
     return partition_dir(data_dir, table, snapshot_date) / PART_FILE
+
+
+def partition_parquet_files(data_dir: Path, table: str, snapshot_date: date) -> list[Path]:
+    """Every Parquet file of one table's partition, in row order (``part-00000.parquet`` first)."""
+    return sorted(partition_dir(data_dir, table, snapshot_date).glob("part-*.parquet"))
+
+
+def flatten_workers(requested: int | None, pages: int) -> int:
+    """How many processes flatten a snapshot of ``pages`` pages.
+
+    ``requested`` None picks the default: the usable cores (at most :data:`MAX_DEFAULT_WORKERS`), and no more
+    than one per :data:`MIN_PAGES_PER_WORKER` pages. An explicit number is used as is, capped at one per page.
+    Where processes cannot be forked it is always 1.
+    """
+    if requested is not None and requested < 1:
+        raise ValueError(f"flatten workers must be at least 1, got {requested}")
+    if not CAN_FORK or pages <= 1:
+        return 1
+    if requested is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, min(cores, MAX_DEFAULT_WORKERS, pages // MIN_PAGES_PER_WORKER))
+    return min(requested, pages)
 
 
 def _raw_snapshot(data_dir: Path, snapshot_date: date) -> _RawSnapshot:
@@ -150,8 +199,7 @@ def _read_page(raw_dir: Path, entry: RawPageEntry, fmt: str) -> tuple[list[Canon
     except PayloadError as exc:
         if exc.log_id is None and entry.log_id is not None:
             # The body carried no log_id (it may not even parse); the fetch recorded one in the manifest.
-            message = str(exc).removesuffix(f" in {exc.source}")
-            raise PayloadError(message, source=exc.source, log_id=entry.log_id) from None
+            raise PayloadError(exc.message, source=exc.source, log_id=entry.log_id) from None
         raise
     log_id = page.response.log_id or entry.log_id
     if page.response.code != 0:
@@ -182,14 +230,14 @@ def iter_raw_pages(data_dir: Path, snapshot_date: date) -> Iterator[tuple[RawPag
 class _TableWriters:
     """One ParquetWriter per table, each fed through a buffer that flushes whole row groups."""
 
-    def __init__(self, root: Path, snapshot_date: date) -> None:
+    def __init__(self, root: Path, snapshot_date: date, part: int = 0) -> None:
         self.paths: dict[str, Path] = {}
         self.writers: dict[str, pq.ParquetWriter] = {}
         self.buffers: dict[str, list[pa.Table]] = {}
         self.buffered: dict[str, int] = {}
         for table in TABLES:
-            path = _partition(root, table, snapshot_date) / PART_FILE
-            path.parent.mkdir(parents=True)
+            path = _partition(root, table, snapshot_date) / PART_FILE_PATTERN.format(part)
+            path.parent.mkdir(parents=True, exist_ok=True)
             self.paths[table] = path
             self.writers[table] = pq.ParquetWriter(path, arrow_schema(table), compression=COMPRESSION)
             self.buffers[table] = []
@@ -248,45 +296,207 @@ def _swap_in(new_root: Path, trash: Path, data_dir: Path, snapshot_date: date) -
         raise
 
 
+@dataclass
+class _PartResult:
+    """What one run of pages (one worker's, or the whole snapshot's) wrote."""
+
+    stats: FlattenStats
+    #: The customer_account_ids it kept (for the check that no two workers kept the same connection).
+    kept: set[int] = field(default_factory=set)
+
+
+def _flatten_part(
+    snapshot: _RawSnapshot,
+    entries: Sequence[RawPageEntry],
+    root: Path,
+    snapshot_date: date,
+    part: int,
+    on_page: Callable[[int], None],
+) -> _PartResult:
+    """Flatten ``entries`` in order into ``part-<part>.parquet`` of every table under ``root``."""
+    result = _PartResult(FlattenStats())
+    writers = _TableWriters(root, snapshot_date, part)
+    try:
+        for entry in entries:
+            connections, log_id = _read_page(snapshot.directory, entry, snapshot.format)
+            batch = flatten_page(
+                connections,
+                snapshot_date=snapshot_date,
+                source_page=entry.page,
+                log_id=log_id,
+                seen_account_ids=result.kept,
+            )
+            del connections  # free the parsed page before the writers take memory of their own
+            writers.write(batch.tables)
+            result.stats.merge(batch.stats)
+            on_page(batch.stats.connections)
+    except BaseException:
+        writers.abort()
+        raise
+    writers.close()
+    return result
+
+
+def _split(entries: Sequence[RawPageEntry], parts: int) -> list[Sequence[RawPageEntry]]:
+    """``entries`` cut into ``parts`` contiguous runs whose lengths differ by at most one."""
+    size, extra = divmod(len(entries), parts)
+    runs, start = [], 0
+    for index in range(parts):
+        end = start + size + (1 if index < extra else 0)
+        runs.append(entries[start:end])
+        start = end
+    return runs
+
+
+def _describe(entries: Sequence[RawPageEntry]) -> str:
+    return f"pages {entries[0].page}-{entries[-1].page}" if entries else "no pages"
+
+
+# Messages from a worker: (worker index, kind, payload).
+_PAGE, _DONE, _FAILED = "page", "done", "failed"
+
+
+def _worker(
+    index: int,
+    snapshot: _RawSnapshot,
+    entries: Sequence[RawPageEntry],
+    root: Path,
+    snapshot_date: date,
+    messages: multiprocessing.queues.Queue[tuple[int, str, object]],
+) -> None:
+    """A forked worker: flatten its pages, report each page and then the result (or the error)."""
+    try:
+        result = _flatten_part(
+            snapshot, entries, root, snapshot_date, index, lambda count: messages.put((index, _PAGE, count))
+        )
+        messages.put((index, _DONE, result))
+    except BaseException as exc:  # the parent re-raises it; nothing may be lost on the way
+        exc.add_note(f"(in flatten worker {index}, {_describe(entries)})")
+        try:
+            # The queue pickles in a background thread, where a failure would only be printed: try it here.
+            pickle.dumps(exc)
+            failure: BaseException = exc
+        except Exception:
+            failure = RuntimeError(f"{type(exc).__name__}: {exc} (in flatten worker {index}, {_describe(entries)})")
+        messages.put((index, _FAILED, failure))
+
+
+def _flatten_parallel(
+    snapshot: _RawSnapshot,
+    runs: list[Sequence[RawPageEntry]],
+    root: Path,
+    snapshot_date: date,
+    on_page: Callable[[int], None],
+) -> list[_PartResult]:
+    """Flatten each run of pages in its own forked process; the first failure stops them all and is raised."""
+    context = multiprocessing.get_context("fork")
+    messages: multiprocessing.queues.Queue[tuple[int, str, object]] = context.Queue()
+    workers = [
+        context.Process(
+            target=_worker,
+            args=(index, snapshot, run, root, snapshot_date, messages),
+            name=f"joor-flatten-{index}",
+            daemon=True,
+        )
+        for index, run in enumerate(runs)
+    ]
+    results: list[_PartResult | None] = [None] * len(workers)
+    pending = set(range(len(workers)))
+    exited_silently: set[int] = set()
+    try:
+        for worker in workers:
+            worker.start()
+        while pending:
+            try:
+                index, kind, payload = messages.get(timeout=0.2)
+            except queue.Empty:
+                # A worker that exited without a last message died (killed, out of memory). Its messages are
+                # in the pipe before it exits, so one more empty wait after seeing it gone is proof.
+                for index in sorted(pending & exited_silently):
+                    raise RuntimeError(
+                        f"flatten worker {index} ({_describe(runs[index])}) exited with code "
+                        f"{workers[index].exitcode} before finishing; nothing was replaced"
+                    ) from None
+                exited_silently = {index for index in pending if workers[index].exitcode is not None}
+                continue
+            if kind == _PAGE:
+                assert isinstance(payload, int)
+                on_page(payload)
+            elif kind == _DONE:
+                assert isinstance(payload, _PartResult)
+                results[index] = payload
+                pending.discard(index)
+            else:
+                assert isinstance(payload, BaseException)
+                raise payload
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()
+        for worker in workers:
+            worker.join()
+        messages.close()
+    return [result for result in results if result is not None]
+
+
+def _overlapping(results: list[_PartResult]) -> bool:
+    """True when two workers kept the same customer_account_id."""
+    seen: set[int] = set()
+    for result in results:
+        if not seen.isdisjoint(result.kept):
+            return True
+        seen |= result.kept
+    return False
+
+
 def flatten_snapshot(
     data_dir: Path,
     snapshot_date: date,
     *,
     progress: FlattenProgress | None = None,
+    workers: int | None = None,
 ) -> FlattenReport:
-    """Flatten the raw snapshot of ``snapshot_date`` into the ten Parquet tables, replacing them atomically."""
+    """Flatten the raw snapshot of ``snapshot_date`` into the ten Parquet tables, replacing them atomically.
+
+    ``workers`` processes share the pages (see :func:`flatten_workers`; None picks the default, 1 flattens in
+    this process). ``progress`` is called in this process after each page, whichever worker flattened it.
+    """
     clock = time.monotonic()
     snapshot = _raw_snapshot(data_dir, snapshot_date)
     total = len(snapshot.pages)
-    stats = FlattenStats()
-    seen: set[int] = set()
+    parts = flatten_workers(workers, total)
+    done = connections = 0
+
+    def on_page(count: int) -> None:
+        nonlocal done, connections
+        done += 1
+        connections += count
+        if progress is not None:
+            progress(done, total, connections)
+
     with staging_dir(data_dir / PARQUET_DIR) as staging:
-        writers = _TableWriters(staging / "new", snapshot_date)
-        try:
-            for done, (entry, connections, log_id) in enumerate(_pages(snapshot), start=1):
-                batch = flatten_page(
-                    connections,
-                    snapshot_date=snapshot_date,
-                    source_page=entry.page,
-                    log_id=log_id,
-                    seen_account_ids=seen,
-                )
-                del connections  # free the parsed page before the writers take memory of their own
-                writers.write(batch.tables)
-                stats.merge(batch.stats)
-                if progress is not None:
-                    progress(done, total, stats.connections)
-        except BaseException:
-            writers.abort()
-            raise
-        writers.close()
-        _swap_in(staging / "new", staging / "trash", data_dir, snapshot_date)
+        new_root = staging / "new"
+        results: list[_PartResult] = []
+        if parts > 1:
+            results = _flatten_parallel(snapshot, _split(snapshot.pages, parts), new_root, snapshot_date, on_page)
+            if _overlapping(results):
+                # A connection repeated across two workers' pages: only one process can keep the first.
+                shutil.rmtree(new_root)
+                done = connections = 0
+                results = []
+        if not results:
+            results = [_flatten_part(snapshot, snapshot.pages, new_root, snapshot_date, 0, on_page)]
+        _swap_in(new_root, staging / "trash", data_dir, snapshot_date)
+    stats = FlattenStats()
+    for result in results:
+        stats.merge(result.stats)
     return FlattenReport(
         snapshot_date=snapshot_date,
         format=snapshot.format,
         pages=total,
         rows=dict(stats.rows),
         stats=stats,
-        paths={table: parquet_path(data_dir, table, snapshot_date) for table in TABLES},
+        paths={table: partition_dir(data_dir, table, snapshot_date) for table in TABLES},
+        workers=len(results),
         duration_seconds=time.monotonic() - clock,
     )

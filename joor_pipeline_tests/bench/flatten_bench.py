@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,9 +38,15 @@ class ChildRun:
 
     seconds: float  # the work, as timed inside the child
     process_seconds: float  # the whole child process, as timed by the parent
-    maxrss_kib: int  # ru_maxrss of the child, from wait4
+    maxrss_kib: int  # ru_maxrss of the child, from wait4 (its own peak, or its biggest worker's)
     vmhwm_kib: int  # the child's own VmHWM, reported by itself
     rows: dict[str, int]
+    tree_pss_kib: int = 0  # peak of the PSS summed over the child and its worker processes, sampled
+
+    @property
+    def memory_kib(self) -> int:
+        """Peak memory of the whole flatten: one process's peak RSS, or all its processes' PSS at once."""
+        return max(self.maxrss_kib, self.tree_pss_kib)
 
 
 @dataclass
@@ -66,8 +73,8 @@ class FlattenCase:
 
     @property
     def peak_rss_mb(self) -> float:
-        """The highest peak RSS over the repetitions, in MB (10^6 bytes)."""
-        return max(run.maxrss_kib for run in self.runs) * 1024 / 1e6
+        """The highest peak memory over the repetitions (see :attr:`ChildRun.memory_kib`), in MB (10^6 bytes)."""
+        return max(run.memory_kib for run in self.runs) * 1024 / 1e6
 
     @property
     def connections_per_second(self) -> float:
@@ -83,6 +90,47 @@ def approaches_for(fmt: str) -> tuple[str, ...]:
     return ("ours", *BASELINES) if fmt == "json" else ("ours",)
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and every process below it, from /proc (empty once it is gone)."""
+    out, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        out.append(current)
+        try:
+            for task in Path(f"/proc/{current}/task").iterdir():
+                stack.extend(int(child) for child in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return out
+
+
+def _pss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class _TreeMemory(threading.Thread):
+    """Samples the PSS summed over a process and its descendants (forked workers) until told to stop.
+
+    PSS (proportional set size) splits each shared page between the processes mapping it, so the sum is what
+    the process tree occupies together, with the libraries the workers share with their parent counted once.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval, self.peak_kib = pid, interval, 0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            self.peak_kib = max(self.peak_kib, sum(_pss_kib(pid) for pid in _tree(self.pid)))
+
+
 def run_child(approach: str, data_dir: Path, out_dir: Path) -> ChildRun:
     """Run one approach in a fresh interpreter and measure it."""
     out_dir.mkdir(parents=True)
@@ -90,8 +138,12 @@ def run_child(approach: str, data_dir: Path, out_dir: Path) -> ChildRun:
     with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
         clock = time.perf_counter()
         child = subprocess.Popen(command, stdout=stdout, stderr=stderr, cwd=PROJECT_ROOT)
+        sampler = _TreeMemory(child.pid)
+        sampler.start()
         # wait4 rather than wait: it hands back the child's rusage, whose ru_maxrss is its peak RSS in KiB.
         _, status, usage = os.wait4(child.pid, 0)
+        sampler.stopped.set()
+        sampler.join()
         process_seconds = time.perf_counter() - clock
         child.returncode = os.waitstatus_to_exitcode(status)
         stdout.seek(0)
@@ -107,6 +159,7 @@ def run_child(approach: str, data_dir: Path, out_dir: Path) -> ChildRun:
         maxrss_kib=int(usage.ru_maxrss),
         vmhwm_kib=int(result["vmhwm_kib"]),
         rows={str(k): int(v) for k, v in result["rows"].items()},
+        tree_pss_kib=sampler.peak_kib,
     )
 
 

@@ -1,0 +1,205 @@
+"""The flatten shared out between forked worker processes: the same rows, the same stats, the same failures."""
+
+from __future__ import annotations
+
+import copy
+import os
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from joor_pipeline.assets.joor import joor_tables
+from joor_pipeline.assets.resources import DataDirResource, resources_from_env
+from joor_pipeline.config import flatten_workers_setting
+from joor_pipeline.flatten import TABLES
+from joor_pipeline.joor.errors import ConfigError, PayloadError
+from joor_pipeline.sandbox.data import generate_connections
+from joor_pipeline.storage import parquet as storage
+from joor_pipeline.storage.parquet import (
+    MIN_PAGES_PER_WORKER,
+    PARQUET_DIR,
+    FlattenReport,
+    flatten_snapshot,
+    flatten_workers,
+    partition_parquet_files,
+)
+from joor_pipeline_tests.raw_fixtures import land
+
+DAY = date(2024, 5, 1)
+
+pytestmark = pytest.mark.skipif(not storage.CAN_FORK, reason="worker processes are forked, which needs Linux")
+
+
+def drifted_connections(n: int) -> list[dict[str, Any]]:
+    """Generated connections with some of everything the flatten records: unknown fields, bad values, nulls."""
+    connections = generate_connections(n, seed=17)
+    connections[3]["surprise"] = {"nested": "x"}
+    connections[250]["doors"] = [{"door_id": "not a number", "door_code": "D", "door_name": "N", "extra": 1}]
+    connections[520]["customer_account_id"] = ""
+    connections[777]["billing"]["payment_methods"] = "cash"
+    return connections
+
+
+def read_partition(data_dir: Path, table: str) -> pa.Table:
+    """One table's partition, its files read in name order (which is page order)."""
+    return pa.concat_tables(pq.read_table(path) for path in partition_parquet_files(data_dir, table, DAY))
+
+
+def staging_leftovers(data_dir: Path) -> list[Path]:
+    return sorted((data_dir / PARQUET_DIR).glob(".staging-*"))
+
+
+def partition_bytes(data_dir: Path) -> dict[str, dict[str, bytes]]:
+    return {
+        table: {path.name: path.read_bytes() for path in partition_parquet_files(data_dir, table, DAY)}
+        for table in TABLES
+    }
+
+
+def assert_same_flatten(one: FlattenReport, many: FlattenReport, one_dir: Path, many_dir: Path) -> None:
+    for table in TABLES:
+        expected = read_partition(one_dir, table)
+        assert expected.num_rows > 0, table
+        assert read_partition(many_dir, table).equals(expected), table
+    assert many.rows == one.rows
+    assert many.stats == one.stats
+
+
+@pytest.mark.parametrize(("fmt", "workers"), [("json", 2), ("json", 3), ("xml", 2)])
+def test_workers_write_exactly_the_rows_and_stats_of_one_process(tmp_path: Path, fmt: str, workers: int) -> None:
+    connections = drifted_connections(1000)
+    land(tmp_path / "one", DAY, connections, fmt)
+    land(tmp_path / "many", DAY, connections, fmt)
+    one = flatten_snapshot(tmp_path / "one", DAY, workers=1)
+    many = flatten_snapshot(tmp_path / "many", DAY, workers=workers)
+
+    assert one.workers == 1 and many.workers == workers
+    assert_same_flatten(one, many, tmp_path / "one", tmp_path / "many")
+    assert many.stats.unknown_fields and many.stats.coercion_problems and many.stats.missing_customer_account_id == 1
+    for table in TABLES:
+        names = [path.name for path in partition_parquet_files(tmp_path / "many", table, DAY)]
+        assert names == [f"part-{k:05d}.parquet" for k in range(workers)], table
+    # The pages are cut in contiguous runs: worker k's file holds its pages, in order.
+    pages = [
+        pq.read_table(path)["source_page"].to_pylist()
+        for path in partition_parquet_files(tmp_path / "many", "connections", DAY)
+    ]
+    assert [page for run in pages for page in run] == sorted(page for run in pages for page in run)
+    assert staging_leftovers(tmp_path / "many") == []
+
+
+def test_a_connection_repeated_across_two_workers_is_kept_once_like_one_process_keeps_it(tmp_path: Path) -> None:
+    connections = generate_connections(400, seed=5)
+    connections.append(copy.deepcopy(connections[5]))  # the last page (the second worker's) repeats page 0's
+    land(tmp_path / "one", DAY, connections)
+    land(tmp_path / "many", DAY, connections)
+    one = flatten_snapshot(tmp_path / "one", DAY, workers=1)
+    many = flatten_snapshot(tmp_path / "many", DAY, workers=2)
+
+    assert many.stats.duplicate_connections == 1 and many.connections == 400
+    assert many.workers == 1  # flattened again in one process, so the first occurrence wins
+    assert_same_flatten(one, many, tmp_path / "one", tmp_path / "many")
+    assert staging_leftovers(tmp_path / "many") == []
+
+
+def test_progress_comes_after_every_page_whichever_worker_read_it(tmp_path: Path) -> None:
+    land(tmp_path, DAY, generate_connections(950, seed=4))
+    calls: list[tuple[int, int, int]] = []
+    flatten_snapshot(tmp_path, DAY, progress=lambda *args: calls.append(args), workers=3)
+    assert [done for done, _, _ in calls] == list(range(1, 11))
+    assert {total for _, total, _ in calls} == {10}
+    connections = [count for _, _, count in calls]
+    assert connections == sorted(connections) and connections[-1] == 950
+
+
+def test_a_bad_page_in_one_worker_fails_the_flatten_and_keeps_the_previous_partition(tmp_path: Path) -> None:
+    land(tmp_path, DAY, generate_connections(300, seed=1))
+    flatten_snapshot(tmp_path, DAY, workers=1)
+    before = partition_bytes(tmp_path)
+
+    land(tmp_path, DAY, generate_connections(1000, seed=2), body_of=lambda i, b: b[:100] if i == 7 else b)
+    with pytest.raises(PayloadError) as caught:
+        flatten_snapshot(tmp_path, DAY, workers=2)
+    assert "invalid JSON" in str(caught.value)
+    assert "page-00007.json" in str(caught.value) and caught.value.log_id == "log-7"
+    assert any("flatten worker 1, pages 5-9" in note for note in caught.value.__notes__)
+    assert partition_bytes(tmp_path) == before
+    assert staging_leftovers(tmp_path) == []
+
+
+def test_a_worker_that_dies_fails_the_flatten_and_keeps_the_previous_partition(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    land(tmp_path, DAY, generate_connections(1000, seed=2))
+    flatten_snapshot(tmp_path, DAY, workers=1)
+    before = partition_bytes(tmp_path)
+
+    flatten_page = storage.flatten_page
+
+    def dies_on_page_six(connections: Any, **kwargs: Any) -> Any:
+        if kwargs["source_page"] == 6:
+            os._exit(9)  # what the kernel's OOM killer leaves behind: no message, no exception
+        return flatten_page(connections, **kwargs)
+
+    monkeypatch.setattr(storage, "flatten_page", dies_on_page_six)  # forked workers inherit it
+    with pytest.raises(RuntimeError, match=r"flatten worker 1 \(pages 5-9\) exited with code 9 before finishing"):
+        flatten_snapshot(tmp_path, DAY, workers=2)
+    assert partition_bytes(tmp_path) == before
+    assert staging_leftovers(tmp_path) == []
+
+
+def test_a_rerun_with_the_same_workers_writes_byte_identical_files(tmp_path: Path) -> None:
+    land(tmp_path, DAY, drifted_connections(1000), "xml")
+    flatten_snapshot(tmp_path, DAY, workers=2)
+    before = partition_bytes(tmp_path)
+    flatten_snapshot(tmp_path, DAY, workers=2)
+    assert partition_bytes(tmp_path) == before
+
+
+def test_the_default_uses_the_cores_but_not_for_a_small_snapshot() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert flatten_workers(None, 1) == 1
+    assert flatten_workers(None, MIN_PAGES_PER_WORKER * 2 - 1) == 1
+    assert flatten_workers(None, 10_000) == min(cores, storage.MAX_DEFAULT_WORKERS)
+    assert flatten_workers(4, 3) == 3  # never more workers than pages
+    assert flatten_workers(1, 10_000) == 1
+    with pytest.raises(ValueError, match="at least 1"):
+        flatten_workers(0, 10)
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
+def test_a_bad_flatten_workers_setting_names_the_variable(value: str) -> None:
+    with pytest.raises(ConfigError, match="JOOR_FLATTEN_WORKERS"):
+        flatten_workers_setting({"JOOR_FLATTEN_WORKERS": value})
+    with pytest.raises(ConfigError, match="JOOR_FLATTEN_WORKERS"):
+        DataDirResource(data_dir="x", flatten_workers=value).workers()
+    assert flatten_workers_setting({}) is None
+    assert flatten_workers_setting({"JOOR_FLATTEN_WORKERS": " 3 "}) == 3
+
+
+def test_the_dagster_asset_flattens_with_the_configured_workers_and_its_checks_pass(tmp_path: Path) -> None:
+    day = date(2026, 3, 2)  # inside the daily partitions
+    land(tmp_path, day, generate_connections(1000, seed=17))
+    storage_resource = resources_from_env({"JOOR_DATA_DIR": str(tmp_path), "JOOR_FLATTEN_WORKERS": "3"})["storage"]
+    assert isinstance(storage_resource, DataDirResource)
+    assert storage_resource.flatten_workers == "JOOR_FLATTEN_WORKERS"  # an EnvVar, resolved at launch
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("JOOR_DATA_DIR", str(tmp_path))
+        env.setenv("JOOR_FLATTEN_WORKERS", "3")
+        result = dg.materialize([joor_tables], partition_key=day.isoformat(), resources={"storage": storage_resource})
+    assert result.success
+    for table in TABLES:
+        assert len(partition_parquet_files(tmp_path, table, day)) == 3, table
+    checks = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
+    assert all(checks[(table, "reconciles_with_raw")] for table in TABLES)
+    connections = next(
+        m.metadata
+        for m in (e.event_specific_data.materialization for e in result.get_asset_materialization_events())
+        if m.asset_key.to_user_string() == "connections"
+    )
+    assert connections["dagster/row_count"].value == 1000
