@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from joor_pipeline.flatten import TABLES, arrow_schema, flatten_page
+from joor_pipeline.flatten import TABLES, FlattenStats, arrow_schema, flatten_page, flatten_pages
 from joor_pipeline.flatten.coerce import INVALID, coerce_column, coerce_value
 from joor_pipeline.flatten.schema import BOOL, FLOAT64, INT64, STRING, TIMESTAMP_UTC
 from joor_pipeline.joor.errors import PayloadError
@@ -251,3 +251,39 @@ def test_json_fast_path_flattens_exactly_like_the_canonical_form(mutator: Mutato
     assert slow.stats == fast.stats
     for name in TABLES:
         assert fast.tables[name].equals(slow.tables[name]), name
+
+
+@SETTINGS
+@given(
+    mutator=mutators,
+    pages=st.lists(picks, min_size=1, max_size=4),
+    log_ids=st.lists(st.one_of(st.none(), st.text(max_size=5)), min_size=4, max_size=4),
+)
+def test_pages_flattened_together_give_the_rows_of_page_after_page(
+    mutator: Mutator, pages: list[list[int]], log_ids: list[str | None]
+) -> None:
+    """flatten_pages (what the storage layer calls on a run of pages) is flatten_page page by page, concatenated:
+    the same rows in the same order, each with its own page's source_page and log_id, and the same stats."""
+    # Pages repeat connections now and then (BASES is small), so the dedup across pages is exercised too.
+    runs = [([mutator(BASES[i], []) for i in picks], 10 + n, log_ids[n]) for n, picks in enumerate(pages)]
+    day = date(2024, 1, 1)
+    together = flatten_pages(runs, snapshot_date=day, seen_account_ids=set())
+
+    seen: set[int] = set()
+    one_by_one = [
+        flatten_page(connections, snapshot_date=day, source_page=page, log_id=log_id, seen_account_ids=seen)
+        for connections, page, log_id in runs
+    ]
+    stats = FlattenStats()
+    for batch in one_by_one:
+        stats.merge(batch.stats)
+    assert together.stats == stats
+    for name in TABLES:
+        expected = pa.concat_tables(batch.tables[name] for batch in one_by_one)
+        assert together.tables[name].equals(expected), name
+
+
+def test_a_connection_that_is_not_an_object_names_its_own_page_among_several() -> None:
+    good = generate_connections(3, seed=9)
+    with pytest.raises(PayloadError, match=r"connection #1 is a str, not an object in page 8 \(log_id L8\)"):
+        flatten_pages([(good, 7, "L7"), ([good[0], "oops"], 8, "L8")], snapshot_date=date(2024, 1, 1))

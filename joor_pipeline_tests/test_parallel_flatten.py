@@ -139,14 +139,14 @@ def test_a_worker_that_dies_fails_the_flatten_and_keeps_the_previous_partition(
     flatten_snapshot(tmp_path, DAY, workers=1)
     before = partition_bytes(tmp_path)
 
-    flatten_page = storage.flatten_page
+    flatten_pages = storage.flatten_pages
 
-    def dies_on_page_six(connections: Any, **kwargs: Any) -> Any:
-        if kwargs["source_page"] == 6:
+    def dies_on_page_six(pages: Any, **kwargs: Any) -> Any:
+        if any(source_page == 6 for _, source_page, _ in pages):
             os._exit(9)  # what the kernel's OOM killer leaves behind: no message, no exception
-        return flatten_page(connections, **kwargs)
+        return flatten_pages(pages, **kwargs)
 
-    monkeypatch.setattr(storage, "flatten_page", dies_on_page_six)  # forked workers inherit it
+    monkeypatch.setattr(storage, "flatten_pages", dies_on_page_six)  # forked workers inherit it
     with pytest.raises(RuntimeError, match=r"flatten worker 1 \(pages 5-9\) exited with code 9 before finishing"):
         flatten_snapshot(tmp_path, DAY, workers=2)
     assert partition_bytes(tmp_path) == before

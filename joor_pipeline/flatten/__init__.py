@@ -1,6 +1,6 @@
 """Canonical JOOR connections -> the typed tables of the data contract (pure; no I/O)."""
 
-from joor_pipeline.flatten.flatten import FlatBatch, FlattenStats, flatten_page
+from joor_pipeline.flatten.flatten import FlatBatch, FlattenStats, flatten_page, flatten_pages
 from joor_pipeline.flatten.schema import TABLES, Column, ListSource, TableSpec, arrow_schema
 
 __all__ = [
@@ -12,4 +12,5 @@ __all__ = [
     "TableSpec",
     "arrow_schema",
     "flatten_page",
+    "flatten_pages",
 ]

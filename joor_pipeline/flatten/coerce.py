@@ -213,9 +213,16 @@ _NUMBER_CHARS: Final = str.maketrans("", "", "0123456789+-.eE")
 
 
 def _fast_strings(values: Sequence[Any]) -> pa.Array | None:
-    if not _TEXT_TYPES.issuperset(map(type, values)):
+    if "" in values:
+        if not _TEXT_TYPES.issuperset(map(type, values)):
+            return None
+        return pa.array([v or None for v in values], type=pa.string())
+    # No "" to null: Arrow converts as is, and refuses a number, a boolean, an object or a list (the parsers
+    # give no other types; bytes, which Arrow would take, never come out of them).
+    try:
+        return pa.array(values, type=pa.string())
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
         return None
-    return pa.array([v or None for v in values], type=pa.string())
 
 
 def _fast_ints(values: Sequence[Any]) -> pa.Array | None:
