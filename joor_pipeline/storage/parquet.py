@@ -1,4 +1,4 @@
-"""Flatten one raw snapshot into partitioned Parquet, one page at a time, and swap it in all at once.
+"""Flatten one raw snapshot into partitioned Parquet, a few pages at a time, and swap it in all at once.
 
 Layout::
 
@@ -9,9 +9,9 @@ Layout::
 says which snapshot it belongs to; DuckDB's ``read_parquet(..., hive_partitioning = true)`` gives one
 ``snapshot_date DATE`` column either way (the partition value wins when both are present, and they agree).
 
-Memory stays flat with the snapshot's size: one page is checked against the manifest's sha256, parsed and
-flattened at a time, and its rows are buffered only until a row group's worth is ready for each table's
-``ParquetWriter``.
+Memory stays flat with the snapshot's size: each page is checked against the manifest's sha256 and parsed,
+pages are flattened together in batches of about :data:`BATCH_CONNECTIONS` connections, and the rows are
+buffered only until a row group's worth is ready for each table's ``ParquetWriter``.
 
 Parallel: a snapshot of many pages is cut into contiguous runs of pages, one per worker process (forked, on
 Linux; ``workers`` or ``JOOR_FLATTEN_WORKERS``, by default one per usable core). Worker ``k`` writes

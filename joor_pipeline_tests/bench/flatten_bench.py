@@ -195,12 +195,14 @@ def run_flatten_bench(
                     case.runs.append(run)
                     log(
                         f"flatten N={n:,} {fmt:4} {approach:6} rep {rep}/{repeat}: {run.seconds:7.2f} s work, "
-                        f"{run.process_seconds:7.2f} s process, {run.maxrss_kib * 1024 / 1e6:6.0f} MB peak RSS"
+                        f"{run.process_seconds:7.2f} s process, {run.memory_kib * 1024 / 1e6:6.0f} MB peak memory "
+                        f"(ru_maxrss {run.maxrss_kib * 1024 / 1e6:.0f} MB, "
+                        f"process tree PSS {run.tree_pss_kib * 1024 / 1e6:.0f} MB)"
                     )
                     if run.vmhwm_kib and abs(run.maxrss_kib - run.vmhwm_kib) > 0.1 * run.vmhwm_kib:
                         log(
                             f"  note: ru_maxrss {run.maxrss_kib} KiB differs from the child's own VmHWM "
-                            f"{run.vmhwm_kib} KiB (a big parent inflates ru_maxrss)"
+                            f"{run.vmhwm_kib} KiB (ru_maxrss also covers the forked flatten workers, or a big parent)"
                         )
         for fmt in formats:
             _check_rows(cases, n, fmt, log)
