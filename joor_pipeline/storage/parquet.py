@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Final
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from joor_pipeline.flatten import TABLES, FlattenStats, arrow_schema, flatten_pages
@@ -66,8 +67,10 @@ MAX_DEFAULT_WORKERS: Final = 8
 #: ...and at most one per this many pages (a small snapshot is not worth a second process).
 MIN_PAGES_PER_WORKER: Final = 8
 #: Rows per Parquet row group: large enough for good compression and pruning, small enough that ten tables'
-#: buffers stay small (a flatten of 200,000 connections peaks near 250 MB RSS, half of it the libraries loaded).
-ROW_GROUP_ROWS: Final = 32_768
+#: buffers stay small. Each worker buffers up to this many rows per table, so it sets how memory grows with a
+#: snapshot: two workers flattening 200,000 connections peak near 300 MB together (PSS), against about 270 MB
+#: at 20,000, most of it the libraries loaded. 32,768 rows cost about 35 MB more at 200,000, no faster.
+ROW_GROUP_ROWS: Final = 16_384
 COMPRESSION: Final = "zstd"
 #: No dictionary pages: zstd already folds the repeats they would save, and the files come out smaller and
 #: about a fifth faster to write (measured on the sandbox's tables).
@@ -323,8 +326,17 @@ class _PartResult:
     """What one run of pages (one worker's, or the whole snapshot's) wrote."""
 
     stats: FlattenStats
-    #: The customer_account_ids it kept (for the check that no two workers kept the same connection).
+    #: The customer_account_ids it kept (its pages' dedup; and the check that no two workers kept the same one).
     kept: set[int] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class _WorkerReport:
+    """What a worker sends home: its stats, and the customer_account_ids it kept as one int64 array (8 bytes
+    each, where the set costs a Python int and a slot each: tens of MB in the parent at 200,000)."""
+
+    stats: FlattenStats
+    kept_ids: pa.Array
 
 
 @contextlib.contextmanager
@@ -411,7 +423,7 @@ def _worker(
         result = _flatten_part(
             snapshot, entries, root, snapshot_date, index, lambda count: messages.put((index, _PAGE, count))
         )
-        messages.put((index, _DONE, result))
+        messages.put((index, _DONE, _WorkerReport(result.stats, pa.array(list(result.kept), type=pa.int64()))))
     except BaseException as exc:  # the parent re-raises it; nothing may be lost on the way
         exc.add_note(f"(in flatten worker {index}, {_describe(entries)})")
         try:
@@ -429,7 +441,7 @@ def _flatten_parallel(
     root: Path,
     snapshot_date: date,
     on_page: Callable[[int], None],
-) -> list[_PartResult]:
+) -> list[_WorkerReport]:
     """Flatten each run of pages in its own forked process; the first failure stops them all and is raised."""
     context = multiprocessing.get_context("fork")
     messages: multiprocessing.queues.Queue[tuple[int, str, object]] = context.Queue()
@@ -442,7 +454,7 @@ def _flatten_parallel(
         )
         for index, run in enumerate(runs)
     ]
-    results: list[_PartResult | None] = [None] * len(workers)
+    results: list[_WorkerReport | None] = [None] * len(workers)
     pending = set(range(len(workers)))
     exited_silently: set[int] = set()
     try:
@@ -465,7 +477,7 @@ def _flatten_parallel(
                 assert isinstance(payload, int)
                 on_page(payload)
             elif kind == _DONE:
-                assert isinstance(payload, _PartResult)
+                assert isinstance(payload, _WorkerReport)
                 results[index] = payload
                 pending.discard(index)
             else:
@@ -481,14 +493,10 @@ def _flatten_parallel(
     return [result for result in results if result is not None]
 
 
-def _overlapping(results: list[_PartResult]) -> bool:
-    """True when two workers kept the same customer_account_id."""
-    seen: set[int] = set()
-    for result in results:
-        if not seen.isdisjoint(result.kept):
-            return True
-        seen |= result.kept
-    return False
+def _overlapping(reports: list[_WorkerReport]) -> bool:
+    """True when two workers kept the same customer_account_id (each worker's own are distinct already)."""
+    ids = pa.chunked_array([report.kept_ids for report in reports], type=pa.int64())
+    return len(pc.unique(ids)) < len(ids)
 
 
 def flatten_snapshot(
@@ -518,20 +526,21 @@ def flatten_snapshot(
 
     with staging_dir(data_dir / PARQUET_DIR) as staging:
         new_root = staging / "new"
-        results: list[_PartResult] = []
+        parts_stats: list[FlattenStats] = []
         if parts > 1:
-            results = _flatten_parallel(snapshot, _split(snapshot.pages, parts), new_root, snapshot_date, on_page)
-            if _overlapping(results):
+            reports = _flatten_parallel(snapshot, _split(snapshot.pages, parts), new_root, snapshot_date, on_page)
+            if _overlapping(reports):
                 # A connection repeated across two workers' pages: only one process can keep the first.
                 shutil.rmtree(new_root)
                 done = connections = 0
-                results = []
-        if not results:
-            results = [_flatten_part(snapshot, snapshot.pages, new_root, snapshot_date, 0, on_page)]
+            else:
+                parts_stats = [report.stats for report in reports]
+        if not parts_stats:
+            parts_stats = [_flatten_part(snapshot, snapshot.pages, new_root, snapshot_date, 0, on_page).stats]
         _swap_in(new_root, staging / "trash", data_dir, snapshot_date)
     stats = FlattenStats()
-    for result in results:
-        stats.merge(result.stats)
+    for part_stats in parts_stats:
+        stats.merge(part_stats)
     return FlattenReport(
         snapshot_date=snapshot_date,
         format=snapshot.format,
@@ -539,6 +548,6 @@ def flatten_snapshot(
         rows=dict(stats.rows),
         stats=stats,
         paths={table: partition_dir(data_dir, table, snapshot_date) for table in TABLES},
-        workers=len(results),
+        workers=len(parts_stats),
         duration_seconds=time.monotonic() - clock,
     )
