@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-import pytest
+from typing import Any
+from xml.etree.ElementTree import Element
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from joor_pipeline.joor import parse
 from joor_pipeline.joor.errors import PayloadError
 from joor_pipeline.joor.parse import leaf_text, parse_page
+from joor_pipeline.joor.shapes import GROUP_TAGS, LIST_ITEM_TAGS
+from joor_pipeline.sandbox.data import generate_connections
+from joor_pipeline.sandbox.render import render_xml
 
 
 def test_seed_json_example(seeds_dir) -> None:
@@ -113,3 +122,78 @@ def test_xml_external_entity_is_refused() -> None:
     )
     with pytest.raises(PayloadError, match="invalid XML"):
         parse_page(xxe, "xml")
+
+
+@pytest.mark.parametrize(
+    "doctype",
+    [
+        b"<!DOCTYPE connections>",
+        b'<!DOCTYPE connections SYSTEM "http://127.0.0.1:9/joor.dtd">',
+        b"<!DOCTYPE connections [<!ELEMENT connections ANY>]>",
+    ],
+)
+def test_any_xml_document_type_declaration_is_refused(doctype: bytes) -> None:
+    """JOOR sends none, and entities need one: refused as it starts, before anything in it is read."""
+    body = b'<?xml version="1.0"?>' + doctype + b"<connections><response><code>0</code></response></connections>"
+    with pytest.raises(PayloadError, match=r"invalid XML \(DoctypeForbidden: document type declaration") as info:
+        parse_page(body, "xml", source="page-00004.xml")
+    assert "page-00004.xml" in str(info.value)
+
+
+def test_an_undeclared_entity_is_refused() -> None:
+    body = b"<connections><response><code>&lol;</code></response></connections>"
+    with pytest.raises(PayloadError, match=r"invalid XML \(ParseError: undefined entity"):
+        parse_page(body, "xml")
+
+
+def test_broken_xml_names_the_place() -> None:
+    body = render_xml({"response": {"code": 0, "log_id": "L1"}, "connections": generate_connections(3, seed=2)})
+    assert len(parse_page(body, "xml").connections) == 3
+    with pytest.raises(PayloadError, match=r"invalid XML \(ParseError: unclosed token: line 2"):
+        parse_page(body[: len(body) // 2], "xml")
+
+
+def _reference_element_value(el: Element) -> Any:
+    """The XML reading before leaves were read inline: the canonical form must not change."""
+    tag = el.tag
+    children = list(el)
+    if tag in LIST_ITEM_TAGS:
+        return [_reference_element_value(child) for child in children]
+    if not children:
+        return {} if tag in GROUP_TAGS else el.text or ""
+    if tag not in GROUP_TAGS and parse._looks_like_list(tag, children):
+        return [_reference_element_value(child) for child in children]
+    out: dict[str, Any] = {}
+    repeated: set[str] = set()
+    for child in children:
+        value = _reference_element_value(child)
+        if child.tag not in out:
+            out[child.tag] = value
+            continue
+        if child.tag not in repeated:
+            out[child.tag] = [out[child.tag]]
+            repeated.add(child.tag)
+        out[child.tag].append(value)
+    return out
+
+
+_XML_TAGS = sorted(
+    {*LIST_ITEM_TAGS, *LIST_ITEM_TAGS.values(), *GROUP_TAGS, "x", "xs", "category", "categories", "box", "boxes"}
+)
+
+
+@st.composite
+def xml_trees(draw: st.DrawFn, depth: int = 0) -> Element:
+    element = Element(draw(st.sampled_from(_XML_TAGS)))
+    if depth < 4 and draw(st.booleans()):
+        for child in draw(st.lists(xml_trees(depth + 1), max_size=4)):  # type: ignore[call-arg]
+            element.append(child)
+    else:
+        element.text = draw(st.one_of(st.none(), st.sampled_from(["", " ", "0", "True", "Kraków"])))
+    return element
+
+
+@settings(max_examples=300, deadline=None)
+@given(tree=xml_trees())
+def test_xml_elements_read_as_they_always_have(tree: Element) -> None:
+    assert parse._element_value(tree) == _reference_element_value(tree)

@@ -14,13 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
-from xml.etree.ElementTree import Element
+from xml.etree.ElementTree import Element, ParseError
 
 import httpx
 import pytest
-from defusedxml.ElementTree import ParseError
-from defusedxml.ElementTree import fromstring as xml_fromstring
 
+from joor_pipeline.joor.parse import xml_fromstring
 from joor_pipeline.joor.shapes import GROUP_TAGS, LIST_ITEM_TAGS
 from joor_pipeline.sandbox import Faults, Sandbox, SandboxConfig, generate_connections, run_sandbox
 

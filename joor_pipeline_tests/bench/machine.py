@@ -8,7 +8,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Final
 
-PACKAGES: Final = ("joor-pipeline", "pandas", "pyarrow", "duckdb", "numpy", "orjson", "httpx", "defusedxml")
+PACKAGES: Final = ("joor-pipeline", "pandas", "pyarrow", "duckdb", "numpy", "orjson", "httpx")
 
 
 def _proc_field(path: str, name: str) -> str | None:
