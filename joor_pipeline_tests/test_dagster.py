@@ -243,7 +243,8 @@ def test_cli_run_records_in_dagster_home(tmp_path: Path, monkeypatch, capsys) ->
 
 
 def test_cli_demo_end_to_end(tmp_path: Path, monkeypatch, capsys) -> None:
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    home = tmp_path / "not" / "made" / "yet"  # a first run creates its DAGSTER_HOME
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("JOOR_API_TOKEN", "a-real-looking-token")  # demo ignores configured credentials
     monkeypatch.setenv("JOOR_SANDBOX_CONNECTIONS", "60")
     assert main(["demo", "--data-dir", str(tmp_path)]) == 0
@@ -252,6 +253,8 @@ def test_cli_demo_end_to_end(tmp_path: Path, monkeypatch, capsys) -> None:
     assert "connections                   60 rows" in out
     assert "checks: " in out and "make ui" in out
     assert warehouse(tmp_path, "select count(*) from dim_retailers") == [(60,)]
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert len(instance.get_runs()) == 1
 
 
 def test_warning_checks_flag_but_do_not_block(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 
 import dagster as dg
 
@@ -38,8 +39,11 @@ class RunSummary:
 
 
 def _instance() -> dg.DagsterInstance:
-    """The instance at ``$DAGSTER_HOME`` (so the run shows in the UI), else a throwaway one."""
-    if os.environ.get("DAGSTER_HOME"):
+    """The instance at ``$DAGSTER_HOME`` (so the run shows in the UI; created if missing), else a throwaway one."""
+    home = os.environ.get("DAGSTER_HOME")
+    if home:
+        # Dagster refuses a DAGSTER_HOME that does not exist yet; a first run should not have to make it by hand.
+        Path(home).expanduser().mkdir(parents=True, exist_ok=True)
         return dg.DagsterInstance.get()
     return dg.DagsterInstance.ephemeral()
 
