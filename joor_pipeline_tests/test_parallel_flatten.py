@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -203,3 +204,25 @@ def test_the_dagster_asset_flattens_with_the_configured_workers_and_its_checks_p
         if m.asset_key.to_user_string() == "connections"
     )
     assert connections["dagster/row_count"].value == 1000
+
+
+def test_a_worker_that_hangs_is_stopped_and_the_previous_partition_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    land(tmp_path, DAY, generate_connections(1000, seed=2))
+    flatten_snapshot(tmp_path, DAY, workers=1)
+    before = partition_bytes(tmp_path)
+
+    flatten_pages = storage.flatten_pages
+
+    def hangs_on_page_six(pages: Any, **kwargs: Any) -> Any:
+        if any(source_page == 6 for _, source_page, _ in pages):
+            time.sleep(3600)  # a deadlock, as far as the parent can tell
+        return flatten_pages(pages, **kwargs)
+
+    monkeypatch.setattr(storage, "flatten_pages", hangs_on_page_six)
+    monkeypatch.setattr(storage, "WORKER_SILENCE_SECONDS", 1.0)
+    with pytest.raises(RuntimeError, match=r"flatten workers 1 \(pages 5-9\) sent nothing for 1 s and were stopped"):
+        flatten_snapshot(tmp_path, DAY, workers=2)
+    assert partition_bytes(tmp_path) == before
+    assert staging_leftovers(tmp_path) == []

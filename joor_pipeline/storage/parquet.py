@@ -66,6 +66,9 @@ CAN_FORK: Final = sys.platform == "linux" and "fork" in multiprocessing.get_all_
 MAX_DEFAULT_WORKERS: Final = 8
 #: ...and at most one per this many pages (a small snapshot is not worth a second process).
 MIN_PAGES_PER_WORKER: Final = 8
+#: A worker reports after every batch of pages (milliseconds of work each); this long without a word from any
+#: running worker means one is stuck, and the flatten fails rather than wait forever.
+WORKER_SILENCE_SECONDS: Final = 300.0
 #: Rows per Parquet row group: large enough for good compression and pruning, small enough that ten tables'
 #: buffers stay small. Each worker buffers up to this many rows per table, so it sets how memory grows with a
 #: snapshot: two workers flattening 200,000 connections peak near 300 MB together (PSS), against about 270 MB
@@ -457,13 +460,21 @@ def _flatten_parallel(
     results: list[_WorkerReport | None] = [None] * len(workers)
     pending = set(range(len(workers)))
     exited_silently: set[int] = set()
+    last_heard = time.monotonic()
     try:
         for worker in workers:
             worker.start()
         while pending:
             try:
                 index, kind, payload = messages.get(timeout=0.2)
+                last_heard = time.monotonic()
             except queue.Empty:
+                if time.monotonic() - last_heard > WORKER_SILENCE_SECONDS:
+                    stuck = ", ".join(f"{i} ({_describe(runs[i])})" for i in sorted(pending))
+                    raise RuntimeError(
+                        f"flatten workers {stuck} sent nothing for {WORKER_SILENCE_SECONDS:.0f} s and were stopped; "
+                        "nothing was replaced. JOOR_FLATTEN_WORKERS=1 flattens in one process"
+                    ) from None
                 # A worker that exited without a last message died (killed, out of memory). Its messages are
                 # in the pipe before it exits, so one more empty wait after seeing it gone is proof.
                 for index in sorted(pending & exited_silently):
