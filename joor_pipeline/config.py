@@ -159,14 +159,19 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], problem
     return value
 
 
+def _raise_problems(problems: list[str]) -> None:
+    """One ConfigError listing every problem found, if there is any."""
+    if problems:
+        raise ConfigError("invalid JOOR configuration:\n  - " + "\n  - ".join(problems))
+
+
 def flatten_workers_setting(env: Mapping[str, str]) -> int | None:
     """``JOOR_FLATTEN_WORKERS`` as a number of processes, None when unset (the default); ConfigError if bad."""
     problems: list[str] = []
     if _clean(env, "JOOR_FLATTEN_WORKERS") is None:
         return None
     workers = _positive(env, "JOOR_FLATTEN_WORKERS", 1, problems)
-    if problems:
-        raise ConfigError("invalid JOOR configuration:\n  - " + "\n  - ".join(problems))
+    _raise_problems(problems)
     return workers
 
 
@@ -206,8 +211,7 @@ def load_settings(env: Mapping[str, str]) -> JoorSettings:
             missing = [name for name, value in v4.items() if value is None]
             if missing:
                 problems.append(f"JOOR_API_VERSION=v4 needs {', '.join(missing)}")
-    if problems:
-        raise ConfigError("invalid JOOR configuration:\n  - " + "\n  - ".join(problems))
+    _raise_problems(problems)
 
     hosts = HOSTS[environment]
     return JoorSettings(

@@ -7,7 +7,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from joor_pipeline.flatten import TABLES
 from joor_pipeline.sandbox.render import render_json, render_xml
+from joor_pipeline.storage.parquet import PARQUET_DIR, partition_parquet_files
 from joor_pipeline.storage.raw import open_raw_snapshot
 
 PAGE_SIZE = 100
@@ -45,3 +47,16 @@ def land(
                 index, body, log_id=f"log-{index}", connections=len(chunk), start_from=start, url="https://x/"
             )
         writer.commit({"api_version": "v2", "fetch_started_at": "t0", "fetch_finished_at": "t1"})
+
+
+def partition_bytes(data_dir: Path, snapshot_date: date) -> dict[str, dict[str, bytes]]:
+    """Every file of every table's partition, by table and file name."""
+    return {
+        table: {path.name: path.read_bytes() for path in partition_parquet_files(data_dir, table, snapshot_date)}
+        for table in TABLES
+    }
+
+
+def staging_leftovers(data_dir: Path) -> list[Path]:
+    """Staging directories a flatten left behind (none, after success or failure)."""
+    return sorted((data_dir / PARQUET_DIR).glob(".staging-*"))

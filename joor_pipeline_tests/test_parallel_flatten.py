@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,12 @@ from joor_pipeline.sandbox.data import generate_connections
 from joor_pipeline.storage import parquet as storage
 from joor_pipeline.storage.parquet import (
     MIN_PAGES_PER_WORKER,
-    PARQUET_DIR,
     FlattenReport,
     flatten_snapshot,
     flatten_workers,
     partition_parquet_files,
 )
-from joor_pipeline_tests.raw_fixtures import land
+from joor_pipeline_tests.raw_fixtures import land, partition_bytes, staging_leftovers
 
 DAY = date(2024, 5, 1)
 
@@ -51,15 +51,16 @@ def read_partition(data_dir: Path, table: str) -> pa.Table:
     return pa.concat_tables(pq.read_table(path) for path in partition_parquet_files(data_dir, table, DAY))
 
 
-def staging_leftovers(data_dir: Path) -> list[Path]:
-    return sorted((data_dir / PARQUET_DIR).glob(".staging-*"))
+def misbehave_on_page_six(monkeypatch: pytest.MonkeyPatch, misbehave: Callable[[], object]) -> None:
+    """Make the worker that flattens page 6 call ``misbehave`` first (forked workers inherit the patch)."""
+    flatten_pages = storage.flatten_pages
 
+    def patched(pages: Any, **kwargs: Any) -> Any:
+        if any(source_page == 6 for _, source_page, _ in pages):
+            misbehave()
+        return flatten_pages(pages, **kwargs)
 
-def partition_bytes(data_dir: Path) -> dict[str, dict[str, bytes]]:
-    return {
-        table: {path.name: path.read_bytes() for path in partition_parquet_files(data_dir, table, DAY)}
-        for table in TABLES
-    }
+    monkeypatch.setattr(storage, "flatten_pages", patched)
 
 
 def assert_same_flatten(one: FlattenReport, many: FlattenReport, one_dir: Path, many_dir: Path) -> None:
@@ -121,7 +122,7 @@ def test_progress_comes_after_every_page_whichever_worker_read_it(tmp_path: Path
 def test_a_bad_page_in_one_worker_fails_the_flatten_and_keeps_the_previous_partition(tmp_path: Path) -> None:
     land(tmp_path, DAY, generate_connections(300, seed=1))
     flatten_snapshot(tmp_path, DAY, workers=1)
-    before = partition_bytes(tmp_path)
+    before = partition_bytes(tmp_path, DAY)
 
     land(tmp_path, DAY, generate_connections(1000, seed=2), body_of=lambda i, b: b[:100] if i == 7 else b)
     with pytest.raises(PayloadError) as caught:
@@ -129,7 +130,7 @@ def test_a_bad_page_in_one_worker_fails_the_flatten_and_keeps_the_previous_parti
     assert "invalid JSON" in str(caught.value)
     assert "page-00007.json" in str(caught.value) and caught.value.log_id == "log-7"
     assert any("flatten worker 1, pages 5-9" in note for note in caught.value.__notes__)
-    assert partition_bytes(tmp_path) == before
+    assert partition_bytes(tmp_path, DAY) == before
     assert staging_leftovers(tmp_path) == []
 
 
@@ -138,28 +139,22 @@ def test_a_worker_that_dies_fails_the_flatten_and_keeps_the_previous_partition(
 ) -> None:
     land(tmp_path, DAY, generate_connections(1000, seed=2))
     flatten_snapshot(tmp_path, DAY, workers=1)
-    before = partition_bytes(tmp_path)
+    before = partition_bytes(tmp_path, DAY)
 
-    flatten_pages = storage.flatten_pages
-
-    def dies_on_page_six(pages: Any, **kwargs: Any) -> Any:
-        if any(source_page == 6 for _, source_page, _ in pages):
-            os._exit(9)  # what the kernel's OOM killer leaves behind: no message, no exception
-        return flatten_pages(pages, **kwargs)
-
-    monkeypatch.setattr(storage, "flatten_pages", dies_on_page_six)  # forked workers inherit it
+    # What the kernel's OOM killer leaves behind: no message, no exception.
+    misbehave_on_page_six(monkeypatch, lambda: os._exit(9))
     with pytest.raises(RuntimeError, match=r"flatten worker 1 \(pages 5-9\) exited with code 9 before finishing"):
         flatten_snapshot(tmp_path, DAY, workers=2)
-    assert partition_bytes(tmp_path) == before
+    assert partition_bytes(tmp_path, DAY) == before
     assert staging_leftovers(tmp_path) == []
 
 
 def test_a_rerun_with_the_same_workers_writes_byte_identical_files(tmp_path: Path) -> None:
     land(tmp_path, DAY, drifted_connections(1000), "xml")
     flatten_snapshot(tmp_path, DAY, workers=2)
-    before = partition_bytes(tmp_path)
+    before = partition_bytes(tmp_path, DAY)
     flatten_snapshot(tmp_path, DAY, workers=2)
-    assert partition_bytes(tmp_path) == before
+    assert partition_bytes(tmp_path, DAY) == before
 
 
 def test_the_default_uses_the_cores_but_not_for_a_small_snapshot() -> None:
@@ -211,18 +206,11 @@ def test_a_worker_that_hangs_is_stopped_and_the_previous_partition_kept(
 ) -> None:
     land(tmp_path, DAY, generate_connections(1000, seed=2))
     flatten_snapshot(tmp_path, DAY, workers=1)
-    before = partition_bytes(tmp_path)
+    before = partition_bytes(tmp_path, DAY)
 
-    flatten_pages = storage.flatten_pages
-
-    def hangs_on_page_six(pages: Any, **kwargs: Any) -> Any:
-        if any(source_page == 6 for _, source_page, _ in pages):
-            time.sleep(3600)  # a deadlock, as far as the parent can tell
-        return flatten_pages(pages, **kwargs)
-
-    monkeypatch.setattr(storage, "flatten_pages", hangs_on_page_six)
+    misbehave_on_page_six(monkeypatch, lambda: time.sleep(3600))  # a deadlock, as far as the parent can tell
     monkeypatch.setattr(storage, "WORKER_SILENCE_SECONDS", 1.0)
     with pytest.raises(RuntimeError, match=r"flatten workers 1 \(pages 5-9\) sent nothing for 1 s and were stopped"):
         flatten_snapshot(tmp_path, DAY, workers=2)
-    assert partition_bytes(tmp_path) == before
+    assert partition_bytes(tmp_path, DAY) == before
     assert staging_leftovers(tmp_path) == []

@@ -24,25 +24,12 @@ from joor_pipeline.storage.parquet import (
     iter_raw_pages,
     parquet_path,
     partition_dir,
-    partition_parquet_files,
 )
 from joor_pipeline.storage.raw import MANIFEST_NAME, SnapshotNotFound, raw_snapshot_dir
-from joor_pipeline_tests.raw_fixtures import PAGE_SIZE, land
+from joor_pipeline_tests.raw_fixtures import PAGE_SIZE, land, partition_bytes, staging_leftovers
 
 DAY = date(2024, 5, 1)
 NEXT_DAY = date(2024, 5, 2)
-
-
-def partition_bytes(data_dir: Path, snapshot_date: date) -> dict[str, dict[str, bytes]]:
-    """Every file of every table's partition, by table and file name."""
-    return {
-        table: {path.name: path.read_bytes() for path in partition_parquet_files(data_dir, table, snapshot_date)}
-        for table in TABLES
-    }
-
-
-def staging_leftovers(data_dir: Path) -> list[Path]:
-    return sorted((data_dir / PARQUET_DIR).glob(".staging-*"))
 
 
 # --- reconciliation ---------------------------------------------------------------------------------------

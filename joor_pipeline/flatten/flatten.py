@@ -377,7 +377,8 @@ def _build(
 ) -> pa.Table:
     """One table from its gathered rows (several parts for addresses), coerced and in schema order.
 
-    ``owning`` holds each connection's customer_account_id and customer_code, for a child table's rows.
+    ``owning`` holds each connection's customer_account_id, customer_code, source_page and log_id, which a child
+    table's rows take from their owner; None for the connections table itself.
     """
     counts = [len(part.rows) for part in parts]
     n = sum(counts)

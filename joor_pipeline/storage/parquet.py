@@ -56,9 +56,10 @@ from joor_pipeline.storage.atomic import staging_dir
 from joor_pipeline.storage.raw import SnapshotNotFound, raw_snapshot_dir, read_manifest
 
 PARQUET_DIR: Final = Path("parquet")
-PART_FILE: Final = "part-00000.parquet"
 #: Name of worker ``k``'s file in every partition.
 PART_FILE_PATTERN: Final = "part-{:05d}.parquet"
+#: The first (with one worker, the only) file of a partition.
+PART_FILE: Final = PART_FILE_PATTERN.format(0)
 #: Forking is how workers start (they inherit the loaded libraries, so starting one costs milliseconds); only
 #: Linux forks safely, elsewhere the flatten runs in one process.
 CAN_FORK: Final = sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods()
