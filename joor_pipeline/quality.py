@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 from joor_pipeline.flatten import TABLES
 from joor_pipeline.joor.parse import as_list
 from joor_pipeline.joor.shapes import CONNECTION_LISTS
-from joor_pipeline.storage.parquet import iter_raw_pages, partition_parquet_files
+from joor_pipeline.storage.parquet import partition_parquet_files
+from joor_pipeline.storage.raw import iter_raw_pages
 from joor_pipeline.warehouse import MODELS, MODELS_BY_NAME, parquet_root, partition_files, run_model
 
 #: Which JOOR list feeds which table (the connections table is fed by the connections themselves).

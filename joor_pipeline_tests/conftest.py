@@ -9,13 +9,14 @@ import pytest
 
 from joor_pipeline.config import JoorSettings, Secret
 
-SEEDS_DIR = Path(__file__).resolve().parents[2] / "shared" / "seeds"
+#: The spec's example payloads, copied verbatim from the JOOR documents (see seeds/README.md).
+SEEDS_DIR = Path(__file__).resolve().parent / "seeds"
 
 
 @pytest.fixture(scope="session")
 def seeds_dir() -> Path:
     if not SEEDS_DIR.is_dir():
-        pytest.fail(f"the spec's seed documents are expected at {SEEDS_DIR}")
+        pytest.fail(f"the seed documents are missing from {SEEDS_DIR}")
     return SEEDS_DIR
 
 

@@ -21,19 +21,14 @@ from joor_pipeline.config import flatten_workers_setting
 from joor_pipeline.flatten import TABLES
 from joor_pipeline.joor.errors import ConfigError, PayloadError
 from joor_pipeline.sandbox.data import generate_connections
-from joor_pipeline.storage import parquet as storage
-from joor_pipeline.storage.parquet import (
-    MIN_PAGES_PER_WORKER,
-    FlattenReport,
-    flatten_snapshot,
-    flatten_workers,
-    partition_parquet_files,
-)
+from joor_pipeline.storage import parts, workers
+from joor_pipeline.storage.parquet import FlattenReport, flatten_snapshot, partition_parquet_files
+from joor_pipeline.storage.workers import MIN_PAGES_PER_WORKER, flatten_workers
 from joor_pipeline_tests.raw_fixtures import land, partition_bytes, staging_leftovers
 
 DAY = date(2024, 5, 1)
 
-pytestmark = pytest.mark.skipif(not storage.CAN_FORK, reason="worker processes are forked, which needs Linux")
+pytestmark = pytest.mark.skipif(not workers.CAN_FORK, reason="worker processes are forked, which needs Linux")
 
 
 def drifted_connections(n: int) -> list[dict[str, Any]]:
@@ -53,14 +48,14 @@ def read_partition(data_dir: Path, table: str) -> pa.Table:
 
 def misbehave_on_page_six(monkeypatch: pytest.MonkeyPatch, misbehave: Callable[[], object]) -> None:
     """Make the worker that flattens page 6 call ``misbehave`` first (forked workers inherit the patch)."""
-    flatten_pages = storage.flatten_pages
+    flatten_pages = parts.flatten_pages
 
     def patched(pages: Any, **kwargs: Any) -> Any:
         if any(source_page == 6 for _, source_page, _ in pages):
             misbehave()
         return flatten_pages(pages, **kwargs)
 
-    monkeypatch.setattr(storage, "flatten_pages", patched)
+    monkeypatch.setattr(parts, "flatten_pages", patched)
 
 
 def assert_same_flatten(one: FlattenReport, many: FlattenReport, one_dir: Path, many_dir: Path) -> None:
@@ -161,7 +156,7 @@ def test_the_default_uses_the_cores_but_not_for_a_small_snapshot() -> None:
     cores = len(os.sched_getaffinity(0))
     assert flatten_workers(None, 1) == 1
     assert flatten_workers(None, MIN_PAGES_PER_WORKER * 2 - 1) == 1
-    assert flatten_workers(None, 10_000) == min(cores, storage.MAX_DEFAULT_WORKERS)
+    assert flatten_workers(None, 10_000) == min(cores, workers.MAX_DEFAULT_WORKERS)
     assert flatten_workers(4, 3) == 3  # never more workers than pages
     assert flatten_workers(1, 10_000) == 1
     with pytest.raises(ValueError, match="at least 1"):
@@ -209,7 +204,7 @@ def test_a_worker_that_hangs_is_stopped_and_the_previous_partition_kept(
     before = partition_bytes(tmp_path, DAY)
 
     misbehave_on_page_six(monkeypatch, lambda: time.sleep(3600))  # a deadlock, as far as the parent can tell
-    monkeypatch.setattr(storage, "WORKER_SILENCE_SECONDS", 1.0)
+    monkeypatch.setattr(workers, "WORKER_SILENCE_SECONDS", 1.0)
     with pytest.raises(RuntimeError, match=r"flatten workers 1 \(pages 5-9\) sent nothing for 1 s and were stopped"):
         flatten_snapshot(tmp_path, DAY, workers=2)
     assert partition_bytes(tmp_path, DAY) == before

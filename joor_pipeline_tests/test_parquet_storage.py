@@ -21,11 +21,10 @@ from joor_pipeline.sandbox.data import generate_connections
 from joor_pipeline.storage.parquet import (
     PARQUET_DIR,
     flatten_snapshot,
-    iter_raw_pages,
     parquet_path,
     partition_dir,
 )
-from joor_pipeline.storage.raw import MANIFEST_NAME, SnapshotNotFound, raw_snapshot_dir
+from joor_pipeline.storage.raw import MANIFEST_NAME, SnapshotNotFound, iter_raw_pages, raw_snapshot_dir
 from joor_pipeline_tests.raw_fixtures import PAGE_SIZE, land, partition_bytes, staging_leftovers
 
 DAY = date(2024, 5, 1)

@@ -23,7 +23,7 @@ from joor_pipeline.joor.parse import xml_fromstring
 from joor_pipeline.joor.shapes import GROUP_TAGS, LIST_ITEM_TAGS
 from joor_pipeline.sandbox import Faults, Sandbox, SandboxConfig, generate_connections, run_sandbox
 
-SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
+SEEDS = Path(__file__).resolve().parent / "seeds"
 TOKEN = "sandbox-token"
 V2_AUTH = {"Authorization": "OAuth2 " + base64.b64encode(TOKEN.encode()).decode()}
 JSON = {**V2_AUTH, "Accept": "application/json"}

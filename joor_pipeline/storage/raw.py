@@ -21,6 +21,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Final
 
+from joor_pipeline.joor.errors import PayloadError
+from joor_pipeline.joor.parse import Canonical, parse_page
 from joor_pipeline.storage.atomic import replace_dir, staging_dir, write_bytes_durably
 
 RAW_CONNECTIONS: Final = Path("raw") / "connections"
@@ -127,3 +129,103 @@ def read_manifest(data_dir: Path, snapshot_date: date) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise SnapshotNotFound(f"cannot read {path}: {exc}") from None
     return manifest
+
+
+# ---- reading a landed snapshot back ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RawPageEntry:
+    """One page as the raw snapshot's manifest lists it."""
+
+    page: int
+    file: str
+    log_id: str | None
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class RawSnapshot:
+    directory: Path
+    format: str
+    pages: list[RawPageEntry]
+
+
+def read_raw_snapshot(data_dir: Path, snapshot_date: date) -> RawSnapshot:
+    """A complete raw snapshot's format and pages, from its manifest, checked enough to trust names and order."""
+    raw_dir = raw_snapshot_dir(data_dir, snapshot_date)
+    manifest = read_manifest(data_dir, snapshot_date)
+
+    def broken(reason: str) -> SnapshotNotFound:
+        return SnapshotNotFound(f"raw snapshot {raw_dir} has an unusable _manifest.json: {reason}")
+
+    if not isinstance(manifest, dict):
+        raise broken("it is not a JSON object")
+    if manifest.get("snapshot_date", snapshot_date.isoformat()) != snapshot_date.isoformat():
+        raise broken(f"it is for snapshot_date {manifest.get('snapshot_date')!r}")
+    fmt = manifest.get("format")
+    if fmt not in ("json", "xml"):
+        raise broken(f"format is {fmt!r}, expected 'json' or 'xml'")
+    pages = manifest.get("pages")
+    if not isinstance(pages, list):
+        raise broken("'pages' is not a list")
+    entries: list[RawPageEntry] = []
+    for index, page in enumerate(pages):
+        if not isinstance(page, dict):
+            raise broken(f"pages[{index}] is not an object")
+        number, file, log_id, sha = page.get("page"), page.get("file"), page.get("log_id"), page.get("sha256")
+        if type(number) is not int or not isinstance(file, str) or Path(file).name != file or file in ("", ".."):
+            raise broken(f"pages[{index}] needs an integer 'page' and a plain file name 'file'")
+        entries.append(
+            RawPageEntry(
+                page=number,
+                file=file,
+                log_id=log_id if isinstance(log_id, str) and log_id else None,
+                sha256=sha if isinstance(sha, str) and sha else None,
+            )
+        )
+    return RawSnapshot(raw_dir, fmt, entries)
+
+
+def read_page(raw_dir: Path, entry: RawPageEntry, fmt: str) -> tuple[list[Canonical], str | None]:
+    """One landed page's connections and log_id; a PayloadError names the file and its log_id."""
+    path = raw_dir / entry.file
+    try:
+        body = path.read_bytes()
+    except FileNotFoundError:
+        raise SnapshotNotFound(
+            f"raw snapshot {raw_dir} is incomplete: {entry.file} is in the manifest but not on disk"
+        ) from None
+    if entry.sha256 is not None and hashlib.sha256(body).hexdigest() != entry.sha256:
+        raise PayloadError("page differs from the sha256 in the manifest", source=str(path), log_id=entry.log_id)
+    try:
+        page = parse_page(body, fmt, source=str(path), canonical=False)
+    except PayloadError as exc:
+        if exc.log_id is None and entry.log_id is not None:
+            # The body carried no log_id (it may not even parse); the fetch recorded one in the manifest.
+            raise PayloadError(exc.message, source=exc.source, log_id=entry.log_id) from None
+        raise
+    log_id = page.response.log_id or entry.log_id
+    if page.response.code != 0:
+        raise PayloadError(
+            f"response.code is {page.response.code} ({page.response.comment!r})", source=str(path), log_id=log_id
+        )
+    return page.connections, log_id
+
+
+def _pages(snapshot: RawSnapshot) -> Iterator[tuple[RawPageEntry, list[Canonical], str | None]]:
+    for entry in snapshot.pages:
+        connections, log_id = read_page(snapshot.directory, entry, snapshot.format)
+        yield entry, connections, log_id
+
+
+def iter_raw_pages(data_dir: Path, snapshot_date: date) -> Iterator[tuple[RawPageEntry, list[Canonical], str | None]]:
+    """Each page of a complete raw snapshot in manifest order: its entry, connections and log_id.
+
+    JSON connections come as parsed (native leaves, see ``parse_json(canonical=False)``), XML ones canonical.
+
+    One page is read at a time. Errors are those of :func:`flatten_snapshot`: ``SnapshotNotFound`` for a missing
+    or unusable manifest or page file, ``PayloadError`` (naming the file and log_id) for a page that is not a
+    JOOR envelope or does not match its sha256.
+    """
+    yield from _pages(read_raw_snapshot(data_dir, snapshot_date))
