@@ -1,4 +1,9 @@
-"""The ``joor-pipeline`` command: fetch, flatten, run the Dagster graph, or serve the JOOR sandbox."""
+"""The ``joor-pipeline`` command: fetch, flatten, run the Dagster graph, or serve the JOOR sandbox.
+
+Every failure ends in one ``error: ...`` line on stderr and an exit code: 2 for a configuration or usage problem
+(a bad or missing setting, an unusable data directory, a date that cannot be fetched), 1 for anything else.
+``--debug`` adds the traceback.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,26 @@ import logging
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from joor_pipeline import __version__
-from joor_pipeline.config import ENV_VARS, V4_VARS, JoorSettings, flatten_workers_setting, load_settings
+from joor_pipeline.config import (
+    BUILTIN,
+    ENDPOINT_VARS,
+    JoorSettings,
+    check_data_dir,
+    first_snapshot_date,
+    flatten_workers_setting,
+    help_text,
+    load_settings,
+    raise_problems,
+    read_setting,
+)
 from joor_pipeline.joor.errors import ConfigError, JoorError
 
 if TYPE_CHECKING:
@@ -36,13 +54,16 @@ def _today() -> date:
 
 
 def _env_help() -> str:
-    width = max(len(name) for name in ENV_VARS)
-    lines = [f"  {name:<{width}}  {meaning}" for name, meaning in ENV_VARS.items()]
     return (
-        "configuration (environment variables):\n"
-        + "\n".join(lines)
-        + "\n\nWith no credentials and no JOOR_BASE_URL set, every command runs against the built-in sandbox."
+        help_text()
+        + "\n\nThe built-in sandbox (synthetic retailers) runs only on request: JOOR_ENVIRONMENT=builtin, or the demo"
+        "\ncommand. With no JOOR configured, every other command stops with exit code 2 and says what to set."
+        "\nExit codes: 0 done, 1 failed, 2 configuration or usage problem (one 'error:' line; --debug for more)."
     )
+
+
+class UsageError(Exception):
+    """A request the CLI refuses before doing anything (a date it cannot fetch): exit code 2."""
 
 
 class Progress:
@@ -73,17 +94,41 @@ class Progress:
             print(f"{self.label}: {self._text}", file=self.stream, flush=True)
 
 
-def _settings(args: argparse.Namespace) -> JoorSettings:
+def _environ(args: argparse.Namespace) -> dict[str, str]:
+    """The process environment with the command line's overrides (``--data-dir``) applied; never os.environ."""
     env = dict(os.environ)
     if getattr(args, "data_dir", None):
         env["JOOR_DATA_DIR"] = str(args.data_dir)
-    return load_settings(env)
+    return env
+
+
+def _data_dir(args: argparse.Namespace, path: Path) -> Path:
+    """The data directory, absolute, or a ConfigError naming the option or variable that set it."""
+    return check_data_dir(path, "--data-dir" if getattr(args, "data_dir", None) else "JOOR_DATA_DIR")
+
+
+def _settings(args: argparse.Namespace) -> JoorSettings:
+    settings = load_settings(_environ(args))
+    return replace(settings, data_dir=_data_dir(args, settings.data_dir))
+
+
+def _check_fetch_date(snapshot_date: date, allow_backdated: bool) -> None:
+    """Refuse a future date, and a past one unless asked: JOOR serves only the current state."""
+    today = _today()
+    if snapshot_date > today:
+        raise UsageError(f"{snapshot_date} is in the future (today is {today}, UTC); JOOR serves only the present")
+    if snapshot_date < today and not allow_backdated:
+        raise UsageError(
+            f"{snapshot_date} is in the past and JOOR serves only the current state, so this would store today's "
+            "connections under that date; add --allow-backdated to do it anyway"
+        )
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     from joor_pipeline.pipeline import connect, fetch_snapshot
 
     settings = _settings(args)
+    _check_fetch_date(args.date, args.allow_backdated)
     if args.date < _today():
         print(
             f"note: JOOR serves only the current state; this stores today's connections under {args.date}",
@@ -111,11 +156,15 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 def cmd_flatten(args: argparse.Namespace) -> int:
     from joor_pipeline.storage.parquet import flatten_snapshot
 
-    settings = _settings(args)
-    workers = flatten_workers_setting(os.environ)
+    env = _environ(args)
+    workers = flatten_workers_setting(env)
+    problems: list[str] = []
+    data_dir = read_setting(env, "JOOR_DATA_DIR", problems)
+    raise_problems(problems)
+    data_dir = _data_dir(args, data_dir)
     progress = Progress(f"flatten {args.date}")
     report = flatten_snapshot(
-        settings.data_dir,
+        data_dir,
         args.date,
         progress=lambda done, total, conns: progress.update(f"{done}/{total} pages, {conns} connections"),
         workers=workers,
@@ -124,7 +173,7 @@ def cmd_flatten(args: argparse.Namespace) -> int:
     stats = report.stats
     processes = f" by {report.workers} processes" if report.workers > 1 else ""
     print(
-        f"wrote {report.connections} connections to {settings.data_dir / 'parquet'}{processes} "
+        f"wrote {report.connections} connections to {data_dir / 'parquet'}{processes} "
         f"in {report.duration_seconds:.1f}s:"
     )
     for table, rows in report.rows.items():
@@ -138,18 +187,28 @@ def cmd_flatten(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_environ(args: argparse.Namespace, *, builtin: bool) -> dict[str, str]:
-    env = dict(os.environ)
-    if getattr(args, "data_dir", None):
-        env["JOOR_DATA_DIR"] = str(args.data_dir)
+def _run_environ(args: argparse.Namespace, *, builtin: bool) -> tuple[dict[str, str], Path]:
+    """The run's variables and its data directory, checked before Dagster starts (one clear message if bad)."""
+    env = _environ(args)
     if builtin:
-        for name in ("JOOR_BASE_URL", "JOOR_AUTH_URL", "JOOR_API_TOKEN", *V4_VARS):
+        for name in ENDPOINT_VARS:
             env.pop(name, None)
-    load_settings(env)  # one clear message for a bad setting, before Dagster starts
-    return env
+        env["JOOR_ENVIRONMENT"] = BUILTIN
+    data_dir = _data_dir(args, load_settings(env).data_dir)
+    env["JOOR_DATA_DIR"] = str(data_dir)
+    return env, data_dir
 
 
-def _print_run(summary: RunSummary, data_dir: Path) -> None:
+def _check_run_date(snapshot_date: date) -> None:
+    """A date the daily partitions hold: from JOOR_FIRST_SNAPSHOT_DATE to today (UTC)."""
+    today, first = _today(), first_snapshot_date()
+    if snapshot_date > today:
+        raise UsageError(f"{snapshot_date} is in the future (today is {today}, UTC); JOOR serves only the present")
+    if snapshot_date < first:
+        raise UsageError(f"{snapshot_date} is before the first snapshot date {first} (JOOR_FIRST_SNAPSHOT_DATE)")
+
+
+def _print_run(summary: RunSummary, *, debug: bool) -> None:
     status = "succeeded" if summary.success else "FAILED"
     print(f"Dagster run {summary.run_id} {status}")
     for asset, rows in summary.rows.items():
@@ -160,26 +219,30 @@ def _print_run(summary: RunSummary, data_dir: Path) -> None:
         detail = f" ({check.failures} records)" if check.failures else ""
         print(f"  {check.severity:<5} {check.asset}.{check.check}{detail}")
     if summary.failure:
+        sys.stdout.flush()  # the cause is the last line, also when both streams go to one file
+        if debug and summary.failure_detail:
+            print(summary.failure_detail, file=sys.stderr)
         print(f"error: {summary.failure}", file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    env, _data = _run_environ(args, builtin=False)
+    _check_run_date(args.date)
     from joor_pipeline.assets.run import run_graph
 
-    env = _run_environ(args, builtin=False)
-    summary = run_graph(args.date, env, allow_backdated=args.allow_backdated)
-    _print_run(summary, load_settings(env).data_dir)
+    summary = run_graph(args.date, env, allow_backdated=args.allow_backdated, debug=args.debug)
+    _print_run(summary, debug=args.debug)
     return 0 if summary.success else EXIT_ERROR
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    env, data_dir = _run_environ(args, builtin=True)
+    _check_run_date(args.date)
     from joor_pipeline.assets.run import run_graph
 
-    env = _run_environ(args, builtin=True)
-    data_dir = load_settings(env).data_dir
     print(f"demo: the whole graph for {args.date} on the built-in JOOR sandbox, data in {data_dir}/", flush=True)
-    summary = run_graph(args.date, env, allow_backdated=True)
-    _print_run(summary, data_dir)
+    summary = run_graph(args.date, env, allow_backdated=True, debug=args.debug)
+    _print_run(summary, debug=args.debug)
     if not summary.success:
         return EXIT_ERROR
     print(
@@ -226,6 +289,24 @@ def _snapshot_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, help="overrides JOOR_DATA_DIR")
 
 
+def _backdated_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-backdated",
+        action="store_true",
+        help="store today's JOOR state under a past date (JOOR serves only the present)",
+    )
+
+
+def _common_options(parser: argparse.ArgumentParser, default: object) -> None:
+    """-v and --debug, accepted before or after the command (a command's own default must not undo the first)."""
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=default, help="log every request and decision (debug level)"
+    )
+    parser.add_argument(
+        "--debug", action="store_true", default=default, help="print tracebacks, and Dagster's full output for run"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="joor-pipeline",
@@ -234,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every request and decision (debug level)")
+    _common_options(parser, False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
@@ -246,21 +327,19 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         p.set_defaults(func=func)
+        _common_options(p, argparse.SUPPRESS)
         return p
 
     fetch = add("fetch", cmd_fetch, "land one raw snapshot of every connection, exactly as JOOR sends it")
     _snapshot_options(fetch)
+    _backdated_option(fetch)
 
     flatten = add("flatten", cmd_flatten, "flatten one raw snapshot into the ten Parquet tables (atomically)")
     _snapshot_options(flatten)
 
     run = add("run", cmd_run, "materialize the whole Dagster graph (fetch, tables, checks, models) for one date")
     _snapshot_options(run)
-    run.add_argument(
-        "--allow-backdated",
-        action="store_true",
-        help="fetch today's JOOR state into a past date that has no raw snapshot (JOOR serves only the present)",
-    )
+    _backdated_option(run)
 
     demo = add("demo", cmd_demo, "run the whole graph on the built-in sandbox for today and summarise it")
     _snapshot_options(demo)
@@ -300,15 +379,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("joor_pipeline").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args.func(args))
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except (JoorError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted; nothing partial was kept", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_CONFIG if isinstance(exc, ConfigError | UsageError) else EXIT_ERROR
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error as one line: our own errors by their message, anything else with its type in front."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, JoorError | UsageError) or type(exc).__module__.startswith("joor_pipeline."):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -1,16 +1,31 @@
-"""Settings from environment variables, validated once, with secrets that never print.
+"""Settings from environment variables: declared once, validated once, with secrets that never print.
 
-The same variable names feed the CLI (read here from ``os.environ``) and Dagster resources (through ``EnvVar``),
-so one ``.env`` serves both. :func:`load_settings` either returns consistent settings or raises one
-:class:`~joor_pipeline.joor.errors.ConfigError` naming every variable that is wrong.
+:data:`SETTINGS` is the one declaration of every ``JOOR_*`` variable: its name, type, default, meaning, bounds and
+whether it is secret. :func:`load_settings` reads through it, the CLI help and the README table are generated from
+it, and the Dagster resources take their fields from it (``assets/resources.py``), so a setting is spelled once.
+
+The same variables feed the CLI (read from ``os.environ``) and Dagster (through ``EnvVar``), so one ``.env`` serves
+both. :func:`load_settings` either returns consistent settings or raises one
+:class:`~joor_pipeline.joor.errors.ConfigError` naming every variable that is wrong, on one line, without ever
+echoing a secret (URL user info included).
+
+The built-in sandbox runs only on request (``JOOR_ENVIRONMENT=builtin``, or ``joor-pipeline demo``): with no JOOR
+configured at all, loading fails with one line saying what to set, so a deployment whose secrets did not load
+never writes synthetic retailers into real data.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import re
+import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
+from datetime import date
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
 from joor_pipeline.joor.errors import ConfigError
 
@@ -25,36 +40,246 @@ HOSTS: Final[dict[str, dict[str, str]]] = {
     },
 }
 
-#: Every variable the project reads, with a one-line meaning (shown by ``joor-pipeline --help``).
-ENV_VARS: Final[dict[str, str]] = {
-    "JOOR_API_VERSION": "v2 (API token) or v4 (OAuth2 password grant); default v2",
-    "JOOR_ENVIRONMENT": "production or sandbox: picks JOOR's hosts; default production",
-    "JOOR_BASE_URL": "API root without the version segment, e.g. http://127.0.0.1:8765 (overrides the host)",
-    "JOOR_AUTH_URL": "v4 token endpoint (overrides the host's /auth/)",
-    "JOOR_API_TOKEN": "v2 API token issued by JOOR support (secret)",
-    "JOOR_ACCOUNT_ID": "v4 account id",
-    "JOOR_CLIENT_ID": "v4 OAuth2 client id",
-    "JOOR_CLIENT_SECRET": "v4 OAuth2 client secret (secret)",
-    "JOOR_USERNAME": "v4 username",
-    "JOOR_PASSWORD": "v4 password (secret)",
-    "JOOR_FORMAT": "json or xml: the format asked of JOOR and landed raw; default json",
-    "JOOR_PAGE_SIZE": "connections per list page; default 100",
-    "JOOR_DATA_DIR": "where raw pages, Parquet and joor.duckdb live; default ./data",
-    "JOOR_RATE_LIMIT_CREDITS": "credits per window the client paces itself to; default 300",
-    "JOOR_RATE_LIMIT_WINDOW": "seconds in JOOR's rate-limit window; default 300",
-    "JOOR_TIMEOUT": "seconds per HTTP request (connect, read, write); default 30",
-    "JOOR_MAX_ATTEMPTS": "tries per request on 429/5xx/transport errors; default 6",
-    "JOOR_CONCURRENCY": "list pages in flight at once when JOOR reports the total; 1 walks page by page; default 4",
-    "JOOR_FLATTEN_WORKERS": "processes that flatten a snapshot's pages in parallel (Linux); 1 flattens in one process; "
-    "default: one per usable core, at most 8, and one per 8 pages",
-    "JOOR_SANDBOX_CONNECTIONS": "connections the built-in sandbox serves when no JOOR is configured; default 500",
-    "JOOR_SANDBOX_SEED": "seed of the built-in sandbox's generated retailers; default 7",
-}
+#: The value of ``JOOR_ENVIRONMENT`` that asks for the built-in sandbox.
+BUILTIN: Final = "builtin"
 
-N = TypeVar("N", int, float)
+Kind = Literal["choice", "int", "float", "url", "text", "secret", "path", "date"]
+#: Which Dagster resource carries a setting as an ``EnvVar`` field (None: not a resource field).
+Resource = Literal["joor", "storage"]
 
+
+@dataclass(frozen=True)
+class Setting:
+    """One ``JOOR_*`` environment variable: how it is read, checked and documented."""
+
+    name: str
+    #: The attribute on :class:`JoorSettings` and the field on the Dagster resource.
+    field: str
+    kind: Kind
+    #: The value when unset (None: unset means something described in ``default_text``).
+    default: Any
+    meaning: str
+    default_text: str | None = None
+    choices: tuple[str, ...] = ()
+    #: Inclusive bounds of a number; every number is finite.
+    low: float | None = None
+    high: float | None = None
+    unit: str = ""
+    resource: Resource | None = "joor"
+
+    @property
+    def secret(self) -> bool:
+        return self.kind == "secret"
+
+    @property
+    def shown_default(self) -> str:
+        """The default as the docs show it."""
+        if self.default_text is not None:
+            return self.default_text
+        if self.default is None:
+            return ""
+        return (
+            f"{_number(self.default)}{self.unit and ' ' + self.unit}"
+            if self.kind in ("int", "float")
+            else str(self.default)
+        )
+
+    @property
+    def bounds(self) -> str:
+        """The allowed values, as the docs and the errors say them."""
+        if self.choices:
+            return ", ".join(self.choices)
+        if self.low is not None and self.high is not None:
+            return f"{_number(self.low)} to {_number(self.high)}{self.unit and ' ' + self.unit}"
+        return ""
+
+
+def _number(value: float) -> str:
+    if float(value).is_integer() and abs(value) >= 1:
+        return f"{int(value):,}"
+    return f"{value:g}"
+
+
+_V4_MEANING = "v4 (OAuth2 password grant)"
+
+#: Every variable the project reads. Bounds keep a typo (or ``nan``) from hanging or exhausting the machine.
+SETTINGS: Final[tuple[Setting, ...]] = (
+    Setting(
+        "JOOR_ENVIRONMENT",
+        "environment",
+        "choice",
+        "production",
+        "production or sandbox picks JOOR's hosts; builtin runs the built-in sandbox (synthetic data, only on request)",
+        choices=("production", "sandbox", BUILTIN),
+    ),
+    Setting(
+        "JOOR_API_VERSION",
+        "api_version",
+        "choice",
+        "v2",
+        "v2 (API token) or v4 (OAuth2 password grant)",
+        choices=("v2", "v4"),
+    ),
+    Setting(
+        "JOOR_BASE_URL",
+        "base_url",
+        "url",
+        None,
+        "API root without the version segment, e.g. http://127.0.0.1:8765; no user:password@ in it",
+        default_text="JOOR's host for JOOR_ENVIRONMENT",
+    ),
+    Setting(
+        "JOOR_AUTH_URL",
+        "auth_url",
+        "url",
+        None,
+        "v4 token endpoint",
+        default_text="JOOR's host; $JOOR_BASE_URL/auth/ when a base URL is set",
+    ),
+    Setting("JOOR_API_TOKEN", "api_token", "secret", None, "v2 API token issued by JOOR support"),
+    Setting("JOOR_ACCOUNT_ID", "account_id", "text", None, f"{_V4_MEANING} account id"),
+    Setting("JOOR_CLIENT_ID", "client_id", "text", None, f"{_V4_MEANING} client id"),
+    Setting("JOOR_CLIENT_SECRET", "client_secret", "secret", None, f"{_V4_MEANING} client secret"),
+    Setting("JOOR_USERNAME", "username", "text", None, f"{_V4_MEANING} username"),
+    Setting("JOOR_PASSWORD", "password", "secret", None, f"{_V4_MEANING} password"),
+    Setting(
+        "JOOR_FORMAT",
+        "format",
+        "choice",
+        "json",
+        "the format asked of JOOR and landed raw",
+        choices=("json", "xml"),
+    ),
+    Setting("JOOR_PAGE_SIZE", "page_size", "int", 100, "connections per list page", low=1, high=1000),
+    Setting(
+        "JOOR_RATE_LIMIT_CREDITS",
+        "rate_limit_credits",
+        "int",
+        300,
+        "this pipeline's share of the account's credits per window (other integrations spend the rest)",
+        low=1,
+        high=100_000,
+    ),
+    Setting(
+        "JOOR_RATE_LIMIT_WINDOW",
+        "rate_limit_window",
+        "float",
+        300.0,
+        "JOOR's rate-limit window",
+        low=0.1,
+        high=86_400,
+        unit="s",
+    ),
+    Setting(
+        "JOOR_TIMEOUT",
+        "timeout",
+        "float",
+        30.0,
+        "time allowed for one HTTP request",
+        low=0.1,
+        high=3600,
+        unit="s",
+    ),
+    Setting(
+        "JOOR_MAX_ATTEMPTS",
+        "max_attempts",
+        "int",
+        6,
+        "tries per request on 429/5xx/transport errors",
+        low=1,
+        high=100,
+    ),
+    Setting(
+        "JOOR_CONCURRENCY",
+        "concurrency",
+        "int",
+        4,
+        "list pages in flight at once when JOOR reports the total; 1 walks page by page",
+        low=1,
+        high=64,
+    ),
+    Setting(
+        "JOOR_MAX_RESPONSE_MB",
+        "max_response_mb",
+        "float",
+        64.0,
+        "cap on one response body, enforced while it streams (a page of 100 connections is under 1 MB)",
+        low=0.01,
+        high=4096,
+        unit="MB",
+    ),
+    Setting(
+        "JOOR_MAX_PAGES",
+        "max_pages",
+        "int",
+        10_000,
+        "cap on the pages of one snapshot (stops endless pagination)",
+        low=1,
+        high=10_000_000,
+    ),
+    Setting(
+        "JOOR_DATA_DIR",
+        "data_dir",
+        "path",
+        Path("data"),
+        "where raw pages, Parquet and joor.duckdb live (a writable directory)",
+        default_text="./data",
+        resource="storage",
+    ),
+    Setting(
+        "JOOR_FLATTEN_WORKERS",
+        "flatten_workers",
+        "int",
+        None,
+        "processes that flatten a snapshot's pages in parallel; 1 flattens in one process",
+        default_text="one per usable core, at most 8, and one per 8 pages",
+        low=1,
+        high=256,
+        resource="storage",
+    ),
+    Setting(
+        "JOOR_FIRST_SNAPSHOT_DATE",
+        "first_snapshot_date",
+        "date",
+        date(2025, 1, 1),
+        "first daily partition offered in Dagster (YYYY-MM-DD; read when the definitions load)",
+        resource=None,
+    ),
+    Setting(
+        "JOOR_SANDBOX_CONNECTIONS",
+        "sandbox_connections",
+        "int",
+        500,
+        "connections the built-in sandbox serves",
+        low=1,
+        high=10_000_000,
+    ),
+    Setting(
+        "JOOR_SANDBOX_SEED",
+        "sandbox_seed",
+        "int",
+        7,
+        "seed of the built-in sandbox's generated retailers",
+        low=0,
+        high=2**32 - 1,
+    ),
+)
+
+BY_NAME: Final[dict[str, Setting]] = {s.name: s for s in SETTINGS}
+#: Every variable with its one-line meaning.
+ENV_VARS: Final[dict[str, str]] = {s.name: s.meaning for s in SETTINGS}
 V4_VARS: Final = ("JOOR_ACCOUNT_ID", "JOOR_CLIENT_ID", "JOOR_CLIENT_SECRET", "JOOR_USERNAME", "JOOR_PASSWORD")
-SECRET_VARS: Final = frozenset({"JOOR_API_TOKEN", "JOOR_CLIENT_SECRET", "JOOR_PASSWORD"})
+SECRET_VARS: Final = frozenset(s.name for s in SETTINGS if s.secret)
+#: Variables that point at a JOOR (the demo drops them: it always uses the built-in sandbox).
+ENDPOINT_VARS: Final = ("JOOR_BASE_URL", "JOOR_AUTH_URL", "JOOR_API_TOKEN", *V4_VARS)
+
+#: The one line shown when nothing points at a JOOR (CLI, Dagster run and the UI's fetch asset say the same).
+NOT_CONFIGURED: Final = (
+    "no JOOR account configured: set JOOR_API_TOKEN (v2), or JOOR_API_VERSION=v4 with "
+    + ", ".join(V4_VARS)
+    + " (and JOOR_ENVIRONMENT=sandbox for JOOR's sandbox); or JOOR_ENVIRONMENT=builtin for the built-in "
+    "sandbox's synthetic data"
+)
 
 
 class Secret:
@@ -86,7 +311,10 @@ class Secret:
 
 @dataclass(frozen=True)
 class JoorSettings:
-    """Validated configuration for one JOOR account (or the built-in sandbox)."""
+    """Validated configuration for one JOOR account (or the built-in sandbox).
+
+    Field names and defaults match :data:`SETTINGS` (a test holds them together).
+    """
 
     api_version: str = "v2"
     environment: str = "production"
@@ -107,7 +335,9 @@ class JoorSettings:
     max_attempts: int = 6
     #: List pages in flight at once once the first page tells how many connections there are (1: one at a time).
     concurrency: int = 4
-    #: True when nothing points at a real JOOR: the caller starts the built-in sandbox and fills in its URLs.
+    max_response_mb: float = 64.0
+    max_pages: int = 10_000
+    #: True when ``JOOR_ENVIRONMENT=builtin``: the caller starts the built-in sandbox and fills in its URLs.
     builtin_sandbox: bool = False
     sandbox_connections: int = 500
     sandbox_seed: int = 7
@@ -124,6 +354,22 @@ class JoorSettings:
         return f"{self.environment} ({self.base_url})"
 
 
+#: Settings read by :func:`load_settings` into :class:`JoorSettings` (the rest are read where they are used).
+JOOR_SETTINGS_FIELDS: Final = tuple(
+    s for s in SETTINGS if s.name not in ("JOOR_FLATTEN_WORKERS", "JOOR_FIRST_SNAPSHOT_DATE")
+)
+
+
+def redact_url_text(text: str) -> str:
+    """``text`` with anything between ``//`` and the last ``@`` masked: user info never prints, even unparsed."""
+    return re.sub(r"(?<=//).*@", "***@", text)
+
+
+def _shown(raw: str) -> str:
+    """A bad value as an error quotes it: cut short, so one line stays one line."""
+    return repr(raw if len(raw) <= 40 else raw[:37] + "...")
+
+
 def _clean(env: Mapping[str, str], name: str) -> str | None:
     value = env.get(name)
     if value is None:
@@ -132,109 +378,217 @@ def _clean(env: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
-def _positive(env: Mapping[str, str], name: str, default: N, problems: list[str]) -> N:
-    """A number greater than 0, of the default's type (whole for int defaults)."""
-    raw = _clean(env, name)
-    if raw is None:
-        return default
-    kind = type(default)
+def _parse_url(setting: Setting, raw: str) -> tuple[str | None, str | None]:
+    shown = _shown(redact_url_text(raw))
+    if "@" in raw.split("?", 1)[0].split("#", 1)[0]:
+        return None, f"{setting.name} must not carry a user name or password (user:password@), got {shown}"
     try:
-        value = kind(raw)
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - raises ValueError on a port out of range or not a number
     except ValueError:
-        problems.append(f"{name} must be {'a whole number' if kind is int else 'a number'}, got {raw!r}")
-        return default
-    if value <= 0:
-        problems.append(f"{name} must be greater than 0, got {raw}")
-    return value
+        return None, f"{setting.name} is not a valid URL, got {shown}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None, f"{setting.name} must be an http:// or https:// URL with a host, got {shown}"
+    if parts.query or parts.fragment:
+        return None, f"{setting.name} must not have a query or fragment, got {shown}"
+    if setting.name == "JOOR_BASE_URL" and raw.rstrip("/").endswith(("/v2", "/v4")):
+        return None, f"JOOR_BASE_URL is the API root without the version segment, got {shown}"
+    return raw, None
 
 
-def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], problems: list[str]) -> str:
+def _parse(setting: Setting, raw: str) -> tuple[Any, str | None]:
+    """(value, problem) of one raw value; the problem names the variable and never quotes a secret."""
+    kind = setting.kind
+    if kind == "choice":
+        value = raw.lower()
+        if value not in setting.choices:
+            return None, f"{setting.name} must be one of {setting.bounds}, got {_shown(raw)}"
+        return value, None
+    if kind in ("int", "float"):
+        what = "a whole number" if kind == "int" else "a number"
+        problem = f"{setting.name} must be {what} from {setting.bounds}, got {_shown(raw)}"
+        try:
+            number: float = int(raw) if kind == "int" else float(raw)
+        except ValueError:
+            return None, problem
+        if not math.isfinite(number):
+            return None, problem
+        if (setting.low is not None and number < setting.low) or (setting.high is not None and number > setting.high):
+            return None, problem
+        return number, None
+    if kind == "url":
+        return _parse_url(setting, raw)
+    if kind == "date":
+        try:
+            return date.fromisoformat(raw), None
+        except ValueError:
+            return None, f"{setting.name} must be a date in YYYY-MM-DD form, got {_shown(raw)}"
+    if kind == "secret":
+        return Secret(raw), None
+    if kind == "path":
+        return Path(raw).expanduser(), None
+    return raw, None
+
+
+def read_setting(env: Mapping[str, str], name: str, problems: list[str]) -> Any:
+    """One variable, parsed and checked against its declaration; its default (or None) when unset or wrong."""
+    setting = BY_NAME[name]
     raw = _clean(env, name)
     if raw is None:
-        return choices[0]
-    value = raw.lower()
-    if value not in choices:
-        problems.append(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
-        return choices[0]
+        return setting.default
+    value, problem = _parse(setting, raw)
+    if problem:
+        problems.append(problem)
+        return setting.default
     return value
 
 
-def _raise_problems(problems: list[str]) -> None:
-    """One ConfigError listing every problem found, if there is any."""
+def raise_problems(problems: list[str]) -> None:
+    """One ConfigError, on one line, listing every problem found, if there is any."""
+    if problems == [NOT_CONFIGURED]:
+        raise ConfigError(NOT_CONFIGURED)
     if problems:
-        raise ConfigError("invalid JOOR configuration:\n  - " + "\n  - ".join(problems))
+        raise ConfigError("invalid JOOR configuration: " + "; ".join(problems))
 
 
 def flatten_workers_setting(env: Mapping[str, str]) -> int | None:
     """``JOOR_FLATTEN_WORKERS`` as a number of processes, None when unset (the default); ConfigError if bad."""
     problems: list[str] = []
-    if _clean(env, "JOOR_FLATTEN_WORKERS") is None:
-        return None
-    workers = _positive(env, "JOOR_FLATTEN_WORKERS", 1, problems)
-    _raise_problems(problems)
+    workers = read_setting(env, "JOOR_FLATTEN_WORKERS", problems)
+    raise_problems(problems)
     return workers
+
+
+def first_snapshot_date(env: Mapping[str, str] | None = None) -> date:
+    """``JOOR_FIRST_SNAPSHOT_DATE`` (default 2025-01-01); ConfigError if it is not a date."""
+    problems: list[str] = []
+    value: date = read_setting(os.environ if env is None else env, "JOOR_FIRST_SNAPSHOT_DATE", problems)
+    raise_problems(problems)
+    return value
 
 
 def load_settings(env: Mapping[str, str]) -> JoorSettings:
     """Read and validate the ``JOOR_*`` variables; raise one ConfigError listing every problem."""
     problems: list[str] = []
-    api_version = _choice(env, "JOOR_API_VERSION", ("v2", "v4"), problems)
-    environment = _choice(env, "JOOR_ENVIRONMENT", ("production", "sandbox"), problems)
-    fmt = _choice(env, "JOOR_FORMAT", ("json", "xml"), problems)
-    page_size = _positive(env, "JOOR_PAGE_SIZE", 100, problems)
-    credits = _positive(env, "JOOR_RATE_LIMIT_CREDITS", 300, problems)
-    window = _positive(env, "JOOR_RATE_LIMIT_WINDOW", 300.0, problems)
-    timeout = _positive(env, "JOOR_TIMEOUT", 30.0, problems)
-    max_attempts = _positive(env, "JOOR_MAX_ATTEMPTS", 6, problems)
-    concurrency = _positive(env, "JOOR_CONCURRENCY", 4, problems)
-    sandbox_connections = _positive(env, "JOOR_SANDBOX_CONNECTIONS", 500, problems)
-    sandbox_seed = _positive(env, "JOOR_SANDBOX_SEED", 7, problems)
+    values = {s.field: read_setting(env, s.name, problems) for s in JOOR_SETTINGS_FIELDS}
+    base_url: str | None = values.pop("base_url")
+    auth_url: str | None = values.pop("auth_url")
+    environment: str = values["environment"]
+    builtin = environment == BUILTIN
+    has_token = values["api_token"] is not None
+    v4_set = [name for name in V4_VARS if values[BY_NAME[name].field] is not None]
 
-    base_url = _clean(env, "JOOR_BASE_URL")
-    auth_url = _clean(env, "JOOR_AUTH_URL")
-    for name, url in (("JOOR_BASE_URL", base_url), ("JOOR_AUTH_URL", auth_url)):
-        if url is not None and not url.startswith(("http://", "https://")):
-            problems.append(f"{name} must start with http:// or https://, got {url!r}")
-    if base_url is not None and base_url.rstrip("/").endswith(("/v2", "/v4")):
-        problems.append(f"JOOR_BASE_URL is the API root without the version segment, got {base_url!r}")
+    if builtin:
+        for name, url in (("JOOR_BASE_URL", base_url), ("JOOR_AUTH_URL", auth_url)):
+            if url is not None:
+                problems.append(f"{name} points at a server but JOOR_ENVIRONMENT=builtin runs the built-in sandbox")
+    elif not has_token and not v4_set and _clean(env, "JOOR_BASE_URL") is None:
+        problems.append(NOT_CONFIGURED)
+    elif values["api_version"] == "v2" and not has_token:
+        hint = " (v4 credentials are set: did you mean JOOR_API_VERSION=v4?)" if v4_set else ""
+        problems.append(f"JOOR_API_TOKEN is required for JOOR_API_VERSION=v2{hint}")
+    elif values["api_version"] == "v4" and len(v4_set) < len(V4_VARS):
+        problems.append(f"JOOR_API_VERSION=v4 needs {', '.join(n for n in V4_VARS if n not in v4_set)}")
+    raise_problems(problems)
 
-    token = _clean(env, "JOOR_API_TOKEN")
-    v4 = {name: _clean(env, name) for name in V4_VARS}
-    has_v4 = any(v4.values())
-    builtin = token is None and not has_v4 and base_url is None
-
-    if not builtin:
-        if api_version == "v2" and token is None:
-            hint = " (v4 credentials are set: did you mean JOOR_API_VERSION=v4?)" if has_v4 else ""
-            problems.append(f"JOOR_API_TOKEN is required for JOOR_API_VERSION=v2{hint}")
-        if api_version == "v4":
-            missing = [name for name, value in v4.items() if value is None]
-            if missing:
-                problems.append(f"JOOR_API_VERSION=v4 needs {', '.join(missing)}")
-    _raise_problems(problems)
-
-    hosts = HOSTS[environment]
-    return JoorSettings(
-        api_version=api_version,
-        environment=environment,
-        base_url=(base_url or hosts["base_url"]).rstrip("/"),
+    if builtin:
+        # Filled in by pipeline.connect() once the sandbox listens.
+        base_url = auth_url = ""
+    else:
+        hosts = HOSTS[environment]
         # A base URL override (a local or staging server) serves its token endpoint beside the API.
-        auth_url=auth_url or (f"{base_url.rstrip('/')}/auth/" if base_url else hosts["auth_url"]),
-        api_token=Secret(token) if token else None,
-        account_id=v4["JOOR_ACCOUNT_ID"],
-        client_id=v4["JOOR_CLIENT_ID"],
-        client_secret=Secret(v4["JOOR_CLIENT_SECRET"]) if v4["JOOR_CLIENT_SECRET"] else None,
-        username=v4["JOOR_USERNAME"],
-        password=Secret(v4["JOOR_PASSWORD"]) if v4["JOOR_PASSWORD"] else None,
-        format=fmt,
-        page_size=page_size,
-        data_dir=Path(_clean(env, "JOOR_DATA_DIR") or "data"),
-        rate_limit_credits=credits,
-        rate_limit_window=window,
-        timeout=timeout,
-        max_attempts=max_attempts,
-        concurrency=concurrency,
-        builtin_sandbox=builtin,
-        sandbox_connections=sandbox_connections,
-        sandbox_seed=sandbox_seed,
-    )
+        auth_url = auth_url or (f"{base_url.rstrip('/')}/auth/" if base_url else hosts["auth_url"])
+        base_url = (base_url or hosts["base_url"]).rstrip("/")
+    return JoorSettings(base_url=base_url, auth_url=auth_url, builtin_sandbox=builtin, **values)
+
+
+def configuration_problem(env: Mapping[str, str]) -> str | None:
+    """What is wrong with the JOOR settings in ``env`` (one line), or None: for a UI that must load regardless."""
+    try:
+        load_settings(env)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def check_data_dir(path: Path, name: str = "JOOR_DATA_DIR") -> Path:
+    """``path`` made absolute, or a ConfigError if it cannot hold data: a file, or not writable (checked, not made)."""
+    path = path.expanduser().absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is" if existing == path else f"would be under {existing}, which is"
+        raise ConfigError(f"{name} {path} {where} not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "is" if existing == path else f"would be created in {existing}, which is"
+        raise ConfigError(f"{name} {path} {where} not writable")
+    return path
+
+
+# ---- documentation generated from SETTINGS ---------------------------------------------------------------------
+
+README_BEGIN: Final = (
+    "<!-- generated from SETTINGS in joor_pipeline/config.py: uv run python -m joor_pipeline.config --write-readme -->"
+)
+README_END: Final = "<!-- /settings -->"
+
+
+def help_text() -> str:
+    """The variables section of ``joor-pipeline --help``."""
+    width = max(len(s.name) for s in SETTINGS)
+    lines = []
+    for s in SETTINGS:
+        extra = [f"default {s.shown_default}"] if s.shown_default else []
+        if s.bounds and not s.choices:
+            extra.append(s.bounds)
+        if s.secret:
+            extra.append("secret")
+        lines.append(f"  {s.name:<{width}}  {s.meaning}" + (f" ({'; '.join(extra)})" if extra else ""))
+    return "configuration (environment variables):\n" + "\n".join(lines)
+
+
+def readme_table() -> str:
+    """The README's configuration table, between its markers."""
+
+    def code(text: str) -> str:
+        return f"`{text}`" if text else ""
+
+    rows = [
+        "| variable | meaning | default | allowed |",
+        "|---|---|---|---|",
+    ]
+    for s in SETTINGS:
+        meaning = s.meaning + (" (secret: never printed)" if s.secret else "")
+        default = code(s.shown_default) if s.default_text is None else s.shown_default
+        rows.append(f"| `{s.name}` | {meaning} | {default} | {s.bounds} |")
+    return "\n".join([README_BEGIN, *rows, README_END])
+
+
+def replace_readme_table(readme: str) -> str:
+    """``readme`` with the text between the markers replaced by :func:`readme_table`."""
+    start, end = readme.index(README_BEGIN), readme.index(README_END) + len(README_END)
+    return readme[:start] + readme_table() + readme[end:]
+
+
+def declaration_mismatches() -> list[str]:
+    """Where :class:`JoorSettings` disagrees with :data:`SETTINGS` (name or default); empty when they agree."""
+    actual = {f.name: f for f in fields(JoorSettings)}
+    problems = []
+    for s in JOOR_SETTINGS_FIELDS:
+        f = actual.get(s.field)
+        if f is None:
+            problems.append(f"JoorSettings has no field {s.field} for {s.name}")
+            continue
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        if s.default is not None and default != s.default:
+            problems.append(f"JoorSettings.{s.field} defaults to {default!r}, SETTINGS says {s.default!r} ({s.name})")
+    return problems
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--write-readme"]:
+        readme = Path("README.md")
+        readme.write_text(replace_readme_table(readme.read_text(encoding="utf-8")), encoding="utf-8")
+    else:
+        print(readme_table())

@@ -1,13 +1,16 @@
 """The Dagster code location: the only place assets, checks, resources, jobs and schedules are wired."""
 
+import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import dagster as dg
 
 from joor_pipeline.assets.joor import joor_raw_connections, joor_tables
 from joor_pipeline.assets.models import joor_models
 from joor_pipeline.assets.resources import resources_from_env
+from joor_pipeline.config import configuration_problem
 
 JOB_NAME = "joor_daily"
 
@@ -31,13 +34,38 @@ def joor_daily_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
     return dg.RunRequest(run_key=day, partition_key=day)
 
 
-def build_defs(environ: Mapping[str, str] | None = None) -> dg.Definitions:
-    """The definitions, with resources wired to the ``JOOR_*`` variables set in ``environ`` (default: os.environ)."""
+def _fetch_asset(problem: str | None) -> dg.AssetsDefinition:
+    """The fetch asset; when JOOR is not (or wrongly) configured, saying so where an operator looks first."""
+    if problem is None:
+        return joor_raw_connections
+
+    def flag(spec: dg.AssetSpec) -> dg.AssetSpec:
+        return spec.replace_attributes(
+            description=f"NOT CONFIGURED, runs will fail: {problem}. {spec.description or ''}",
+            metadata={**spec.metadata, "configuration_problem": problem},
+        )
+
+    return joor_raw_connections.map_asset_specs(flag)
+
+
+def build_defs(
+    environ: Mapping[str, str] | None = None,
+    *,
+    resources: Mapping[str, Any] | None = None,
+    loggers: Mapping[str, dg.LoggerDefinition] | None = None,
+) -> dg.Definitions:
+    """The definitions, with resources wired to the ``JOOR_*`` variables set in ``environ`` (default: os.environ).
+
+    They load whatever the configuration: a problem with it is shown on the fetch asset (its description and
+    metadata) and fails a run at the fetch, with the same one line the CLI prints.
+    """
+    environ = os.environ if environ is None else environ
     return dg.Definitions(
-        assets=[joor_raw_connections, joor_tables, joor_models],
+        assets=[_fetch_asset(configuration_problem(environ)), joor_tables, joor_models],
         jobs=[joor_daily_job],
         schedules=[joor_daily_schedule],
-        resources=resources_from_env(None if environ is None else dict(environ)),
+        resources=dict(resources) if resources is not None else resources_from_env(environ),
+        loggers=dict(loggers) if loggers is not None else None,
     )
 
 

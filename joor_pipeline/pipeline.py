@@ -27,7 +27,11 @@ FetchProgress = Callable[[int, int], None]
 
 @contextmanager
 def connect(settings: JoorSettings, **client_options: Any) -> Iterator[JoorClient]:
-    """A client for the configured JOOR; with nothing configured, for a built-in sandbox started here."""
+    """A client for the configured JOOR, or for a built-in sandbox started here when the settings ask for one.
+
+    Only ``JOOR_ENVIRONMENT=builtin`` (or ``joor-pipeline demo``) starts the sandbox: missing credentials are an
+    error in :func:`~joor_pipeline.config.load_settings`, never a reason to serve synthetic data.
+    """
     if not settings.builtin_sandbox:
         with JoorClient(settings, **client_options) as client:
             yield client
@@ -38,7 +42,7 @@ def connect(settings: JoorSettings, **client_options: Any) -> Iterator[JoorClien
     config = SandboxConfig(connections=settings.sandbox_connections, seed=settings.sandbox_seed)
     with run_sandbox(config) as sandbox:
         log.info(
-            "no JOOR credentials or JOOR_BASE_URL configured: using the built-in sandbox at %s (%d connections)",
+            "JOOR_ENVIRONMENT=builtin: using the built-in sandbox at %s (%d synthetic connections)",
             sandbox.base_url,
             config.connections,
         )

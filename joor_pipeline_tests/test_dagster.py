@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import copy
+import fcntl
+import os
 import shutil
+import sqlite3
 import subprocess
 import sys
+import zlib
+from contextlib import closing, suppress
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -14,10 +19,12 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from joor_pipeline.assets.joor import joor_raw_connections, joor_tables
+from joor_pipeline.assets.joor import RAW_ASSET, joor_raw_connections, joor_tables
 from joor_pipeline.assets.models import joor_models
 from joor_pipeline.assets.resources import DataDirResource, JoorApiResource, resources_from_env
+from joor_pipeline.assets.run import InstanceBusy, open_instance, run_graph
 from joor_pipeline.cli import main
+from joor_pipeline.config import NOT_CONFIGURED
 from joor_pipeline.definitions import build_defs
 from joor_pipeline.flatten import TABLES
 from joor_pipeline.quality import parquet_counts, raw_counts
@@ -50,6 +57,7 @@ def warehouse(data_dir: Path, sql: str) -> list[tuple]:
 
 def test_definitions_load_every_asset_check_schedule_and_resource() -> None:
     defs = build_defs({})
+    dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
     assert keys == {"joor_raw_connections", *TABLES, *(m.name for m in MODELS)}
@@ -60,6 +68,103 @@ def test_definitions_load_every_asset_check_schedule_and_resource() -> None:
     # One process talks to JOOR and one writes joor.duckdb at a time (limits in dagster_home.example).
     assert joor_raw_connections.op.pool == "joor_api"
     assert joor_models.op.pool == "duckdb"
+
+
+def test_with_nothing_configured_the_ui_says_what_is_missing() -> None:
+    """The code location loads with no JOOR configured; the fetch asset says what to set, where the UI shows it."""
+    fetch = build_defs({}).resolve_asset_graph().get(dg.AssetKey(RAW_ASSET))
+    assert fetch.description is not None and fetch.description.startswith("NOT CONFIGURED, runs will fail: ")
+    assert NOT_CONFIGURED in fetch.description
+    assert fetch.metadata["configuration_problem"] == NOT_CONFIGURED
+    secret_url = {"JOOR_API_TOKEN": "t", "JOOR_BASE_URL": "http://me:hunter2@h", "JOOR_TIMEOUT": "nan"}
+    flagged = build_defs(secret_url).resolve_asset_graph().get(dg.AssetKey(RAW_ASSET))
+    assert "JOOR_TIMEOUT" in flagged.description and "hunter2" not in repr(flagged.metadata) + flagged.description
+    configured = build_defs({"JOOR_API_TOKEN": "t"}).resolve_asset_graph().get(dg.AssetKey(RAW_ASSET))
+    assert "configuration_problem" not in configured.metadata
+    assert configured.description == joor_raw_connections.specs_by_key[dg.AssetKey(RAW_ASSET)].description
+
+
+def test_a_run_with_nothing_configured_fails_at_the_fetch_with_the_same_line(tmp_path: Path) -> None:
+    today = datetime.now(UTC).date()
+    summary = run_graph(today, {"JOOR_DATA_DIR": str(tmp_path / "data")})
+    assert not summary.success
+    assert summary.failure == f"{RAW_ASSET}: {NOT_CONFIGURED}"
+    assert summary.rows == {}
+    assert not (tmp_path / "data" / "raw").exists()
+
+
+def _stored_text(home: Path) -> str:
+    """Everything the instance stored, SQLite rows and zlib-compressed snapshots decoded."""
+    texts = []
+    for path in home.rglob("*"):
+        if not path.is_file():
+            continue
+        if path.suffix == ".db":
+            with closing(sqlite3.connect(path)) as con:
+                tables = [t for (t,) in con.execute("select name from sqlite_master where type = 'table'")]
+                for table in tables:
+                    for row in con.execute(f'select * from "{table}"'):
+                        for value in row:
+                            if isinstance(value, bytes):
+                                with suppress(zlib.error):
+                                    value = zlib.decompress(value)
+                                value = value.decode("utf-8", "replace")
+                            texts.append(str(value))
+        else:
+            texts.append(path.read_bytes().decode("utf-8", "replace"))
+    return "\n".join(texts)
+
+
+def test_run_graph_leaves_os_environ_alone_and_stores_no_secret(tmp_path: Path) -> None:
+    token = "tok-4f1c9e-never-stored"
+    before = dict(os.environ)
+    home = tmp_path / "home"
+    with run_sandbox(connections=15, rate_limit_credits=0, api_token=token) as sb:
+        environ = {
+            "DAGSTER_HOME": str(home),
+            "JOOR_BASE_URL": sb.base_url,
+            "JOOR_API_TOKEN": token,
+            "JOOR_DATA_DIR": str(tmp_path / "data"),
+            "JOOR_PAGE_SIZE": "5",
+        }
+        summary = run_graph(date.fromisoformat(DAY1), environ, allow_backdated=True)
+        assert sb.stats.requests >= 3  # the token was used: three pages fetched with it
+    assert summary.success, summary.failure
+    assert summary.rows["connections"] == 15
+    assert dict(os.environ) == before
+    stored = _stored_text(home)
+    assert DAY1 in stored and "joor_raw_connections" in stored  # the run is there...
+    assert token not in stored  # ...its secret is not
+    assert token not in "".join(p.read_text("utf-8", "replace") for p in (tmp_path / "data").rglob("*.json"))
+
+
+def test_two_first_runs_create_one_dagster_home_without_racing(tmp_path: Path) -> None:
+    """Processes opening one fresh DAGSTER_HOME at once: each waits for the one creating its storage."""
+    home = tmp_path / "fresh"
+    script = (
+        "import sys; from joor_pipeline.assets.run import open_instance\n"
+        "with open_instance({'DAGSTER_HOME': sys.argv[1]}) as instance: print(len(instance.get_runs()))"
+    )
+    processes = [
+        subprocess.Popen([sys.executable, "-c", script, str(home)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    results = [(p.wait(timeout=300), *p.communicate()) for p in processes]
+    for code, out, err in results:
+        assert code == 0, err.decode()[-2000:]
+        assert out.strip() == b"0"
+    assert (home / "dagster.yaml").is_file()
+
+
+def test_a_dagster_home_held_too_long_is_one_clear_error(tmp_path: Path) -> None:
+    home = tmp_path / "busy"
+    home.mkdir()
+    with open(home / ".joor-pipeline-instance.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with pytest.raises(InstanceBusy, match=f"DAGSTER_HOME {home} is being set up by another process"):
+            open_instance({"DAGSTER_HOME": str(home)}, wait=0.3)
+    with open_instance({"DAGSTER_HOME": str(home)}, wait=0.3) as instance:
+        assert instance.get_runs() == []
 
 
 def test_workspace_loads_with_the_dagster_cli(tmp_path: Path) -> None:
@@ -78,10 +183,12 @@ def test_workspace_loads_with_the_dagster_cli(tmp_path: Path) -> None:
 
 
 def test_resources_use_envvar_only_for_variables_that_are_set() -> None:
-    res = resources_from_env({"JOOR_API_TOKEN": "tok-123", "JOOR_DATA_DIR": "some/dir"})
+    res = resources_from_env({"JOOR_API_TOKEN": "tok-123", "JOOR_DATA_DIR": "some/dir", "JOOR_MAX_PAGES": "5"})
     joor = res["joor"]
     assert isinstance(joor.api_token, dg.EnvVar) and joor.api_token == "JOOR_API_TOKEN"
+    assert isinstance(joor.max_pages, dg.EnvVar) and joor.max_pages == "JOOR_MAX_PAGES"
     assert joor.password is None
+    assert isinstance(res["storage"].data_dir, dg.EnvVar) and res["storage"].flatten_workers is None
     assert "tok-123" not in repr(res)
 
 

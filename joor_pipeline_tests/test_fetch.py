@@ -149,9 +149,9 @@ def test_no_secret_reaches_logs_errors_or_raw_files(
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         sb.faults.script = ["500", "ok", "drop", "ok", "429"]
-        assert main(["-v", "fetch", "--date", "2026-11-02", "--data-dir", str(tmp_path)]) == 0
+        assert main(["-v", "fetch", "--date", "2026-11-02", "--allow-backdated", "--data-dir", str(tmp_path)]) == 0
         sb.faults.script = ["503"] * 5
-        assert main(["-v", "fetch", "--date", "2026-11-03", "--data-dir", str(tmp_path)]) == 1
+        assert main(["-v", "fetch", "--date", "2026-11-03", "--allow-backdated", "--data-dir", str(tmp_path)]) == 1
         with JoorClient(sandbox_settings(sb, api_version=api_version)) as client:
             sb.faults.script = ["garbage"]
             try:
@@ -161,7 +161,7 @@ def test_no_secret_reaches_logs_errors_or_raw_files(
             errors.append(repr(client) + repr(client.settings))
         monkeypatch.setenv("JOOR_PASSWORD", "wrong")
         monkeypatch.setenv("JOOR_API_TOKEN", "wrong")
-        assert main(["fetch", "--date", "2026-11-04", "--data-dir", str(tmp_path)]) == 1
+        assert main(["fetch", "--date", "2026-11-04", "--allow-backdated", "--data-dir", str(tmp_path)]) == 1
     captured = capsys.readouterr()
     files = [p.read_text("utf-8") for p in tmp_path.rglob("*") if p.is_file()]
     assert len(files) == 4  # three pages and the manifest of the one good run
@@ -176,14 +176,14 @@ def test_cli_fetch_against_a_running_sandbox(sandbox, tmp_path: Path, monkeypatc
     monkeypatch.setenv("JOOR_BASE_URL", sandbox.base_url)
     monkeypatch.setenv("JOOR_API_TOKEN", sandbox.config.api_token)
     monkeypatch.setenv("JOOR_PAGE_SIZE", "25")
-    assert main(["fetch", "--date", "2026-11-02", "--data-dir", str(tmp_path)]) == 0
+    assert main(["fetch", "--date", "2026-11-02", "--allow-backdated", "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr()
     assert "landed 120 connections in 5 pages" in out.out
     assert "fetch 2026-11-02: 5 pages, 120 connections" in out.err
     assert sandbox.config.api_token not in out.out + out.err
 
 
-def test_cli_fetch_builtin_sandbox_when_nothing_configured(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_cli_fetch_builtin_sandbox_when_asked(tmp_path: Path, monkeypatch, capsys) -> None:
     for name in (
         "JOOR_BASE_URL",
         "JOOR_API_TOKEN",
@@ -194,9 +194,10 @@ def test_cli_fetch_builtin_sandbox_when_nothing_configured(tmp_path: Path, monke
         "JOOR_PASSWORD",
     ):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("JOOR_ENVIRONMENT", "builtin")
     monkeypatch.setenv("JOOR_SANDBOX_CONNECTIONS", "42")
     monkeypatch.setenv("JOOR_FORMAT", "xml")
-    assert main(["fetch", "--date", "2026-11-03", "--data-dir", str(tmp_path)]) == 0
+    assert main(["fetch", "--date", "2026-11-03", "--allow-backdated", "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr()
     assert "built-in sandbox" in out.err
     assert read_manifest(tmp_path, date(2026, 11, 3))["connections"] == 42
@@ -216,7 +217,7 @@ def test_cli_unreachable_api_is_a_clear_error(monkeypatch, capsys, tmp_path: Pat
     monkeypatch.setenv("JOOR_BASE_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("JOOR_API_TOKEN", "t")
     monkeypatch.setenv("JOOR_MAX_ATTEMPTS", "2")
-    assert main(["fetch", "--date", "2026-11-02", "--data-dir", str(tmp_path)]) == 1
+    assert main(["fetch", "--date", "2026-11-02", "--allow-backdated", "--data-dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "error: GET http://127.0.0.1:9/v2/connection/" in err
     assert "ConnectError" in err
@@ -225,7 +226,7 @@ def test_cli_unreachable_api_is_a_clear_error(monkeypatch, capsys, tmp_path: Pat
 def test_cli_flatten_after_fetch(sandbox, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("JOOR_BASE_URL", sandbox.base_url)
     monkeypatch.setenv("JOOR_API_TOKEN", sandbox.config.api_token)
-    assert main(["fetch", "--date", "2026-11-02", "--data-dir", str(tmp_path)]) == 0
+    assert main(["fetch", "--date", "2026-11-02", "--allow-backdated", "--data-dir", str(tmp_path)]) == 0
     assert main(["flatten", "--date", "2026-11-02", "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "wrote 120 connections" in out

@@ -1,115 +1,129 @@
-"""Dagster resources: JOOR settings and the data directory, fed by ``EnvVar`` from the CLI's variables."""
+"""Dagster resources: JOOR settings and the data directory, their fields taken from ``config.SETTINGS``.
+
+Every field is text, as the environment gives it, and goes through the same validation as the CLI
+(:func:`~joor_pipeline.config.load_settings`), so a mistake reads the same wherever it is made. In the code
+location each set field is an ``EnvVar`` (resolved at launch, shown by name in the UI); ``joor-pipeline run``
+instead hands the run resources holding its own values (:func:`resources_from_values`), so it needs no change
+to ``os.environ`` and keeps the values out of the run's stored snapshot.
+"""
+
+from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Final
 
 import dagster as dg
+from pydantic import Field
 
-from joor_pipeline.config import ENV_VARS, JoorSettings, flatten_workers_setting, load_settings
+from joor_pipeline.config import (
+    SETTINGS,
+    JoorSettings,
+    Setting,
+    check_data_dir,
+    flatten_workers_setting,
+    load_settings,
+)
 from joor_pipeline.joor.client import JoorClient
 from joor_pipeline.pipeline import connect
 
-#: Resource field -> environment variable, for every JOOR setting a resource carries.
-JOOR_FIELDS: dict[str, str] = {
-    "api_version": "JOOR_API_VERSION",
-    "environment": "JOOR_ENVIRONMENT",
-    "base_url": "JOOR_BASE_URL",
-    "auth_url": "JOOR_AUTH_URL",
-    "api_token": "JOOR_API_TOKEN",
-    "account_id": "JOOR_ACCOUNT_ID",
-    "client_id": "JOOR_CLIENT_ID",
-    "client_secret": "JOOR_CLIENT_SECRET",
-    "username": "JOOR_USERNAME",
-    "password": "JOOR_PASSWORD",
-    "format": "JOOR_FORMAT",
-    "page_size": "JOOR_PAGE_SIZE",
-    "rate_limit_credits": "JOOR_RATE_LIMIT_CREDITS",
-    "rate_limit_window": "JOOR_RATE_LIMIT_WINDOW",
-    "timeout": "JOOR_TIMEOUT",
-    "max_attempts": "JOOR_MAX_ATTEMPTS",
-    "concurrency": "JOOR_CONCURRENCY",
-    "sandbox_connections": "JOOR_SANDBOX_CONNECTIONS",
-    "sandbox_seed": "JOOR_SANDBOX_SEED",
-}
-assert set(JOOR_FIELDS.values()) <= set(ENV_VARS)
+#: Resource field -> environment variable, for every setting the JOOR resource carries.
+JOOR_FIELDS: Final[dict[str, str]] = {s.field: s.name for s in SETTINGS if s.resource == "joor"}
+#: Resource field -> environment variable, for the storage resource.
+STORAGE_FIELDS: Final[dict[str, str]] = {s.field: s.name for s in SETTINGS if s.resource == "storage"}
+
+
+def _description(setting: Setting) -> str:
+    extra = [f"default {setting.shown_default}"] if setting.shown_default else []
+    if setting.bounds:
+        extra.append(setting.bounds)
+    secret = " Secret: give it as an EnvVar." if setting.secret else ""
+    return f"{setting.name}: {setting.meaning} ({'; '.join(extra)}).{secret}" if extra else setting.name + secret
+
+
+def _fields(names: Mapping[str, str]) -> dict[str, Any]:
+    by_name = {s.name: s for s in SETTINGS}
+    return {field: Field(default=None, description=_description(by_name[var])) for field, var in names.items()}
+
+
+def _environ(resource: dg.ConfigurableResource, names: Mapping[str, str]) -> dict[str, str]:  # type: ignore[type-arg]
+    """The resource's set fields as the environment variables they stand for."""
+    return {var: str(value) for field, var in names.items() if (value := getattr(resource, field)) is not None}
 
 
 class JoorApiResource(dg.ConfigurableResource):  # type: ignore[type-arg]
-    """Connection settings for the JOOR API; unset fields fall back to the documented defaults.
+    """Connection settings for the JOOR API (one ``str | None`` field per ``JOOR_*`` setting it carries)."""
 
-    Every field is text, as the environment gives it, and goes through the same validation as the CLI, so a
-    mistake reads the same wherever it is made. With no credentials and no base URL the built-in sandbox runs.
-    """
+    # The fields come from the one declaration in config.SETTINGS, so they cannot drift from the CLI's.
+    __annotations__ = dict.fromkeys(JOOR_FIELDS, str | None)
+    vars().update(_fields(JOOR_FIELDS))
 
-    api_version: str | None = None
-    environment: str | None = None
-    base_url: str | None = None
-    auth_url: str | None = None
-    api_token: str | None = None
-    account_id: str | None = None
-    client_id: str | None = None
-    client_secret: str | None = None
-    username: str | None = None
-    password: str | None = None
-    format: str | None = None
-    page_size: str | None = None
-    rate_limit_credits: str | None = None
-    rate_limit_window: str | None = None
-    timeout: str | None = None
-    max_attempts: str | None = None
-    concurrency: str | None = None
-    sandbox_connections: str | None = None
-    sandbox_seed: str | None = None
+    def environ(self) -> dict[str, str]:
+        """The set fields as ``JOOR_*`` variables."""
+        return _environ(self, JOOR_FIELDS)
 
     def settings(self, data_dir: Path | None = None) -> JoorSettings:
-        """Validated settings (raises ConfigError naming the variable)."""
-        env = {var: str(getattr(self, name)) for name, var in JOOR_FIELDS.items() if getattr(self, name) is not None}
+        """Validated settings (raises ConfigError naming the variable, or saying what to set)."""
+        env = self.environ()
         if data_dir is not None:
             env["JOOR_DATA_DIR"] = str(data_dir)
         return load_settings(env)
 
     @contextmanager
     def client(self) -> Iterator[JoorClient]:
-        """A client for the configured JOOR (or a built-in sandbox for the length of the block)."""
+        """A client for the configured JOOR (or the built-in sandbox, when asked for, for the block)."""
         with connect(self.settings()) as client:
             yield client
 
 
 class DataDirResource(dg.ConfigurableResource):  # type: ignore[type-arg]
-    """Where raw pages, Parquet tables and ``joor.duckdb`` live (``JOOR_DATA_DIR``, default ``./data``), and how
-    many processes flatten a snapshot (``JOOR_FLATTEN_WORKERS``, default one per usable core)."""
+    """Where raw pages, Parquet tables and ``joor.duckdb`` live, and how many processes flatten a snapshot."""
 
-    data_dir: str = "data"
-    flatten_workers: str | None = None
+    __annotations__ = dict.fromkeys(STORAGE_FIELDS, str | None)
+    vars().update(_fields(STORAGE_FIELDS))
 
     @property
     def path(self) -> Path:
-        return Path(self.data_dir).expanduser().resolve()
+        """The data directory, absolute (ConfigError if it is a file or not writable)."""
+        return check_data_dir(Path(getattr(self, "data_dir", None) or "data")).resolve()
 
     def workers(self) -> int | None:
         """The flatten's worker processes; None for the default (raises ConfigError naming the variable)."""
-        if self.flatten_workers is None:
-            return None
-        return flatten_workers_setting({"JOOR_FLATTEN_WORKERS": self.flatten_workers})
+        return flatten_workers_setting(_environ(self, STORAGE_FIELDS))
 
 
-def resources_from_env(environ: dict[str, str] | None = None) -> dict[str, dg.ConfigurableResource]:  # type: ignore[type-arg]
+Resources = dict[str, Any]
+
+
+def resources_from_env(environ: Mapping[str, str] | None = None) -> Resources:
     """Resources whose set fields are ``EnvVar`` s: resolved at launch, shown as names (not values) in the UI.
 
     Only variables set when the definitions load are wired, because an ``EnvVar`` of an unset variable is an
     error at launch; an unset one keeps the library default, exactly as on the command line.
     """
-    environ = dict(os.environ) if environ is None else environ
-    joor = JoorApiResource(
-        **{name: dg.EnvVar(var) for name, var in JOOR_FIELDS.items() if environ.get(var, "").strip()}
-    )
-    data = DataDirResource(
-        **{
-            name: dg.EnvVar(var)
-            for name, var in (("data_dir", "JOOR_DATA_DIR"), ("flatten_workers", "JOOR_FLATTEN_WORKERS"))
-            if environ.get(var, "").strip()
-        }
-    )
-    return {"joor": joor, "storage": data}
+    environ = os.environ if environ is None else environ
+
+    def wired(names: Mapping[str, str]) -> dict[str, dg.EnvVar]:
+        return {field: dg.EnvVar(var) for field, var in names.items() if environ.get(var, "").strip()}
+
+    return {"joor": JoorApiResource(**wired(JOOR_FIELDS)), "storage": DataDirResource(**wired(STORAGE_FIELDS))}
+
+
+def resources_from_values(environ: Mapping[str, str]) -> Resources:
+    """Resources holding the values in ``environ``, for one run, without touching ``os.environ``.
+
+    A resource given as plain values would write them (secrets too) into the run's stored job snapshot as
+    config defaults; handed over as ready-made objects, nothing of them is stored.
+    """
+
+    def given(names: Mapping[str, str]) -> dict[str, str]:
+        return {field: environ[var] for field, var in names.items() if environ.get(var, "").strip()}
+
+    joor = JoorApiResource(**given(JOOR_FIELDS))
+    storage = DataDirResource(**given(STORAGE_FIELDS))
+    return {
+        "joor": dg.ResourceDefinition.hardcoded_resource(joor, "JOOR API settings given to this run"),
+        "storage": dg.ResourceDefinition.hardcoded_resource(storage, "data directory given to this run"),
+    }

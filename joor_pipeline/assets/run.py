@@ -1,15 +1,44 @@
-"""Run the whole Dagster graph for one date from the command line, and summarise what happened."""
+"""Run the whole Dagster graph for one date from the command line, and summarise what happened.
 
-import os
+The run takes its settings from the mapping it is given (resources built from those values for this run only):
+``os.environ`` is never changed. Its console output is one line per event, with an error's first line only, so
+the root cause that ends the output is easy to find; ``debug=True`` restores Dagster's own console with every
+traceback.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import sys
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import Any, Final
 
 import dagster as dg
 
+from joor_pipeline.assets.resources import resources_from_values
 from joor_pipeline.definitions import JOB_NAME, build_defs
+from joor_pipeline.joor.errors import ConfigError, JoorError
+
+#: How long a run waits for another process that is creating the same fresh ``DAGSTER_HOME``.
+INSTANCE_WAIT_SECONDS: Final = 60.0
+#: Written into a ``DAGSTER_HOME`` this module creates (as ``dagster_home.example/dagster.yaml``): the pools
+#: that keep one process on JOOR and one writer on joor.duckdb, and no telemetry banner in the output.
+DAGSTER_YAML: Final = """# Written by joor-pipeline when it created this DAGSTER_HOME (as dagster_home.example/).
+concurrency:
+  pools:
+    default_limit: 1
+    granularity: op
+telemetry:
+  enabled: false
+"""
+#: The longest root-cause line printed (the whole error is in the run's event log).
+MAX_CAUSE_CHARS: Final = 2000
 
 
 @dataclass
@@ -25,51 +54,143 @@ class CheckOutcome:
 
 @dataclass
 class RunSummary:
-    """What a run of the graph did: success, rows per asset, every check."""
+    """What a run of the graph did: success, rows per asset, every check, and the root cause of a failure."""
 
     run_id: str
     success: bool
     rows: dict[str, int] = field(default_factory=dict)
     checks: list[CheckOutcome] = field(default_factory=list)
     failure: str | None = None
+    #: The failed step's whole error, tracebacks included (printed under ``--debug``).
+    failure_detail: str | None = None
 
     @property
     def failed_checks(self) -> list[CheckOutcome]:
         return [c for c in self.checks if not c.passed]
 
 
-def _instance() -> dg.DagsterInstance:
-    """The instance at ``$DAGSTER_HOME`` (so the run shows in the UI; created if missing), else a throwaway one."""
-    home = os.environ.get("DAGSTER_HOME")
-    if home:
-        # Dagster refuses a DAGSTER_HOME that does not exist yet; a first run should not have to make it by hand.
-        Path(home).expanduser().mkdir(parents=True, exist_ok=True)
-        return dg.DagsterInstance.get()
-    return dg.DagsterInstance.ephemeral()
+class InstanceBusy(JoorError):
+    """Another process kept ``DAGSTER_HOME`` locked while creating it for longer than we wait."""
 
 
 @contextmanager
-def _environment(environ: Mapping[str, str]) -> Iterator[None]:
-    """``os.environ`` as ``environ`` for the block: ``EnvVar`` s resolve from the process environment at launch."""
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(environ)
+def _home_lock(home: Path, wait: float) -> Iterator[None]:
+    """Hold ``home``'s creation lock: two first runs must not create the same SQLite storage at once."""
+    with open(home / ".joor-pipeline-instance.lock", "a+") as lock:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise InstanceBusy(
+                        f"DAGSTER_HOME {home} is being set up by another process; try again in a minute"
+                    ) from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def open_instance(environ: Mapping[str, str], *, wait: float = INSTANCE_WAIT_SECONDS) -> dg.DagsterInstance:
+    """The instance at ``environ['DAGSTER_HOME']`` (so the run shows in the UI), else a throwaway one.
+
+    A missing home is created (with a ``dagster.yaml``); a relative one is taken from the current directory; a
+    home that is a file is a ConfigError. The instance's storage is created under a file lock, so two first runs
+    at once wait for each other instead of racing on the SQLite schema.
+    """
+    raw = (environ.get("DAGSTER_HOME") or "").strip()
+    if not raw:
+        return dg.DagsterInstance.ephemeral()
+    home = Path(raw).expanduser().absolute()
+    if home.exists() and not home.is_dir():
+        raise ConfigError(f"DAGSTER_HOME {home} is not a directory")
+    created = not home.exists()
     try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        home.mkdir(parents=True, exist_ok=True)
+        with _home_lock(home, wait):
+            config = home / "dagster.yaml"
+            if created and not config.exists():
+                config.write_text(DAGSTER_YAML, encoding="utf-8")
+            return dg.DagsterInstance.from_config(str(home))
+    except OSError as exc:
+        raise ConfigError(f"DAGSTER_HOME {home} is not usable: {exc.strerror or exc}") from None
 
 
-def run_graph(snapshot_date: date, environ: Mapping[str, str], *, allow_backdated: bool = False) -> RunSummary:
-    """Materialize every asset (and run every check) for ``snapshot_date`` through Dagster."""
-    defs = build_defs(environ)
+class _FirstLine(logging.Formatter):
+    """One short line per event: time, level, step and the first line of the message (tracebacks stay in the
+    run's event log, and the root cause is printed last)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        meta = getattr(record, "dagster_meta", None) or {}
+        message = str(meta.get("orig_message") or record.getMessage()).strip()
+        first = message.splitlines()[0] if message else ""
+        step = meta.get("step_key")
+        return f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {step + ': ' if step else ''}{first}"
+
+
+@dg.logger(
+    config_schema={},
+    description="One line per event, an error's first line only (the CLI's default; --debug shows all).",
+)
+def quiet_console(init_context: dg.InitLoggerContext) -> logging.Logger:
+    # A logger of our own, not registered globally: the run's output, nobody else's.
+    logger = logging.Logger("joor_pipeline.run", level=logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_FirstLine())
+    logger.addHandler(handler)
+    return logger
+
+
+def _error_line(error: Any) -> str:
+    """The user-code error in a step failure's cause chain, as one line (Dagster's wrappers skipped)."""
+    chain = []
+    while error is not None:
+        chain.append(error)
+        error = error.cause or error.context
+    ours = [e for e in chain if not e.cls_name.startswith("Dagster")] or chain
+    cause = ours[0]
+    text = " ".join(cause.message.split())
+    # format_exception_only() prefixes the qualified class name; our own errors read well without it.
+    prefix, _, rest = text.partition(": ")
+    if prefix.startswith("joor_pipeline."):
+        text = rest
+    elif "." in prefix and " " not in prefix:
+        text = f"{cause.cls_name}: {rest}"
+    return text if len(text) <= MAX_CAUSE_CHARS else text[: MAX_CAUSE_CHARS - 1] + "…"
+
+
+def _failure(event: dg.DagsterEvent) -> tuple[str, str]:
+    """(one line, whole error) of a step failure."""
+    data = event.event_specific_data
+    user = getattr(data, "user_failure_data", None)
+    error = getattr(data, "error", None)
+    detail = error.to_string() if error is not None else (event.message or "")
+    if user is not None and user.description:
+        return " ".join(user.description.split()), detail
+    if error is None:
+        return event.message or "failed", detail
+    return _error_line(error), detail
+
+
+def run_graph(
+    snapshot_date: date, environ: Mapping[str, str], *, allow_backdated: bool = False, debug: bool = False
+) -> RunSummary:
+    """Materialize every asset (and run every check) for ``snapshot_date`` through Dagster, with ``environ``'s
+    settings, leaving ``os.environ`` as it is."""
+    defs = build_defs(
+        environ,
+        resources=resources_from_values(environ),
+        loggers=None if debug else {"console": quiet_console},
+    )
     job = defs.resolve_job_def(JOB_NAME)
-    run_config = {
+    run_config: dict[str, Any] = {
         "ops": {"joor_raw_connections": {"config": {"allow_backdated": allow_backdated}}},
-        "loggers": {"console": {"config": {"log_level": "INFO"}}},
+        "loggers": {"console": {"config": {"log_level": "DEBUG"} if debug else {}}},
     }
-    with _environment(environ), _instance() as instance:
+    with open_instance(environ) as instance:
         result = job.execute_in_process(
             partition_key=snapshot_date.isoformat(),
             instance=instance,
@@ -96,6 +217,10 @@ def run_graph(snapshot_date: date, environ: Mapping[str, str], *, allow_backdate
                 )
             )
         elif event.event_type_value == "STEP_FAILURE" and summary.failure is None:
-            error = event.event_specific_data.error  # type: ignore[union-attr]
-            summary.failure = f"{event.step_key}: {error.message.strip() if error else event.message}"
+            line, detail = _failure(event)
+            summary.failure = f"{event.step_key}: {line}"
+            summary.failure_detail = detail
+    if not summary.success and summary.failure is None:
+        blocking = [f"{c.asset}.{c.check}" for c in summary.failed_checks if c.severity == "ERROR"]
+        summary.failure = "run failed" + (f": blocking checks failed: {', '.join(blocking)}" if blocking else "")
     return summary

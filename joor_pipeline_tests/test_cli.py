@@ -1,0 +1,255 @@
+"""The command line: one `error:` line and exit code 2 for every configuration or usage problem, root causes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from joor_pipeline.cli import main
+from joor_pipeline.config import NOT_CONFIGURED, SETTINGS
+
+CLI = str(Path(sys.executable).parent / "joor-pipeline")
+TODAY = datetime.now(UTC).date()
+TOMORROW = (TODAY + timedelta(days=1)).isoformat()
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pytest.MonkeyPatch]:
+    """A process environment with no JOOR setting and no DAGSTER_HOME, as on a fresh machine."""
+    for setting in SETTINGS:
+        monkeypatch.delenv(setting.name, raising=False)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    yield monkeypatch
+
+
+def one_error_line(err: str) -> str:
+    """The stderr of a refused command: exactly one line, starting with `error: `."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def cli(*args: str, env: dict[str, str] | None = None, user: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The installed `joor-pipeline` as a user runs it, with only ``env`` (and PATH) set."""
+    base = {"PATH": "/usr/bin:/bin", "HOME": tempfile.gettempdir()}
+    prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] if user else []
+    return subprocess.run(
+        [*prefix, CLI, *args], capture_output=True, text=True, timeout=120, env={**base, **(env or {})}
+    )
+
+
+# ---- nothing configured ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["fetch", "run"])
+def test_nothing_configured_exits_2_with_one_line_and_writes_nothing(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    clean_env.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    assert main([command, "--data-dir", str(tmp_path / "data")]) == 2
+    captured = capsys.readouterr()
+    assert one_error_line(captured.err) == f"error: {NOT_CONFIGURED}"
+    assert captured.out == ""
+    assert not (tmp_path / "data").exists() and not (tmp_path / "home").exists()
+
+
+def test_builtin_sandbox_on_request_and_in_the_demo(clean_env: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
+    clean_env.setenv("JOOR_ENVIRONMENT", "builtin")
+    clean_env.setenv("JOOR_SANDBOX_CONNECTIONS", "12")
+    assert main(["fetch", "--data-dir", str(tmp_path / "data")]) == 0
+    captured = capsys.readouterr()
+    assert "landed 12 connections" in captured.out
+    assert "from built-in sandbox" in captured.err
+
+
+# ---- bad settings ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("JOOR_CONCURRENCY", "99999999999999999999"),
+        ("JOOR_RATE_LIMIT_WINDOW", "nan"),
+        ("JOOR_RATE_LIMIT_WINDOW", "inf"),
+        ("JOOR_TIMEOUT", "nan"),
+        ("JOOR_TIMEOUT", "inf"),
+        ("JOOR_TIMEOUT", "1e308"),
+        ("JOOR_MAX_RESPONSE_MB", "-1"),
+        ("JOOR_MAX_PAGES", "1e99"),
+        ("JOOR_PAGE_SIZE", "0x10"),
+        ("JOOR_BASE_URL", "http://[::1"),
+        ("JOOR_FORMAT", "yaml"),
+    ],
+)
+@pytest.mark.parametrize("command", ["fetch", "run", "demo"])
+def test_a_bad_value_names_its_variable_and_exits_2(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path, capsys, command: str, name: str, value: str
+) -> None:
+    clean_env.setenv("JOOR_API_TOKEN", "t")
+    clean_env.setenv(name, value)
+    if command == "demo" and name == "JOOR_BASE_URL":
+        return  # the demo ignores any configured JOOR endpoint
+    assert main([command, "--data-dir", str(tmp_path / "data")]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert name in line and value[:10] in line
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_password_in_a_url_never_shows(clean_env: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
+    clean_env.setenv("JOOR_API_TOKEN", "t")
+    for url in ("http://joor:hunter2@127.0.0.1:9", "http://joor:hunter2@[::1"):
+        clean_env.setenv("JOOR_BASE_URL", url)
+        for debug in ([], ["--debug"]):
+            assert main([*debug, "fetch", "--data-dir", str(tmp_path)]) == 2
+            captured = capsys.readouterr()
+            assert "hunter2" not in captured.out + captured.err
+            assert "JOOR_BASE_URL must not carry a user name or password" in captured.err
+
+
+def test_data_dir_that_is_a_file_exits_2(clean_env: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
+    clean_env.setenv("JOOR_ENVIRONMENT", "builtin")
+    file = tmp_path / "not-a-dir"
+    file.write_text("x")
+    for command in ("fetch", "flatten", "run", "demo"):
+        assert main([command, "--data-dir", str(file)]) == 2
+        assert one_error_line(capsys.readouterr().err) == f"error: --data-dir {file} is not a directory"
+    clean_env.setenv("JOOR_DATA_DIR", str(file / "below"))
+    assert main(["fetch"]) == 2
+    assert "JOOR_DATA_DIR" in one_error_line(capsys.readouterr().err)
+
+
+def test_a_read_only_data_dir_exits_2() -> None:
+    """Run as an unprivileged user (root may write anywhere), as an operator's service account would."""
+    user = "65534" if os.geteuid() == 0 else None
+    if user and shutil.which("setpriv") is None:
+        pytest.fail("running as root, and setpriv (util-linux) is needed to test as an unprivileged user")
+    with tempfile.TemporaryDirectory() as top:
+        os.chmod(top, 0o755)  # noqa: S103 - the unprivileged user must reach the read-only directory inside
+        read_only = Path(top) / "ro"
+        read_only.mkdir(mode=0o555)
+        read_only.chmod(0o555)
+        for target in (read_only, read_only / "data"):
+            done = cli("fetch", "--data-dir", str(target), env={"JOOR_ENVIRONMENT": "builtin"}, user=user)
+            assert done.returncode == 2, done.stderr
+            assert "not writable" in one_error_line(done.stderr)
+        assert list(read_only.iterdir()) == []
+
+
+# ---- dates -------------------------------------------------------------------------------------------------------
+
+
+def test_dates_that_cannot_be_fetched_are_one_line(clean_env: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
+    clean_env.setenv("JOOR_ENVIRONMENT", "builtin")
+    data = str(tmp_path / "data")
+    cases = [
+        (["fetch", "--date", "9999-12-31"], "9999-12-31 is in the future"),
+        (["fetch", "--date", TOMORROW], f"{TOMORROW} is in the future (today is {TODAY}, UTC)"),
+        (["run", "--date", TOMORROW], f"{TOMORROW} is in the future"),
+        (["demo", "--date", TOMORROW], f"{TOMORROW} is in the future"),
+        (["fetch", "--date", "2026-01-05"], "add --allow-backdated"),
+        (["run", "--date", "2024-12-31"], "before the first snapshot date 2025-01-01 (JOOR_FIRST_SNAPSHOT_DATE)"),
+    ]
+    for args, message in cases:
+        assert main([*args, "--data-dir", data]) == 2, args
+        assert message in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "data").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fetch", "--date", "2026-02-30"])
+    assert exit_info.value.code == 2
+    assert "not a date in YYYY-MM-DD form" in capsys.readouterr().err
+
+
+# ---- errors that are not configuration ---------------------------------------------------------------------------
+
+
+def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path, capsys
+) -> None:
+    """An OSError while landing (raw/ is a file) and a library error (a port out of range) end in one line."""
+    clean_env.setenv("JOOR_ENVIRONMENT", "builtin")
+    clean_env.setenv("JOOR_SANDBOX_CONNECTIONS", "3")
+    (tmp_path / "raw").write_text("x")
+    assert main(["fetch", "--data-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("error: NotADirectoryError: ")
+    assert "Traceback" not in err
+
+    for args in (["--debug", "fetch", "--data-dir", str(tmp_path)], ["fetch", "--debug", "--data-dir", str(tmp_path)]):
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert "Traceback (most recent call last)" in err
+        assert err.strip().splitlines()[-1].startswith("error: NotADirectoryError: ")
+
+    assert main(["sandbox", "--port", "99999"]) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("error: OverflowError: ") and "65535" in line
+
+
+def test_run_prints_the_root_cause_last(clean_env: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
+    clean_env.setenv("JOOR_BASE_URL", "http://127.0.0.1:9")
+    clean_env.setenv("JOOR_API_TOKEN", "tok-not-printed")
+    clean_env.setenv("JOOR_MAX_ATTEMPTS", "1")
+    clean_env.setenv("DAGSTER_HOME", "relative/home")  # made absolute, and created
+    assert main(["run", "--data-dir", str(tmp_path / "data")]) == 1
+    captured = capsys.readouterr()
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("error: joor_raw_connections: GET http://127.0.0.1:9/v2/connection/")
+    assert "ConnectError" in last
+    assert "FAILED" in captured.out
+    everything = captured.out + captured.err
+    assert "Traceback" not in everything and "Stack Trace" not in everything
+    assert "DagsterExecutionStepExecutionError" not in everything
+    assert "tok-not-printed" not in everything
+    assert len(captured.err.strip().splitlines()) < 20
+    assert (tmp_path / "relative" / "home" / "dagster.yaml").is_file()
+
+    assert main(["run", "--debug", "--data-dir", str(tmp_path / "data")]) == 1
+    err = capsys.readouterr().err
+    assert "Stack Trace" in err or "Traceback" in err
+    assert err.strip().splitlines()[-1] == last
+
+
+def test_a_dagster_home_that_is_a_file_exits_2(clean_env: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
+    clean_env.setenv("JOOR_ENVIRONMENT", "builtin")
+    home = tmp_path / "home"
+    home.write_text("x")
+    clean_env.setenv("DAGSTER_HOME", str(home))
+    assert main(["demo", "--data-dir", str(tmp_path / "data")]) == 2
+    assert one_error_line(capsys.readouterr().err) == f"error: DAGSTER_HOME {home} is not a directory"
+
+
+# ---- the installed command, in its own process --------------------------------------------------------------------
+
+
+def test_installed_command_exit_codes(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    refused = [
+        ({}, ["fetch", "--data-dir", data], "no JOOR account configured"),
+        ({"JOOR_API_TOKEN": "t", "JOOR_TIMEOUT": "nan"}, ["fetch", "--data-dir", data], "JOOR_TIMEOUT"),
+        (
+            {"JOOR_API_TOKEN": "t", "JOOR_BASE_URL": "https://joor:hunter2@api.example"},
+            ["run", "--data-dir", data],
+            "JOOR_BASE_URL",
+        ),
+        ({"JOOR_ENVIRONMENT": "builtin"}, ["fetch", "--date", "9999-12-31", "--data-dir", data], "in the future"),
+        ({"JOOR_ENVIRONMENT": "builtin"}, ["run", "--date", TOMORROW, "--data-dir", data], "in the future"),
+    ]
+    for env, args, message in refused:
+        done = cli(*args, env=env)
+        assert done.returncode == 2, (args, done.stderr)
+        assert message in one_error_line(done.stderr)
+        assert "hunter2" not in done.stderr + done.stdout
+    assert not (tmp_path / "data").exists()
+    done = cli("--version")
+    assert done.returncode == 0 and "joor-pipeline" in done.stdout
