@@ -226,8 +226,17 @@ def _print_run(summary: RunSummary, *, debug: bool) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    env, _data = _run_environ(args, builtin=False)
+    from joor_pipeline.storage.raw import MANIFEST_NAME, raw_snapshot_dir
+
+    env, data_dir = _run_environ(args, builtin=False)
     _check_run_date(args.date)
+    kept = (raw_snapshot_dir(data_dir, args.date) / MANIFEST_NAME).is_file()
+    if args.date < _today() and not kept and not args.allow_backdated:
+        # The fetch asset refuses the same; saying it here spares a failed run and names the CLI's option.
+        raise UsageError(
+            f"no raw snapshot is kept for {args.date} and JOOR serves only the current state; "
+            "add --allow-backdated to store today's connections under it"
+        )
     from joor_pipeline.assets.run import run_graph
 
     summary = run_graph(args.date, env, allow_backdated=args.allow_backdated, debug=args.debug)

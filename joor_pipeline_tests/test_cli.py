@@ -158,6 +158,7 @@ def test_dates_that_cannot_be_fetched_are_one_line(clean_env: pytest.MonkeyPatch
         (["run", "--date", TOMORROW], f"{TOMORROW} is in the future"),
         (["demo", "--date", TOMORROW], f"{TOMORROW} is in the future"),
         (["fetch", "--date", "2026-01-05"], "add --allow-backdated"),
+        (["run", "--date", "2026-01-05"], "no raw snapshot is kept for 2026-01-05"),
         (["run", "--date", "2024-12-31"], "before the first snapshot date 2025-01-01 (JOOR_FIRST_SNAPSHOT_DATE)"),
     ]
     for args, message in cases:
