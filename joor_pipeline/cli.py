@@ -26,7 +26,6 @@ from joor_pipeline.config import (
     JoorSettings,
     check_data_dir,
     first_snapshot_date,
-    flatten_workers_setting,
     help_text,
     load_settings,
     raise_problems,
@@ -95,7 +94,7 @@ class Progress:
 
 
 def _environ(args: argparse.Namespace) -> dict[str, str]:
-    """The process environment with the command line's overrides (``--data-dir``) applied; never os.environ."""
+    """A copy of the process environment with the command line's overrides (``--data-dir``): os.environ stays."""
     env = dict(os.environ)
     if getattr(args, "data_dir", None):
         env["JOOR_DATA_DIR"] = str(args.data_dir)
@@ -157,8 +156,8 @@ def cmd_flatten(args: argparse.Namespace) -> int:
     from joor_pipeline.storage.parquet import flatten_snapshot
 
     env = _environ(args)
-    workers = flatten_workers_setting(env)
-    problems: list[str] = []
+    problems: list[str] = []  # the flatten needs no JOOR account: only its own two settings are read
+    workers = read_setting(env, "JOOR_FLATTEN_WORKERS", problems)
     data_dir = read_setting(env, "JOOR_DATA_DIR", problems)
     raise_problems(problems)
     data_dir = _data_dir(args, data_dir)

@@ -254,3 +254,14 @@ def test_installed_command_exit_codes(tmp_path: Path) -> None:
     assert not (tmp_path / "data").exists()
     done = cli("--version")
     assert done.returncode == 0 and "joor-pipeline" in done.stdout
+
+
+def test_flatten_needs_no_joor_account_but_checks_its_own_settings(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path, capsys
+) -> None:
+    assert main(["flatten", "--date", "2026-01-01", "--data-dir", str(tmp_path)]) == 1
+    assert "no raw snapshot for 2026-01-01" in one_error_line(capsys.readouterr().err)  # not "no JOOR account"
+    clean_env.setenv("JOOR_FLATTEN_WORKERS", "100000")
+    clean_env.setenv("JOOR_DATA_DIR", "")
+    assert main(["flatten", "--date", "2026-01-01", "--data-dir", str(tmp_path)]) == 2
+    assert "JOOR_FLATTEN_WORKERS must be a whole number from 1 to 256" in one_error_line(capsys.readouterr().err)
