@@ -49,9 +49,10 @@ WORKSPACE: Final = REPO / "workspace.yaml"
 DB_NAME: Final = "dagster"
 DB_USER: Final = "dagster"
 
-#: Bounds on every wait, so a hung part fails the test instead of hanging it.
-STARTUP_TIMEOUT: Final = 120.0
-BACKFILL_TIMEOUT: Final = 240.0
+#: Bounds on every wait, so a hung part fails the test instead of hanging it (generous: on a busy 2-core
+#: machine the backfill took 150 s).
+STARTUP_TIMEOUT: Final = 180.0
+BACKFILL_TIMEOUT: Final = 420.0
 
 #: Sandbox latency per request once the deployment runs: today's fetch (7 pages, one at a time) takes seconds.
 FETCH_LATENCY_MS: Final = 400
