@@ -32,7 +32,7 @@ dictionary: setup
 	$(RUN) python -m joor_pipeline.flatten.dictionary
 
 ui: setup
-	@mkdir -p dagster_home && { [ -f dagster_home/dagster.yaml ] || cp dagster_home.example/dagster.yaml dagster_home/; }
+	@mkdir -p dagster_home && { [ -f dagster_home/dagster.yaml ] || cp dagster_home.example/dagster.sqlite.yaml dagster_home/dagster.yaml; }
 	DAGSTER_HOME="$(CURDIR)/dagster_home" $(RUN) dagster dev -w workspace.yaml
 
 clean:

@@ -1,0 +1,403 @@
+"""The Postgres-backed deployment of dagster_home.example/dagster.yaml, run for real: PostgreSQL, the daemon and
+the webserver as separate processes, a backfill launched through GraphQL, its runs, checks and pools."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+import psycopg2
+import pytest
+
+from joor_pipeline.assets.joor import JOOR_API_POOL, RAW_ASSET, joor_tables
+from joor_pipeline.assets.models import DUCKDB_POOL
+from joor_pipeline.config import load_settings
+from joor_pipeline.definitions import JOB_NAME
+from joor_pipeline.pipeline import connect, fetch_snapshot
+from joor_pipeline.sandbox import Faults, Sandbox, run_sandbox
+from joor_pipeline_tests.deployment import (
+    DeploymentError,
+    GraphQL,
+    PostgresServer,
+    ServiceProcess,
+    free_port,
+    log_tail,
+    running_postgres,
+    service,
+    venv_script,
+    wait_for,
+)
+
+pytestmark = pytest.mark.deployment
+
+REPO: Final = Path(__file__).resolve().parent.parent
+EXAMPLE_CONFIG: Final = REPO / "dagster_home.example" / "dagster.yaml"
+WORKSPACE: Final = REPO / "workspace.yaml"
+
+#: The database and role an operator creates, exactly as the README says (the password is the test's own).
+DB_NAME: Final = "dagster"
+DB_USER: Final = "dagster"
+
+#: Bounds on every wait, so a hung part fails the test instead of hanging it (generous: on a busy 2-core
+#: machine the backfill took 150 s).
+STARTUP_TIMEOUT: Final = 180.0
+BACKFILL_TIMEOUT: Final = 420.0
+
+#: Sandbox latency per request once the deployment runs: today's fetch (7 pages, one at a time) takes seconds.
+FETCH_LATENCY_MS: Final = 400
+#: One process per run (a choice any operator can make in the launchpad): the pools bind steps the same way,
+#: and on a small shared machine it saves a process start per step.
+RUN_CONFIG: Final = {"execution": {"config": {"in_process": {}}}}
+
+FETCH_STEP: Final = RAW_ASSET
+MODELS_STEP: Final = "joor_models"
+TERMINAL_BACKFILL: Final = {"COMPLETED_SUCCESS", "COMPLETED_FAILED", "COMPLETED", "FAILED", "CANCELED"}
+TERMINAL_RUN: Final = {"SUCCESS", "FAILURE", "CANCELED"}
+
+WORKSPACE_QUERY: Final = """
+query {
+  workspaceOrError {
+    __typename
+    ... on Workspace {
+      locationEntries {
+        name
+        loadStatus
+        locationOrLoadError {
+          __typename
+          ... on RepositoryLocation { repositories { name partitionSets { name pipelineName } } }
+          ... on PythonError { message }
+        }
+      }
+    }
+  }
+}
+"""
+
+LAUNCH_BACKFILL: Final = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on Error { message }
+  }
+}
+"""
+
+BACKFILL_QUERY: Final = """
+query Backfill($id: String!, $tags: [ExecutionTag!]) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill { status partitionNames }
+    ... on Error { message }
+  }
+  runsOrError(filter: {tags: $tags}) {
+    __typename
+    ... on Runs {
+      results {
+        runId
+        status
+        startTime
+        endTime
+        tags { key value }
+        stepStats { stepKey status startTime endTime }
+      }
+    }
+    ... on Error { message }
+  }
+}
+"""
+
+SET_POOL_LIMIT: Final = """
+mutation SetPool($key: String!, $limit: Int!) { setConcurrencyLimit(concurrencyKey: $key, limit: $limit) }
+"""
+
+POOLS_QUERY: Final = """
+query Pool($key: String!) {
+  instance { concurrencyLimit(concurrencyKey: $key) { limit slotCount usingDefaultLimit } }
+}
+"""
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What the test started: the database, the GraphQL endpoint and the logs to show when something fails."""
+
+    postgres: PostgresServer
+    password: str
+    graphql: GraphQL
+    sandbox: Sandbox
+    data_dir: Path
+    logs: tuple[Path, ...]
+    location: str = ""
+    repository: str = ""
+    start_daemon: Callable[[], ServiceProcess] | None = None
+
+    def tails(self) -> str:
+        return "\n".join(log_tail(path) for path in self.logs)
+
+    def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Rows from Dagster's own database, read as the operator's role over TCP."""
+        connection = psycopg2.connect(
+            host=self.postgres.host,
+            port=self.postgres.port,
+            user=DB_USER,
+            password=self.password,
+            dbname=DB_NAME,
+            connect_timeout=10,
+        )
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                return list(cursor.fetchall())
+        finally:
+            connection.close()
+
+
+def backfill_dates() -> list[date]:
+    """Yesterday and today (UTC): a past date whose snapshot the schedule landed, and the current one."""
+    today = datetime.now(UTC).date()
+    return [today - timedelta(days=1), today]
+
+
+def partition_keys(dates: list[date]) -> list[str]:
+    """The daily job's partition keys; the account dimension, when it comes, is added here."""
+    return [d.isoformat() for d in dates]
+
+
+def joor_environment(sandbox: Sandbox, data_dir: Path) -> dict[str, str]:
+    """The JOOR_* variables of the daemon, the webserver and the runs: the sandbox on loopback, named explicitly."""
+    return {
+        "JOOR_ENVIRONMENT": "sandbox",
+        "JOOR_BASE_URL": sandbox.base_url,
+        "JOOR_API_TOKEN": sandbox.config.api_token,
+        "JOOR_DATA_DIR": str(data_dir),
+        "JOOR_PAGE_SIZE": "20",
+        # One page at a time, so the fetch lasts long enough that two runs' fetches would overlap without the pool.
+        "JOOR_CONCURRENCY": "1",
+        "JOOR_FLATTEN_WORKERS": "1",
+        "JOOR_TIMEOUT": "10",
+    }
+
+
+def land_snapshot(joor_env: dict[str, str], snapshot_date: date) -> None:
+    """Land a raw snapshot with the project's own fetch, as the daily schedule did on that day.
+
+    JOOR serves only the current state, so a backfill of a past date re-flattens the snapshot kept from that day;
+    landing it beforehand is what makes the past date of the backfill legitimate, with no ``allow_backdated``.
+    Today's snapshot is landed too, so a test that crosses midnight UTC still has one; on the current day the
+    run fetches again anyway (and does, in this test).
+    """
+    settings = load_settings(joor_env)
+    assert not settings.builtin_sandbox, "the deployment must talk to the sandbox it was given, not the built-in one"
+    with connect(settings) as client:
+        fetch_snapshot(client, settings.data_dir, snapshot_date)
+
+
+def _base_environment(extra: dict[str, str]) -> dict[str, str]:
+    """Our own environment without any JOOR_* or DAGSTER_* variable of the machine, plus ``extra``."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("JOOR_", "DAGSTER_"))}
+    return {**inherited, **extra}
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[Deployment]:
+    """PostgreSQL, a JOOR sandbox and the Dagster webserver on 127.0.0.1, the daemon on request; all stopped after.
+
+    The steps are the README's: create the role and database, write DAGSTER_HOME/dagster.yaml, start the
+    webserver and the daemon with the same variables and workspace, give the two pools their limits.
+    """
+    password = secrets.token_urlsafe(18)
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    shutil.copy(EXAMPLE_CONFIG, dagster_home / "dagster.yaml")
+    data_dir = tmp_path / "data"
+    logs = (tmp_path / "webserver.log", tmp_path / "daemon.log")
+
+    with contextlib.ExitStack() as stack:
+        postgres = stack.enter_context(running_postgres())
+        sandbox = stack.enter_context(run_sandbox(connections=120, seed=11, rate_limit_credits=0))
+        postgres.sql(
+            f"CREATE ROLE {DB_USER} LOGIN PASSWORD '{password}'",
+            f"CREATE DATABASE {DB_NAME} OWNER {DB_USER}",
+        )
+        joor_env = joor_environment(sandbox, data_dir)
+        for snapshot_date in backfill_dates():
+            land_snapshot(joor_env, snapshot_date)
+        # From here on each page takes a while, so a fetch step lasts long enough to collide with another run's.
+        sandbox.faults = Faults(latency_ms=FETCH_LATENCY_MS)
+
+        env = _base_environment(
+            {
+                "DAGSTER_HOME": str(dagster_home),
+                "DAGSTER_PG_HOST": postgres.host,
+                "DAGSTER_PG_PORT": str(postgres.port),
+                "DAGSTER_PG_USER": DB_USER,
+                "DAGSTER_PG_PASSWORD": password,
+                "DAGSTER_PG_DB": DB_NAME,
+                **joor_env,
+            }
+        )
+        web_port = free_port()
+        graphql = GraphQL(f"http://127.0.0.1:{web_port}/graphql")
+        webserver_args = [venv_script("dagster-webserver"), "-w", str(WORKSPACE), "-h", "127.0.0.1"]
+        webserver_args += ["-p", str(web_port)]
+        webserver = stack.enter_context(service("dagster-webserver", webserver_args, env, tmp_path, logs[0]))
+        deployed = Deployment(postgres, password, graphql, sandbox, data_dir, logs)
+
+        def start_daemon() -> ServiceProcess:
+            daemon_args = [venv_script("dagster-daemon"), "run", "-w", str(WORKSPACE)]
+            return stack.enter_context(service("dagster-daemon", daemon_args, env, tmp_path, logs[1]))
+
+        clock = time.monotonic()
+        try:
+            location, repository = wait_for(
+                "the webserver to load the code location", lambda: _location_loaded(graphql, webserver),
+                STARTUP_TIMEOUT,
+            )  # fmt: skip
+        except DeploymentError as exc:
+            raise DeploymentError(f"{exc}\n{deployed.tails()}") from None
+        print(f"webserver serving the code location {time.monotonic() - clock:.0f}s after start")
+        # Explicit pool limits, as the README says (the UI's pools page makes the same call). They also avoid
+        # dagster-io/dagster#33552: on Postgres, two runs that both initialise a pool from default_limit at the
+        # same moment can fail one of them.
+        for pool in (JOOR_API_POOL, DUCKDB_POOL):
+            assert graphql(SET_POOL_LIMIT, {"key": pool, "limit": 1})["setConcurrencyLimit"] is True
+        sandbox.reset_stats()
+        yield replace(deployed, location=location, repository=repository, start_daemon=start_daemon)
+
+    output = "\n".join(path.read_text(errors="replace") for path in logs if path.is_file())
+    assert password not in output, "the Postgres password appeared in Dagster's output"
+    assert sandbox.config.api_token not in output, "the JOOR token appeared in Dagster's output"
+
+
+def _location_loaded(graphql: GraphQL, webserver: ServiceProcess) -> tuple[str, str] | None:
+    """(location, repository) once the webserver has loaded the code location; None while it is still starting."""
+    webserver.check_alive()
+    try:
+        data = graphql(WORKSPACE_QUERY)
+    except (DeploymentError, httpx.TransportError):  # not listening yet, or still loading
+        return None
+    entries = data["workspaceOrError"].get("locationEntries") or []
+    for entry in entries:
+        location = entry.get("locationOrLoadError") or {}
+        if location.get("__typename") == "PythonError":
+            raise DeploymentError(f"the code location {entry['name']} failed to load: {location['message']}")
+        for repository in location.get("repositories", []):
+            return entry["name"], repository["name"]
+    return None
+
+
+def _launch_backfill(deployed: Deployment, keys: list[str]) -> str:
+    params = {
+        "selector": {
+            "partitionSetName": f"{JOB_NAME}_partition_set",
+            "repositorySelector": {
+                "repositoryLocationName": deployed.location,
+                "repositoryName": deployed.repository,
+            },
+        },
+        "partitionNames": keys,
+        "runConfigData": RUN_CONFIG,
+        "title": "deployment test",
+    }
+    result = deployed.graphql(LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
+    assert result["__typename"] == "LaunchBackfillSuccess", f"the backfill was not launched: {result}"
+    return str(result["backfillId"])
+
+
+def _backfill_state(deployed: Deployment, backfill_id: str) -> dict[str, Any]:
+    tags = [{"key": "dagster/backfill", "value": backfill_id}]
+    data = deployed.graphql(BACKFILL_QUERY, {"id": backfill_id, "tags": tags})
+    backfill = data["partitionBackfillOrError"]
+    assert backfill["__typename"] == "PartitionBackfill", backfill
+    runs = data["runsOrError"]
+    assert runs["__typename"] == "Runs", runs
+    return {"status": backfill["status"], "runs": runs["results"]}
+
+
+def _overlaps(intervals: list[tuple[float, float]]) -> list[tuple[tuple[float, float], tuple[float, float]]]:
+    """Every pair of intervals that share some time."""
+    return [(a, b) for a, b in itertools.combinations(intervals, 2) if a[0] < b[1] and b[0] < a[1]]
+
+
+def _step_intervals(runs: list[dict[str, Any]], step_key: str) -> list[tuple[float, float]]:
+    intervals = []
+    for run in runs:
+        (stats,) = [s for s in run["stepStats"] if s["stepKey"] == step_key]
+        assert stats["status"] == "SUCCESS", (run["runId"], stats)
+        intervals.append((float(stats["startTime"]), float(stats["endTime"])))
+    return intervals
+
+
+def test_backfill_through_graphql_on_a_postgres_instance(deployment: Deployment) -> None:
+    dates = backfill_dates()
+    keys = partition_keys(dates)
+    started = time.monotonic()
+    backfill_id = _launch_backfill(deployment, keys)
+    # Started after the launch, the daemon finds the backfill on its first pass instead of 30 s later.
+    assert deployment.start_daemon is not None
+    daemon = deployment.start_daemon()
+
+    def finished() -> dict[str, Any] | None:
+        daemon.check_alive()
+        state = _backfill_state(deployment, backfill_id)
+        runs_done = len(state["runs"]) == len(keys) and all(r["status"] in TERMINAL_RUN for r in state["runs"])
+        return state if runs_done and state["status"] in TERMINAL_BACKFILL else None
+
+    try:
+        state = wait_for(f"backfill {backfill_id} of {keys} to finish", finished, BACKFILL_TIMEOUT, interval=1.0)
+    except DeploymentError as exc:
+        raise DeploymentError(f"{exc}\n{_backfill_state(deployment, backfill_id)}\n{deployment.tails()}") from None
+    runs = state["runs"]
+    print(f"backfill {backfill_id}: {state['status']} {time.monotonic() - started:.0f}s after launch")
+
+    # Every run succeeded, one per partition, and the daemon closed the backfill as a success.
+    assert {r["status"] for r in runs} == {"SUCCESS"}, f"{runs}\n{deployment.tails()}"
+    partitions = sorted(next(t["value"] for t in r["tags"] if t["key"] == "dagster/partition") for r in runs)
+    assert partitions == sorted(keys)
+    assert state["status"] == "COMPLETED_SUCCESS"
+
+    # The runs were recorded in Postgres, with their events.
+    run_ids = [r["runId"] for r in runs]
+    stored = deployment.query("select run_id, status from runs where run_id = any(%s)", run_ids)
+    assert sorted(stored) == sorted((run_id, "SUCCESS") for run_id in run_ids)
+
+    # Every asset check ran in every run and its result was recorded in Postgres; the blocking ones passed.
+    # (The checks are unpartitioned checks on partitioned tables, so Dagster records each result beside the
+    # partition's "planned" row rather than on it; the results are the rows that say passed or failed.)
+    specs = list(joor_tables.check_specs)
+    expected = {(spec.asset_key.path[-1], spec.name) for spec in specs}
+    blocking = {(spec.asset_key.path[-1], spec.name) for spec in specs if spec.blocking}
+    rows = deployment.query(
+        "select run_id, asset_key, check_name, execution_status from asset_check_executions "
+        "where run_id = any(%s) and execution_status in ('SUCCEEDED', 'FAILED')",
+        run_ids,
+    )
+    for run_id in run_ids:
+        results = {(json.loads(key)[-1], name): status for rid, key, name, status in rows if rid == run_id}
+        assert set(results) == expected, f"run {run_id} recorded {len(results)} of {len(expected)} check results"
+        assert {key for key in blocking if results[key] != "SUCCEEDED"} == set()
+
+    # The pools kept the fetches, and the model builds, of different runs apart (the run queue also holds back a
+    # run whose first step's pool is full, so this holds whichever of the two enforced it in this run).
+    for step_key in (FETCH_STEP, MODELS_STEP):
+        intervals = _step_intervals(runs, step_key)
+        assert not _overlaps(intervals), f"{step_key} steps of different runs overlapped: {intervals}"
+    for pool in (JOOR_API_POOL, DUCKDB_POOL):
+        limit = deployment.graphql(POOLS_QUERY, {"key": pool})["instance"]["concurrencyLimit"]
+        assert limit["slotCount"] == 1, (pool, limit)
+
+    # Today's run fetched from the sandbox it was pointed at (yesterday's kept its snapshot), into JOOR_DATA_DIR.
+    assert deployment.sandbox.stats.requests >= 120 // 20, deployment.sandbox.stats
+    assert (deployment.data_dir / "joor.duckdb").is_file()
