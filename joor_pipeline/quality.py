@@ -3,26 +3,31 @@
 Three sources of truth, none restated here:
 - the rules of ``models/data_quality_issues.sql``, evaluated on the one partition in an in-memory DuckDB;
 - the raw snapshot, recounted independently of the flattener, for raw-to-Parquet reconciliation;
-- the previous partition, for row counts that move sharply.
+- the previous published partition, for row counts that move sharply.
+
+The functions take the files (or the Parquet root) to check, never assume the published paths: the blocking
+checks run on a staged flatten before it is published (write, audit, publish; see ``storage.parquet``).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any, Final
 
 import duckdb
-import pyarrow.parquet as pq
 
 from joor_pipeline.flatten import TABLES
 from joor_pipeline.joor.parse import as_list
 from joor_pipeline.joor.shapes import CONNECTION_LISTS
-from joor_pipeline.storage.parquet import partition_parquet_files
+from joor_pipeline.storage.parquet import partition_rows, published_dates
 from joor_pipeline.storage.raw import iter_raw_pages
-from joor_pipeline.warehouse import MODELS, MODELS_BY_NAME, parquet_root, partition_files, run_model
+from joor_pipeline.warehouse import MODELS, MODELS_BY_NAME, run_model
+
+__all__ = ["partition_rows"]  # re-exported: rows of some Parquet files, naming a damaged one
 
 #: Which JOOR list feeds which table (the connections table is fed by the connections themselves).
 LIST_TABLE: Final[dict[str, str]] = {
@@ -66,13 +71,16 @@ def _model_closure(name: str) -> list[str]:
     return [model.name for model in MODELS if model.name in needed]
 
 
-def partition_issues(data_dir: Path, snapshot_date: date) -> list[Issue]:
-    """Every rule of ``data_quality_issues`` that a record of this one partition breaks."""
+def partition_issues(root: Path, snapshot_date: date) -> list[Issue]:
+    """Every rule of ``data_quality_issues`` that a record of one partition breaks.
+
+    ``root`` is the Parquet root holding the partition: a staged flatten's, or ``data_dir/parquet``.
+    """
     con = duckdb.connect()
     try:
         con.execute("set TimeZone = 'UTC'")
         for name in _model_closure("data_quality_issues"):
-            run_model(con, MODELS_BY_NAME[name], parquet_root(data_dir), snapshot_dates=[snapshot_date])
+            run_model(con, MODELS_BY_NAME[name], root, snapshot_dates=[snapshot_date])
         rows = con.execute(
             "select table_name, rule, customer_account_id, customer_code, record_key, column_name, detail "
             "from data_quality_issues order by all"
@@ -114,22 +122,11 @@ def raw_counts(data_dir: Path, snapshot_date: date) -> dict[str, int]:
     return dict(counts)
 
 
-def partition_rows(data_dir: Path, table: str, snapshot_date: date) -> int:
-    """Rows one table's Parquet partition holds, over all its files (from the file footers)."""
-    return sum(
-        pq.ParquetFile(path).metadata.num_rows for path in partition_parquet_files(data_dir, table, snapshot_date)
-    )
-
-
-def parquet_counts(data_dir: Path, snapshot_date: date) -> dict[str, int]:
-    """Rows each table's Parquet partition holds."""
-    return {table: partition_rows(data_dir, table, snapshot_date) for table in TABLES}
+def parquet_counts(files: Mapping[str, Sequence[Path]]) -> dict[str, int]:
+    """Rows each table holds, given each table's files (e.g. a staged flatten's, or ``published_files``)."""
+    return {table: partition_rows(list(files[table])) for table in TABLES}
 
 
 def previous_partition(data_dir: Path, table: str, snapshot_date: date) -> date | None:
-    """The latest snapshot date before ``snapshot_date`` that ``table`` has a partition for."""
-    days = (
-        date.fromisoformat(path.parent.name.removeprefix("snapshot_date="))
-        for path in partition_files(parquet_root(data_dir), table)
-    )
-    return max((day for day in days if day < snapshot_date), default=None)
+    """The latest snapshot date before ``snapshot_date`` that ``table`` has a published partition for."""
+    return max((day for day in published_dates(data_dir, table) if day < snapshot_date), default=None)

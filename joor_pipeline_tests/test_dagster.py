@@ -22,7 +22,7 @@ from joor_pipeline.definitions import build_defs
 from joor_pipeline.flatten import TABLES
 from joor_pipeline.quality import parquet_counts, raw_counts
 from joor_pipeline.sandbox import load_seed_connection, run_sandbox
-from joor_pipeline.storage.parquet import flatten_snapshot, parquet_path
+from joor_pipeline.storage.parquet import DamagedPartition, flatten_snapshot, parquet_path, published_files
 from joor_pipeline.warehouse import MODELS, database_path
 from joor_pipeline_tests.raw_fixtures import land
 
@@ -207,11 +207,15 @@ def test_reconciliation_notices_a_lost_row(tmp_path: Path) -> None:
     day = date.fromisoformat(DAY1)
     land(tmp_path, day, _bad_connections())
     flatten_snapshot(tmp_path, day)
-    assert raw_counts(tmp_path, day) == parquet_counts(tmp_path, day)
+    files = {table: published_files(tmp_path, table, day) for table in TABLES}
+    assert raw_counts(tmp_path, day) == parquet_counts(files)
     path = parquet_path(tmp_path, "buyers", day)
     table = pq.read_table(path)
     pq.write_table(table.slice(1), path)
-    assert raw_counts(tmp_path, day)["buyers"] == parquet_counts(tmp_path, day)["buyers"] + 1
+    assert raw_counts(tmp_path, day)["buyers"] == parquet_counts(files)["buyers"] + 1
+    # Readers of the published partition notice the rewritten file too: it no longer matches its manifest.
+    with pytest.raises(DamagedPartition, match=r"buyers/snapshot_date=2026-03-02/part-00000\.parquet is damaged"):
+        published_files(tmp_path, "buyers", day)
 
 
 @pytest.mark.parametrize(
