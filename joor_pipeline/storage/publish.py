@@ -54,7 +54,7 @@ import signal
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -341,11 +341,13 @@ def _date_lock_if_free(data_dir: Path, snapshot_date: date) -> Iterator[bool]:
     if holds_snapshot_lock(data_dir, snapshot_date):
         yield True
         return
-    try:
-        with snapshot_lock(data_dir, snapshot_date):
-            yield True
-    except SnapshotBusy:
-        yield False
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(snapshot_lock(data_dir, snapshot_date))
+        except SnapshotBusy:
+            yield False
+            return
+        yield True
 
 
 def _roll_forward(data_dir: Path, root: Path) -> bool:
