@@ -27,7 +27,7 @@ DAY = date(2026, 11, 2)
 STRACE = shutil.which("strace")
 
 
-def cli(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> list[str]:
+def cli(data_dir: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "joor_pipeline.cli", *args, "--date", DAY.isoformat(), "--data-dir", str(data_dir)]
 
 
@@ -158,8 +158,10 @@ def test_a_fetch_stopped_midway_leaves_the_old_snapshot_and_no_staging(tmp_path:
     first = subprocess.run(cli(tmp_path, "fetch"), env=env, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
     old = raw_state(tmp_path)
-    sb.faults.latency_ms = 300  # type: ignore[attr-defined]
-    with subprocess.Popen(cli(tmp_path, "fetch"), env=env, stderr=subprocess.PIPE, text=True) as proc:
+    # One page at a time, half a second each: the signal lands seconds before the fetch could finish.
+    sb.faults.latency_ms = 500  # type: ignore[attr-defined]
+    slow = {**env, "JOOR_CONCURRENCY": "1"}
+    with subprocess.Popen(cli(tmp_path, "fetch"), env=slow, stderr=subprocess.PIPE, text=True) as proc:
         try:
             _wait_for(lambda: len(_staged_pages(tmp_path)) >= 1)
             proc.send_signal(sig)

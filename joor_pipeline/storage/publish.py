@@ -125,8 +125,6 @@ def _write_json_atomically(path: Path, value: dict[str, Any]) -> None:
 
 # ---- signals --------------------------------------------------------------------------------------------------
 
-_main_thread_only = threading.main_thread
-
 
 def _raise_exit(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(SIGTERM_EXIT)
@@ -135,7 +133,7 @@ def _raise_exit(signum: int, frame: FrameType | None) -> None:
 @contextmanager
 def sigterm_as_exit() -> Iterator[None]:
     """For the block, SIGTERM raises ``SystemExit`` so ``finally`` blocks clean up (if nobody else handles it)."""
-    if threading.current_thread() is not _main_thread_only() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
         yield
         return
     signal.signal(signal.SIGTERM, _raise_exit)
@@ -157,11 +155,12 @@ os.register_at_fork(after_in_child=_reset_in_child)
 @contextmanager
 def _signals_deferred() -> Iterator[None]:
     """SIGTERM and SIGINT wait until the block is done (the switch must not stop halfway), then act as usual."""
-    if threading.current_thread() is not _main_thread_only():
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
     pending: list[int] = []
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # A handler installed outside Python reads as None and could not be put back: leave that signal alone.
+    saved = {sig: handler for sig in (signal.SIGTERM, signal.SIGINT) if (handler := signal.getsignal(sig)) is not None}
     for sig in saved:
         signal.signal(sig, lambda signum, _frame: pending.append(signum))
     try:
