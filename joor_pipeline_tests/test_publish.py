@@ -225,3 +225,24 @@ def test_a_forked_child_does_not_keep_the_lock(tmp_path: Path) -> None:
     finally:
         release.set()
         process.join(30)
+
+
+def test_the_cli_flatten_publishes_only_what_passes_its_blocking_checks(tmp_path: Path, capsys) -> None:
+    from joor_pipeline.cli import main
+    from joor_pipeline.sandbox import load_seed_connection
+
+    land(tmp_path, DAY, [load_seed_connection()])
+    assert main(["flatten", "--date", DAY.isoformat(), "--data-dir", str(tmp_path)]) == 0
+    before = partition_bytes(tmp_path, DAY)
+    bad = load_seed_connection()
+    bad["customer_account_id"] = 777
+    bad["customer_code"] = "NOSTATE"
+    bad["billing"]["billing_addresses"][0]["billing_state"] = ""
+    land(tmp_path, DAY, [load_seed_connection(), bad])
+    capsys.readouterr()
+    assert main(["flatten", "--date", DAY.isoformat(), "--data-dir", str(tmp_path)]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: blocking check(s) failed on the flatten of 2024-05-01: addresses.state_for_us")
+    assert "customer_account_id 777 (NOSTATE)" in error and str(quarantine_dir(tmp_path, DAY)) in error
+    assert partition_bytes(tmp_path, DAY) == before
+    assert staging_leftovers(tmp_path) == []

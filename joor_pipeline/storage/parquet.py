@@ -62,6 +62,14 @@ class DamagedPartition(JoorError):
     """A published partition's files do not match its manifest (truncated, deleted or unreadable)."""
 
 
+class AuditFailed(JoorError):
+    """A staged flatten failed its blocking checks; nothing was published, the staged tables were kept aside."""
+
+
+Audit = Callable[["StagedFlatten"], list[str]]
+"""Checks a staged flatten; returns what failed, in words (nothing: publish it)."""
+
+
 FlattenProgress = Callable[[int, int, int], None]
 """Called after each page with (pages done, pages in the snapshot, connections read so far)."""
 
@@ -333,12 +341,21 @@ def flatten_snapshot(
     *,
     progress: FlattenProgress | None = None,
     workers: int | None = None,
+    audit: Audit | None = None,
 ) -> FlattenReport:
     """Flatten the raw snapshot of ``snapshot_date`` into the ten Parquet tables and publish them at once.
 
     ``workers`` processes share the pages (see :func:`flatten_workers`; None picks the default, 1 flattens in
-    this process). ``progress`` is called in this process after each page, whichever worker flattened it. No
-    checks run here: the ``joor_tables`` asset audits the staged tables before it publishes them.
+    this process). ``progress`` is called in this process after each page, whichever worker flattened it.
+    ``audit`` (e.g. ``quality.blocking_failures``) checks the staged tables first: if it reports failures,
+    nothing is published, the staged tables go to quarantine and :class:`AuditFailed` says why and where.
     """
     with stage_snapshot(data_dir, snapshot_date, progress=progress, workers=workers) as staged:
+        failures = audit(staged) if audit is not None else []
+        if failures:
+            kept = staged.quarantine({"snapshot_date": snapshot_date.isoformat(), "failed_checks": failures})
+            raise AuditFailed(
+                f"blocking check(s) failed on the flatten of {snapshot_date}: {'; '.join(failures)}. Nothing was "
+                f"published: the previous tables of that date are unchanged. The staged tables are kept in {kept}"
+            )
         return staged.publish()
