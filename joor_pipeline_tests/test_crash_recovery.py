@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import date
@@ -39,6 +40,17 @@ def killed_at_rename(command: list[str], when: int, env: dict[str, str]) -> subp
     traced = [STRACE, "-f", "-qq", "-o", "/dev/null", "-e", f"trace={renames}"]
     traced += ["-e", f"inject={renames}:signal=KILL:when={when}", *command]
     return subprocess.run(traced, env=env, capture_output=True, text=True, timeout=120)
+
+
+def rename_count(command: list[str], env: dict[str, str]) -> int:
+    """How many rename calls ``command`` makes when left alone."""
+    assert STRACE is not None, "the crash tests need strace: apt-get install strace (.ci/run installs it)"
+    with tempfile.TemporaryDirectory() as scratch:
+        trace = Path(scratch) / "trace"
+        traced = [STRACE, "-f", "-qq", "-o", str(trace), "-e", "trace=/^rename(at2?)?$", *command]
+        done = subprocess.run(traced, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return sum("resumed>" not in line for line in trace.read_text().splitlines())
 
 
 def base_env(**extra: str) -> dict[str, str]:
@@ -95,7 +107,10 @@ def test_a_flatten_killed_mid_switch_is_completed_by_the_next_flatten(tmp_path: 
     flatten_snapshot(tmp_path, DAY, workers=1)
     first_id = publication_id(tmp_path, DAY)
     land(tmp_path, DAY, generate_connections(120, seed=2))
-    assert killed_at_rename(cli(tmp_path, "flatten"), 8, base_env()).returncode == -signal.SIGKILL
+    # Count the renames of the same flatten on a copy, then kill the real one halfway through its 20 switches.
+    shutil.copytree(tmp_path, tmp_path.with_name(tmp_path.name + "-copy"))
+    total = rename_count(cli(tmp_path.with_name(tmp_path.name + "-copy"), "flatten"), base_env())
+    assert killed_at_rename(cli(tmp_path, "flatten"), total - 10, base_env()).returncode == -signal.SIGKILL
     assert list((tmp_path / STAGING_DIR).iterdir())  # the killed run's journal and old copies
     # The next run (here a flatten of the same date) rolls the interrupted one forward before its own work.
     done = subprocess.run(cli(tmp_path, "flatten"), env=base_env(), capture_output=True, text=True, timeout=120)
