@@ -27,8 +27,6 @@ from joor_pipeline.storage.parquet import StagedFlatten, partition_rows, publish
 from joor_pipeline.storage.raw import iter_raw_pages
 from joor_pipeline.warehouse import MODELS, MODELS_BY_NAME, run_model
 
-__all__ = ["partition_rows"]  # re-exported: rows of some Parquet files, naming a damaged one
-
 #: Which JOOR list feeds which table (the connections table is fed by the connections themselves).
 LIST_TABLE: Final[dict[str, str]] = {
     "warehouses": "warehouses",
