@@ -153,6 +153,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_flatten(args: argparse.Namespace) -> int:
+    from joor_pipeline.quality import blocking_failures
     from joor_pipeline.storage.parquet import flatten_snapshot
 
     env = _environ(args)
@@ -167,6 +168,7 @@ def cmd_flatten(args: argparse.Namespace) -> int:
         args.date,
         progress=lambda done, total, conns: progress.update(f"{done}/{total} pages, {conns} connections"),
         workers=workers,
+        audit=lambda staged: blocking_failures(settings.data_dir, staged),
     )
     progress.done()
     stats = report.stats

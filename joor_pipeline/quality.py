@@ -3,26 +3,29 @@
 Three sources of truth, none restated here:
 - the rules of ``models/data_quality_issues.sql``, evaluated on the one partition in an in-memory DuckDB;
 - the raw snapshot, recounted independently of the flattener, for raw-to-Parquet reconciliation;
-- the previous partition, for row counts that move sharply.
+- the previous published partition, for row counts that move sharply.
+
+The functions take the files (or the Parquet root) to check, never assume the published paths: the blocking
+checks run on a staged flatten before it is published (write, audit, publish; see ``storage.parquet``).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import duckdb
-import pyarrow.parquet as pq
 
 from joor_pipeline.flatten import TABLES
 from joor_pipeline.joor.parse import as_list
 from joor_pipeline.joor.shapes import CONNECTION_LISTS
-from joor_pipeline.storage.parquet import partition_parquet_files
+from joor_pipeline.storage.parquet import StagedFlatten, partition_rows, published_dates, published_files
 from joor_pipeline.storage.raw import iter_raw_pages
-from joor_pipeline.warehouse import MODELS, MODELS_BY_NAME, parquet_root, partition_files, run_model
+from joor_pipeline.warehouse import MODELS, MODELS_BY_NAME, run_model
 
 #: Which JOOR list feeds which table (the connections table is fed by the connections themselves).
 LIST_TABLE: Final[dict[str, str]] = {
@@ -40,6 +43,54 @@ LIST_TABLE: Final[dict[str, str]] = {
 }
 #: A partition whose connection count moves by more than this share against the previous one is flagged.
 SHARP_CHANGE: Final = 0.5
+#: Example records a failed check shows.
+SAMPLE_SIZE: Final = 20
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check of a table partition; a failed blocking one keeps the partition from being published."""
+
+    name: str
+    severity: Literal["ERROR", "WARN"]
+    blocking: bool
+    description: str
+    #: The data_quality_issues rules it reports (none for the reconciliation and the row-count movement).
+    rules: tuple[str, ...] = ()
+
+
+#: Checks run on every table.
+TABLE_CHECKS: Final = (
+    Check("unique_keys", "ERROR", True, "each row's key (connection, list, ordinal) appears once", ("duplicate_key",)),
+    Check("required_fields_present", "ERROR", True, "fields JOOR marks required are present", ("required_missing",)),
+    Check("reconciles_with_raw", "ERROR", True, "every raw connection / list item landed once"),
+    Check("max_lengths", "WARN", False, "no value longer than JOOR's documented maximum", ("max_length_exceeded",)),
+    Check("no_unknown_fields", "WARN", False, "JOOR sent no field the contract does not know", ("unknown_field",)),
+    Check("values_coerced", "WARN", False, "every value could be typed (originals kept otherwise)", ("invalid_value",)),
+    Check("row_count_steady", "WARN", False, f"rows move by at most {SHARP_CHANGE:.0%} vs the previous snapshot"),
+)
+#: Checks that only make sense on one table.
+EXTRA_CHECKS: Final = (
+    (
+        "addresses",
+        Check("state_for_us_ca_jp_au", "ERROR", True, "US, CA, JP and AU addresses have a state", ("state_missing",)),
+    ),
+    (
+        "doors",
+        Check(
+            "door_addresses_known",
+            "WARN",
+            False,
+            "each door's shipping address is the connection's",
+            ("dangling_door",),
+        ),
+    ),
+)
+#: (table, check) for every check, in a fixed order.
+CHECKS: Final[tuple[tuple[str, Check], ...]] = (
+    *((table, check) for table in TABLES for check in TABLE_CHECKS),
+    *EXTRA_CHECKS,
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +106,27 @@ class Issue:
     detail: str | None
 
 
+@dataclass(frozen=True)
+class CheckOutcome:
+    """One check's result on one table's partition: plain values, for the asset checks and the CLI alike."""
+
+    table: str
+    check: Check
+    passed: bool
+    #: Figures and samples (numbers, text, lists and dicts of them).
+    metadata: dict[str, Any]
+    #: What failed, in words with example records ("" when it passed).
+    detail: str
+
+    @property
+    def blocks(self) -> bool:
+        """A failed blocking check: the partition must not be published."""
+        return self.check.blocking and not self.passed
+
+    def describe(self) -> str:
+        return f"{self.table}.{self.check.name} ({self.detail})"
+
+
 def _model_closure(name: str) -> list[str]:
     needed: set[str] = set()
     stack = [name]
@@ -66,13 +138,16 @@ def _model_closure(name: str) -> list[str]:
     return [model.name for model in MODELS if model.name in needed]
 
 
-def partition_issues(data_dir: Path, snapshot_date: date) -> list[Issue]:
-    """Every rule of ``data_quality_issues`` that a record of this one partition breaks."""
+def partition_issues(root: Path, snapshot_date: date) -> list[Issue]:
+    """Every rule of ``data_quality_issues`` that a record of one partition breaks.
+
+    ``root`` is the Parquet root holding the partition: a staged flatten's, or ``data_dir/parquet``.
+    """
     con = duckdb.connect()
     try:
         con.execute("set TimeZone = 'UTC'")
         for name in _model_closure("data_quality_issues"):
-            run_model(con, MODELS_BY_NAME[name], parquet_root(data_dir), snapshot_dates=[snapshot_date])
+            run_model(con, MODELS_BY_NAME[name], root, snapshot_dates=[snapshot_date])
         rows = con.execute(
             "select table_name, rule, customer_account_id, customer_code, record_key, column_name, detail "
             "from data_quality_issues order by all"
@@ -114,22 +189,87 @@ def raw_counts(data_dir: Path, snapshot_date: date) -> dict[str, int]:
     return dict(counts)
 
 
-def partition_rows(data_dir: Path, table: str, snapshot_date: date) -> int:
-    """Rows one table's Parquet partition holds, over all its files (from the file footers)."""
-    return sum(
-        pq.ParquetFile(path).metadata.num_rows for path in partition_parquet_files(data_dir, table, snapshot_date)
+def _sample(issues: list[Issue]) -> list[dict[str, Any]]:
+    return [
+        {
+            "customer_account_id": i.customer_account_id,
+            "customer_code": i.customer_code,
+            "record": i.record_key,
+            "column": i.column_name,
+            "detail": i.detail,
+        }
+        for i in issues[:SAMPLE_SIZE]
+    ]
+
+
+def _examples(issues: list[Issue]) -> str:
+    return "; ".join(
+        f"customer_account_id {i.customer_account_id} ({i.customer_code}) {i.column_name}: {i.detail}"
+        for i in issues[:3]
     )
 
 
-def parquet_counts(data_dir: Path, snapshot_date: date) -> dict[str, int]:
-    """Rows each table's Parquet partition holds."""
-    return {table: partition_rows(data_dir, table, snapshot_date) for table in TABLES}
+def check_partition(
+    data_dir: Path, root: Path, files: Mapping[str, Sequence[Path]], snapshot_date: date
+) -> list[CheckOutcome]:
+    """Every check on one snapshot's partition, given where it is: ``root`` (the Parquet root holding it, for the
+    DuckDB rules) and each table's ``files`` (staged or published). The raw snapshot and the previous published
+    partition come from ``data_dir``."""
+    by_check: dict[tuple[str, str], list[Issue]] = {}
+    for issue in partition_issues(root, snapshot_date):
+        for table, check in CHECKS:
+            if issue.table_name == table and issue.rule in check.rules:
+                by_check.setdefault((table, check.name), []).append(issue)
+    expected = raw_counts(data_dir, snapshot_date)
+    actual = parquet_counts(files)
+
+    outcomes = []
+    for table, check in CHECKS:
+        metadata: dict[str, Any]
+        detail = ""
+        if check.name == "reconciles_with_raw":
+            passed = expected[table] == actual[table]
+            metadata = {"raw_items": expected[table], "parquet_rows": actual[table]}
+            detail = f"{expected[table]} raw items, {actual[table]} Parquet rows"
+        elif check.name == "row_count_steady":
+            previous = previous_partition(data_dir, table, snapshot_date)
+            if previous is None:
+                passed, metadata = True, {"previous_snapshot": "none"}
+            else:
+                before = partition_rows(published_files(data_dir, table, previous))
+                change = (actual[table] - before) / before if before else (0.0 if not actual[table] else 1.0)
+                passed = abs(change) <= SHARP_CHANGE
+                detail = f"{before} rows on {previous}, {actual[table]} now"
+                metadata = {
+                    "previous_snapshot": previous.isoformat(),
+                    "previous_rows": before,
+                    "rows": actual[table],
+                    "change": round(change, 4),
+                }
+        else:
+            found = by_check.get((table, check.name), [])
+            passed = not found
+            metadata = {"failures": len(found)}
+            if found:
+                detail = f"{len(found)} records, e.g. {_examples(found)}"
+                metadata["by_column"] = dict(Counter(str(i.column_name) for i in found))
+                metadata["sample"] = _sample(found)
+        outcomes.append(CheckOutcome(table, check, passed, metadata, detail))
+    return outcomes
+
+
+def parquet_counts(files: Mapping[str, Sequence[Path]]) -> dict[str, int]:
+    """Rows each table holds, given each table's files (e.g. a staged flatten's, or ``published_files``)."""
+    return {table: partition_rows(list(files[table])) for table in TABLES}
 
 
 def previous_partition(data_dir: Path, table: str, snapshot_date: date) -> date | None:
-    """The latest snapshot date before ``snapshot_date`` that ``table`` has a partition for."""
-    days = (
-        date.fromisoformat(path.parent.name.removeprefix("snapshot_date="))
-        for path in partition_files(parquet_root(data_dir), table)
-    )
-    return max((day for day in days if day < snapshot_date), default=None)
+    """The latest snapshot date before ``snapshot_date`` that ``table`` has a published partition for."""
+    return max((day for day in published_dates(data_dir, table) if day < snapshot_date), default=None)
+
+
+def blocking_failures(data_dir: Path, staged: StagedFlatten) -> list[str]:
+    """The failed blocking checks of a staged flatten, in words: the audit of ``flatten_snapshot``."""
+    files = {table: staged.files(table) for table in TABLES}
+    outcomes = check_partition(data_dir, staged.root, files, staged.report.snapshot_date)
+    return [outcome.describe() for outcome in outcomes if outcome.blocks]

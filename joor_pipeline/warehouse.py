@@ -39,7 +39,7 @@ import duckdb
 import pyarrow.parquet as pq
 
 from joor_pipeline.flatten.schema import TABLES, arrow_schema
-from joor_pipeline.storage.parquet import PARQUET_DIR
+from joor_pipeline.storage.parquet import PARQUET_DIR, partition_files_under
 
 log = logging.getLogger(__name__)
 
@@ -153,17 +153,21 @@ def parquet_root(data_dir: Path) -> Path:
 
 
 def partition_files(root: Path, table: str, snapshot_dates: Collection[date] | None = None) -> list[Path]:
-    """The Parquet files of every snapshot partition of ``table`` (or only of ``snapshot_dates``), oldest first.
+    """The published Parquet files of every snapshot partition of ``table`` (or only of ``snapshot_dates``), oldest
+    first: each partition's files as its manifest lists them, so a stray file in a folder is never read.
 
-    Only ``snapshot_date=YYYY-MM-DD`` directories count, so staging and trash directories stay invisible.
+    ``root`` is a Parquet root: ``data_dir/parquet``, or a staged one whose partitions carry manifests too.
     """
     table_dir = root / table
-    wanted = None if snapshot_dates is None else {f"snapshot_date={d.isoformat()}" for d in snapshot_dates}
-    return sorted(
-        path
-        for path in table_dir.glob("*/*.parquet")
-        if _PARTITION_DIR.fullmatch(path.parent.name) and (wanted is None or path.parent.name in wanted)
+    if not table_dir.is_dir():
+        return []
+    days = sorted(
+        date.fromisoformat(path.name.removeprefix("snapshot_date="))
+        for path in table_dir.iterdir()
+        if _PARTITION_DIR.fullmatch(path.name) and path.is_dir()
     )
+    wanted = None if snapshot_dates is None else set(snapshot_dates)
+    return [path for day in days if wanted is None or day in wanted for path in partition_files_under(root, table, day)]
 
 
 @contextmanager

@@ -9,7 +9,8 @@ from typing import Any
 
 from joor_pipeline.flatten import TABLES
 from joor_pipeline.sandbox.render import render_json, render_xml
-from joor_pipeline.storage.parquet import PARQUET_DIR, partition_parquet_files
+from joor_pipeline.storage.parquet import published_files
+from joor_pipeline.storage.publish import STAGING_DIR
 from joor_pipeline.storage.raw import open_raw_snapshot
 
 PAGE_SIZE = 100
@@ -52,11 +53,14 @@ def land(
 def partition_bytes(data_dir: Path, snapshot_date: date) -> dict[str, dict[str, bytes]]:
     """Every file of every table's partition, by table and file name."""
     return {
-        table: {path.name: path.read_bytes() for path in partition_parquet_files(data_dir, table, snapshot_date)}
+        table: {path.name: path.read_bytes() for path in published_files(data_dir, table, snapshot_date)}
         for table in TABLES
     }
 
 
 def staging_leftovers(data_dir: Path) -> list[Path]:
-    """Staging directories a flatten left behind (none, after success or failure)."""
-    return sorted((data_dir / PARQUET_DIR).glob(".staging-*"))
+    """What a fetch or flatten left in staging (nothing, after success or failure), and any hidden folder in
+    the data folders (staging lives outside them)."""
+    staging = data_dir / STAGING_DIR
+    found = list(staging.iterdir()) if staging.is_dir() else []
+    return sorted(found + [p for p in data_dir.glob("*/**/.*") if p.is_dir()])

@@ -29,9 +29,17 @@ from joor_pipeline.definitions import build_defs
 from joor_pipeline.flatten import TABLES
 from joor_pipeline.quality import parquet_counts, raw_counts
 from joor_pipeline.sandbox import load_seed_connection, run_sandbox
-from joor_pipeline.storage.parquet import flatten_snapshot, parquet_path
+from joor_pipeline.storage.parquet import (
+    DamagedPartition,
+    flatten_snapshot,
+    parquet_path,
+    partition_files_under,
+    partition_rows,
+    published_files,
+)
+from joor_pipeline.storage.publish import quarantine_dir
 from joor_pipeline.warehouse import MODELS, database_path
-from joor_pipeline_tests.raw_fixtures import land
+from joor_pipeline_tests.raw_fixtures import land, partition_bytes
 
 DAY1 = "2026-03-02"
 DAY2 = "2026-03-03"
@@ -59,6 +67,8 @@ def test_definitions_load_every_asset_check_schedule_and_resource() -> None:
     defs = build_defs({})
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
+    # Every check is tied to the daily partitions, so its history shows one result per date.
+    assert {spec.partitions_def for spec in joor_tables.check_specs} == {joor_tables.partitions_def}
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
     assert keys == {"joor_raw_connections", *TABLES, *(m.name for m in MODELS)}
     assert len(list(graph.asset_check_keys)) == 7 * len(TABLES) + 2
@@ -293,10 +303,23 @@ def test_blocking_checks_fail_on_bad_data_and_keep_models_from_running(tmp_path:
     assert all(passed for (asset, check), passed in good_checks.items() if check != "door_addresses_known")
     assert not good_checks[("doors", "door_addresses_known")]  # the seed's door points at address 214920
 
+    published = partition_bytes(tmp_path, day)
+    database = database_path(tmp_path).read_bytes()
     land(tmp_path, day, _bad_connections())
     bad = dg.materialize(
         ASSETS, partition_key=DAY1, resources={"joor": JoorApiResource(), "storage": storage}, raise_on_error=False
     )
+    # Write, audit, publish: the checks ran on the staged tables, and failing, published nothing.
+    assert not bad.success
+    failure = bad.get_step_failure_events()[0].step_failure_data.user_failure_data.description
+    assert "addresses.state_for_us_ca_jp_au (1 records, e.g. customer_account_id 777 (NOSTATE)" in failure
+    assert "doors.required_fields_present" in failure and "Nothing was published" in failure
+    assert partition_bytes(tmp_path, day) == published
+    assert database_path(tmp_path).read_bytes() == database
+    kept = quarantine_dir(tmp_path, day)
+    assert str(kept) in failure
+    assert partition_rows(partition_files_under(kept / "parquet", "connections", day)) == 3
+    assert not {e.asset_key.to_user_string() for e in bad.get_asset_materialization_events()} & set(TABLES)
     checks = checks_of(bad)
     assert checks[("addresses", "state_for_us_ca_jp_au")] is False
     assert checks[("doors", "required_fields_present")] is False
@@ -308,17 +331,27 @@ def test_blocking_checks_fail_on_bad_data_and_keep_models_from_running(tmp_path:
     materialized = {e.asset_key.to_user_string() for e in bad.get_asset_materialization_events()}
     assert "dim_retailers" not in materialized  # blocked by the failed ERROR checks
     assert warehouse(tmp_path, "select customer_code from dim_retailers") == [("JBNY",)]
+    assert all(e.partition == DAY1 for e in bad.get_asset_check_evaluations())
+
+    # The next successful run of that date publishes it and clears the quarantine.
+    land(tmp_path, day, [load_seed_connection()])
+    assert dg.materialize(ASSETS, partition_key=DAY1, resources={"joor": JoorApiResource(), "storage": storage}).success
+    assert not kept.exists()
 
 
 def test_reconciliation_notices_a_lost_row(tmp_path: Path) -> None:
     day = date.fromisoformat(DAY1)
     land(tmp_path, day, _bad_connections())
     flatten_snapshot(tmp_path, day)
-    assert raw_counts(tmp_path, day) == parquet_counts(tmp_path, day)
+    files = {table: published_files(tmp_path, table, day) for table in TABLES}
+    assert raw_counts(tmp_path, day) == parquet_counts(files)
     path = parquet_path(tmp_path, "buyers", day)
     table = pq.read_table(path)
     pq.write_table(table.slice(1), path)
-    assert raw_counts(tmp_path, day)["buyers"] == parquet_counts(tmp_path, day)["buyers"] + 1
+    assert raw_counts(tmp_path, day)["buyers"] == parquet_counts(files)["buyers"] + 1
+    # Readers of the published partition notice the rewritten file too: it no longer matches its manifest.
+    with pytest.raises(DamagedPartition, match=r"buyers/snapshot_date=2026-03-02/part-00000\.parquet is damaged"):
+        published_files(tmp_path, "buyers", day)
 
 
 @pytest.mark.parametrize(

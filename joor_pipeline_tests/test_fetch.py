@@ -164,7 +164,8 @@ def test_no_secret_reaches_logs_errors_or_raw_files(
         assert main(["fetch", "--date", "2026-11-04", "--allow-backdated", "--data-dir", str(tmp_path)]) == 1
     captured = capsys.readouterr()
     files = [p.read_text("utf-8") for p in tmp_path.rglob("*") if p.is_file()]
-    assert len(files) == 4  # three pages and the manifest of the one good run
+    data = [p for p in tmp_path.rglob("*") if p.is_file() and "_work" not in p.parts]
+    assert len(data) == 4  # three pages and the manifest of the one good run (beside _work's lock files)
     texts = [caplog.text, captured.out, captured.err, *errors, *files]
     assert "Traceback" not in captured.err
     for text in texts:

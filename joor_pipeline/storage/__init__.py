@@ -1,1 +1,2 @@
-"""Storage: the raw landing zone (``raw``), atomic directory swaps (``atomic``) and partitioned Parquet."""
+"""Storage: the raw landing zone (``raw``), partitioned Parquet (``parquet``), and how both are published
+(``publish``, ``locks``)."""

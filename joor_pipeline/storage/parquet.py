@@ -1,9 +1,10 @@
-"""Flatten one raw snapshot into partitioned Parquet and swap it in all at once.
+"""Flatten one raw snapshot into partitioned Parquet, audit it staged, and publish all ten tables at once.
 
 Layout::
 
     $JOOR_DATA_DIR/parquet/<table>/snapshot_date=YYYY-MM-DD/part-00000.parquet    (all ten tables, always)
                                                             part-00001.parquet    (one per flatten worker)
+                                                            _manifest.json        (written at publish)
 
 ``snapshot_date`` is stored in the files as well as in the directory name, so a file read on its own still
 says which snapshot it belongs to; DuckDB's ``read_parquet(..., hive_partitioning = true)`` gives one
@@ -12,31 +13,61 @@ says which snapshot it belongs to; DuckDB's ``read_parquet(..., hive_partitionin
 The pages are written by :mod:`~joor_pipeline.storage.parts` (one part file per table), shared out between
 processes by :mod:`~joor_pipeline.storage.workers`. If two workers kept the same connection (pages that
 overlap across the cut, which JOOR's offset pagination makes rare), the snapshot is flattened again in one
-process, so the first occurrence wins as always. Everything is written to ``parquet/.staging-<uuid>/`` first;
-only when all ten tables are complete are the partition directories renamed into place (the old ones renamed
-aside first, then deleted). A failure before that leaves the previous partitions untouched and removes the
-staging directory. A re-run of the same raw snapshot with the same number of workers writes byte-identical
-Parquet.
+process, so the first occurrence wins as always.
+
+Everything is written to a staging area under ``$JOOR_DATA_DIR/_work/`` first (write), where the caller may
+check it (audit: the blocking checks read the staged files through :meth:`StagedFlatten.files`); only then are
+the ten partition directories published together by :mod:`~joor_pipeline.storage.publish`, which survives a
+SIGKILL at any point. A failed audit keeps the staged tables in ``_work/quarantine/`` instead. Either way a
+failure leaves the previous partitions untouched. A re-run of the same raw snapshot with the same number of
+workers writes byte-identical Parquet.
+
+**Readers go through the manifest.** Each partition's ``_manifest.json`` lists its files (name, rows, bytes,
+sha256) and the publication id: :func:`published_files` returns exactly those, so a file copied into the
+folder by hand is never read, and a list is never stale. A file whose size differs from its manifest entry
+(truncated on disk) is reported by name, with the way out: flatten that date again.
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
+import json
+import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
+
+import pyarrow.parquet as pq
 
 from joor_pipeline.flatten import TABLES, FlattenStats
-from joor_pipeline.storage.atomic import staging_dir
+from joor_pipeline.joor.errors import JoorError
 from joor_pipeline.storage.parts import PART_FILE, flatten_part, partition_path
+from joor_pipeline.storage.publish import Publication, publication, write_durably
 from joor_pipeline.storage.raw import read_raw_snapshot
 from joor_pipeline.storage.workers import flatten_parallel, flatten_workers, overlapping, split_pages
 
 PARQUET_DIR: Final = Path("parquet")
+#: Every published partition's list of files, written at publish (a name hive readers skip: it starts with _).
+PARTITION_MANIFEST: Final = "_manifest.json"
+_PARTITION_DIR: Final = re.compile(r"snapshot_date=(\d{4}-\d{2}-\d{2})")
+_LEGACY_PART: Final = re.compile(r"part-\d{5}\.parquet")
+
+
+class DamagedPartition(JoorError):
+    """A published partition's files do not match its manifest (truncated, deleted or unreadable)."""
+
+
+class AuditFailed(JoorError):
+    """A staged flatten failed its blocking checks; nothing was published, the staged tables were kept aside."""
+
+
+Audit = Callable[["StagedFlatten"], list[str]]
+"""Checks a staged flatten; returns what failed, in words (nothing: publish it)."""
 
 
 FlattenProgress = Callable[[int, int, int], None]
@@ -52,11 +83,13 @@ class FlattenReport:
     pages: int
     rows: dict[str, int]
     stats: FlattenStats
-    #: Each table's partition directory (its ``part-*.parquet`` files, see :func:`partition_parquet_files`).
+    #: Each table's published partition directory (its files: :func:`published_files`).
     paths: dict[str, Path]
     #: Processes that wrote the partition (one file each per table).
     workers: int
     duration_seconds: float
+    #: The id every table's manifest carries once published (see :func:`publication_id`).
+    publication_id: str
 
     @property
     def connections(self) -> int:
@@ -65,8 +98,13 @@ class FlattenReport:
 
 
 def partition_dir(data_dir: Path, table: str, snapshot_date: date) -> Path:
-    """The directory of one table's partition for one snapshot."""
+    """The directory of one table's published partition for one snapshot."""
     return partition_path(data_dir / PARQUET_DIR, table, snapshot_date)
+
+
+def partition_target(table: str, snapshot_date: date) -> Path:
+    """One table's partition directory relative to the data directory."""
+    return partition_path(PARQUET_DIR, table, snapshot_date)
 
 
 def parquet_path(data_dir: Path, table: str, snapshot_date: date) -> Path:
@@ -74,61 +112,199 @@ def parquet_path(data_dir: Path, table: str, snapshot_date: date) -> Path:
     return partition_dir(data_dir, table, snapshot_date) / PART_FILE
 
 
-def partition_parquet_files(data_dir: Path, table: str, snapshot_date: date) -> list[Path]:
-    """Every Parquet file of one table's partition, in row order (``part-00000.parquet`` first)."""
-    return sorted(partition_dir(data_dir, table, snapshot_date).glob("part-*.parquet"))
+# ---- the manifest: what readers read ---------------------------------------------------------------------------
 
 
-def _swap_in(new_root: Path, trash: Path, data_dir: Path, snapshot_date: date) -> None:
-    """Rename every new partition into place, or none: a failed rename puts back what was already moved."""
-    trash.mkdir(parents=True, exist_ok=True)
-    moved_aside: list[tuple[Path, Path]] = []  # (partition, where its previous content went)
-    moved_in: list[tuple[str, Path]] = []
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_partition_manifest(directory: Path, table: str, snapshot_date: date, publication_id: str) -> None:
+    """List a staged partition's part files, in row order, in its ``_manifest.json``."""
+    files = []
+    for path in sorted(directory.glob("part-*.parquet")):
+        files.append(
+            {
+                "name": path.name,
+                "rows": pq.ParquetFile(path).metadata.num_rows,
+                "bytes": path.stat().st_size,
+                "sha256": _sha256(path),
+            }
+        )
+    manifest = {
+        "table": table,
+        "snapshot_date": snapshot_date.isoformat(),
+        "publication_id": publication_id,
+        "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "rows": sum(int(f["rows"]) for f in files),  # type: ignore[call-overload]
+        "files": files,
+    }
+    write_durably(directory / PARTITION_MANIFEST, json.dumps(manifest, indent=2).encode() + b"\n")
+
+
+def _read_partition_manifest(directory: Path) -> dict[str, Any] | None:
+    """The manifest of a partition directory; None when there is none (no partition, or a pre-manifest one)."""
+    path = directory / PARTITION_MANIFEST
     try:
-        for table in TABLES:
-            target = partition_dir(data_dir, table, snapshot_date)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if target.exists():
-                old = trash / f"{table}.old"
-                os.replace(target, old)
-                moved_aside.append((target, old))
-            os.replace(partition_path(new_root, table, snapshot_date), target)
-            moved_in.append((table, target))
-    except BaseException:
-        for table, target in reversed(moved_in):
-            os.replace(target, trash / f"{table}.new")
-        for target, old in reversed(moved_aside):
-            os.replace(old, target)
-        raise
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise DamagedPartition(f"cannot read {path}: {exc}; {_way_out(directory)}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
+        raise DamagedPartition(f"{path} has no list of files; {_way_out(directory)}")
+    return manifest
 
 
-def flatten_snapshot(
+def _way_out(directory: Path) -> str:
+    day = directory.name.removeprefix("snapshot_date=")
+    return f"flatten that date again to rewrite it: joor-pipeline flatten --date {day}"
+
+
+def partition_files_under(root: Path, table: str, snapshot_date: date) -> list[Path]:
+    """The files of one table's partition under a Parquet root (published, or a staged one), in row order.
+
+    From the partition's manifest, each checked against the size it was published with. A directory written
+    before manifests existed is read as its ``part-00000.parquet``, ``part-00001.parquet``... files.
+    """
+    directory = partition_path(root, table, snapshot_date)
+    manifest = _read_partition_manifest(directory)
+    if manifest is None:
+        if not directory.is_dir():
+            return []
+        return sorted(path for path in directory.iterdir() if _LEGACY_PART.fullmatch(path.name))
+    files: list[Path] = []
+    for entry in manifest["files"]:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or Path(name).name != name or not name.endswith(".parquet"):
+            raise DamagedPartition(f"{directory / PARTITION_MANIFEST} lists {name!r}; {_way_out(directory)}")
+        path = directory / name
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise DamagedPartition(f"{path} is missing (its manifest lists it); {_way_out(directory)}") from None
+        if size != entry.get("bytes"):
+            raise DamagedPartition(
+                f"{path} is damaged: {size} bytes where {entry.get('bytes')} were published; {_way_out(directory)}"
+            )
+        files.append(path)
+    return files
+
+
+def published_files(data_dir: Path, table: str, snapshot_date: date) -> list[Path]:
+    """Exactly the files of one published partition, in row order (never a stray file, never a stale list)."""
+    return partition_files_under(data_dir / PARQUET_DIR, table, snapshot_date)
+
+
+#: The name this had before partitions carried manifests; the same function.
+partition_parquet_files = published_files
+
+
+def _is_published(directory: Path) -> bool:
+    if (directory / PARTITION_MANIFEST).is_file():
+        return True
+    return any(_LEGACY_PART.fullmatch(path.name) for path in directory.iterdir())
+
+
+def published_dates(data_dir: Path, table: str = "connections") -> list[date]:
+    """Dates with a published partition of ``table``, oldest first."""
+    table_dir = data_dir / PARQUET_DIR / table
+    if not table_dir.is_dir():
+        return []
+    days = []
+    for directory in table_dir.iterdir():
+        found = _PARTITION_DIR.fullmatch(directory.name)
+        if found and directory.is_dir() and _is_published(directory):
+            days.append(date.fromisoformat(found.group(1)))
+    return sorted(days)
+
+
+def publication_id(data_dir: Path, snapshot_date: date) -> str | None:
+    """An id that changes every time the snapshot's partitions are (re)published; None if unpublished.
+
+    All ten tables of a snapshot are published together and carry the same id; the connections table's is
+    returned. A partition from before manifests existed gets an id from its files' modification times.
+    """
+    directory = partition_dir(data_dir, "connections", snapshot_date)
+    manifest = _read_partition_manifest(directory)
+    if manifest is not None:
+        value = manifest.get("publication_id")
+        return str(value) if value else None
+    legacy = partition_files_under(data_dir / PARQUET_DIR, "connections", snapshot_date)
+    if not legacy:
+        return None
+    return "legacy-" + str(max(path.stat().st_mtime_ns for path in legacy))
+
+
+def partition_rows(files: list[Path]) -> int:
+    """Rows in some Parquet files (from their footers); a damaged file is named, with the way out."""
+    rows = 0
+    for path in files:
+        try:
+            rows += pq.ParquetFile(path).metadata.num_rows
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise DamagedPartition(f"{path} cannot be read ({exc}); {_way_out(path.parent)}") from None
+    return rows
+
+
+# ---- write, audit, publish -------------------------------------------------------------------------------------
+
+
+@dataclass
+class StagedFlatten:
+    """A flattened snapshot in staging: its report, its files for the audit, and the way to publish it."""
+
+    report: FlattenReport
+    #: The staged Parquet root (``<root>/<table>/snapshot_date=D/`` with manifests, like the published one).
+    root: Path
+    publication: Publication
+
+    def files(self, table: str) -> list[Path]:
+        """The staged files of one table, in row order."""
+        return partition_files_under(self.root, table, self.report.snapshot_date)
+
+    def publish(self) -> FlattenReport:
+        """Replace the ten published partitions of the date by the staged ones, all at once."""
+        self.publication.publish([partition_target(table, self.report.snapshot_date) for table in TABLES])
+        return self.report
+
+    def quarantine(self, reason: dict[str, Any]) -> Path:
+        """Publish nothing; keep the staged tables (and ``reason``) in ``_work/quarantine/snapshot_date=D/``."""
+        return self.publication.quarantine(reason)
+
+
+@contextmanager
+def stage_snapshot(
     data_dir: Path,
     snapshot_date: date,
     *,
     progress: FlattenProgress | None = None,
     workers: int | None = None,
-) -> FlattenReport:
-    """Flatten the raw snapshot of ``snapshot_date`` into the ten Parquet tables, replacing them atomically.
+) -> Iterator[StagedFlatten]:
+    """Flatten the raw snapshot of ``snapshot_date`` into staging, under the date's lock; publish nothing.
 
-    ``workers`` processes share the pages (see :func:`flatten_workers`; None picks the default, 1 flattens in
-    this process). ``progress`` is called in this process after each page, whichever worker flattened it.
+    The block decides: :meth:`StagedFlatten.publish` or :meth:`StagedFlatten.quarantine`; otherwise the
+    staging is deleted when the block ends. ``SnapshotBusy`` when another process fetches or flattens the date.
     """
     clock = time.monotonic()
-    snapshot = read_raw_snapshot(data_dir, snapshot_date)
-    total = len(snapshot.pages)
-    parts = flatten_workers(workers, total)
-    done = connections = 0
+    with publication(data_dir, snapshot_date, "parquet") as pub:
+        snapshot = read_raw_snapshot(data_dir, snapshot_date)
+        total = len(snapshot.pages)
+        parts = flatten_workers(workers, total)
+        done = connections = 0
 
-    def on_page(count: int) -> None:
-        nonlocal done, connections
-        done += 1
-        connections += count
-        if progress is not None:
-            progress(done, total, connections)
+        def on_page(count: int) -> None:
+            nonlocal done, connections
+            done += 1
+            connections += count
+            if progress is not None:
+                progress(done, total, connections)
 
-    with staging_dir(data_dir / PARQUET_DIR) as staging:
-        new_root = staging / "new"
+        new_root = pub.staged(PARQUET_DIR)
         parts_stats: list[FlattenStats] = []
         if parts > 1:
             reports = flatten_parallel(snapshot, split_pages(snapshot.pages, parts), new_root, snapshot_date, on_page)
@@ -140,17 +316,46 @@ def flatten_snapshot(
                 parts_stats = [report.stats for report in reports]
         if not parts_stats:
             parts_stats = [flatten_part(snapshot, snapshot.pages, new_root, snapshot_date, 0, on_page).stats]
-        _swap_in(new_root, staging / "trash", data_dir, snapshot_date)
-    stats = FlattenStats()
-    for part_stats in parts_stats:
-        stats.merge(part_stats)
-    return FlattenReport(
-        snapshot_date=snapshot_date,
-        format=snapshot.format,
-        pages=total,
-        rows=dict(stats.rows),
-        stats=stats,
-        paths={table: partition_dir(data_dir, table, snapshot_date) for table in TABLES},
-        workers=len(parts_stats),
-        duration_seconds=time.monotonic() - clock,
-    )
+        for table in TABLES:
+            write_partition_manifest(partition_path(new_root, table, snapshot_date), table, snapshot_date, pub.id)
+        stats = FlattenStats()
+        for part_stats in parts_stats:
+            stats.merge(part_stats)
+        report = FlattenReport(
+            snapshot_date=snapshot_date,
+            format=snapshot.format,
+            pages=total,
+            rows=dict(stats.rows),
+            stats=stats,
+            paths={table: partition_dir(data_dir, table, snapshot_date) for table in TABLES},
+            workers=len(parts_stats),
+            duration_seconds=time.monotonic() - clock,
+            publication_id=pub.id,
+        )
+        yield StagedFlatten(report, new_root, pub)
+
+
+def flatten_snapshot(
+    data_dir: Path,
+    snapshot_date: date,
+    *,
+    progress: FlattenProgress | None = None,
+    workers: int | None = None,
+    audit: Audit | None = None,
+) -> FlattenReport:
+    """Flatten the raw snapshot of ``snapshot_date`` into the ten Parquet tables and publish them at once.
+
+    ``workers`` processes share the pages (see :func:`flatten_workers`; None picks the default, 1 flattens in
+    this process). ``progress`` is called in this process after each page, whichever worker flattened it.
+    ``audit`` (e.g. ``quality.blocking_failures``) checks the staged tables first: if it reports failures,
+    nothing is published, the staged tables go to quarantine and :class:`AuditFailed` says why and where.
+    """
+    with stage_snapshot(data_dir, snapshot_date, progress=progress, workers=workers) as staged:
+        failures = audit(staged) if audit is not None else []
+        if failures:
+            kept = staged.quarantine({"snapshot_date": snapshot_date.isoformat(), "failed_checks": failures})
+            raise AuditFailed(
+                f"blocking check(s) failed on the flatten of {snapshot_date}: {'; '.join(failures)}. Nothing was "
+                f"published: the previous tables of that date are unchanged. The staged tables are kept in {kept}"
+            )
+        return staged.publish()

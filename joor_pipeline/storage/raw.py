@@ -7,7 +7,9 @@ Layout::
         page-00001.json
         _manifest.json         # written last: pages, counts, log_ids, format, timings (never a secret)
 
-A snapshot directory without ``_manifest.json`` is incomplete; the swap makes that state invisible anyway.
+The pages are staged under ``$JOOR_DATA_DIR/_work/`` and the snapshot directory is replaced all at once by
+:mod:`~joor_pipeline.storage.publish` (crash-safe, one fetch or flatten per date at a time), so a snapshot
+directory without ``_manifest.json`` only comes from outside the pipeline; it is reported as incomplete.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, Final
 
 from joor_pipeline.joor.errors import PayloadError
 from joor_pipeline.joor.parse import Canonical, parse_page
-from joor_pipeline.storage.atomic import replace_dir, staging_dir, write_bytes_durably
+from joor_pipeline.storage.publish import Publication, publication, write_durably
 
 RAW_CONNECTIONS: Final = Path("raw") / "connections"
 MANIFEST_NAME: Final = "_manifest.json"
@@ -33,9 +35,14 @@ class SnapshotNotFound(FileNotFoundError):
     """No complete raw snapshot exists for that date."""
 
 
+def raw_snapshot_target(snapshot_date: date) -> Path:
+    """The raw snapshot's directory relative to the data directory."""
+    return RAW_CONNECTIONS / f"snapshot_date={snapshot_date.isoformat()}"
+
+
 def raw_snapshot_dir(data_dir: Path, snapshot_date: date) -> Path:
     """Where the raw pages of one snapshot live."""
-    return data_dir / RAW_CONNECTIONS / f"snapshot_date={snapshot_date.isoformat()}"
+    return data_dir / raw_snapshot_target(snapshot_date)
 
 
 def page_file_name(index: int, fmt: str) -> str:
@@ -59,12 +66,13 @@ class RawPageRecord:
 
 @dataclass
 class RawSnapshotWriter:
-    """Collects pages in a staging directory; :meth:`commit` writes the manifest and swaps the snapshot in."""
+    """Collects pages in a staging directory; :meth:`commit` writes the manifest and publishes the snapshot."""
 
     data_dir: Path
     snapshot_date: date
     fmt: str
     staging: Path
+    publication: Publication
     pages: list[RawPageRecord] = field(default_factory=list)
 
     def add_page(
@@ -72,7 +80,7 @@ class RawSnapshotWriter:
     ) -> RawPageRecord:
         """Land one response body untouched."""
         name = page_file_name(index, self.fmt)
-        write_bytes_durably(self.staging / name, body)
+        write_durably(self.staging / name, body)
         record = RawPageRecord(
             page=index,
             file=name,
@@ -87,30 +95,31 @@ class RawSnapshotWriter:
         return record
 
     def commit(self, metadata: dict[str, Any]) -> dict[str, Any]:
-        """Write ``_manifest.json`` last and atomically replace the snapshot directory."""
+        """Write ``_manifest.json`` last and publish the snapshot directory in place of the previous one."""
         manifest = {
             "snapshot_date": self.snapshot_date.isoformat(),
             "format": self.fmt,
             **metadata,
+            "publication_id": self.publication.id,
             "page_count": len(self.pages),
             "connections": sum(p.connections for p in self.pages),
             "pages": [vars(p) for p in self.pages],
         }
-        write_bytes_durably(
-            self.staging / MANIFEST_NAME, json.dumps(manifest, indent=2, ensure_ascii=False).encode() + b"\n"
-        )
-        target = raw_snapshot_dir(self.data_dir, self.snapshot_date)
-        replace_dir(self.staging, target, trash=self.staging.parent / "trash")
+        write_durably(self.staging / MANIFEST_NAME, json.dumps(manifest, indent=2, ensure_ascii=False).encode() + b"\n")
+        self.publication.publish([raw_snapshot_target(self.snapshot_date)])
         return manifest
 
 
 @contextmanager
 def open_raw_snapshot(data_dir: Path, snapshot_date: date, fmt: str) -> Iterator[RawSnapshotWriter]:
-    """A :class:`RawSnapshotWriter` over a staging directory; on error nothing of it remains."""
-    with staging_dir(data_dir / RAW_CONNECTIONS) as staging:
-        pages = staging / "snapshot"
+    """A :class:`RawSnapshotWriter` over a staging directory; on error nothing of it remains.
+
+    Holds the date's lock (``SnapshotBusy`` when another process fetches or flattens it) until the block ends.
+    """
+    with publication(data_dir, snapshot_date, "raw") as pub:
+        pages = pub.staged(raw_snapshot_target(snapshot_date))
         pages.mkdir()
-        yield RawSnapshotWriter(data_dir, snapshot_date, fmt, pages)
+        yield RawSnapshotWriter(data_dir, snapshot_date, fmt, pages, pub)
 
 
 def read_manifest(data_dir: Path, snapshot_date: date) -> dict[str, Any]:
