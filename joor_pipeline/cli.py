@@ -168,7 +168,7 @@ def cmd_flatten(args: argparse.Namespace) -> int:
         args.date,
         progress=lambda done, total, conns: progress.update(f"{done}/{total} pages, {conns} connections"),
         workers=workers,
-        audit=lambda staged: blocking_failures(settings.data_dir, staged),
+        audit=lambda staged: blocking_failures(data_dir, staged),
     )
     progress.done()
     stats = report.stats
