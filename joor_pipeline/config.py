@@ -40,9 +40,12 @@ ENV_VARS: Final[dict[str, str]] = {
     "JOOR_FORMAT": "json or xml: the format asked of JOOR and landed raw; default json",
     "JOOR_PAGE_SIZE": "connections per list page; default 100",
     "JOOR_DATA_DIR": "where raw pages, Parquet and joor.duckdb live; default ./data",
-    "JOOR_RATE_LIMIT_CREDITS": "credits per window the client paces itself to; default 300",
+    "JOOR_RATE_LIMIT_CREDITS": "this pipeline's share of the account's credits per window (other integrations "
+    "share the account's budget); default 300",
     "JOOR_RATE_LIMIT_WINDOW": "seconds in JOOR's rate-limit window; default 300",
-    "JOOR_TIMEOUT": "seconds per HTTP request (connect, read, write); default 30",
+    "JOOR_TIMEOUT": "seconds one HTTP request may take in all (connect, headers, the whole body); default 30",
+    "JOOR_MAX_RESPONSE_MB": "largest response body accepted, in MB, checked while it streams in; default 64",
+    "JOOR_MAX_PAGES": "most list pages one snapshot may have; default 10000",
     "JOOR_MAX_ATTEMPTS": "tries per request on 429/5xx/transport errors; default 6",
     "JOOR_CONCURRENCY": "list pages in flight at once when JOOR reports the total; 1 walks page by page; default 4",
     "JOOR_FLATTEN_WORKERS": "processes that flatten a snapshot's pages in parallel (Linux); 1 flattens in one process; "
@@ -105,6 +108,8 @@ class JoorSettings:
     rate_limit_window: float = 300.0
     timeout: float = 30.0
     max_attempts: int = 6
+    max_response_mb: float = 64.0
+    max_pages: int = 10_000
     #: List pages in flight at once once the first page tells how many connections there are (1: one at a time).
     concurrency: int = 4
     #: True when nothing points at a real JOOR: the caller starts the built-in sandbox and fills in its URLs.
@@ -186,6 +191,8 @@ def load_settings(env: Mapping[str, str]) -> JoorSettings:
     window = _positive(env, "JOOR_RATE_LIMIT_WINDOW", 300.0, problems)
     timeout = _positive(env, "JOOR_TIMEOUT", 30.0, problems)
     max_attempts = _positive(env, "JOOR_MAX_ATTEMPTS", 6, problems)
+    max_response_mb = _positive(env, "JOOR_MAX_RESPONSE_MB", 64.0, problems)
+    max_pages = _positive(env, "JOOR_MAX_PAGES", 10_000, problems)
     concurrency = _positive(env, "JOOR_CONCURRENCY", 4, problems)
     sandbox_connections = _positive(env, "JOOR_SANDBOX_CONNECTIONS", 500, problems)
     sandbox_seed = _positive(env, "JOOR_SANDBOX_SEED", 7, problems)
@@ -233,6 +240,8 @@ def load_settings(env: Mapping[str, str]) -> JoorSettings:
         rate_limit_window=window,
         timeout=timeout,
         max_attempts=max_attempts,
+        max_response_mb=max_response_mb,
+        max_pages=max_pages,
         concurrency=concurrency,
         builtin_sandbox=builtin,
         sandbox_connections=sandbox_connections,
