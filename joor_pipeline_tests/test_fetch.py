@@ -152,6 +152,15 @@ def test_no_secret_reaches_logs_errors_or_raw_files(
         assert main(["-v", "fetch", "--date", "2026-11-02", "--data-dir", str(tmp_path)]) == 0
         sb.faults.script = ["503"] * 5
         assert main(["-v", "fetch", "--date", "2026-11-03", "--data-dir", str(tmp_path)]) == 1
+        # Hostile answers: a body over the size cap; a body slower than the whole-request deadline.
+        monkeypatch.setenv("JOOR_MAX_RESPONSE_MB", "0.001")
+        assert main(["-v", "fetch", "--date", "2026-11-05", "--data-dir", str(tmp_path)]) == 1
+        monkeypatch.delenv("JOOR_MAX_RESPONSE_MB")
+        monkeypatch.setenv("JOOR_TIMEOUT", "0.05")
+        sb.faults.latency_ms = 200
+        assert main(["-v", "fetch", "--date", "2026-11-06", "--data-dir", str(tmp_path)]) == 1
+        sb.faults.latency_ms = 0
+        monkeypatch.delenv("JOOR_TIMEOUT")
         with JoorClient(sandbox_settings(sb, api_version=api_version)) as client:
             sb.faults.script = ["garbage"]
             try:
@@ -167,6 +176,8 @@ def test_no_secret_reaches_logs_errors_or_raw_files(
     assert len(files) == 4  # three pages and the manifest of the one good run
     texts = [caplog.text, captured.out, captured.err, *errors, *files]
     assert "Traceback" not in captured.err
+    assert "over the 0.001 MB cap (JOOR_MAX_RESPONSE_MB)" in captured.err
+    assert "outlasted its 0.05 s deadline (JOOR_TIMEOUT)" in captured.err
     for text in texts:
         for secret in forbidden:
             assert secret not in text

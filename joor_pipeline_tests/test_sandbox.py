@@ -551,7 +551,10 @@ def test_latency_and_concurrency_are_counted() -> None:
 
 
 def test_cli_prints_its_address_and_stops_cleanly_on_sigterm() -> None:
-    command = [sys.executable, "-m", "joor_pipeline.sandbox", "--port", "0", "--connections", "5", "--seed", "9"]
+    command = [
+        *(sys.executable, "-m", "joor_pipeline.sandbox", "--port", "0", "--connections", "5", "--seed", "9"),
+        *("--competing-rate", "0.5"),
+    ]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
         try:
             assert process.stdout is not None

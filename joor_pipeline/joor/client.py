@@ -42,6 +42,7 @@ from joor_pipeline.joor.errors import (
     PayloadError,
     ResponseTooLarge,
     RetriesExhausted,
+    max_response_bytes,
 )
 from joor_pipeline.joor.pacing import Cancelled, CreditPacer, OnWait
 from joor_pipeline.joor.parse import Canonical, Page, parse_page
@@ -299,7 +300,7 @@ class JoorClient:
             settings.rate_limit_credits, settings.rate_limit_window, clock=clock, sleep=sleep
         )
         self.retry_budget = self.retry.budget(settings.rate_limit_window)
-        self.max_response_bytes = int(settings.max_response_mb * 2**20)
+        self.max_response_bytes = max_response_bytes(settings.max_response_mb)
         self.stats = ClientStats()
         self._sleep = sleep
         self._clock = clock
@@ -525,13 +526,13 @@ class JoorClient:
                 declared = response.headers.get("Content-Length", "").strip()
                 # Too large is final, not retried: the same page would come back just as large, for more credits.
                 if declared.isdigit() and int(declared) > limit:
-                    raise ResponseTooLarge(request_url, limit, declared=int(declared))
+                    raise ResponseTooLarge(request_url, self.settings.max_response_mb, declared=int(declared))
                 chunks: list[bytes] = []
                 size = 0
                 for chunk in response.iter_bytes():
                     size += len(chunk)
                     if size > limit:
-                        raise ResponseTooLarge(request_url, limit)
+                        raise ResponseTooLarge(request_url, self.settings.max_response_mb)
                     chunks.append(chunk)
         finally:
             _DEADLINE.reset(token)

@@ -91,22 +91,28 @@ class PaginationError(JoorError):
 class ResponseTooLarge(JoorError):
     """A response body passed the size cap; it was abandoned while streaming, before it was held in memory."""
 
-    def __init__(self, url: str, limit_bytes: int, *, declared: int | None = None) -> None:
+    def __init__(self, url: str, limit_mb: float, *, declared: int | None = None) -> None:
         self.url = url
-        self.limit_bytes = limit_bytes
+        self.limit_mb = limit_mb
+        self.limit_bytes = max_response_bytes(limit_mb)
         self.declared = declared
-        size = f"declares {declared:,} bytes" if declared is not None else f"passed {limit_bytes:,} bytes"
+        size = f"declares {declared:,} bytes" if declared is not None else f"passed {self.limit_bytes:,} bytes"
         super().__init__(
-            f"response from {url} {size}, over the {limit_bytes / 2**20:g} MB cap (JOOR_MAX_RESPONSE_MB); "
+            f"response from {url} {size}, over the {limit_mb:g} MB cap (JOOR_MAX_RESPONSE_MB); "
             "a real page of 100 connections is under 1 MB"
         )
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_response_too_large, (self.url, self.limit_bytes, self.declared), self.__dict__)
+        return (_response_too_large, (self.url, self.limit_mb, self.declared), self.__dict__)
 
 
-def _response_too_large(url: str, limit_bytes: int, declared: int | None) -> ResponseTooLarge:
-    return ResponseTooLarge(url, limit_bytes, declared=declared)
+def max_response_bytes(limit_mb: float) -> int:
+    """``JOOR_MAX_RESPONSE_MB`` in bytes (MB of 2**20 bytes)."""
+    return int(limit_mb * 2**20)
+
+
+def _response_too_large(url: str, limit_mb: float, declared: int | None) -> ResponseTooLarge:
+    return ResponseTooLarge(url, limit_mb, declared=declared)
 
 
 class RetriesExhausted(JoorError):
