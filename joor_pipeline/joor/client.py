@@ -4,33 +4,28 @@ It knows nothing of Dagster or of storage: it yields pages (the exact bytes JOOR
 canonical form) and leaves landing them to the caller. Several threads may share one client: the pool, the
 pacer, the v4 token and the counters are all safe to use concurrently.
 
-Every request is bounded in time and memory whatever the server does: ``JOOR_TIMEOUT`` is one deadline for the
-whole request (connect, headers and the complete body; httpx's own timeouts apply per read, so a body trickled a
-byte at a time would never end), and ``JOOR_MAX_RESPONSE_MB`` caps a body while it streams in. A snapshot is
-bounded too: at most ``JOOR_MAX_PAGES`` pages, and a cursor that skips connections is an error.
+Every request is bounded in time and memory whatever the server does (see :mod:`.transport`: ``JOOR_TIMEOUT``
+for the whole request, ``JOOR_MAX_RESPONSE_MB`` for its body). A snapshot is bounded too: at most
+``JOOR_MAX_PAGES`` pages, and a cursor that skips connections is an error.
 """
 
 from __future__ import annotations
 
 import base64
 import email.utils
-import json
 import logging
 import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Final
 from urllib.parse import quote
 
-import httpcore
 import httpx
 
 from joor_pipeline.config import JoorSettings, Secret
@@ -40,20 +35,18 @@ from joor_pipeline.joor.errors import (
     NotFoundError,
     PaginationError,
     PayloadError,
-    ResponseTooLarge,
     RetriesExhausted,
-    max_response_bytes,
 )
 from joor_pipeline.joor.pacing import Cancelled, CreditPacer, OnWait
 from joor_pipeline.joor.parse import Canonical, Page, parse_page
 from joor_pipeline.joor.shapes import MEDIA_TYPES
+from joor_pipeline.joor.transport import Reply, deadline_transport, exchange, redact_url
+
+__all__ = ["ClientStats", "FetchedPage", "JoorClient", "Reply", "RetryPolicy", "parse_retry_after", "redact_url"]
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
-SENSITIVE_PARAMS: Final = frozenset(
-    {"token", "api_token", "access_token", "password", "client_secret", "refresh_token", "code"}
-)
 GET_COST: Final = 1
 POST_COST: Final = 5
 #: Seconds of retrying 5xx and transport errors, on top of the rate-limit windows a request may wait out.
@@ -103,127 +96,6 @@ class ClientStats:
 
 
 @dataclass(frozen=True)
-class Reply:
-    """One HTTP answer, read whole within the request's deadline and the size cap."""
-
-    status_code: int
-    headers: httpx.Headers
-    content: bytes
-    #: The request's URL with credentials masked (see :func:`redact_url`).
-    url: str
-
-    def json(self) -> Any:
-        return json.loads(self.content)
-
-
-# ---- one deadline per request ---------------------------------------------------------------------------------
-#
-# httpx applies its timeouts to each network operation, and has no total timeout. The deadline of the request
-# running on this thread is kept here, and the network backend under the connection pool shortens every connect,
-# read and write to what is left of it, failing with httpcore's own timeout once nothing is. httpx maps that to
-# httpx.ReadTimeout (etc.), a transport error the retry loop already handles. A ContextVar, not an argument: the
-# pool calls the backend far below the request API, always on the thread that sent the request.
-
-_DEADLINE: ContextVar[tuple[float, float] | None] = ContextVar("joor_request_deadline", default=None)
-
-
-def _clamp(timeout: float | None, expired: type[httpcore.TimeoutException]) -> float | None:
-    """``timeout`` shortened to what is left of this thread's request deadline (if it has one)."""
-    deadline = _DEADLINE.get()
-    if deadline is None:
-        return timeout
-    _check_deadline(expired)
-    left = deadline[0] - time.monotonic()
-    return left if timeout is None else min(timeout, left)
-
-
-def _check_deadline(expired: type[httpcore.TimeoutException]) -> None:
-    """Raise ``expired`` naming the deadline if this thread's request has passed it."""
-    deadline = _DEADLINE.get()
-    if deadline is not None and time.monotonic() >= deadline[0]:
-        raise expired(f"the request outlasted its {deadline[1]:g} s deadline (JOOR_TIMEOUT), body included")
-
-
-@contextmanager
-def _deadline_named(expired: type[httpcore.TimeoutException]) -> Iterator[None]:
-    """A socket timeout cut short by the deadline says so, rather than the socket's bare "timed out"."""
-    try:
-        yield
-    except httpcore.TimeoutException:
-        _check_deadline(expired)
-        raise
-
-
-class _DeadlineStream(httpcore.NetworkStream):
-    """A connection whose reads and writes end by the request's deadline."""
-
-    def __init__(self, stream: httpcore.NetworkStream) -> None:
-        self._stream = stream
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        with _deadline_named(httpcore.ReadTimeout):
-            return self._stream.read(max_bytes, _clamp(timeout, httpcore.ReadTimeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        with _deadline_named(httpcore.WriteTimeout):
-            self._stream.write(buffer, _clamp(timeout, httpcore.WriteTimeout))
-
-    def close(self) -> None:
-        self._stream.close()
-
-    def start_tls(
-        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
-    ) -> httpcore.NetworkStream:
-        with _deadline_named(httpcore.ConnectTimeout):
-            tls = self._stream.start_tls(ssl_context, server_hostname, _clamp(timeout, httpcore.ConnectTimeout))
-        return _DeadlineStream(tls)
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._stream.get_extra_info(info)
-
-
-class _DeadlineBackend(httpcore.NetworkBackend):
-    """Opens connections whose every operation ends by the deadline of the request using them."""
-
-    def __init__(self, backend: httpcore.NetworkBackend) -> None:
-        self._backend = backend
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Any = None,
-    ) -> httpcore.NetworkStream:
-        with _deadline_named(httpcore.ConnectTimeout):
-            timeout = _clamp(timeout, httpcore.ConnectTimeout)
-            return _DeadlineStream(self._backend.connect_tcp(host, port, timeout, local_address, socket_options))
-
-    def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Any = None
-    ) -> httpcore.NetworkStream:
-        with _deadline_named(httpcore.ConnectTimeout):
-            timeout = _clamp(timeout, httpcore.ConnectTimeout)
-            return _DeadlineStream(self._backend.connect_unix_socket(path, timeout, socket_options))
-
-    def sleep(self, seconds: float) -> None:
-        self._backend.sleep(seconds)
-
-
-def _deadline_transport(limits: httpx.Limits) -> httpx.HTTPTransport:
-    """httpx's own transport, its connection pool opening connections through :class:`_DeadlineBackend`."""
-    transport = httpx.HTTPTransport(limits=limits)
-    pool = getattr(transport, "_pool", None)
-    backend = getattr(pool, "_network_backend", None)
-    # httpx exposes no network backend option; fail loudly at start if an upgrade moved what is wrapped here.
-    if not isinstance(pool, httpcore.ConnectionPool) or not isinstance(backend, httpcore.NetworkBackend):
-        raise RuntimeError("this httpx/httpcore version hides its network backend; the request deadline needs it")
-    pool._network_backend = _DeadlineBackend(backend)
-    return transport
-
-
-@dataclass(frozen=True)
 class FetchedPage:
     """One list page: the exact bytes received and their parsed form."""
 
@@ -237,15 +109,6 @@ class FetchedPage:
     @property
     def log_id(self) -> str | None:
         return self.page.response.log_id
-
-
-def redact_url(url: httpx.URL | str) -> str:
-    """The URL with any credential-like query value masked."""
-    url = httpx.URL(str(url))
-    if not url.query:
-        return str(url)
-    params = [(k, "***" if k.lower() in SENSITIVE_PARAMS else v) for k, v in url.params.multi_items()]
-    return str(url.copy_with(params=params))
 
 
 def parse_retry_after(value: str | None, *, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> float | None:
@@ -300,7 +163,6 @@ class JoorClient:
             settings.rate_limit_credits, settings.rate_limit_window, clock=clock, sleep=sleep
         )
         self.retry_budget = self.retry.budget(settings.rate_limit_window)
-        self.max_response_bytes = max_response_bytes(settings.max_response_mb)
         self.stats = ClientStats()
         self._sleep = sleep
         self._clock = clock
@@ -315,7 +177,7 @@ class JoorClient:
         self._http = httpx.Client(
             base_url=settings.base_url,
             timeout=httpx.Timeout(settings.timeout, connect=min(10.0, settings.timeout)),
-            transport=transport or _deadline_transport(limits),
+            transport=transport or deadline_transport(limits),
             headers={"User-Agent": "joor-pipeline/0.1 (+httpx)"},
             follow_redirects=False,
         )
@@ -446,7 +308,16 @@ class JoorClient:
                 self.stats.requests += 1
             refused = False
             try:
-                response = self._request(method, url, params=query or None, headers=headers, files=files)
+                response = exchange(
+                    self._http,
+                    method,
+                    url,
+                    params=query or None,
+                    headers=headers,
+                    files=files,
+                    timeout=self.settings.timeout,
+                    max_response_mb=self.settings.max_response_mb,
+                )
             except httpx.TransportError as exc:
                 # A missed deadline lands here too, and is retried like any transport error: a slow network or an
                 # overloaded server may well answer in time on the next try, and every try is itself bounded.
@@ -457,6 +328,8 @@ class JoorClient:
                 request_url = redact_url(self._http.build_request(method, url, params=query or None).url)
                 delay = self.retry.backoff(attempt, self._rng)
             else:
+                with self._stats_lock:
+                    self.stats.bytes_received += len(response.content)
                 request_url = response.url
                 status = response.status_code
                 if status == 401 and v4 and not reauthenticated:
@@ -507,38 +380,6 @@ class JoorClient:
                 delay,
             )
             self._sleep(delay)
-
-    def _request(
-        self,
-        method: str,
-        url: str,
-        *,
-        params: dict[str, Any] | None,
-        headers: dict[str, str],
-        files: dict[str, Any] | None,
-    ) -> Reply:
-        """One HTTP exchange within the ``JOOR_TIMEOUT`` deadline, its body capped at ``JOOR_MAX_RESPONSE_MB``."""
-        limit = self.max_response_bytes
-        token = _DEADLINE.set((time.monotonic() + self.settings.timeout, self.settings.timeout))
-        try:
-            with self._http.stream(method, url, params=params, headers=headers, files=files) as response:
-                request_url = redact_url(response.request.url)
-                declared = response.headers.get("Content-Length", "").strip()
-                # Too large is final, not retried: the same page would come back just as large, for more credits.
-                if declared.isdigit() and int(declared) > limit:
-                    raise ResponseTooLarge(request_url, self.settings.max_response_mb, declared=int(declared))
-                chunks: list[bytes] = []
-                size = 0
-                for chunk in response.iter_bytes():
-                    size += len(chunk)
-                    if size > limit:
-                        raise ResponseTooLarge(request_url, self.settings.max_response_mb)
-                    chunks.append(chunk)
-        finally:
-            _DEADLINE.reset(token)
-        with self._stats_lock:
-            self.stats.bytes_received += size
-        return Reply(response.status_code, response.headers, b"".join(chunks), request_url)
 
     def _get_page(
         self,
