@@ -143,6 +143,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             settings.data_dir,
             args.date,
             progress=lambda pages, conns: progress.update(f"{pages} pages, {conns} connections"),
+            on_wait=lambda reason, seconds: progress.update(f"waiting {seconds:.0f}s for {reason}"),
         )
     progress.done()
     print(
@@ -279,6 +280,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         drop_rate=args.drop_rate,
         truncate_rate=args.truncate_rate,
         rate_limit_storm=args.rate_limit_storm,
+        competing_rate=args.competing_rate,
     )
     config = SandboxConfig(
         connections=args.connections,
@@ -374,6 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--drop-rate", type=float, default=0.0, help="fault: share of connections dropped")
     sandbox.add_argument("--truncate-rate", type=float, default=0.0, help="fault: share of bodies cut short")
     sandbox.add_argument("--rate-limit-storm", type=int, default=0, help="fault: answer the next N requests with 429")
+    sandbox.add_argument(
+        "--competing-rate",
+        type=float,
+        default=0.0,
+        help="fault: another integration of the account spends this many credits per second (default 0)",
+    )
     return parser
 
 

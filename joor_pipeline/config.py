@@ -175,7 +175,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         "timeout",
         "float",
         30.0,
-        "time allowed for one HTTP request",
+        "time one HTTP request may take in all: connect, headers and the whole body",
         low=0.1,
         high=3600,
         unit="s",
@@ -333,10 +333,10 @@ class JoorSettings:
     rate_limit_window: float = 300.0
     timeout: float = 30.0
     max_attempts: int = 6
-    #: List pages in flight at once once the first page tells how many connections there are (1: one at a time).
-    concurrency: int = 4
     max_response_mb: float = 64.0
     max_pages: int = 10_000
+    #: List pages in flight at once once the first page tells how many connections there are (1: one at a time).
+    concurrency: int = 4
     #: True when ``JOOR_ENVIRONMENT=builtin``: the caller starts the built-in sandbox and fills in its URLs.
     builtin_sandbox: bool = False
     sandbox_connections: int = 500

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 FetchProgress = Callable[[int, int], None]
 """Called after each landed page with (pages so far, connections so far)."""
 
+FetchWait = Callable[[str, float], None]
+"""Called with (reason, seconds) when the fetch is about to wait that long for JOOR's rate limit."""
+
 
 @contextmanager
 def connect(settings: JoorSettings, **client_options: Any) -> Iterator[JoorClient]:
@@ -89,10 +92,12 @@ def fetch_snapshot(
     *,
     progress: FetchProgress | None = None,
     concurrency: int | None = None,
+    on_wait: FetchWait | None = None,
 ) -> FetchReport:
     """Land every connection page for ``snapshot_date``, replacing that snapshot atomically.
 
-    ``concurrency`` (default: the client's settings) is how many list pages may be in flight at once.
+    ``concurrency`` (default: the client's settings) is how many list pages may be in flight at once. Each wait
+    for JOOR's rate limit is logged (so a Dagster run shows it, see ``assets/logs.py``) and told to ``on_wait``.
     """
     settings = client.settings
     # The client never runs more requests at once than its connection pool holds; the manifest says what ran.
@@ -101,8 +106,14 @@ def fetch_snapshot(
     clock = time.monotonic()
     connections = 0
     log_ids: list[str] = []
+
+    def waiting(reason: str, seconds: float) -> None:
+        log.info("waiting %.0fs for %s", seconds, reason)
+        if on_wait is not None:
+            on_wait(reason, seconds)
+
     # closing(): a failure while landing stops the page requests still in flight before the snapshot is discarded.
-    pages = closing(client.iter_connection_pages(concurrency=concurrency, canonical=False))
+    pages = closing(client.iter_connection_pages(concurrency=concurrency, canonical=False, on_wait=waiting))
     with open_raw_snapshot(data_dir, snapshot_date, settings.format) as writer, pages as fetched_pages:
         for fetched in fetched_pages:
             count = len(fetched.page.connections)

@@ -21,6 +21,7 @@ from joor_pipeline.joor.pacing import Cancelled, CreditPacer
 from joor_pipeline.joor.parse import parse_page
 from joor_pipeline.sandbox import Faults, run_sandbox
 from joor_pipeline_tests.conftest import sandbox_settings
+from joor_pipeline_tests.fake_time import FakeTime
 
 FAST_RETRY = RetryPolicy(max_attempts=6, max_elapsed=30.0, backoff_base=0.01, backoff_max=0.05)
 
@@ -179,8 +180,14 @@ def test_consumer_stopping_early_leaves_no_thread_behind() -> None:
             assert fetch_threads()
             # However long the consumer dawdles, only a bounded window of pages is requested ahead of it:
             # the first page, twice the concurrency planned ahead, one more for each planned page consumed.
-            time.sleep(0.3)
-            assert sb.stats.requests <= 1 + 2 * 4 + 2
+            # The window is reached (however slow the machine), then nothing more goes while the consumer waits.
+            bound = 1 + 2 * 4 + 2
+            deadline = time.monotonic() + 30
+            while sb.stats.requests < bound and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert sb.stats.requests == bound
+            time.sleep(0.2)
+            assert sb.stats.requests == bound
             pages.close()
             assert fetch_threads() == []
 
@@ -228,11 +235,13 @@ def test_account_shrinking_during_the_walk_stops_where_joor_says() -> None:
 
 @pytest.mark.parametrize("concurrency", [1, 4])
 def test_concurrent_walk_under_a_rate_limit_meets_no_429(concurrency: int) -> None:
-    with run_sandbox(connections=60, rate_limit_credits=10, rate_limit_window=0.5) as sb:
+    """Real time, as threads need it (a fake clock runs ahead while requests are in flight); the margin is generous:
+    a request may reach the sandbox up to 300 ms after it took its credits, however loaded the machine."""
+    with run_sandbox(connections=60, rate_limit_credits=10, rate_limit_window=1.0) as sb:
         settings = sandbox_settings(
-            sb, page_size=2, rate_limit_credits=10, rate_limit_window=0.5, concurrency=concurrency
+            sb, page_size=2, rate_limit_credits=10, rate_limit_window=1.0, concurrency=concurrency
         )
-        with JoorClient(settings) as client:
+        with JoorClient(settings, pacer=CreditPacer(10, 1.0, margin=0.3)) as client:
             got = all_connections(client)
             assert client.stats.throttled == 0
             assert client.pacer.stats.windows >= 3
@@ -241,19 +250,50 @@ def test_concurrent_walk_under_a_rate_limit_meets_no_429(concurrency: int) -> No
     assert sb.stats.credits_used == 30
 
 
-def test_burst_after_a_pause_at_the_window_end_meets_no_429() -> None:
+def late_joor(fake: FakeTime, first_delay: float) -> tuple[dict, list[float]]:
+    """JOOR's clock as the requests meet it: the first arrives ``first_delay`` after taking its credits, the rest
+    at once (set ``delay[0]``). The variation, not the delay itself, is what the pacer's margin allows for."""
+    delay = [first_delay]
+    return {"clock": lambda: fake.clock() + delay[0], "sleep": fake.sleep}, delay
+
+
+@pytest.mark.parametrize("dawdle", [299.0, 300.02, 303.0])
+def test_burst_after_a_pause_at_the_window_end_meets_no_429(dawdle: float) -> None:
     """A request sent just after JOOR's window closed opens JOOR's next one: it must count there, not here."""
-    with run_sandbox(connections=13, rate_limit_credits=10, rate_limit_window=0.5) as sb:
-        settings = sandbox_settings(sb, page_size=1, rate_limit_credits=10, rate_limit_window=0.5, concurrency=1)
-        with JoorClient(settings) as client:
+    fake = FakeTime()
+    joor_clock, delay = late_joor(fake, 0.05)
+    with run_sandbox(connections=13, rate_limit_credits=10, rate_limit_window=300.0, **joor_clock) as sb:
+        settings = sandbox_settings(sb, page_size=1, rate_limit_credits=10, rate_limit_window=300.0, concurrency=1)
+        with JoorClient(settings, **fake.pair()) as client:
+            margin = client.pacer.margin
             pages = client.iter_connection_pages()
             first = next(pages)
-            # The consumer dawdles until just past JOOR's window but before the client's margin ends, then bursts.
-            time.sleep(0.52)
+            delay[0] = 0.0
+            # The consumer dawdles until around the end of the window, inside the client's margin, then bursts.
+            assert 300 - margin < dawdle < 300 + margin
+            fake.advance(dawdle)
             got = [first, *pages]
             assert client.stats.throttled == 0
     assert len(got) == 13
     assert sb.stats.throttled == 0
+
+
+def test_without_the_margin_the_same_burst_meets_a_429() -> None:
+    """The edge the margin guards: a pacer that trusts its own window end to the last moment is refused."""
+    fake = FakeTime()
+    joor_clock, delay = late_joor(fake, 0.05)
+    with run_sandbox(connections=13, rate_limit_credits=10, rate_limit_window=300.0, **joor_clock) as sb:
+        settings = sandbox_settings(sb, page_size=1, rate_limit_credits=10, rate_limit_window=300.0, concurrency=1)
+        pacer = CreditPacer(10, 300.0, margin=0.0, **fake.pair())
+        with JoorClient(settings, pacer=pacer, **fake.pair()) as client:
+            pages = client.iter_connection_pages()
+            first = next(pages)
+            delay[0] = 0.0
+            fake.advance(300.02)
+            got = [first, *pages]
+            assert client.stats.throttled == 1
+    assert len(got) == 13
+    assert sb.stats.throttled == 1
 
 
 # ---- auth with concurrency -------------------------------------------------------------------------------------
@@ -267,7 +307,8 @@ def test_v4_concurrent_walk_asks_for_one_token(sandbox) -> None:
 
 
 def test_v4_concurrent_first_calls_ask_for_one_token() -> None:
-    with run_sandbox(connections=5, rate_limit_credits=0, faults=Faults(latency_ms=50)) as sb:
+    # 200 ms in the server: long enough for the six calls to overlap there however loaded the machine.
+    with run_sandbox(connections=5, rate_limit_credits=0, faults=Faults(latency_ms=200)) as sb:
         with JoorClient(sandbox_settings(sb, api_version="v4")) as client:
             start = threading.Barrier(6)
             codes: list[str] = []
@@ -345,10 +386,15 @@ def test_v4_wrong_account_is_refused(sandbox) -> None:
 
 
 def test_v4_token_is_renewed_before_expiry() -> None:
-    with run_sandbox(connections=3, token_ttl=1, rate_limit_credits=0) as sb:
-        with JoorClient(sandbox_settings(sb, api_version="v4")) as client:
+    fake = FakeTime()
+    with run_sandbox(connections=3, token_ttl=1000, rate_limit_credits=0, **fake.pair()) as sb:
+        with JoorClient(sandbox_settings(sb, api_version="v4"), **fake.pair()) as client:
             client.get_connection_by_customer_code("JBNY")
-            time.sleep(1.1)
+            fake.advance(899.0)
+            client.get_connection_by_customer_code("JBNY")
+            assert client.stats.token_requests == 1
+            # A tenth of the lifetime before expiry, while JOOR still takes the old token, a new one is asked for.
+            fake.advance(2.0)
             client.get_connection_by_customer_code("JBNY")
             assert client.stats.token_requests == 2
             # Renewal happens before the call, so JOOR never saw an expired token.
@@ -437,27 +483,24 @@ def test_retries_are_capped_then_a_clear_error(sandbox) -> None:
 
 
 def test_429_honours_retry_after() -> None:
-    slept: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        time.sleep(seconds)
-
-    with run_sandbox(connections=20, rate_limit_credits=3, rate_limit_window=1.0) as sb:
+    fake = FakeTime()
+    with run_sandbox(connections=20, rate_limit_credits=3, rate_limit_window=30.0, **fake.pair()) as sb:
         # The client's own pacer is generous, so the server's limit is what it meets.
-        with JoorClient(sandbox_settings(sb, page_size=5), retry=FAST_RETRY, sleep=sleep) as client:
+        settings = sandbox_settings(sb, page_size=5, concurrency=1, rate_limit_window=30.0)
+        with JoorClient(settings, retry=FAST_RETRY, **fake.pair()) as client:
             got = all_connections(client)
             throttled = client.stats.throttled
     assert len(got) == 20
-    assert throttled >= 1
-    assert any(s >= 1.0 for s in slept), slept  # Retry-After: 1, not the 10 ms backoff
+    assert throttled == 1
+    assert fake.slept == [30.0]  # Retry-After: 30, not the 10 ms backoff
 
 
 def test_pacing_keeps_within_the_credit_budget() -> None:
-    with run_sandbox(connections=24, rate_limit_credits=5, rate_limit_window=0.5) as sb:
-        settings = sandbox_settings(sb, page_size=2, rate_limit_credits=5, rate_limit_window=0.5)
-        pacer = CreditPacer(5, 0.5, margin=0.05)
-        with JoorClient(settings, pacer=pacer) as client:
+    fake = FakeTime()
+    with run_sandbox(connections=24, rate_limit_credits=5, rate_limit_window=300.0, **fake.pair()) as sb:
+        settings = sandbox_settings(sb, page_size=2, rate_limit_credits=5, rate_limit_window=300.0, concurrency=1)
+        pacer = CreditPacer(5, 300.0, margin=1.0, **fake.pair())
+        with JoorClient(settings, pacer=pacer, **fake.pair()) as client:
             assert len(all_connections(client)) == 24
             assert client.stats.throttled == 0
     assert sb.stats.throttled == 0

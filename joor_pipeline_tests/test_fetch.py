@@ -152,6 +152,15 @@ def test_no_secret_reaches_logs_errors_or_raw_files(
         assert main(["-v", "fetch", "--date", "2026-11-02", "--allow-backdated", "--data-dir", str(tmp_path)]) == 0
         sb.faults.script = ["503"] * 5
         assert main(["-v", "fetch", "--date", "2026-11-03", "--allow-backdated", "--data-dir", str(tmp_path)]) == 1
+        # Hostile answers: a body over the size cap; a body slower than the whole-request deadline.
+        monkeypatch.setenv("JOOR_MAX_RESPONSE_MB", "0.01")
+        assert main(["-v", "fetch", "--date", "2026-11-05", "--allow-backdated", "--data-dir", str(tmp_path)]) == 1
+        monkeypatch.delenv("JOOR_MAX_RESPONSE_MB")
+        monkeypatch.setenv("JOOR_TIMEOUT", "0.1")
+        sb.faults.latency_ms = 400
+        assert main(["-v", "fetch", "--date", "2026-11-06", "--allow-backdated", "--data-dir", str(tmp_path)]) == 1
+        sb.faults.latency_ms = 0
+        monkeypatch.delenv("JOOR_TIMEOUT")
         with JoorClient(sandbox_settings(sb, api_version=api_version)) as client:
             sb.faults.script = ["garbage"]
             try:
@@ -168,6 +177,8 @@ def test_no_secret_reaches_logs_errors_or_raw_files(
     assert len(data) == 4  # three pages and the manifest of the one good run (beside _work's lock files)
     texts = [caplog.text, captured.out, captured.err, *errors, *files]
     assert "Traceback" not in captured.err
+    assert "over the 0.01 MB cap (JOOR_MAX_RESPONSE_MB)" in captured.err
+    assert "outlasted its 0.1 s deadline (JOOR_TIMEOUT)" in captured.err
     for text in texts:
         for secret in forbidden:
             assert secret not in text
@@ -202,6 +213,54 @@ def test_cli_fetch_builtin_sandbox_when_asked(tmp_path: Path, monkeypatch, capsy
     out = capsys.readouterr()
     assert "built-in sandbox" in out.err
     assert read_manifest(tmp_path, date(2026, 11, 3))["connections"] == 42
+
+
+def test_cli_progress_line_says_the_fetch_waits_for_the_rate_limit(
+    sandbox, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("JOOR_BASE_URL", sandbox.base_url)
+    monkeypatch.setenv("JOOR_API_TOKEN", sandbox.config.api_token)
+    sandbox.faults.script = ["429"]  # Retry-After: 1
+    assert main(["fetch", "--date", "2026-11-02", "--data-dir", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert (
+        "fetch 2026-11-02: waiting 1s for JOOR's rate limit (HTTP 429): the account's credits, shared with its "
+        "other integrations, are spent until JOOR's window resets"
+    ) in err
+
+
+def test_retry_warnings_and_waits_reach_dagsters_event_log(tmp_path: Path) -> None:
+    """The fetch asset, materialized: the client's warnings (from its worker threads too) are in the run's log."""
+    import dagster as dg
+
+    from joor_pipeline.assets.joor import joor_raw_connections
+    from joor_pipeline.assets.resources import DataDirResource, JoorApiResource
+
+    with run_sandbox(connections=30, rate_limit_credits=0) as sb, dg.DagsterInstance.ephemeral() as instance:
+        # Page 0 is refused once (the asset's own thread waits); page 1, planned, meets a 503 in a worker thread.
+        sb.faults.script = ["429", "ok", "503"]
+        resources = {
+            "joor": JoorApiResource(base_url=sb.base_url, api_token=sb.config.api_token, page_size="20"),
+            "storage": DataDirResource(data_dir=str(tmp_path)),
+        }
+        config = {"ops": {"joor_raw_connections": {"config": {"allow_backdated": True}}}}
+        result = dg.materialize(
+            [joor_raw_connections],
+            partition_key="2026-03-02",
+            resources=resources,
+            run_config=config,
+            instance=instance,
+        )
+        assert result.success
+        logged = [(entry.level, entry.user_message) for entry in instance.all_logs(result.run_id)]
+    warnings = [message for level, message in logged if level == logging.WARNING]
+    infos = [message for level, message in logged if level == logging.INFO]
+    assert any("start_from=20&count=20: HTTP 503; retry 1/5 in" in m for m in warnings), warnings
+    assert any("start_from=0&count=20: HTTP 429 (JOOR's rate limit" in m for m in warnings), warnings
+    assert any(m.startswith("waiting 1s for JOOR's rate limit (HTTP 429)") for m in infos), infos
+    assert not any(sb.config.api_token in m for _, m in logged)
+    # Forwarding ends with the asset body: the library's logger is as it was.
+    assert not logging.getLogger("joor_pipeline").handlers
 
 
 def test_cli_config_error_is_one_clear_message(monkeypatch, capsys) -> None:

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import pytest
 from joor_pipeline.joor.parse import xml_fromstring
 from joor_pipeline.joor.shapes import GROUP_TAGS, LIST_ITEM_TAGS
 from joor_pipeline.sandbox import Faults, Sandbox, SandboxConfig, generate_connections, run_sandbox
+from joor_pipeline_tests.fake_time import FakeTime
 
 SEEDS = Path(__file__).resolve().parent / "seeds"
 TOKEN = "sandbox-token"
@@ -372,11 +372,17 @@ def test_token_endpoint_rejects_bad_forms(
 
 
 def test_token_expires_after_ttl_and_revoke_kills_live_tokens() -> None:
-    with run_sandbox(connections=3, token_ttl=1) as sb, httpx.Client(base_url=sb.base_url, timeout=5) as c:
+    fake = FakeTime()
+    with (
+        run_sandbox(connections=3, token_ttl=60, **fake.pair()) as sb,
+        httpx.Client(base_url=sb.base_url, timeout=5) as c,
+    ):
         short = token(c, sb)
         params = {"account": "24180"}
         assert c.get("/v2/connection/", params=params, headers=bearer(short)).status_code == 200
-        time.sleep(1.05)
+        fake.advance(59.99)
+        assert c.get("/v2/connection/", params=params, headers=bearer(short)).status_code == 200
+        fake.advance(0.01)
         assert c.get("/v2/connection/", params=params, headers=bearer(short)).status_code == 401
         fresh = token(c, sb)
         assert c.get("/v2/connection/", params=params, headers=bearer(fresh)).status_code == 200
@@ -389,7 +395,8 @@ def test_token_expires_after_ttl_and_revoke_kills_live_tokens() -> None:
 
 
 def test_rate_limit_throttles_past_the_budget_and_recovers() -> None:
-    with run_sandbox(connections=3, rate_limit_credits=5, rate_limit_window=0.5) as sb:
+    fake = FakeTime()
+    with run_sandbox(connections=3, rate_limit_credits=5, rate_limit_window=300.0, **fake.pair()) as sb:
         with httpx.Client(base_url=sb.base_url, timeout=5) as c:
             # Unauthenticated calls are not metered.
             assert c.get("/v2/connection/", headers={"Accept": "application/json"}).status_code == 401
@@ -397,12 +404,14 @@ def test_rate_limit_throttles_past_the_budget_and_recovers() -> None:
             throttled = c.get("/v2/connection/", headers=XML)
             assert throttled.status_code == 429
             assert throttled.headers["X-Throttling-Account-Id"] == "24180"
-            assert throttled.headers["Retry-After"] == "1"
+            assert throttled.headers["Retry-After"] == "300"
             assert xml_document(throttled.content)["response"]["code"] == "429"
-            assert c.get("/v2/connection/", headers=JSON).status_code == 429
+            fake.advance(120.5)
+            # Retry-After: the rest of the window, in whole seconds, rounded up.
+            assert c.get("/v2/connection/", headers=JSON).headers["Retry-After"] == "180"
             assert sb.stats.credits_used == 5
             assert sb.stats.throttled == 2
-            time.sleep(0.55)
+            fake.advance(179.5)
             assert c.get("/v2/connection/", headers=JSON).status_code == 200
             # A token costs 5 credits: with 4 left in this window it is refused.
             refused = c.post(sb.auth_url, data=GOOD_FORM)
@@ -509,7 +518,15 @@ def test_unknown_script_entries_are_rejected() -> None:
 
 
 def test_latency_and_concurrency_are_counted() -> None:
-    with run_sandbox(connections=3, faults=Faults(latency_ms=150)) as sb:
+    # The injected latency is a barrier: no request is answered before all four are in the server at once.
+    together = threading.Barrier(4, timeout=30)
+    latencies: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        latencies.append(seconds)
+        together.wait()
+
+    with run_sandbox(connections=3, faults=Faults(latency_ms=150), sleep=sleep) as sb:
         statuses: list[int] = []
 
         def fetch() -> None:
@@ -522,7 +539,8 @@ def test_latency_and_concurrency_are_counted() -> None:
         for t in threads:
             t.join()
         assert statuses == [200] * 4
-        assert sb.stats.max_concurrent >= 2
+        assert latencies == [0.15] * 4
+        assert sb.stats.max_concurrent == 4
         assert sb.stats.requests == 4
         assert sb.stats.by_status == {200: 4}
         sb.reset_stats()
@@ -533,7 +551,10 @@ def test_latency_and_concurrency_are_counted() -> None:
 
 
 def test_cli_prints_its_address_and_stops_cleanly_on_sigterm() -> None:
-    command = [sys.executable, "-m", "joor_pipeline.sandbox", "--port", "0", "--connections", "5", "--seed", "9"]
+    command = [
+        *(sys.executable, "-m", "joor_pipeline.sandbox", "--port", "0", "--connections", "5", "--seed", "9"),
+        *("--competing-rate", "0.5"),
+    ]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
         try:
             assert process.stdout is not None
@@ -556,3 +577,47 @@ def test_config_overrides_and_ephemeral_ports() -> None:
         assert one.auth_url == one.base_url + "/auth/"
         assert one.config.seed == 5
         assert one.connections == two.connections
+
+
+# --- another integration of the same account -------------------------------------------------------------------
+
+
+def test_spend_takes_the_accounts_credits_as_another_integration_would() -> None:
+    fake = FakeTime()
+    with run_sandbox(connections=3, rate_limit_credits=10, rate_limit_window=300.0, **fake.pair()) as sb:
+        with httpx.Client(base_url=sb.base_url, timeout=5) as c:
+            assert c.get("/v2/connection/", headers=JSON).status_code == 200
+            assert sb.spend(20) == 9  # what was left of the window
+            fake.advance(100.0)
+            refused = c.get("/v2/connection/", headers=JSON)
+            assert refused.status_code == 429
+            assert refused.headers["Retry-After"] == "200"
+            fake.advance(200.0)
+            assert c.get("/v2/connection/", headers=JSON).status_code == 200
+    assert sb.stats.competing_credits == 9
+    assert sb.stats.credits_used == 2
+
+
+def test_competing_rate_spends_steadily_window_by_window() -> None:
+    """0.05 credits/s of a 10 per 100 s budget: the competitor alone uses half of every window."""
+    fake = FakeTime()
+    faults = Faults(competing_rate=0.05)
+    with run_sandbox(connections=3, rate_limit_credits=10, rate_limit_window=100.0, faults=faults, **fake.pair()) as sb:
+        with httpx.Client(base_url=sb.base_url, timeout=5) as c:
+            assert c.get("/v2/connection/", headers=JSON).status_code == 200  # starts the competitor's clock
+            fake.advance(60.0)  # 3 credits spent by the competitor in this window
+            statuses = [c.get("/v2/connection/", headers=JSON).status_code for _ in range(8)]
+            assert statuses == [200] * 6 + [429] * 2
+            assert sb.stats.competing_credits == 3
+            fake.advance(300.0)  # three more windows, about 5 credits each
+            assert c.get("/v2/connection/", headers=JSON).status_code == 200
+    assert 3 + 5 * 2 <= sb.stats.competing_credits <= 3 + 5 * 3
+
+
+def test_pagination_gap_skips_connections() -> None:
+    with run_sandbox(connections=30, rate_limit_credits=0, faults=Faults(pagination_gap=4)) as sb:
+        with httpx.Client(base_url=sb.base_url, timeout=5) as c:
+            first = c.get("/v2/connection/", params={"count": 10}, headers=JSON).json()["response"]
+            last = c.get("/v2/connection/", params={"start_from": 20, "count": 10}, headers=JSON).json()["response"]
+    assert first["next_start"] == 14
+    assert last["next_start"] == 0

@@ -10,6 +10,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from joor_pipeline.assets.logs import forward_logs
 from joor_pipeline.assets.partitions import daily_partitions
 from joor_pipeline.assets.resources import DataDirResource, JoorApiResource
 from joor_pipeline.flatten import TABLES
@@ -78,7 +79,7 @@ def joor_raw_connections(
             pages_logged = pages
             context.log.info("fetched %d pages, %d connections", pages, connections)
 
-    with joor.client() as client:
+    with forward_logs(context), joor.client() as client:
         context.log.info(
             "fetching connections from %s (%s, %s)", settings.target, settings.api_version, settings.format
         )

@@ -3,6 +3,10 @@
 It knows nothing of Dagster or of storage: it yields pages (the exact bytes JOOR sent plus their parsed,
 canonical form) and leaves landing them to the caller. Several threads may share one client: the pool, the
 pacer, the v4 token and the counters are all safe to use concurrently.
+
+Every request is bounded in time and memory whatever the server does (see :mod:`.transport`: ``JOOR_TIMEOUT``
+for the whole request, ``JOOR_MAX_RESPONSE_MB`` for its body). A snapshot is bounded too: at most
+``JOOR_MAX_PAGES`` pages, and a cursor that skips connections is an error.
 """
 
 from __future__ import annotations
@@ -33,32 +37,49 @@ from joor_pipeline.joor.errors import (
     PayloadError,
     RetriesExhausted,
 )
-from joor_pipeline.joor.pacing import Cancelled, CreditPacer
+from joor_pipeline.joor.pacing import Cancelled, CreditPacer, OnWait
 from joor_pipeline.joor.parse import Canonical, Page, parse_page
 from joor_pipeline.joor.shapes import MEDIA_TYPES
+from joor_pipeline.joor.transport import Reply, deadline_transport, exchange, redact_url
+
+__all__ = ["ClientStats", "FetchedPage", "JoorClient", "Reply", "RetryPolicy", "parse_retry_after", "redact_url"]
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
-SENSITIVE_PARAMS: Final = frozenset(
-    {"token", "api_token", "access_token", "password", "client_secret", "refresh_token", "code"}
-)
 GET_COST: Final = 1
 POST_COST: Final = 5
+#: Seconds of retrying 5xx and transport errors, on top of the rate-limit windows a request may wait out.
+ERROR_BUDGET: Final = 120.0
+#: Whole rate-limit windows one request may wait out after 429s: another integration may take the window that
+#: follows the one that throttled us, and a third refusal in a row is worth reporting rather than waiting out.
+THROTTLE_WINDOWS: Final = 2
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How hard to try: attempts and total time are both capped; backoff is exponential with full jitter."""
+    """How hard to try: errors and total time are both capped; backoff is exponential with full jitter.
+
+    ``max_attempts`` counts tries that met a 5xx or a transport error. A 429 is not such a failure but JOOR saying
+    when to come back, so it costs no attempt; it is bounded by time instead. ``max_elapsed`` (seconds from the
+    first send) defaults to a budget derived from the rate-limit window (:meth:`budget`): a 429 may ask for most
+    of a window, which no fixed number of seconds fits.
+    """
 
     max_attempts: int = 6
-    max_elapsed: float = 120.0
+    max_elapsed: float | None = None
     backoff_base: float = 0.5
     backoff_max: float = 30.0
 
     def backoff(self, attempt: int, rng: random.Random) -> float:
         """Seconds to wait before try ``attempt + 1``."""
         return rng.uniform(0, min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)))
+
+    def budget(self, window: float) -> float:
+        """Seconds one request may keep retrying: ``max_elapsed``, else two rate-limit windows and two minutes."""
+        if self.max_elapsed is not None:
+            return self.max_elapsed
+        return ERROR_BUDGET + THROTTLE_WINDOWS * window
 
 
 @dataclass
@@ -88,15 +109,6 @@ class FetchedPage:
     @property
     def log_id(self) -> str | None:
         return self.page.response.log_id
-
-
-def redact_url(url: httpx.URL | str) -> str:
-    """The URL with any credential-like query value masked."""
-    url = httpx.URL(str(url))
-    if not url.query:
-        return str(url)
-    params = [(k, "***" if k.lower() in SENSITIVE_PARAMS else v) for k, v in url.params.multi_items()]
-    return str(url.copy_with(params=params))
 
 
 def parse_retry_after(value: str | None, *, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> float | None:
@@ -137,14 +149,23 @@ class JoorClient:
         pacer: CreditPacer | None = None,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         max_connections: int | None = None,
     ) -> None:
+        """``sleep`` and ``clock`` pace, back off and expire tokens (the pacer made here uses them too); tests
+        hand in a fake pair. The per-request deadline always runs on the real clock: it bounds real sockets.
+        ``transport`` (for tests) replaces httpx's, and with it the deadline.
+        """
         self.settings = settings
         self.retry = retry or RetryPolicy(max_attempts=settings.max_attempts)
-        self.pacer = pacer or CreditPacer(settings.rate_limit_credits, settings.rate_limit_window)
+        self.pacer = pacer or CreditPacer(
+            settings.rate_limit_credits, settings.rate_limit_window, clock=clock, sleep=sleep
+        )
+        self.retry_budget = self.retry.budget(settings.rate_limit_window)
         self.stats = ClientStats()
         self._sleep = sleep
+        self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._token = _V4Token()
         self._stats_lock = threading.Lock()
@@ -152,11 +173,11 @@ class JoorClient:
         # Room for every request a concurrent fetch keeps in flight, so none waits for a connection after it has
         # taken its rate-limit credits (the pacer's margin assumes credits are spent right before sending).
         self.max_connections = max_connections or max(10, settings.concurrency)
+        limits = httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections)
         self._http = httpx.Client(
             base_url=settings.base_url,
             timeout=httpx.Timeout(settings.timeout, connect=min(10.0, settings.timeout)),
-            limits=httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections),
-            transport=transport,
+            transport=transport or deadline_transport(limits),
             headers={"User-Agent": "joor-pipeline/0.1 (+httpx)"},
             follow_redirects=False,
         )
@@ -198,10 +219,10 @@ class JoorClient:
     def _access_token(self) -> Secret:
         # The lock is held across the token request: threads that need a token meanwhile wait for this one.
         with self._token.lock:
-            if self._token.value is None or time.monotonic() >= self._token.renew_at:
+            if self._token.value is None or self._clock() >= self._token.renew_at:
                 self._token.value, expires_in = self._request_token()
                 # Renew with a tenth of the lifetime (at most five minutes) to spare, so no call races expiry.
-                self._token.renew_at = time.monotonic() + expires_in - min(300.0, expires_in / 10)
+                self._token.renew_at = self._clock() + expires_in - min(300.0, expires_in / 10)
             return self._token.value
 
     def invalidate_token(self, rejected: Secret | None = None) -> None:
@@ -229,7 +250,7 @@ class JoorClient:
         response = self._send("POST", s.auth_url, files=files, cost=POST_COST, authenticate=False)
         with self._stats_lock:
             self.stats.token_requests += 1
-        url = redact_url(response.request.url)
+        url = response.url
         if response.status_code != 200:
             detail = _token_error(response)
             raise AuthError(f"JOOR refused the v4 credentials{detail}", url=url, status=response.status_code)
@@ -253,23 +274,29 @@ class JoorClient:
         cost: int = GET_COST,
         authenticate: bool = True,
         cancel: threading.Event | None = None,
-    ) -> httpx.Response:
+        on_wait: OnWait | None = None,
+    ) -> Reply:
         """Send with pacing and retries (429, 5xx, transport errors); re-authenticate once on a v4 401.
 
-        ``cancel``, once set, stops the retries and any wait for credits with :class:`Cancelled`.
+        ``cancel``, once set, stops the retries and any wait for credits with :class:`Cancelled`. ``on_wait``
+        hears of every wait for rate-limit credits (see :class:`CreditPacer`).
         """
-        started = time.monotonic()
+        started: float | None = None
         reauthenticated = False
         attempt = 0
+        throttled = 0
         v4 = authenticate and self.settings.api_version == "v4"
         while True:
-            attempt += 1
             _check(cancel)
             if v4:
                 # A token request due now goes first, so it cannot slip in between this call's credits and its send.
                 self._access_token()
-            self.pacer.acquire(cost, cancel=cancel)
+            self.pacer.acquire(cost, cancel=cancel, on_wait=on_wait)
+            window = self.pacer.window_number
             _check(cancel)
+            if started is None:
+                # The retry budget runs from the first send: waiting for this pipeline's own credits is not retrying.
+                started = self._clock()
             headers = {"Accept": self._media_type}
             query = dict(params or {})
             token: Secret | None = None
@@ -277,47 +304,72 @@ class JoorClient:
                 auth_headers, auth_params, token = self._auth()
                 headers.update(auth_headers)
                 query.update(auth_params)
-            retry_after: float | None = None
             with self._stats_lock:
                 self.stats.requests += 1
+            refused = False
             try:
-                response = self._http.request(method, url, params=query or None, headers=headers, files=files)
+                response = exchange(
+                    self._http,
+                    method,
+                    url,
+                    params=query or None,
+                    headers=headers,
+                    files=files,
+                    timeout=self.settings.timeout,
+                    max_response_mb=self.settings.max_response_mb,
+                )
             except httpx.TransportError as exc:
+                # A missed deadline lands here too, and is retried like any transport error: a slow network or an
+                # overloaded server may well answer in time on the next try, and every try is itself bounded.
                 with self._stats_lock:
                     self.stats.transport_errors += 1
+                attempt += 1
                 problem = f"{type(exc).__name__}: {exc}"
                 request_url = redact_url(self._http.build_request(method, url, params=query or None).url)
+                delay = self.retry.backoff(attempt, self._rng)
             else:
                 with self._stats_lock:
                     self.stats.bytes_received += len(response.content)
-                request_url = redact_url(response.request.url)
+                request_url = response.url
                 status = response.status_code
                 if status == 401 and v4 and not reauthenticated:
                     # The token may have been revoked or expired early: one fresh token, one more try.
                     reauthenticated = True
                     self.invalidate_token(token)
                     log.info("JOOR answered 401 to %s %s; renewing the v4 token once", method, request_url)
-                    attempt -= 1
                     continue
                 if status not in RETRY_STATUSES:
                     return response
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                with self._stats_lock:
-                    if status == 429:
-                        self.stats.throttled += 1
-                    else:
-                        self.stats.server_errors += 1
                 if status == 429:
-                    self.pacer.exhausted(retry_after)
-                problem = f"HTTP {status}"
-            elapsed = time.monotonic() - started
-            delay = retry_after if retry_after is not None else self.retry.backoff(attempt, self._rng)
-            if attempt >= self.retry.max_attempts or elapsed + delay > self.retry.max_elapsed:
+                    with self._stats_lock:
+                        self.stats.throttled += 1
+                    throttled += 1
+                    refused = True
+                    # No sleep here: the pacer now holds every request until JOOR's window resets, this one too.
+                    delay = self.pacer.exhausted(retry_after, window)
+                    problem = "HTTP 429 (JOOR's rate limit, shared with the account's other integrations)"
+                else:
+                    with self._stats_lock:
+                        self.stats.server_errors += 1
+                    attempt += 1
+                    problem = f"HTTP {status}"
+                    delay = retry_after if retry_after is not None else self.retry.backoff(attempt, self._rng)
+            elapsed = self._clock() - started
+            if attempt >= self.retry.max_attempts or elapsed + delay > self.retry_budget:
+                tries = attempt + throttled
+                of_which = f" ({throttled} answered 429)" if throttled else ""
                 raise RetriesExhausted(
-                    f"{method} {request_url} failed after {attempt} attempt(s) in {elapsed:.1f}s; last error: {problem}"
+                    f"{method} {request_url} failed after {tries} attempt(s){of_which} in {elapsed:.1f}s "
+                    f"(retry budget {self.retry_budget:g}s, {self.retry.max_attempts} tries on errors); "
+                    f"last error: {problem}"
                 )
             with self._stats_lock:
                 self.stats.retries += 1
+            if refused:
+                when = f"when its window resets in {delay:.0f}s" if delay else "now: that window has been waited out"
+                log.warning("%s %s: %s; retrying %s", method, request_url, problem, when)
+                continue
             log.warning(
                 "%s %s: %s; retry %d/%d in %.2fs",
                 method,
@@ -336,10 +388,11 @@ class JoorClient:
         *,
         cancel: threading.Event | None = None,
         canonical: bool = True,
-    ) -> tuple[httpx.Response, Page]:
+        on_wait: OnWait | None = None,
+    ) -> tuple[Reply, Page]:
         """GET one envelope; turn HTTP errors and non-zero response codes into clear exceptions."""
-        response = self._send("GET", path, params=params, cancel=cancel)
-        url = redact_url(response.request.url)
+        response = self._send("GET", path, params=params, cancel=cancel, on_wait=on_wait)
+        url = response.url
         status = response.status_code
         if status != 200:
             page = _try_parse(response, self.settings.format, url)
@@ -377,6 +430,7 @@ class JoorClient:
         start_from: int = 0,
         concurrency: int | None = None,
         canonical: bool = True,
+        on_wait: OnWait | None = None,
     ) -> Generator[FetchedPage, None, None]:
         """Every page of ``GET /v2/connection/``, in order, following ``next_start`` until JOOR says there is no more.
 
@@ -390,7 +444,9 @@ class JoorClient:
         and waited for, so no thread outlives the walk.
 
         ``canonical=False`` leaves JSON connections as parsed (see ``parse_json``): enough to count and land them,
-        without the cost of spelling every leaf as text.
+        without the cost of spelling every leaf as text. ``on_wait(reason, seconds)`` hears of every wait for
+        rate-limit credits. More than ``JOOR_MAX_PAGES`` pages, or a ``next_start`` that skips connections, ends
+        the walk with a :class:`PaginationError`.
         """
         size = page_size or self.settings.page_size
         workers = self.settings.concurrency if concurrency is None else concurrency
@@ -398,46 +454,69 @@ class JoorClient:
             raise ValueError(f"concurrency must be at least 1, got {workers}")
         # More threads than pooled connections would queue for a connection with their credits already taken.
         workers = min(workers, self.max_connections)
-        index = 0
-        fetched = self._list_page(index, start_from, size, canonical=canonical)
+        fetch = partial(self._list_page, count=size, canonical=canonical, on_wait=on_wait)
+        fetched = fetch(0, start_from)
         yield fetched
         next_start = self._next_start(fetched)
         offsets = _planned_offsets(fetched, next_start) if workers > 1 else range(0)
         if offsets:
-            index, next_start = yield from self._fetch_planned(offsets, index + 1, size, workers, canonical)
+            # A count that promises more pages than the cap is refused before a single one is requested.
+            self._check_page_cap(fetched, len(offsets))
+            fetched, next_start = yield from self._fetch_planned(offsets, fetched.index + 1, fetch, workers)
         while next_start is not None:
-            index += 1
-            fetched = self._list_page(index, next_start, size, canonical=canonical)
+            self._check_page_cap(fetched, 1)
+            fetched = fetch(fetched.index + 1, next_start)
             yield fetched
             next_start = self._next_start(fetched)
+
+    def _check_page_cap(self, last: FetchedPage, more: int) -> None:
+        """A PaginationError if ``more`` pages after ``last`` would pass ``JOOR_MAX_PAGES``."""
+        cap = self.settings.max_pages
+        if last.index + 1 + more <= cap:
+            return
+        if more > 1:
+            reason = (
+                f"JOOR reports {last.page.response.count} connections, {last.index + 1 + more} pages of "
+                f"{len(last.page.connections)}"
+            )
+        else:
+            reason = f"page {last.index} (log_id {last.log_id}) points on to next_start {last.page.response.next_start}"
+        raise PaginationError(
+            f"the snapshot would pass {cap:,} pages (JOOR_MAX_PAGES): {reason}; stopping, nothing is kept"
+        )
 
     def _list_page(
         self,
         index: int,
         start_from: int,
-        count: int,
         cancel: threading.Event | None = None,
         *,
+        count: int,
         canonical: bool = True,
+        on_wait: OnWait | None = None,
     ) -> FetchedPage:
         response, page = self._get_page(
-            "/v2/connection/", {"start_from": start_from, "count": count}, cancel=cancel, canonical=canonical
+            "/v2/connection/",
+            {"start_from": start_from, "count": count},
+            cancel=cancel,
+            canonical=canonical,
+            on_wait=on_wait,
         )
         return FetchedPage(
             index=index,
             start_from=start_from,
             body=response.content,
             page=page,
-            url=redact_url(response.request.url),
+            url=response.url,
             content_type=response.headers.get("Content-Type", ""),
         )
 
     def _fetch_planned(
-        self, offsets: range, index: int, size: int, workers: int, canonical: bool
-    ) -> Generator[FetchedPage, None, tuple[int, int | None]]:
+        self, offsets: range, index: int, fetch: Callable[..., FetchedPage], workers: int
+    ) -> Generator[FetchedPage, None, tuple[FetchedPage, int | None]]:
         """Yield the pages at ``offsets`` in order, ``workers`` requests at a time.
 
-        Returns the index of the last page yielded and where a page-by-page walk goes on (None: nowhere).
+        Returns the last page yielded and where a page-by-page walk goes on (None: nowhere).
         """
         cancel = threading.Event()
         # Twice as many pages requested as threads: a slow page (a retry) does not idle the others, and no more
@@ -450,9 +529,7 @@ class JoorClient:
             planned = next(todo, None)
             if planned is not None:
                 i, offset = planned
-                pending.append(
-                    (offset, executor.submit(partial(self._list_page, canonical=canonical), i, offset, size, cancel))
-                )
+                pending.append((offset, executor.submit(fetch, i, offset, cancel)))
 
         try:
             for _ in range(2 * workers):
@@ -464,7 +541,7 @@ class JoorClient:
                 yield fetched
                 next_start = self._next_start(fetched)
                 if next_start is None:
-                    return fetched.index, None
+                    return fetched, None
                 if not pending or next_start != pending[0][0]:
                     if pending:
                         log.warning(
@@ -474,7 +551,7 @@ class JoorClient:
                             next_start,
                             pending[0][0],
                         )
-                    return fetched.index, next_start
+                    return fetched, next_start
             raise AssertionError("unreachable: the last planned page returns")  # pragma: no cover
         finally:
             cancel.set()
@@ -483,7 +560,11 @@ class JoorClient:
             executor.shutdown(wait=True, cancel_futures=True)
 
     def _next_start(self, fetched: FetchedPage) -> int | None:
-        """Where the walk goes after ``fetched``: None when JOOR says there is no more; an error if it would loop."""
+        """Where the walk goes after ``fetched``: None when JOOR says there is no more.
+
+        An error if it would loop (no advance) or lose connections (a jump past the end of this page). A cursor
+        that falls short of the page's end repeats connections instead, which the flatten keeps once: a warning.
+        """
         page = fetched.page
         next_start = page.response.next_start
         if not next_start or not page.connections:
@@ -494,6 +575,12 @@ class JoorClient:
                 f"(page {fetched.index}, log_id {page.response.log_id}); stopping instead of looping"
             )
         expected = fetched.start_from + len(page.connections)
+        if next_start > expected:
+            raise PaginationError(
+                f"next_start {next_start} skips past the end of page {fetched.index} (log_id {page.response.log_id}):"
+                f" start_from {fetched.start_from} + {len(page.connections)} connections is {expected}, so the "
+                f"{next_start - expected} connection(s) in between would be lost"
+            )
         if next_start != expected:
             log.warning(
                 "page %d (log_id %s): next_start %d, but start_from %d + %d connections is %d",
@@ -541,7 +628,7 @@ def _check(cancel: threading.Event | None) -> None:
         raise Cancelled("the fetch this request belongs to has stopped")
 
 
-def _try_parse(response: httpx.Response, fmt: str, url: str) -> Page | None:
+def _try_parse(response: Reply, fmt: str, url: str) -> Page | None:
     """An error answer's envelope when it has one (JOOR may answer errors as JSON whatever was asked)."""
     for candidate in (fmt, "json" if fmt == "xml" else "xml"):
         try:
@@ -551,7 +638,7 @@ def _try_parse(response: httpx.Response, fmt: str, url: str) -> Page | None:
     return None
 
 
-def _token_error(response: httpx.Response) -> str:
+def _token_error(response: Reply) -> str:
     try:
         answer = response.json()
     except ValueError:

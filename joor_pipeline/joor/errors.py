@@ -8,8 +8,9 @@ The hierarchy::
     ├── JoorApiError         JOOR answered with a non-zero response.code (carries code, comment, log_id, URL)
     │   └── AuthError        credentials refused (HTTP 401/403 or the token endpoint said no)
     ├── NotFoundError        the connection asked for does not exist (HTTP 404)
-    ├── PaginationError      next_start did not advance
-    └── RetriesExhausted     429 / 5xx / transport errors outlasted the retry budget
+    ├── PaginationError      next_start did not advance, skipped ahead, or ran past JOOR_MAX_PAGES
+    ├── ResponseTooLarge     a body larger than JOOR_MAX_RESPONSE_MB (never retried: the page would be as large)
+    └── RetriesExhausted     429 / 5xx / transport errors (the JOOR_TIMEOUT deadline too) outlasted the retry budget
 
 Every message is built from redacted URLs: no token, password or secret ever reaches an exception.
 """
@@ -84,7 +85,34 @@ class NotFoundError(JoorApiError):
 
 
 class PaginationError(JoorError):
-    """The list endpoint's cursor did not advance."""
+    """The list endpoint's cursor did not advance, skipped connections, or would not end."""
+
+
+class ResponseTooLarge(JoorError):
+    """A response body passed the size cap; it was abandoned while streaming, before it was held in memory."""
+
+    def __init__(self, url: str, limit_mb: float, *, declared: int | None = None) -> None:
+        self.url = url
+        self.limit_mb = limit_mb
+        self.limit_bytes = max_response_bytes(limit_mb)
+        self.declared = declared
+        size = f"declares {declared:,} bytes" if declared is not None else f"passed {self.limit_bytes:,} bytes"
+        super().__init__(
+            f"response from {url} {size}, over the {limit_mb:g} MB cap (JOOR_MAX_RESPONSE_MB); "
+            "a real page of 100 connections is under 1 MB"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_response_too_large, (self.url, self.limit_mb, self.declared), self.__dict__)
+
+
+def max_response_bytes(limit_mb: float) -> int:
+    """``JOOR_MAX_RESPONSE_MB`` in bytes (MB of 2**20 bytes)."""
+    return int(limit_mb * 2**20)
+
+
+def _response_too_large(url: str, limit_mb: float, declared: int | None) -> ResponseTooLarge:
+    return ResponseTooLarge(url, limit_mb, declared=declared)
 
 
 class RetriesExhausted(JoorError):

@@ -4,8 +4,10 @@ It answers the way JOOR documents (and, where JOOR is silent, the way the projec
 with a ``response`` block on every v2 answer, content negotiation that refuses requests without a supported
 ``Accept``, OAuth2 (v2 token) or Bearer + ``account`` (v4) authentication, and a per-account fixed window of
 credits past which it answers 429. Faults (latency, scripted or random 5xx/429, dropped and truncated
-responses, non-advancing cursors, JOOR-level error codes) let clients prove their retry and paging logic
-against real sockets. The server is the stdlib's ``ThreadingHTTPServer``; nothing here imports Dagster.
+responses, non-advancing or skipping cursors, JOOR-level error codes, another integration spending the
+account's credits) let clients prove their retry and paging logic against real sockets. The metering runs on an
+injectable clock, so a test can wait out a 300 s window without sleeping. The server is the stdlib's
+``ThreadingHTTPServer``; nothing here imports Dagster.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from email.message import Message
@@ -63,7 +65,11 @@ class Faults:
     truncate_rate: float = 0.0
     script: list[str] = field(default_factory=list)
     stuck_pagination: bool = False
+    #: next_start jumps this many connections past the end of every page but the last (a cursor losing data).
+    pagination_gap: int = 0
     error_code: int | None = None
+    #: Another integration of the same account spending this many credits per second, as far as the window allows.
+    competing_rate: float = 0.0
 
     def __post_init__(self) -> None:
         unknown = [entry for entry in self.script if not _valid_script_entry(entry)]
@@ -111,13 +117,28 @@ class SandboxStats:
     max_concurrent: int = 0
     dropped: int = 0
     in_flight: int = 0
+    #: Credits spent by other integrations of the account (``Sandbox.spend``, ``Faults.competing_rate``).
+    competing_credits: int = 0
 
 
 class Sandbox:
-    """A running emulator: binds on construction and serves from a daemon thread until ``close()``."""
+    """A running emulator: binds on construction and serves from a daemon thread until ``close()``.
 
-    def __init__(self, config: SandboxConfig, *, connections: list[dict[str, Any]] | None = None) -> None:
+    ``clock`` and ``sleep`` drive the rate-limit window, token expiry and injected latency; a test hands in the
+    same fake pair as the client's, so both sides see one timeline and nothing waits for real.
+    """
+
+    def __init__(
+        self,
+        config: SandboxConfig,
+        *,
+        connections: list[dict[str, Any]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.config = config
+        self._clock = clock
+        self._sleep = sleep
         self.connections: list[dict[str, Any]] = (
             connections if connections is not None else generate_connections(config.connections, config.seed)
         )
@@ -128,6 +149,9 @@ class Sandbox:
         self._tokens: dict[str, float] = {}
         self._window_start: float | None = None
         self._window_used = 0
+        # Up to when the competing integration's spending has been charged, and its fraction of a credit.
+        self._competitor_at: float | None = None
+        self._competitor_carry = 0.0
         self._fault_rng = random.Random(config.seed)
         self._log_rng = random.Random(f"log_id:{config.seed}")
         self._closed = False
@@ -149,6 +173,16 @@ class Sandbox:
         with self._lock:
             self.config.faults = value
 
+    def spend(self, credits: int) -> int:
+        """Another integration of the account spends ``credits`` now, as far as the current window allows.
+
+        Returns the credits it got; the rest of its requests were refused, as JOOR would refuse ours.
+        """
+        now = self._clock()
+        with self._lock:
+            self._charge_competitor(now)
+            return self._charge_other(now, credits)
+
     def revoke_tokens(self) -> None:
         """Invalidate every v4 access token issued so far."""
         with self._lock:
@@ -162,6 +196,7 @@ class Sandbox:
                 setattr(self.stats, f.name, {} if f.name == "by_status" else 0)
             self.stats.in_flight = in_flight
             self.stats.max_concurrent = in_flight
+            self._competitor_at = None
 
     def close(self) -> None:
         """Stop serving, hang up on idle keep-alive connections and release the port."""
@@ -211,7 +246,7 @@ class Sandbox:
         """The fault for this request, consuming script entries and storm budget; None to serve normally."""
         faults = self.config.faults
         if faults.latency_ms > 0:
-            time.sleep(faults.latency_ms / 1000)
+            self._sleep(faults.latency_ms / 1000)
         with self._lock:
             if faults.script:
                 # A script entry decides the request on its own, "ok" included: scripts must be exact.
@@ -246,29 +281,70 @@ class Sandbox:
                 return False
             with self._lock:
                 expiry = self._tokens.get(credential)
-            return expiry is not None and time.monotonic() < expiry
+            return expiry is not None and self._clock() < expiry
         return False
 
     def _spend(self, cost: int) -> float | None:
         """Charge the account ``cost`` credits; None when allowed, else the seconds until its window resets."""
         config = self.config
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             if config.rate_limit_credits <= 0:
                 self.stats.credits_used += cost
                 return None
-            if self._window_start is None or now >= self._window_start + config.rate_limit_window:
-                self._window_start = now
-                self._window_used = 0
+            self._charge_competitor(now)
+            self._open_window(now)
+            assert self._window_start is not None
             if self._window_used + cost > config.rate_limit_credits:
                 return self._window_start + config.rate_limit_window - now
             self._window_used += cost
             self.stats.credits_used += cost
             return None
 
+    def _open_window(self, now: float) -> None:
+        """JOOR's fixed window: it starts with the first request after the previous one ended."""
+        if self._window_start is None or now >= self._window_start + self.config.rate_limit_window:
+            self._window_start = now
+            self._window_used = 0
+
+    def _charge_other(self, now: float, credits: int) -> int:
+        """Charge another integration's ``credits`` to the window open at ``now``; the credits it got."""
+        if self.config.rate_limit_credits <= 0 or credits <= 0:
+            return 0
+        self._open_window(now)
+        granted = min(credits, max(0, self.config.rate_limit_credits - self._window_used))
+        self._window_used += granted
+        self.stats.competing_credits += granted
+        return granted
+
+    def _charge_competitor(self, now: float) -> None:
+        """Charge what ``Faults.competing_rate`` spent since it was last charged, window by window.
+
+        The competitor is simulated lazily, when the account is next metered, so it needs no thread and follows
+        an injected clock. It asks for credits at a steady rate, from its first whole credit on.
+        """
+        rate = self.config.faults.competing_rate
+        since = self._competitor_at
+        self._competitor_at = now
+        if rate <= 0 or since is None:
+            self._competitor_carry = 0.0
+            return
+        window = self.config.rate_limit_window
+        # Past windows only count in the stats; a very long pause is not replayed a window at a time.
+        t = max(since, now - 1000 * window)
+        while t < now:
+            self._open_window(t)
+            assert self._window_start is not None
+            end = min(now, self._window_start + window)
+            wanted = self._competitor_carry + rate * (end - t)
+            whole = int(wanted)
+            self._competitor_carry = wanted - whole
+            self._charge_other(t, whole)
+            t = end
+
     def _issue_token(self) -> dict[str, Any]:
         token = secrets.token_hex(32)
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             # Forget expired tokens so a long benchmark does not grow the table without bound.
             for stale in [t for t, expiry in self._tokens.items() if expiry <= now]:
@@ -587,6 +663,8 @@ class _Handler(BaseHTTPRequestHandler):
         if config.faults.stuck_pagination and start_from > 0:
             # A cursor echoed back at offset 0 would read as "last page", so the first page still advances.
             next_start = start_from
+        elif config.faults.pagination_gap and next_start:
+            next_start += config.faults.pagination_gap
         document = _page_document(start_from, next_start, str(total), sandbox._log_id(), page)
         self._send_envelope(HTTPStatus.OK, document)
 
@@ -733,15 +811,27 @@ def _configure(config: SandboxConfig | None, overrides: dict[str, Any]) -> Sandb
     return dataclasses.replace(config, **overrides) if overrides else config
 
 
-def start_sandbox(config: SandboxConfig | None = None, **overrides: Any) -> Sandbox:
+def start_sandbox(
+    config: SandboxConfig | None = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    **overrides: Any,
+) -> Sandbox:
     """Start a sandbox in a background thread; the caller must ``close()`` it."""
-    return Sandbox(_configure(config, overrides))
+    return Sandbox(_configure(config, overrides), clock=clock, sleep=sleep)
 
 
 @contextmanager
-def run_sandbox(config: SandboxConfig | None = None, **overrides: Any) -> Iterator[Sandbox]:
+def run_sandbox(
+    config: SandboxConfig | None = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    **overrides: Any,
+) -> Iterator[Sandbox]:
     """Serve for the duration of the ``with`` block."""
-    sandbox = start_sandbox(config, **overrides)
+    sandbox = start_sandbox(config, clock=clock, sleep=sleep, **overrides)
     try:
         yield sandbox
     finally:
