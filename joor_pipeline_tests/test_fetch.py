@@ -221,7 +221,7 @@ def test_cli_progress_line_says_the_fetch_waits_for_the_rate_limit(
     monkeypatch.setenv("JOOR_BASE_URL", sandbox.base_url)
     monkeypatch.setenv("JOOR_API_TOKEN", sandbox.config.api_token)
     sandbox.faults.script = ["429"]  # Retry-After: 1
-    assert main(["fetch", "--date", "2026-11-02", "--data-dir", str(tmp_path)]) == 0
+    assert main(["fetch", "--date", "2026-11-02", "--allow-backdated", "--data-dir", str(tmp_path)]) == 0
     err = capsys.readouterr().err
     assert (
         "fetch 2026-11-02: waiting 1s for JOOR's rate limit (HTTP 429): the account's credits, shared with its "
