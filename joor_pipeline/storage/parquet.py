@@ -34,7 +34,13 @@ from joor_pipeline.flatten import TABLES, FlattenStats
 from joor_pipeline.storage.atomic import staging_dir
 from joor_pipeline.storage.parts import PART_FILE, flatten_part, partition_path
 from joor_pipeline.storage.raw import read_raw_snapshot
-from joor_pipeline.storage.workers import flatten_parallel, flatten_workers, overlapping, split_pages
+from joor_pipeline.storage.workers import (
+    WORKER_STALL_SECONDS,
+    flatten_parallel,
+    flatten_workers,
+    overlapping,
+    split_pages,
+)
 
 PARQUET_DIR: Final = Path("parquet")
 
@@ -108,11 +114,13 @@ def flatten_snapshot(
     *,
     progress: FlattenProgress | None = None,
     workers: int | None = None,
+    worker_stall_seconds: float = WORKER_STALL_SECONDS,
 ) -> FlattenReport:
     """Flatten the raw snapshot of ``snapshot_date`` into the ten Parquet tables, replacing them atomically.
 
     ``workers`` processes share the pages (see :func:`flatten_workers`; None picks the default, 1 flattens in
-    this process). ``progress`` is called in this process after each page, whichever worker flattened it.
+    this process). ``progress`` is called in this process after each page, whichever worker flattened it. A
+    worker silent for ``worker_stall_seconds`` fails the flatten (see :func:`flatten_parallel`).
     """
     clock = time.monotonic()
     snapshot = read_raw_snapshot(data_dir, snapshot_date)
@@ -131,7 +139,10 @@ def flatten_snapshot(
         new_root = staging / "new"
         parts_stats: list[FlattenStats] = []
         if parts > 1:
-            reports = flatten_parallel(snapshot, split_pages(snapshot.pages, parts), new_root, snapshot_date, on_page)
+            runs = split_pages(snapshot.pages, parts)
+            reports = flatten_parallel(
+                snapshot, runs, new_root, snapshot_date, on_page, stall_seconds=worker_stall_seconds
+            )
             if overlapping(reports):
                 # A connection repeated across two workers' pages: only one process can keep the first.
                 shutil.rmtree(new_root)
