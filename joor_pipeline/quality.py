@@ -18,6 +18,7 @@ import duckdb
 import pyarrow.parquet as pq
 
 from joor_pipeline.flatten import TABLES
+from joor_pipeline.flatten.coerce import account_id_key, fingerprint
 from joor_pipeline.joor.parse import as_list
 from joor_pipeline.joor.shapes import CONNECTION_LISTS
 from joor_pipeline.storage.parquet import partition_parquet_files
@@ -82,13 +83,6 @@ def partition_issues(data_dir: Path, snapshot_date: date) -> list[Issue]:
     return [Issue(*row) for row in rows]
 
 
-def _account_key(value: Any) -> int | None:
-    try:
-        return int(str(value).strip())
-    except (TypeError, ValueError):
-        return None
-
-
 def _list_length(connection: dict[str, Any], path: tuple[str, ...], key: str) -> int:
     node: Any = connection
     for group in path:
@@ -97,21 +91,59 @@ def _list_length(connection: dict[str, Any], path: tuple[str, ...], key: str) ->
     return 0 if items is None else len(items)
 
 
-def raw_counts(data_dir: Path, snapshot_date: date) -> dict[str, int]:
-    """Rows each table should hold, counted from the raw pages (a repeated connection counts once)."""
+@dataclass(frozen=True)
+class RawRecount:
+    """What the raw pages say the tables should hold."""
+
+    #: Rows per table: every connection once per customer_account_id, plus each connection that repeats an id
+    #: with different content (a distinct record the flatten cannot keep), and their list items.
+    counts: dict[str, int]
+    #: customer_account_ids repeated by connections that differ from the first (sorted): a non-empty list fails
+    #: the reconciliation, and names the ids.
+    conflicting_ids: list[int]
+
+
+def _count(counts: Counter[str], connection: dict[str, Any]) -> None:
+    counts["connections"] += 1
+    for path, list_key in CONNECTION_LISTS:
+        counts[LIST_TABLE[list_key]] += _list_length(connection, path, list_key)
+
+
+def raw_recount(data_dir: Path, snapshot_date: date) -> RawRecount:
+    """Rows each table should hold, counted from the raw pages with the flatten's own dedup key
+    (:func:`~joor_pipeline.flatten.coerce.account_id_key`); an identical repeat counts once."""
     counts: Counter[str] = Counter({table: 0 for table in TABLES})
     seen: set[int] = set()
+    repeated: set[int] = set()
     for _entry, connections, _log_id in iter_raw_pages(data_dir, snapshot_date):
         for connection in connections:
-            key = _account_key(connection.get("customer_account_id"))
+            key = account_id_key(connection.get("customer_account_id"))
             if key is not None:
                 if key in seen:
+                    repeated.add(key)
                     continue
                 seen.add(key)
-            counts["connections"] += 1
-            for path, list_key in CONNECTION_LISTS:
-                counts[LIST_TABLE[list_key]] += _list_length(connection, path, list_key)
-    return dict(counts)
+            _count(counts, connection)
+    if not repeated:
+        return RawRecount(dict(counts), [])
+    # Repeats are rare: a second pass compares them with the first, and counts each different version once.
+    versions: dict[int, set[bytes]] = {}
+    for _entry, connections, _log_id in iter_raw_pages(data_dir, snapshot_date):
+        for connection in connections:
+            key = account_id_key(connection.get("customer_account_id"))
+            if key in repeated:
+                digest = fingerprint(connection)
+                seen_versions = versions.setdefault(key, set())
+                if seen_versions and digest not in seen_versions:
+                    _count(counts, connection)
+                seen_versions.add(digest)
+    conflicting = sorted(key for key, seen_versions in versions.items() if len(seen_versions) > 1)
+    return RawRecount(dict(counts), conflicting)
+
+
+def raw_counts(data_dir: Path, snapshot_date: date) -> dict[str, int]:
+    """Rows each table should hold, counted from the raw pages (see :func:`raw_recount`)."""
+    return raw_recount(data_dir, snapshot_date).counts
 
 
 def partition_rows(data_dir: Path, table: str, snapshot_date: date) -> int:
