@@ -308,9 +308,12 @@ def _connections(items: Any, response: ResponseBlock, source: str) -> list[Canon
     return items
 
 
-#: A run of 19 digits: the shortest integer orjson may read as a float (it reads integers between -2**63 and
-#: 2**64 - 1 exactly, and any other as the nearest float).
-_LONG_DIGITS: Final = re.compile(rb"[0-9]{19}")
+#: Every digit as "0", every other byte as " ": a body holds a run of 19 digits, the shortest integer orjson
+#: may read as a float (it reads integers between -2**63 and 2**64 - 1 exactly, and any other as the nearest
+#: float), when its translation holds :data:`_LONG_RUN`. A translate and a find cost a few percent of the
+#: parse; a regular expression for the same run cost four times the parse.
+_DIGITS_AS_ZERO: Final = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
+_LONG_RUN: Final = b"0" * 19
 
 
 def _reject_constant(name: str) -> Any:
@@ -325,7 +328,7 @@ def _load_json(body: bytes, source: str) -> Any:
     standard library's json instead, which keeps every integer exact and rejects what orjson rejects: NaN and
     Infinity, and nesting past its recursion limit.
     """
-    if _LONG_DIGITS.search(body) is None:
+    if _LONG_RUN not in body.translate(_DIGITS_AS_ZERO):
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:

@@ -58,6 +58,8 @@ MIN_PAGES_PER_WORKER: Final = 8
 #: A worker reports every batch of pages it writes, milliseconds of work each. A worker silent this long is
 #: stuck (stopped, or blocked on a read that never returns): the flatten fails rather than wait forever.
 WORKER_STALL_SECONDS: Final = 120.0
+#: A worker reports the pages it has written at most this often.
+REPORT_SECONDS: Final = 0.05
 #: How often the parent looks at the workers when none has anything to say.
 _POLL_SECONDS: Final = 0.1
 
@@ -110,9 +112,10 @@ def _describe(index: int, entries: Sequence[RawPageEntry]) -> str:
 
 # ---- inside a worker ---------------------------------------------------------------------------------------
 
-# Messages from a task to the parent: (task index, kind, payload).
-_STARTED, _PAGE = "started", "page"
-_messages: multiprocessing.queues.Queue[tuple[int, str, int]] | None = None
+# Messages from a task to the parent: (task index, kind, payload): its pid, or the connection counts of pages.
+_STARTED, _PAGES = "started", "pages"
+_Message = tuple[int, str, list[int]]
+_messages: multiprocessing.queues.Queue[_Message] | None = None
 
 
 class _NoPandas(importlib.abc.MetaPathFinder):
@@ -124,7 +127,7 @@ class _NoPandas(importlib.abc.MetaPathFinder):
         return None
 
 
-def _init_worker(messages: multiprocessing.queues.Queue[tuple[int, str, int]]) -> None:
+def _init_worker(messages: multiprocessing.queues.Queue[_Message]) -> None:
     """Set up a fresh worker process: its channel home, no pandas, and Ctrl-C left to the parent."""
     global _messages
     _messages = messages
@@ -140,17 +143,30 @@ def _init_worker(messages: multiprocessing.queues.Queue[tuple[int, str, int]]) -
 def _flatten_run(
     index: int, snapshot: RawSnapshot, entries: Sequence[RawPageEntry], root: Path, snapshot_date: date
 ) -> WorkerReport:
-    """One task: flatten a run of pages into part ``index``, reporting each page to the parent."""
+    """One task: flatten a run of pages into part ``index``, reporting its pages to the parent."""
     messages = _messages
     assert messages is not None, "not in a flatten worker"
-    messages.put((index, _STARTED, os.getpid()))
+    messages.put((index, _STARTED, [os.getpid()]))
+    unsent: list[int] = []
+    sent = time.monotonic()
+
+    def on_page(count: int) -> None:
+        # Reports go out at most every REPORT_SECONDS: each one wakes the queue's feeder thread, which then
+        # takes the GIL from the flatten.
+        nonlocal sent
+        unsent.append(count)
+        if time.monotonic() - sent >= REPORT_SECONDS:
+            messages.put((index, _PAGES, unsent.copy()))
+            unsent.clear()
+            sent = time.monotonic()
+
     try:
-        result = flatten_part(
-            snapshot, entries, root, snapshot_date, index, lambda count: messages.put((index, _PAGE, count))
-        )
+        result = flatten_part(snapshot, entries, root, snapshot_date, index, on_page)
     except BaseException as exc:
         exc.add_note(f"(in {_describe(index, entries)})")
         raise
+    if unsent:
+        messages.put((index, _PAGES, unsent))
     return WorkerReport(result.stats, pa.array(list(result.kept), type=pa.int64()))
 
 
@@ -203,7 +219,7 @@ def flatten_parallel(
     :class:`FlattenWorkerError` for a worker that died or was silent for ``stall_seconds``.
     """
     context = _context()
-    messages: multiprocessing.queues.Queue[tuple[int, str, int]] = context.Queue()
+    messages: multiprocessing.queues.Queue[_Message] = context.Queue()
     pool = ProcessPoolExecutor(
         max_workers=len(runs), mp_context=context, initializer=_init_worker, initargs=(messages,)
     )
@@ -227,10 +243,11 @@ def flatten_parallel(
             task = tasks[index]
             last_heard = task.last_heard = time.monotonic()
             if kind == _STARTED:
-                task.pid = payload
+                task.pid = payload[0]
             else:
-                task.pages_left -= 1
-                on_page(payload)
+                task.pages_left -= len(payload)
+                for count in payload:
+                    on_page(count)
         reports = [task.future.result() for task in tasks]
         succeeded = True
         return reports
