@@ -109,10 +109,14 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_flatten(args: argparse.Namespace) -> int:
+    workers = flatten_workers_setting(os.environ)
+    if workers != 1:
+        from joor_pipeline.storage.forkserver import start_forkserver
+
+        start_forkserver()  # its imports run while this process makes its own
     from joor_pipeline.storage.parquet import flatten_snapshot
 
     settings = _settings(args)
-    workers = flatten_workers_setting(os.environ)
     progress = Progress(f"flatten {args.date}")
     report = flatten_snapshot(
         settings.data_dir,
@@ -135,6 +139,13 @@ def cmd_flatten(args: argparse.Namespace) -> int:
         print(f"values that could not be typed (kept in 'invalid_values'): {dict(stats.coercion_problems)}")
     if stats.duplicate_connections:
         print(f"connections repeated across pages (kept once): {stats.duplicate_connections}")
+    if stats.conflicting_duplicates:
+        shown = ", ".join(map(str, stats.conflicting_duplicates[:20]))
+        print(
+            f"warning: {len(stats.conflicting_duplicates)} customer_account_id(s) shared by connections that differ "
+            f"(only the first of each was kept; the raw reconciliation fails): {shown}",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -9,8 +9,11 @@ wrong shape take the slow path, and only they allocate the per-row dicts behind 
 
 What it never does: drop a row or fail a run over a value. Unknown fields go to ``extra``, values that
 cannot be coerced go to ``invalid_values`` (the column is null), a list that is not a list is recorded in the
-connection's ``invalid_values``, and every such event is counted in :class:`FlattenStats`. The only error is a
-connection that is not an object at all, which the parser already rejects (:class:`PayloadError`).
+connection's ``invalid_values``, a value nested too deep is kept as text, and every such event is counted in
+:class:`FlattenStats`. A connection whose customer_account_id came earlier in the snapshot is skipped (the first
+wins) and counted; whether it was an identical repeat or a different connection under the same id is for the
+caller to find (:func:`conflicting_repeats`). The only error is a connection that is not an object at all,
+which the parser already rejects (:class:`PayloadError`).
 """
 
 from __future__ import annotations

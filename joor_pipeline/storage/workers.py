@@ -9,7 +9,7 @@ same connection is for the caller to check (:func:`overlapping`).
 The workers are a :class:`concurrent.futures.ProcessPoolExecutor` whose processes come from a *forkserver*,
 never forked from the caller. The caller may be threaded (Dagster's run process is), and a fork copies only the
 forking thread, with every lock other threads held at that moment held forever in the child. The forkserver is
-a fresh single-threaded interpreter that imports the flatten's modules once (:data:`PRELOAD`) and forks a
+a fresh single-threaded interpreter that imports the flatten's modules once (:mod:`.forkserver`) and forks a
 worker from itself on request, so a worker starts in milliseconds with the libraries loaded, inherits no signal
 handler of the caller's, and never imports pandas (pyarrow would, on its first ``pa.array``, only to ask
 whether the input is a pandas object: about 0.6 s of nothing per process).
@@ -44,13 +44,10 @@ import pyarrow.compute as pc
 
 from joor_pipeline.flatten import FlattenStats
 from joor_pipeline.joor.errors import JoorError
+from joor_pipeline.storage.forkserver import CAN_PARALLEL, worker_context
 from joor_pipeline.storage.parts import flatten_part
 from joor_pipeline.storage.raw import RawPageEntry, RawSnapshot
 
-#: Workers are forked by a forkserver (POSIX); where there is none, the flatten runs in one process.
-CAN_PARALLEL: Final = "forkserver" in multiprocessing.get_all_start_methods()
-#: What the forkserver imports once, before it forks any worker.
-PRELOAD: Final = ("joor_pipeline.storage.workers",)
 #: The default number of workers is the usable cores, at most this many...
 MAX_DEFAULT_WORKERS: Final = 8
 #: ...and at most one per this many pages (a small snapshot is not worth a second process).
@@ -173,21 +170,6 @@ def _flatten_run(
 # ---- in the parent -----------------------------------------------------------------------------------------
 
 
-def _context() -> multiprocessing.context.ForkServerContext:
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(PRELOAD))
-    return context
-
-
-def start_forkserver() -> None:
-    """Start the forkserver now, so its imports overlap with the caller's own (optional; it starts on demand)."""
-    if CAN_PARALLEL:
-        _context()
-        from multiprocessing import forkserver
-
-        forkserver.ensure_running()
-
-
 @dataclass
 class _Task:
     index: int
@@ -218,7 +200,7 @@ def flatten_parallel(
     The first failure stops every worker and is raised: the worker's own exception, or
     :class:`FlattenWorkerError` for a worker that died or was silent for ``stall_seconds``.
     """
-    context = _context()
+    context = worker_context()
     messages: multiprocessing.queues.Queue[_Message] = context.Queue()
     pool = ProcessPoolExecutor(
         max_workers=len(runs), mp_context=context, initializer=_init_worker, initargs=(messages,)

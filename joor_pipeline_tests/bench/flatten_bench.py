@@ -115,7 +115,7 @@ def _pss_kib(pid: int) -> int:
 
 
 class _TreeMemory(threading.Thread):
-    """Samples the PSS summed over a process and its descendants (forked workers) until told to stop.
+    """Samples the PSS summed over a process and its descendants (forkserver, workers) until told to stop.
 
     PSS (proportional set size) splits each shared page between the processes mapping it, so the sum is what
     the process tree occupies together, with the libraries the workers share with their parent counted once.
@@ -202,7 +202,7 @@ def run_flatten_bench(
                     if run.vmhwm_kib and abs(run.maxrss_kib - run.vmhwm_kib) > 0.1 * run.vmhwm_kib:
                         log(
                             f"  note: ru_maxrss {run.maxrss_kib} KiB differs from the child's own VmHWM "
-                            f"{run.vmhwm_kib} KiB (ru_maxrss also covers the forked flatten workers, or a big parent)"
+                            f"{run.vmhwm_kib} KiB (ru_maxrss covers reaped children only, or a big parent)"
                         )
         for fmt in formats:
             _check_rows(cases, n, fmt, log)
