@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from joor_pipeline_tests.bench.snapshots import PROJECT_ROOT, snapshot_data_dir
+from bench.snapshots import PROJECT_ROOT, snapshot_data_dir
 
 #: The tables both baselines produce: the ones whose row counts must agree with ours.
 CORE_TABLES: Final = ("connections", "addresses", "payment_methods", "discounts", "doors")
@@ -134,7 +134,7 @@ class _TreeMemory(threading.Thread):
 def run_child(approach: str, data_dir: Path, out_dir: Path) -> ChildRun:
     """Run one approach in a fresh interpreter and measure it."""
     out_dir.mkdir(parents=True)
-    command = [sys.executable, "-m", "joor_pipeline_tests.bench.run_one", approach, str(data_dir), str(out_dir)]
+    command = [sys.executable, "-m", "bench.run_one", approach, str(data_dir), str(out_dir)]
     with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
         clock = time.perf_counter()
         child = subprocess.Popen(command, stdout=stdout, stderr=stderr, cwd=PROJECT_ROOT)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
-from joor_pipeline_tests.bench.fetch_bench import (
+from bench.fetch_bench import (
     FETCH_MAX_N,
     LATENCY_MS,
     PAGE_SIZE,
@@ -18,7 +18,7 @@ from joor_pipeline_tests.bench.fetch_bench import (
     LatencyCase,
     RateLimitCase,
 )
-from joor_pipeline_tests.bench.flatten_bench import CORE_TABLES, FlattenCase, row_mismatches
+from bench.flatten_bench import CORE_TABLES, FlattenCase, row_mismatches
 
 #: The issue's targets (2-core machine, ratios measured in one run).
 MAX_OURS_OVER_DUCKDB: Final = 1.0
