@@ -26,7 +26,7 @@ fmt: setup
 	$(RUN) ruff format .
 
 bench: setup
-	$(RUN) python -m joor_pipeline_tests.bench
+	$(RUN) python -m bench
 
 dictionary: setup
 	$(RUN) python -m joor_pipeline.flatten.dictionary

@@ -154,15 +154,19 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_flatten(args: argparse.Namespace) -> int:
-    from joor_pipeline.quality import blocking_failures
-    from joor_pipeline.storage.parquet import flatten_snapshot
-
     env = _environ(args)
     problems: list[str] = []  # the flatten needs no JOOR account: only its own two settings are read
     workers = read_setting(env, "JOOR_FLATTEN_WORKERS", problems)
     data_dir = read_setting(env, "JOOR_DATA_DIR", problems)
     raise_problems(problems)
     data_dir = _data_dir(args, data_dir)
+    if workers != 1:
+        from joor_pipeline.storage.forkserver import start_forkserver
+
+        start_forkserver()  # its imports run while this process makes its own
+    from joor_pipeline.quality import blocking_failures
+    from joor_pipeline.storage.parquet import flatten_snapshot
+
     progress = Progress(f"flatten {args.date}")
     report = flatten_snapshot(
         data_dir,
@@ -186,6 +190,13 @@ def cmd_flatten(args: argparse.Namespace) -> int:
         print(f"values that could not be typed (kept in 'invalid_values'): {dict(stats.coercion_problems)}")
     if stats.duplicate_connections:
         print(f"connections repeated across pages (kept once): {stats.duplicate_connections}")
+    if stats.conflicting_duplicates:
+        shown = ", ".join(map(str, stats.conflicting_duplicates[:20]))
+        print(
+            f"warning: {len(stats.conflicting_duplicates)} customer_account_id(s) shared by connections that differ "
+            f"(only the first of each was kept; the raw reconciliation fails): {shown}",
+            file=sys.stderr,
+        )
     return 0
 
 

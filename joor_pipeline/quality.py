@@ -21,6 +21,7 @@ from typing import Any, Final, Literal
 import duckdb
 
 from joor_pipeline.flatten import TABLES
+from joor_pipeline.flatten.coerce import account_id_key, fingerprint
 from joor_pipeline.joor.parse import as_list
 from joor_pipeline.joor.shapes import CONNECTION_LISTS
 from joor_pipeline.storage.parquet import StagedFlatten, partition_rows, published_dates, published_files
@@ -157,13 +158,6 @@ def partition_issues(root: Path, snapshot_date: date) -> list[Issue]:
     return [Issue(*row) for row in rows]
 
 
-def _account_key(value: Any) -> int | None:
-    try:
-        return int(str(value).strip())
-    except (TypeError, ValueError):
-        return None
-
-
 def _list_length(connection: dict[str, Any], path: tuple[str, ...], key: str) -> int:
     node: Any = connection
     for group in path:
@@ -172,21 +166,59 @@ def _list_length(connection: dict[str, Any], path: tuple[str, ...], key: str) ->
     return 0 if items is None else len(items)
 
 
-def raw_counts(data_dir: Path, snapshot_date: date) -> dict[str, int]:
-    """Rows each table should hold, counted from the raw pages (a repeated connection counts once)."""
+@dataclass(frozen=True)
+class RawRecount:
+    """What the raw pages say the tables should hold."""
+
+    #: Rows per table: every connection once per customer_account_id, plus each connection that repeats an id
+    #: with different content (a distinct record the flatten cannot keep), and their list items.
+    counts: dict[str, int]
+    #: customer_account_ids repeated by connections that differ from the first (sorted): a non-empty list fails
+    #: the reconciliation, and names the ids.
+    conflicting_ids: list[int]
+
+
+def _count(counts: Counter[str], connection: dict[str, Any]) -> None:
+    counts["connections"] += 1
+    for path, list_key in CONNECTION_LISTS:
+        counts[LIST_TABLE[list_key]] += _list_length(connection, path, list_key)
+
+
+def raw_recount(data_dir: Path, snapshot_date: date) -> RawRecount:
+    """Rows each table should hold, counted from the raw pages with the flatten's own dedup key
+    (:func:`~joor_pipeline.flatten.coerce.account_id_key`); an identical repeat counts once."""
     counts: Counter[str] = Counter({table: 0 for table in TABLES})
     seen: set[int] = set()
+    repeated: set[int] = set()
     for _entry, connections, _log_id in iter_raw_pages(data_dir, snapshot_date):
         for connection in connections:
-            key = _account_key(connection.get("customer_account_id"))
+            key = account_id_key(connection.get("customer_account_id"))
             if key is not None:
                 if key in seen:
+                    repeated.add(key)
                     continue
                 seen.add(key)
-            counts["connections"] += 1
-            for path, list_key in CONNECTION_LISTS:
-                counts[LIST_TABLE[list_key]] += _list_length(connection, path, list_key)
-    return dict(counts)
+            _count(counts, connection)
+    if not repeated:
+        return RawRecount(dict(counts), [])
+    # Repeats are rare: a second pass compares them with the first, and counts each different version once.
+    versions: dict[int, set[bytes]] = {}
+    for _entry, connections, _log_id in iter_raw_pages(data_dir, snapshot_date):
+        for connection in connections:
+            key = account_id_key(connection.get("customer_account_id"))
+            if key in repeated:
+                digest = fingerprint(connection)
+                seen_versions = versions.setdefault(key, set())
+                if seen_versions and digest not in seen_versions:
+                    _count(counts, connection)
+                seen_versions.add(digest)
+    conflicting = sorted(key for key, seen_versions in versions.items() if len(seen_versions) > 1)
+    return RawRecount(dict(counts), conflicting)
+
+
+def raw_counts(data_dir: Path, snapshot_date: date) -> dict[str, int]:
+    """Rows each table should hold, counted from the raw pages (see :func:`raw_recount`)."""
+    return raw_recount(data_dir, snapshot_date).counts
 
 
 def _sample(issues: list[Issue]) -> list[dict[str, Any]]:
@@ -220,7 +252,8 @@ def check_partition(
         for table, check in CHECKS:
             if issue.table_name == table and issue.rule in check.rules:
                 by_check.setdefault((table, check.name), []).append(issue)
-    expected = raw_counts(data_dir, snapshot_date)
+    recount = raw_recount(data_dir, snapshot_date)
+    expected = recount.counts
     actual = parquet_counts(files)
 
     outcomes = []
@@ -228,9 +261,15 @@ def check_partition(
         metadata: dict[str, Any]
         detail = ""
         if check.name == "reconciles_with_raw":
-            passed = expected[table] == actual[table]
+            # A connection that shares its id with a different one cannot be kept beside it: named, and failed.
+            conflicting = recount.conflicting_ids if table == "connections" else []
+            passed = expected[table] == actual[table] and not conflicting
             metadata = {"raw_items": expected[table], "parquet_rows": actual[table]}
             detail = f"{expected[table]} raw items, {actual[table]} Parquet rows"
+            if conflicting:
+                metadata["conflicting_customer_account_ids"] = conflicting[:20]
+                shown = ", ".join(map(str, conflicting[:5]))
+                detail += f"; {len(conflicting)} customer_account_id(s) shared by different connections, e.g. {shown}"
         elif check.name == "row_count_steady":
             previous = previous_partition(data_dir, table, snapshot_date)
             if previous is None:
@@ -261,6 +300,11 @@ def check_partition(
 def parquet_counts(files: Mapping[str, Sequence[Path]]) -> dict[str, int]:
     """Rows each table holds, given each table's files (e.g. a staged flatten's, or ``published_files``)."""
     return {table: partition_rows(list(files[table])) for table in TABLES}
+
+
+def published_counts(data_dir: Path, snapshot_date: date) -> dict[str, int]:
+    """Rows each table's published partition of ``snapshot_date`` holds."""
+    return parquet_counts({table: published_files(data_dir, table, snapshot_date) for table in TABLES})
 
 
 def previous_partition(data_dir: Path, table: str, snapshot_date: date) -> date | None:

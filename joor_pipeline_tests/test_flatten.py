@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from joor_pipeline.flatten import TABLES, arrow_schema, flatten_page
@@ -19,8 +20,10 @@ from joor_pipeline.flatten.flatten import FlatBatch
 from joor_pipeline.flatten.schema import BOOL, FLOAT64, INT64, STRING, TIMESTAMP_UTC
 from joor_pipeline.joor.errors import PayloadError
 from joor_pipeline.joor.parse import parse_page
+from joor_pipeline.quality import check_partition, published_counts, raw_counts, raw_recount
 from joor_pipeline.sandbox.data import generate_connections
 from joor_pipeline.sandbox.render import render_json, render_xml
+from joor_pipeline.storage.parquet import flatten_snapshot, published_files
 
 SNAPSHOT = date(2024, 3, 1)
 #: The seed document was captured from a page that obfuscated e-mail addresses; this is the literal text.
@@ -668,3 +671,99 @@ def test_data_dictionary_is_up_to_date() -> None:
     assert DEFAULT_PATH.read_text(encoding="utf-8") == text, (
         "docs/data-dictionary.md is stale: run python -m joor_pipeline.flatten.dictionary"
     )
+
+
+# ---- hostile payloads, end to end: landed raw pages, flattened, reconciled ------------------------------------
+
+DAY = date(2024, 5, 1)
+
+
+def landed_with(tmp_path: Path, replacements: dict[bytes, bytes], n: int = 300) -> list[dict[str, Any]]:
+    """``n`` generated connections landed as JSON pages, with placeholders in the bodies swapped for raw JSON
+    that the renderer could not write (integers past 64 bits, deep nesting)."""
+    from joor_pipeline_tests.raw_fixtures import land
+
+    connections = generate_connections(n, seed=11)
+    connections[150]["customer_code"] = "__CODE__"
+    connections[151]["customer_account_id"] = "__ID__"
+    connections[152]["customer_name"] = "__DEEP__"
+    connections[153]["surprise"] = "__DEEP__"
+
+    def body_of(_index: int, body: bytes) -> bytes:
+        for placeholder, value in replacements.items():
+            body = body.replace(b'"' + placeholder + b'"', value)
+        return body
+
+    land(tmp_path, DAY, connections, body_of=body_of)
+    return connections
+
+
+def connections_by_page_row(tmp_path: Path) -> list[dict[str, Any]]:
+    from joor_pipeline.storage.parquet import partition_parquet_files
+
+    files = partition_parquet_files(tmp_path, "connections", DAY)
+    return pa.concat_tables(pq.read_table(path) for path in files).to_pylist()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_big_integers_and_deep_values_are_kept_as_text_and_the_rows_kept(tmp_path: Path, workers: int) -> None:
+    big = b"123456789012345678901234567890"
+    deep = b"[" * 900 + b'"x"' + b"]" * 900
+    landed_with(tmp_path, {b"__CODE__": big, b"__ID__": b"-" + big, b"__DEEP__": deep})
+    report = flatten_snapshot(tmp_path, DAY, workers=workers)
+
+    assert report.connections == 300
+    rows = connections_by_page_row(tmp_path)
+    assert rows[150]["customer_code"] == big.decode()  # a string column takes the digits as sent
+    assert rows[151]["customer_account_id"] is None
+    assert json.loads(rows[151]["invalid_values"]) == {"customer_account_id": "-" + big.decode()}
+    # 900 levels in one field: the row is kept, the value kept as text, nothing crashed.
+    name_text = json.loads(rows[152]["invalid_values"])["customer_name"]
+    assert name_text.replace("[", "").replace("]", "").replace('"', "").replace("\\", "") == "x"
+    assert name_text.count("[") == 900
+    surprise = json.loads(rows[153]["extra"])["surprise"]
+    assert json.dumps(surprise).count("[") == 900
+    assert report.stats.coercion_problems["connections.customer_name"] == 1
+    assert raw_counts(tmp_path, DAY) == published_counts(tmp_path, DAY)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_different_connection_sharing_an_id_fails_the_reconciliation_naming_it(tmp_path: Path, workers: int) -> None:
+    from joor_pipeline_tests.raw_fixtures import land
+
+    connections = generate_connections(300, seed=11)
+    same = copy.deepcopy(connections[10])
+    different = copy.deepcopy(connections[20])
+    different["customer_account_id"] = connections[5]["customer_account_id"]
+    land(tmp_path, DAY, [*connections, same, different, copy.deepcopy(different)])
+    report = flatten_snapshot(tmp_path, DAY, workers=workers)
+
+    conflicting = int(connections[5]["customer_account_id"])
+    assert report.connections == 300
+    assert report.stats.duplicate_connections == 3
+    assert report.stats.conflicting_duplicates == [conflicting]
+    recount = raw_recount(tmp_path, DAY)
+    assert recount.conflicting_ids == [conflicting]
+    # The different connection (counted once, though it came twice) is a record the Parquet lacks.
+    assert recount.counts["connections"] == 301 and published_counts(tmp_path, DAY)["connections"] == 300
+    # ...and the blocking reconciliation check fails, naming the id.
+    files = {table: published_files(tmp_path, table, DAY) for table in TABLES}
+    outcome = next(
+        o
+        for o in check_partition(tmp_path, tmp_path / "parquet", files, DAY)
+        if o.table == "connections" and o.check.name == "reconciles_with_raw"
+    )
+    assert not outcome.passed and outcome.blocks
+    assert outcome.metadata["conflicting_customer_account_ids"] == [conflicting]
+    assert str(conflicting) in outcome.detail
+
+
+def test_identical_repeats_still_reconcile(tmp_path: Path) -> None:
+    from joor_pipeline_tests.raw_fixtures import land
+
+    connections = generate_connections(300, seed=11)
+    land(tmp_path, DAY, [*connections, copy.deepcopy(connections[7]), copy.deepcopy(connections[250])])
+    report = flatten_snapshot(tmp_path, DAY, workers=2)
+    assert report.stats.duplicate_connections == 2 and report.stats.conflicting_duplicates == []
+    assert raw_recount(tmp_path, DAY).conflicting_ids == []
+    assert raw_counts(tmp_path, DAY) == published_counts(tmp_path, DAY)

@@ -14,11 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from joor_pipeline.flatten import TABLES, FlattenStats, arrow_schema, flatten_page, flatten_pages
-from joor_pipeline.flatten.coerce import INVALID, coerce_column, coerce_value
+from joor_pipeline.flatten.coerce import INVALID, account_id_key, coerce_column, coerce_value
 from joor_pipeline.flatten.schema import BOOL, FLOAT64, INT64, STRING, TIMESTAMP_UTC
 from joor_pipeline.joor.errors import PayloadError
 from joor_pipeline.joor.parse import leaf_text, parse_page
+from joor_pipeline.quality import published_counts, raw_recount
 from joor_pipeline.sandbox.data import generate_connections, load_seed_connection
+from joor_pipeline.storage.parquet import flatten_snapshot
+from joor_pipeline_tests.raw_fixtures import land
 
 SETTINGS = settings(
     max_examples=200,
@@ -287,3 +290,46 @@ def test_a_connection_that_is_not_an_object_names_its_own_page_among_several() -
     good = generate_connections(3, seed=9)
     with pytest.raises(PayloadError, match=r"connection #1 is a str, not an object in page 8 \(log_id L8\)"):
         flatten_pages([(good, 7, "L7"), ([good[0], "oops"], 8, "L8")], snapshot_date=date(2024, 1, 1))
+
+
+DAY = date(2024, 5, 1)
+id_spellings = st.one_of(
+    st.none(),
+    st.integers(-(2**65), 2**65),
+    st.integers(0, 6),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.sampled_from(["4", "4.0", " 4 ", "+4", "4.00", "4.5", "04", "-0", "0.0", "", "x", "1e2", "\u0664"]),
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(ids=st.lists(id_spellings, min_size=1, max_size=40))
+def test_the_raw_recount_and_the_flatten_dedup_with_one_rule(
+    tmp_path_factory: pytest.TempPathFactory, ids: list[Any]
+) -> None:
+    """However an id is spelled ("4.0", " 4 ", 4.0, True, 2**64), the blocking reconciliation and the flatten
+    read it alike: identical connections under ids that mean the same number dedupe the same on both sides."""
+    data_dir = tmp_path_factory.mktemp("dedup")
+    template = generate_connections(1, seed=3)[0]
+    connections = []
+    for raw_id in ids:
+        connection = json.loads(json.dumps(template))
+        connection["customer_account_id"] = raw_id
+        connections.append(connection)
+    land(data_dir, DAY, connections)
+    report = flatten_snapshot(data_dir, DAY, workers=1)
+    recount = raw_recount(data_dir, DAY)
+    assert recount.counts == published_counts(data_dir, DAY)
+    keys = [account_id_key(raw) for raw in json.loads(json.dumps(ids))]
+    assert report.connections == len({k for k in keys if k is not None}) + keys.count(None)
+    # Only the id's spelling differs: the same connection, not a conflicting one.
+    assert report.stats.conflicting_duplicates == recount.conflicting_ids == []
+
+
+@given(value=id_spellings)
+def test_the_dedup_key_is_what_the_int64_column_holds(value: Any) -> None:
+    coerced = coerce_value(value, INT64)
+    assert account_id_key(value) == (None if coerced is INVALID else coerced)

@@ -1,11 +1,14 @@
-"""The flatten shared out between forked worker processes: the same rows, the same stats, the same failures."""
+"""The flatten shared out between worker processes: the same rows, the same stats, the same failures, bounded."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -21,14 +24,15 @@ from joor_pipeline.config import flatten_workers_setting
 from joor_pipeline.flatten import TABLES
 from joor_pipeline.joor.errors import ConfigError, PayloadError
 from joor_pipeline.sandbox.data import generate_connections
-from joor_pipeline.storage import parts, workers
+from joor_pipeline.storage import workers
 from joor_pipeline.storage.parquet import FlattenReport, flatten_snapshot, partition_parquet_files
-from joor_pipeline.storage.workers import MIN_PAGES_PER_WORKER, flatten_workers
+from joor_pipeline.storage.raw import raw_snapshot_dir
+from joor_pipeline.storage.workers import MIN_PAGES_PER_WORKER, FlattenWorkerError, flatten_workers
 from joor_pipeline_tests.raw_fixtures import land, partition_bytes, staging_leftovers
 
 DAY = date(2024, 5, 1)
 
-pytestmark = pytest.mark.skipif(not workers.CAN_FORK, reason="worker processes are forked, which needs Linux")
+pytestmark = pytest.mark.skipif(not workers.CAN_PARALLEL, reason="worker processes come from a forkserver (POSIX)")
 
 
 def drifted_connections(n: int) -> list[dict[str, Any]]:
@@ -46,16 +50,56 @@ def read_partition(data_dir: Path, table: str) -> pa.Table:
     return pa.concat_tables(pq.read_table(path) for path in partition_parquet_files(data_dir, table, DAY))
 
 
-def misbehave_on_page_six(monkeypatch: pytest.MonkeyPatch, misbehave: Callable[[], object]) -> None:
-    """Make the worker that flattens page 6 call ``misbehave`` first (forked workers inherit the patch)."""
-    flatten_pages = parts.flatten_pages
+@contextlib.contextmanager
+def held_page(data_dir: Path, page: int) -> Iterator[Path]:
+    """Swap a landed page for a named pipe that gives no data and no end: the worker that reads it blocks there,
+    alive, with the pipe open, until the test does something to it (a read stuck on a dead network disk)."""
+    path = raw_snapshot_dir(data_dir, DAY) / f"page-{page:05d}.json"
+    path.unlink()
+    os.mkfifo(path)
+    # Held open for writing here, so the worker's open succeeds and its read waits for data that never comes.
+    fd = os.open(path, os.O_RDWR)
+    try:
+        yield path
+    finally:
+        os.close(fd)
 
-    def patched(pages: Any, **kwargs: Any) -> Any:
-        if any(source_page == 6 for _, source_page, _ in pages):
-            misbehave()
-        return flatten_pages(pages, **kwargs)
 
-    monkeypatch.setattr(parts, "flatten_pages", patched)
+def worker_holding(path: Path, timeout: float = 60.0) -> int:
+    """The pid of the process that has ``path`` open (the worker blocked on it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+            if fd_dir.parent.name == str(os.getpid()):
+                continue
+            with contextlib.suppress(OSError):
+                if any(os.readlink(fd) == str(path) for fd in fd_dir.iterdir()):
+                    return int(fd_dir.parent.name)
+        time.sleep(0.05)
+    raise AssertionError(f"no process opened {path} within {timeout} s")
+
+
+def signal_worker_holding(path: Path, signum: int) -> threading.Thread:
+    """In the background: wait for the worker blocked on ``path`` and send it ``signum``."""
+    thread = threading.Thread(target=lambda: os.kill(worker_holding(path), signum), daemon=True)
+    thread.start()
+    return thread
+
+
+def flatten_children() -> set[int]:
+    """Processes descended from this one (the forkserver and its workers, the resource tracker)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: set[int] = set()
+    stack = [os.getpid()]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.add(child)
+            stack.append(child)
+    return found
 
 
 def assert_same_flatten(one: FlattenReport, many: FlattenReport, one_dir: Path, many_dir: Path) -> None:
@@ -129,17 +173,18 @@ def test_a_bad_page_in_one_worker_fails_the_flatten_and_keeps_the_previous_parti
     assert staging_leftovers(tmp_path) == []
 
 
-def test_a_worker_that_dies_fails_the_flatten_and_keeps_the_previous_partition(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_worker_that_dies_fails_the_flatten_and_keeps_the_previous_partition(tmp_path: Path) -> None:
     land(tmp_path, DAY, generate_connections(1000, seed=2))
     flatten_snapshot(tmp_path, DAY, workers=1)
     before = partition_bytes(tmp_path, DAY)
 
-    # What the kernel's OOM killer leaves behind: no message, no exception.
-    misbehave_on_page_six(monkeypatch, lambda: os._exit(9))
-    with pytest.raises(RuntimeError, match=r"flatten worker 1 \(pages 5-9\) exited with code 9 before finishing"):
-        flatten_snapshot(tmp_path, DAY, workers=2)
+    # What the kernel's OOM killer leaves behind: no message, no exception. The worker of pages 5-9 is held on
+    # page 6 so that it is surely alive when the test kills it.
+    with held_page(tmp_path, 6) as held:
+        killer = signal_worker_holding(held, signal.SIGKILL)
+        with pytest.raises(FlattenWorkerError, match=r"died before finishing \(.*flatten worker 1, pages 5-9"):
+            flatten_snapshot(tmp_path, DAY, workers=2)
+        killer.join()
     assert partition_bytes(tmp_path, DAY) == before
     assert staging_leftovers(tmp_path) == []
 
@@ -196,16 +241,45 @@ def test_the_dagster_asset_flattens_with_the_configured_workers_and_its_checks_p
     assert connections["dagster/row_count"].value == 1000
 
 
-def test_a_worker_that_hangs_is_stopped_and_the_previous_partition_kept(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_stopped_worker_is_killed_within_the_stall_limit_and_the_previous_partition_kept(tmp_path: Path) -> None:
     land(tmp_path, DAY, generate_connections(1000, seed=2))
     flatten_snapshot(tmp_path, DAY, workers=1)
     before = partition_bytes(tmp_path, DAY)
 
-    misbehave_on_page_six(monkeypatch, lambda: time.sleep(3600))  # a deadlock, as far as the parent can tell
-    monkeypatch.setattr(workers, "WORKER_SILENCE_SECONDS", 1.0)
-    with pytest.raises(RuntimeError, match=r"flatten workers 1 \(pages 5-9\) sent nothing for 1 s and were stopped"):
-        flatten_snapshot(tmp_path, DAY, workers=2)
+    pids: list[int] = []
+    with held_page(tmp_path, 6) as held:
+
+        def stop_it() -> None:
+            pids.append(worker_holding(held))
+            os.kill(pids[0], signal.SIGSTOP)
+
+        stopper = threading.Thread(target=stop_it, daemon=True)
+        stopper.start()
+        clock = time.monotonic()
+        with pytest.raises(
+            FlattenWorkerError, match=r"flatten worker 1, pages 5-9 sent no word for \d+ s \(limit 5 s\)"
+        ):
+            flatten_snapshot(tmp_path, DAY, workers=2, worker_stall_seconds=5.0)
+        stopper.join()
+        assert pids, "the worker was not found"
+    # Bounded: the limit plus the time to start the workers, far from the hour a real hang would take.
+    assert 5.0 <= time.monotonic() - clock < 60
     assert partition_bytes(tmp_path, DAY) == before
+    assert staging_leftovers(tmp_path) == []
+    # The stopped worker was killed, not left stopped behind us.
+    deadline = time.monotonic() + 30
+    while pids[0] in flatten_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pids[0] not in flatten_children()
+
+
+def test_a_worker_failure_stops_the_other_workers_at_once(tmp_path: Path) -> None:
+    """A bad page fails the flatten while another worker is still blocked: no waiting for the stall limit."""
+    connections = generate_connections(1000, seed=2)
+    land(tmp_path, DAY, connections, body_of=lambda i, b: b[:100] if i == 7 else b)
+    with held_page(tmp_path, 2):  # worker 0 blocks on page 2 for good; worker 1 meets the broken page 7
+        clock = time.monotonic()
+        with pytest.raises(PayloadError, match="invalid JSON"):
+            flatten_snapshot(tmp_path, DAY, workers=2, worker_stall_seconds=600.0)
+        assert time.monotonic() - clock < 60
     assert staging_leftovers(tmp_path) == []

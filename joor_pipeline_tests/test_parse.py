@@ -197,3 +197,82 @@ def xml_trees(draw: st.DrawFn, depth: int = 0) -> Element:
 @given(tree=xml_trees())
 def test_xml_elements_read_as_they_always_have(tree: Element) -> None:
     assert parse._element_value(tree) == _reference_element_value(tree)
+
+
+def test_a_doctype_is_refused_before_expat_reads_any_of_it() -> None:
+    """After the DOCTYPE comes what expat would reject on its own (an unclosed internal subset, bytes that are
+    not UTF-8): the refusal comes from the prolog scan, not from expat, which never reads the body."""
+    body = b'<?xml version="1.0"?>\n<!-- JOOR -->\n<?pi x?>\n<!DOCTYPE connections [<!ENTITY a "\xff\xfe' + b"x" * 10**6
+    with pytest.raises(parse.DoctypeForbidden, match="document type declaration"):
+        parse.refuse_doctype(body)
+    with pytest.raises(PayloadError, match=r"invalid XML \(DoctypeForbidden: document type declaration"):
+        parse_page(body, "xml", source="page-00005.xml")
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('<?xml version="1.0" encoding="UTF-16"?><connections/>'.encode("utf-16"), "not UTF-8"),
+        ('<?xml version="1.0" encoding="UTF-32"?><connections/>'.encode("utf-32-be"), "not UTF-8"),
+        (b'<?xml version="1.0" encoding="cp037"?><connections/>', "encoding 'cp037' refused"),
+    ],
+)
+def test_xml_the_prolog_scan_cannot_read_is_refused(body: bytes, message: str) -> None:
+    with pytest.raises(PayloadError, match=message):
+        parse_page(body, "xml", source="page-00006.xml")
+
+
+def test_comments_instructions_and_a_bom_before_the_root_are_fine() -> None:
+    body = (
+        b'\xef\xbb\xbf<?xml version="1.0" encoding="utf-8"?>\n<!-- a comment with <!DOCTYPE x> inside -->\n'
+        b"<?render x?>\n<connections><response><code>0</code></response><connections/></connections>"
+    )
+    page = parse_page(body, "xml")
+    assert page.response.code == 0 and page.connections == []
+
+
+def test_xml_nested_100000_levels_is_one_clear_error_naming_the_page() -> None:
+    n = 100_000
+    body = (
+        b"<connections><response><code>0</code></response><connections><connection>"
+        b"<customer_account_id>1</customer_account_id><notes>" + b"<a>" * n + b"x" + b"</a>" * n + b"</notes>"
+        b"</connection></connections></connections>"
+    )
+    with pytest.raises(PayloadError, match=r"XML nested deeper than 64 levels \(at <a>\) in page-00007.xml"):
+        parse_page(body, "xml", source="page-00007.xml")
+
+
+def test_json_integers_beyond_64_bits_are_read_exactly() -> None:
+    body = (
+        b'{"response": {"code": 0}, "connections": [{"customer_account_id": 123456789012345678901234567890,'
+        b' "a": -9223372036854775809, "b": 18446744073709551615, "c": 1.5, "d": "12345678901234567890123"}]}'
+    )
+    connection = parse_page(body, "json", canonical=False).connections[0]
+    assert connection == {
+        "customer_account_id": 123456789012345678901234567890,
+        "a": -9223372036854775809,
+        "b": 18446744073709551615,
+        "c": 1.5,
+        "d": "12345678901234567890123",
+    }
+    assert parse_page(body, "json").connections[0]["customer_account_id"] == "123456789012345678901234567890"
+
+
+@pytest.mark.parametrize("body", [b'{"response": {"code": 0}, "x": NaN, "n": 12345678901234567890123}'])
+def test_the_exact_integer_reader_refuses_what_orjson_refuses(body: bytes) -> None:
+    with pytest.raises(PayloadError, match="invalid JSON"):
+        parse_page(body, "json", source="page-00008.json")
+
+
+def test_json_nested_deeper_than_the_limit_is_kept_as_text() -> None:
+    deep = "[" * 900 + '"x"' + "]" * 900
+    body = ('{"response": {"code": 0}, "connections": [{"customer_account_id": 1, "notes": ' + deep + "}]}").encode()
+    raw = parse_page(body, "json", canonical=False).connections[0]
+    canonical = parse_page(body, "json").connections[0]
+    text, walked = canonical["notes"], 0
+    while isinstance(text, list):
+        assert len(text) == 1
+        text, walked = text[0], walked + 1
+    assert walked < parse.MAX_DEPTH  # the levels below the limit stay lists; the rest is one text leaf
+    assert text == "[" * (900 - walked) + '"x"' + "]" * (900 - walked)
+    assert parse.deep_text(raw["notes"]) == deep

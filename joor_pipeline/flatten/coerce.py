@@ -25,6 +25,7 @@ the common clean cases and must always agree with it (a property test holds it t
 from __future__ import annotations
 
 import enum
+import hashlib
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -34,7 +35,7 @@ from typing import Any, Final
 import orjson
 import pyarrow as pa
 
-from joor_pipeline.joor.parse import leaf_text
+from joor_pipeline.joor.parse import MAX_DEPTH, deep_text, leaf_text
 
 
 class _Invalid(enum.Enum):
@@ -58,12 +59,18 @@ _BOOL_EXACT: Final[dict[str, bool]] = {"True": True, "False": False, "true": Tru
 _JSON_OPTIONS: Final = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 
 
-def canonical_value(value: Any) -> Any:
-    """``value`` with every scalar leaf spelled as text, as the parser would give it (for JSON dumps)."""
+def canonical_value(value: Any, _depth: int = 0) -> Any:
+    """``value`` with every scalar leaf spelled as text, as the parser would give it (for JSON dumps).
+
+    An object or list nested past :data:`~joor_pipeline.joor.parse.MAX_DEPTH` is kept whole as one text leaf
+    (:func:`~joor_pipeline.joor.parse.deep_text`): a value too deep for the contract is still kept, as text.
+    """
+    if isinstance(value, dict | list | tuple) and _depth >= MAX_DEPTH:
+        return deep_text(value)
     if isinstance(value, dict):
-        return {str(k): canonical_value(v) for k, v in value.items()}
+        return {str(k): canonical_value(v, _depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [canonical_value(v) for v in value]
+        return [canonical_value(v, _depth + 1) for v in value]
     if value is None or isinstance(value, str | int | float):
         return leaf_text(value)
     return str(value)
@@ -72,6 +79,29 @@ def canonical_value(value: Any) -> Any:
 def compact_json(value: Any) -> str:
     """Compact JSON with sorted keys and text leaves: the same data always gives the same string."""
     return orjson.dumps(canonical_value(value), option=_JSON_OPTIONS).decode()
+
+
+def account_id_key(value: Any) -> int | None:
+    """A connection's customer_account_id as the one dedup key: exactly what the INT64 column holds, None when
+    missing or invalid (``"4.0"`` and ``4`` are both 4; ``True``, ``"4.5"`` and ids outside int64 are None).
+
+    The flatten dedups on it and the raw recount (``quality.raw_counts``) counts with it, so they cannot differ.
+    """
+    key = _to_int(value) if value is not None else None
+    return None if key is INVALID else key
+
+
+def fingerprint(connection: dict[str, Any]) -> bytes:
+    """A digest of a whole connection: equal for identical repeats, different for two connections that differ.
+
+    The id is taken as its dedup key, so ``"4.0"`` and ``4`` with the same content are one connection.
+    """
+    connection = {**connection, "customer_account_id": account_id_key(connection.get("customer_account_id"))}
+    try:
+        data = orjson.dumps(connection, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # an integer outside 64 bits, a value nested past orjson's limit
+        data = compact_json(connection).encode()
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 def original_text(value: Any) -> str:

@@ -9,14 +9,17 @@ wrong shape take the slow path, and only they allocate the per-row dicts behind 
 
 What it never does: drop a row or fail a run over a value. Unknown fields go to ``extra``, values that
 cannot be coerced go to ``invalid_values`` (the column is null), a list that is not a list is recorded in the
-connection's ``invalid_values``, and every such event is counted in :class:`FlattenStats`. The only error is a
-connection that is not an object at all, which the parser already rejects (:class:`PayloadError`).
+connection's ``invalid_values``, a value nested too deep is kept as text, and every such event is counted in
+:class:`FlattenStats`. A connection whose customer_account_id came earlier in the snapshot is skipped (the first
+wins) and counted; whether it was an identical repeat or a different connection under the same id is for the
+caller to find (:func:`conflicting_repeats`). The only error is a connection that is not an object at all,
+which the parser already rejects (:class:`PayloadError`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from operator import itemgetter
@@ -27,10 +30,12 @@ import pyarrow.compute as pc
 
 from joor_pipeline.flatten.coerce import (
     INVALID,
+    account_id_key,
     canonical_value,
     coerce_column,
     coerce_value,
     compact_json,
+    fingerprint,
     original_text,
 )
 from joor_pipeline.flatten.schema import INT64, TABLES, ListSource, TableSpec, arrow_schema
@@ -54,6 +59,9 @@ class FlattenStats:
     coercion_problems: Counter[str] = field(default_factory=Counter)
     #: Connections skipped because their customer_account_id was already seen (the first one is kept).
     duplicate_connections: int = 0
+    #: The customer_account_ids repeated by a connection that differs from the first one kept (sorted, each
+    #: once). Only the first is written, so data was lost: the raw reconciliation fails on these.
+    conflicting_duplicates: list[int] = field(default_factory=list)
     #: Connections kept with a null customer_account_id (missing or invalid).
     missing_customer_account_id: int = 0
 
@@ -65,6 +73,8 @@ class FlattenStats:
         self.unknown_fields.update(other.unknown_fields)
         self.coercion_problems.update(other.coercion_problems)
         self.duplicate_connections += other.duplicate_connections
+        if other.conflicting_duplicates:
+            self.conflicting_duplicates = sorted({*self.conflicting_duplicates, *other.conflicting_duplicates})
         self.missing_customer_account_id += other.missing_customer_account_id
 
 
@@ -74,6 +84,9 @@ class FlatBatch:
 
     tables: dict[str, pa.Table]
     stats: FlattenStats
+    #: The customer_account_ids of the connections skipped as repeats, for the caller to compare with the
+    #: connection it kept (:func:`~.coerce.fingerprint`; only the caller has every page at hand).
+    repeated_ids: list[int] = field(default_factory=list)
 
 
 # --- field maps, compiled once from the specs -------------------------------------------------------------
@@ -268,6 +281,7 @@ class _PageFlattener:
         self.seen = seen
         self.connections = _Rows(_CONNECTION)
         self.ids: list[int | None] = []
+        self.repeated: list[int] = []
         # The page each kept connection came from, and its log_id (several pages may be flattened at once).
         self.pages: list[int] = []
         self.log_ids: list[str | None] = []
@@ -300,15 +314,15 @@ class _PageFlattener:
     def add(self, connection: Item) -> None:
         """Flatten one connection, unless its customer_account_id was seen already."""
         raw_id = connection.get("customer_account_id")
-        account_id = coerce_value(raw_id, INT64)
+        account_id = account_id_key(raw_id)
         owner = len(self.ids)
-        if account_id is INVALID:
-            self._flag_connection(owner, "customer_account_id", raw_id)
-            account_id = None
         if account_id is None:
+            if coerce_value(raw_id, INT64) is INVALID:
+                self._flag_connection(owner, "customer_account_id", raw_id)
             self.stats.missing_customer_account_id += 1
         elif account_id in self.seen:
             self.stats.duplicate_connections += 1
+            self.repeated.append(account_id)
             return
         else:
             self.seen.add(account_id)
@@ -461,6 +475,24 @@ def _json_column(rows: dict[int, dict[str, Any]], n: int) -> pa.Array:
     return pa.array(values, type=pa.string())
 
 
+def conflicting_repeats(connections: Iterable[Any], repeated: Collection[int]) -> list[int]:
+    """Of the ``repeated`` customer_account_ids, those whose connections (in order, first included) differ.
+
+    A second pass over the pages, taken only when a snapshot has repeats, so the flatten does not have to
+    fingerprint every connection it keeps for the rare one that comes back.
+    """
+    first: dict[int, bytes] = {}
+    conflicting: set[int] = set()
+    for connection in connections:
+        key = account_id_key(connection.get("customer_account_id")) if type(connection) is dict else None
+        if key is None or key not in repeated:
+            continue
+        digest = fingerprint(connection)
+        if first.setdefault(key, digest) != digest:
+            conflicting.add(key)
+    return sorted(conflicting)
+
+
 def flatten_page(
     connections: Sequence[Item],
     *,
@@ -495,4 +527,4 @@ def flatten_pages(
     flattener = _PageFlattener(stats, set() if seen_account_ids is None else seen_account_ids)
     for connections, source_page, log_id in pages:
         flattener.add_page(connections, source_page, log_id)
-    return FlatBatch(flattener.tables(snapshot_date), stats)
+    return FlatBatch(flattener.tables(snapshot_date), stats, flattener.repeated)

@@ -49,7 +49,13 @@ from joor_pipeline.joor.errors import JoorError
 from joor_pipeline.storage.parts import PART_FILE, flatten_part, partition_path
 from joor_pipeline.storage.publish import Publication, publication, write_durably
 from joor_pipeline.storage.raw import read_raw_snapshot
-from joor_pipeline.storage.workers import flatten_parallel, flatten_workers, overlapping, split_pages
+from joor_pipeline.storage.workers import (
+    WORKER_STALL_SECONDS,
+    flatten_parallel,
+    flatten_workers,
+    overlapping,
+    split_pages,
+)
 
 PARQUET_DIR: Final = Path("parquet")
 #: Every published partition's list of files, written at publish (a name hive readers skip: it starts with _).
@@ -284,6 +290,7 @@ def stage_snapshot(
     *,
     progress: FlattenProgress | None = None,
     workers: int | None = None,
+    worker_stall_seconds: float = WORKER_STALL_SECONDS,
 ) -> Iterator[StagedFlatten]:
     """Flatten the raw snapshot of ``snapshot_date`` into staging, under the date's lock; publish nothing.
 
@@ -307,7 +314,10 @@ def stage_snapshot(
         new_root = pub.staged(PARQUET_DIR)
         parts_stats: list[FlattenStats] = []
         if parts > 1:
-            reports = flatten_parallel(snapshot, split_pages(snapshot.pages, parts), new_root, snapshot_date, on_page)
+            runs = split_pages(snapshot.pages, parts)
+            reports = flatten_parallel(
+                snapshot, runs, new_root, snapshot_date, on_page, stall_seconds=worker_stall_seconds
+            )
             if overlapping(reports):
                 # A connection repeated across two workers' pages: only one process can keep the first.
                 shutil.rmtree(new_root)
@@ -342,15 +352,19 @@ def flatten_snapshot(
     progress: FlattenProgress | None = None,
     workers: int | None = None,
     audit: Audit | None = None,
+    worker_stall_seconds: float = WORKER_STALL_SECONDS,
 ) -> FlattenReport:
     """Flatten the raw snapshot of ``snapshot_date`` into the ten Parquet tables and publish them at once.
 
     ``workers`` processes share the pages (see :func:`flatten_workers`; None picks the default, 1 flattens in
-    this process). ``progress`` is called in this process after each page, whichever worker flattened it.
+    this process). ``progress`` is called in this process after each page, whichever worker flattened it. A
+    worker silent for ``worker_stall_seconds`` fails the flatten (see :func:`flatten_parallel`).
     ``audit`` (e.g. ``quality.blocking_failures``) checks the staged tables first: if it reports failures,
     nothing is published, the staged tables go to quarantine and :class:`AuditFailed` says why and where.
     """
-    with stage_snapshot(data_dir, snapshot_date, progress=progress, workers=workers) as staged:
+    with stage_snapshot(
+        data_dir, snapshot_date, progress=progress, workers=workers, worker_stall_seconds=worker_stall_seconds
+    ) as staged:
         failures = audit(staged) if audit is not None else []
         if failures:
             kept = staged.quarantine({"snapshot_date": snapshot_date.isoformat(), "failed_checks": failures})

@@ -19,7 +19,7 @@ from typing import Final
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from joor_pipeline.flatten import TABLES, FlattenStats, arrow_schema, flatten_pages
+from joor_pipeline.flatten import TABLES, FlattenStats, arrow_schema, conflicting_repeats, flatten_pages
 from joor_pipeline.joor.parse import Canonical
 from joor_pipeline.storage.raw import RawPageEntry, RawSnapshot, read_page
 
@@ -141,6 +141,7 @@ def flatten_part(
     result = PartResult(FlattenStats())
     writers = _TableWriters(root, snapshot_date, part)
     pending: list[tuple[list[Canonical], int, str | None]] = []
+    repeated: set[int] = set()
 
     def flush() -> None:
         batch = flatten_pages(pending, snapshot_date=snapshot_date, seen_account_ids=result.kept)
@@ -148,6 +149,7 @@ def flatten_part(
         pending.clear()  # free the parsed pages before the writers take memory of their own
         writers.write(batch.tables)
         result.stats.merge(batch.stats)
+        repeated.update(batch.repeated_ids)
         for size in sizes:
             on_page(size)
 
@@ -160,6 +162,10 @@ def flatten_part(
                     flush()
             if pending:
                 flush()
+        if repeated:
+            pages = (read_page(snapshot.directory, entry, snapshot.format)[0] for entry in entries)
+            found = conflicting_repeats((c for connections in pages for c in connections), repeated)
+            result.stats.conflicting_duplicates = found
     except BaseException:
         writers.abort()
         raise

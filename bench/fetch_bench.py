@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from bench.sandbox_process import SandboxProcess
+from bench.snapshots import SNAPSHOT_DATE
 from joor_pipeline.config import JoorSettings, load_settings
 from joor_pipeline.joor.client import JoorClient
 from joor_pipeline.pipeline import fetch_snapshot
-from joor_pipeline_tests.bench.sandbox_process import SandboxProcess
-from joor_pipeline_tests.bench.snapshots import SNAPSHOT_DATE
 
 PAGE_SIZE: Final = 100
 LATENCY_MS: Final = 20.0

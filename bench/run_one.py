@@ -1,4 +1,4 @@
-"""One timed flatten in a fresh process: ``python -m joor_pipeline_tests.bench.run_one APPROACH DATA_DIR OUT_DIR``.
+"""One timed flatten in a fresh process: ``python -m bench.run_one APPROACH DATA_DIR OUT_DIR``.
 
 APPROACH is ``ours`` (the project's flatten, all ten tables), ``pandas`` or ``duckdb`` (the five core tables).
 DATA_DIR holds the raw snapshot; OUT_DIR, empty, receives the Parquet files. Every library is imported before
@@ -21,7 +21,7 @@ from typing import Final
 
 import pyarrow.parquet as pq
 
-from joor_pipeline_tests.bench.snapshots import SNAPSHOT_DATE, page_files
+from bench.snapshots import SNAPSHOT_DATE, page_files
 
 APPROACHES: Final = ("ours", "pandas", "duckdb")
 
@@ -48,7 +48,7 @@ def _ours(data_dir: Path, out_dir: Path) -> Work:
 
 
 def _pandas(data_dir: Path, out_dir: Path) -> Work:
-    from joor_pipeline_tests.bench.pandas_baseline import flatten_with_pandas
+    from bench.pandas_baseline import flatten_with_pandas
 
     def work() -> dict[str, list[Path]]:
         written = flatten_with_pandas(page_files(data_dir, "json"), out_dir)
@@ -58,7 +58,7 @@ def _pandas(data_dir: Path, out_dir: Path) -> Work:
 
 
 def _duckdb(data_dir: Path, out_dir: Path) -> Work:
-    from joor_pipeline_tests.bench.duckdb_baseline import flatten_with_duckdb
+    from bench.duckdb_baseline import flatten_with_duckdb
 
     def work() -> dict[str, list[Path]]:
         written = flatten_with_duckdb(page_files(data_dir, "json"), out_dir)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from joor_pipeline_tests.bench.snapshots import PROJECT_ROOT, snapshot_data_dir
+from bench.snapshots import PROJECT_ROOT, snapshot_data_dir
 
 #: The tables both baselines produce: the ones whose row counts must agree with ours.
 CORE_TABLES: Final = ("connections", "addresses", "payment_methods", "discounts", "doors")
@@ -115,7 +115,7 @@ def _pss_kib(pid: int) -> int:
 
 
 class _TreeMemory(threading.Thread):
-    """Samples the PSS summed over a process and its descendants (forked workers) until told to stop.
+    """Samples the PSS summed over a process and its descendants (forkserver, workers) until told to stop.
 
     PSS (proportional set size) splits each shared page between the processes mapping it, so the sum is what
     the process tree occupies together, with the libraries the workers share with their parent counted once.
@@ -134,7 +134,7 @@ class _TreeMemory(threading.Thread):
 def run_child(approach: str, data_dir: Path, out_dir: Path) -> ChildRun:
     """Run one approach in a fresh interpreter and measure it."""
     out_dir.mkdir(parents=True)
-    command = [sys.executable, "-m", "joor_pipeline_tests.bench.run_one", approach, str(data_dir), str(out_dir)]
+    command = [sys.executable, "-m", "bench.run_one", approach, str(data_dir), str(out_dir)]
     with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
         clock = time.perf_counter()
         child = subprocess.Popen(command, stdout=stdout, stderr=stderr, cwd=PROJECT_ROOT)
@@ -202,7 +202,7 @@ def run_flatten_bench(
                     if run.vmhwm_kib and abs(run.maxrss_kib - run.vmhwm_kib) > 0.1 * run.vmhwm_kib:
                         log(
                             f"  note: ru_maxrss {run.maxrss_kib} KiB differs from the child's own VmHWM "
-                            f"{run.vmhwm_kib} KiB (ru_maxrss also covers the forked flatten workers, or a big parent)"
+                            f"{run.vmhwm_kib} KiB (ru_maxrss covers reaped children only, or a big parent)"
                         )
         for fmt in formats:
             _check_rows(cases, n, fmt, log)

@@ -1,4 +1,4 @@
-"""``python -m joor_pipeline_tests.bench``: flatten and fetch benchmarks, written to ``bench/results.md``."""
+"""``python -m bench``: flatten and fetch benchmarks, written to ``bench/results.md``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from joor_pipeline_tests.bench.snapshots import FORMATS, PROJECT_ROOT, ensure_snapshots
+from bench.snapshots import FORMATS, PROJECT_ROOT, ensure_snapshots
 
 DEFAULT_SIZES = "2000,20000,200000"
 DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "joor-pipeline-bench"
@@ -36,7 +36,7 @@ def _positive(text: str) -> int:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m joor_pipeline_tests.bench",
+        prog="python -m bench",
         description="Time our flatten against pandas and DuckDB on the same raw pages, and the fetch against the "
         "sandbox with latency and under the rate limit; write the results as Markdown.",
     )
@@ -70,10 +70,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     # Imported here, after argument parsing, so --help stays instant; none of these imports pandas or DuckDB.
-    from joor_pipeline_tests.bench.fetch_bench import FetchResults, run_fetch_bench
-    from joor_pipeline_tests.bench.flatten_bench import BenchError, FlattenCase, run_flatten_bench
-    from joor_pipeline_tests.bench.machine import describe
-    from joor_pipeline_tests.bench.report import fetch_targets, flatten_targets, render
+    from bench.fetch_bench import FetchResults, run_fetch_bench
+    from bench.flatten_bench import BenchError, FlattenCase, run_flatten_bench
+    from bench.machine import describe
+    from bench.report import fetch_targets, flatten_targets, render
 
     started, clock = datetime.now(UTC), time.perf_counter()
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
-    command = shlex.join(["python", "-m", "joor_pipeline_tests.bench", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
     text = render(
         machine=machine,
         command=command,

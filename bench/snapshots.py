@@ -22,7 +22,7 @@ from joor_pipeline.storage.raw import MANIFEST_NAME, raw_snapshot_dir
 
 SNAPSHOT_DATE: Final = date(2026, 1, 5)
 FORMATS: Final = ("json", "xml")
-PROJECT_ROOT: Final = Path(__file__).resolve().parents[2]
+PROJECT_ROOT: Final = Path(__file__).resolve().parents[1]
 
 
 def snapshot_data_dir(workdir: Path, n: int, fmt: str, seed: int) -> Path:
@@ -54,6 +54,6 @@ def ensure_snapshots(
         return
     wanted = " ".join(f"{n}:{fmt}" for n, fmt in missing)
     log(f"generating snapshots {wanted} (seed {seed}) in {workdir / 'snapshots'}")
-    command = [sys.executable, "-m", "joor_pipeline_tests.bench.generate", str(workdir), str(seed)]
+    command = [sys.executable, "-m", "bench.generate", str(workdir), str(seed)]
     command += [f"{n}:{fmt}" for n, fmt in missing]
     subprocess.run(command, check=True, cwd=PROJECT_ROOT)

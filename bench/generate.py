@@ -1,4 +1,4 @@
-"""Generate and land sandbox snapshots: ``python -m joor_pipeline_tests.bench.generate WORKDIR SEED N:FMT ...``.
+"""Generate and land sandbox snapshots: ``python -m bench.generate WORKDIR SEED N:FMT ...``.
 
 The generator is prefix-stable (connection i is the same whatever N), so the largest N asked for is generated
 once and every smaller snapshot is a prefix of it. Pages are landed with the test fixtures' ``land``, the
@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench.snapshots import SNAPSHOT_DATE, snapshot_data_dir
 from joor_pipeline.sandbox import generate_connections
-from joor_pipeline_tests.bench.snapshots import SNAPSHOT_DATE, snapshot_data_dir
 from joor_pipeline_tests.raw_fixtures import land
 
 

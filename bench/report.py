@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
-from joor_pipeline_tests.bench.fetch_bench import (
+from bench.fetch_bench import (
     FETCH_MAX_N,
     LATENCY_MS,
     PAGE_SIZE,
@@ -18,7 +18,7 @@ from joor_pipeline_tests.bench.fetch_bench import (
     LatencyCase,
     RateLimitCase,
 )
-from joor_pipeline_tests.bench.flatten_bench import CORE_TABLES, FlattenCase, row_mismatches
+from bench.flatten_bench import CORE_TABLES, FlattenCase, row_mismatches
 
 #: The issue's targets (2-core machine, ratios measured in one run).
 MAX_OURS_OVER_DUCKDB: Final = 1.0
@@ -195,11 +195,13 @@ def _flatten_section(cases: Sequence[FlattenCase]) -> list[str]:
         "Raw pages of 100 connections on disk, the same files for every approach. *Work s* is timed inside the",
         "child process (the read, the flatten and the Parquet writes; no interpreter start, no imports); *process s*",
         "is the whole child as the parent saw it. Peak RSS is the higher of the child's `ru_maxrss` (from `os.wait4`)",
-        "and the peak of the PSS summed over the child and its forked flatten workers, sampled every 50 ms, so a",
+        "and the peak of the PSS summed over the child and all its descendants (the forkserver and the flatten",
+        "workers it forks), sampled every 50 ms, so a",
         "flatten shared between processes counts all of them at once (shared library pages once).",
         "*ours / this* is our median work time over this approach's (below 1 means ours is faster).",
         "Ours runs with its defaults, as a user gets it: one flatten worker process per usable core",
-        "(`JOOR_FLATTEN_WORKERS`, at most one per 8 pages); DuckDB uses its default threads, one per core.",
+        "(`JOOR_FLATTEN_WORKERS`, at most one per 8 pages), started by a forkserver inside the work time;",
+        "DuckDB uses its default threads, one per core.",
         "",
     ]
     for n in _sizes(cases):
