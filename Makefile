@@ -9,6 +9,8 @@ RUN := $(UV) run --frozen
 setup:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check uv
 	@$(UV) sync --frozen --quiet
+	@# dagster-dbt reads the dbt manifest when the definitions load: parse it now (offline, cached per version)
+	@$(RUN) python -c "from joor_pipeline.warehouse import manifest_path; manifest_path()"
 
 demo: setup
 	$(RUN) joor-pipeline demo

@@ -1,7 +1,8 @@
 """Data-quality rules for one snapshot partition, shared by the Dagster asset checks and the CLI.
 
 Three sources of truth, none restated here:
-- the rules of ``models/data_quality_issues.sql``, evaluated on the one partition in an in-memory DuckDB;
+- the rules of ``data_quality_issues`` (the dbt macro ``joor_quality_rules``), evaluated on the one partition in
+  an in-memory DuckDB;
 - the raw snapshot, recounted independently of the flattener, for raw-to-Parquet reconciliation;
 - the previous partition, for row counts that move sharply.
 """
@@ -20,9 +21,9 @@ import pyarrow.parquet as pq
 from joor_pipeline.flatten import TABLES
 from joor_pipeline.joor.parse import as_list
 from joor_pipeline.joor.shapes import CONNECTION_LISTS
-from joor_pipeline.storage.parquet import partition_parquet_files
+from joor_pipeline.storage.parquet import partition_parquet_files, published_dates
 from joor_pipeline.storage.raw import iter_raw_pages
-from joor_pipeline.warehouse import MODELS, MODELS_BY_NAME, parquet_root, partition_files, run_model
+from joor_pipeline.warehouse import rule_issues_sql, source_view_sql
 
 #: Which JOOR list feeds which table (the connections table is fed by the connections themselves).
 LIST_TABLE: Final[dict[str, str]] = {
@@ -55,27 +56,17 @@ class Issue:
     detail: str | None
 
 
-def _model_closure(name: str) -> list[str]:
-    needed: set[str] = set()
-    stack = [name]
-    while stack:
-        current = stack.pop()
-        if current not in needed:
-            needed.add(current)
-            stack.extend(MODELS_BY_NAME[current].depends_on)
-    return [model.name for model in MODELS if model.name in needed]
-
-
 def partition_issues(data_dir: Path, snapshot_date: date) -> list[Issue]:
     """Every rule of ``data_quality_issues`` that a record of this one partition breaks."""
     con = duckdb.connect()
     try:
         con.execute("set TimeZone = 'UTC'")
-        for name in _model_closure("data_quality_issues"):
-            run_model(con, MODELS_BY_NAME[name], parquet_root(data_dir), snapshot_dates=[snapshot_date])
+        con.execute("create schema published")
+        for table in TABLES:
+            con.execute(source_view_sql(data_dir, table, [snapshot_date]))
         rows = con.execute(
             "select table_name, rule, customer_account_id, customer_code, record_key, column_name, detail "
-            "from data_quality_issues order by all"
+            f"from ({rule_issues_sql({table: f'published.{table}' for table in TABLES})}) order by all"
         ).fetchall()
     finally:
         con.close()
@@ -128,8 +119,4 @@ def parquet_counts(data_dir: Path, snapshot_date: date) -> dict[str, int]:
 
 def previous_partition(data_dir: Path, table: str, snapshot_date: date) -> date | None:
     """The latest snapshot date before ``snapshot_date`` that ``table`` has a partition for."""
-    days = (
-        date.fromisoformat(path.parent.name.removeprefix("snapshot_date="))
-        for path in partition_files(parquet_root(data_dir), table)
-    )
-    return max((day for day in days if day < snapshot_date), default=None)
+    return max((day for day in published_dates(data_dir, table) if day < snapshot_date), default=None)

@@ -154,3 +154,35 @@ def flatten_snapshot(
         workers=len(parts_stats),
         duration_seconds=time.monotonic() - clock,
     )
+
+
+# provisional: replaced by the publish mechanism
+_PARTITION_NAME: Final = "snapshot_date="
+
+
+def published_files(data_dir: Path, table: str, snapshot_date: date) -> list[Path]:
+    """Exactly the files of one published partition, in row order (provisional: the part files by name)."""
+    return partition_parquet_files(data_dir, table, snapshot_date)
+
+
+def published_dates(data_dir: Path, table: str = "connections") -> list[date]:
+    """Dates with a published partition of ``table``, oldest first (provisional: partition directories)."""
+    root = data_dir / PARQUET_DIR / table
+    found: list[date] = []
+    for directory in root.glob(f"{_PARTITION_NAME}*"):
+        try:
+            day = date.fromisoformat(directory.name.removeprefix(_PARTITION_NAME))
+        except ValueError:
+            continue
+        if partition_parquet_files(data_dir, table, day):
+            found.append(day)
+    return sorted(found)
+
+
+def publication_id(data_dir: Path, snapshot_date: date) -> str | None:
+    """An id that changes whenever the snapshot is republished (provisional: the newest file's mtime and inode)."""
+    files = [path for table in TABLES for path in partition_parquet_files(data_dir, table, snapshot_date)]
+    if not files:
+        return None
+    stats = [path.stat() for path in files]
+    return f"{max(s.st_mtime_ns for s in stats)}-{sum(s.st_ino for s in stats)}"
