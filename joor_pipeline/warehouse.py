@@ -328,7 +328,10 @@ def warehouse_build(
             refresh_dates=refresh,
             latest_date=dates[-1],
         )
-        _prepare(plan, sorted(set(refresh) & published.keys() | {plan.latest_date}))
+        try:
+            _prepare(plan, sorted(set(refresh) & published.keys() | {plan.latest_date}))
+        except duckdb.Error as error:
+            raise WarehouseError(f"the published Parquet could not be read: {error}") from error
         log.info(
             "building the warehouse on %d snapshot date(s) of %d published (%s)",
             len(refresh),
@@ -515,3 +518,25 @@ def rule_issues_sql(relations: Mapping[str, str]) -> str:
         raise ValueError(f"no relation given for table(s) {', '.join(missing)}")
     template = jinja2.Environment(autoescape=False).from_string(RULES_FILE.read_text(encoding="utf-8"))  # noqa: S701
     return str(template.module.joor_quality_rules(dict(relations)))  # type: ignore[attr-defined]
+
+
+def generate_docs(data_dir: Path) -> Path:
+    """``dbt docs generate`` (offline) for the published warehouse; returns the directory holding ``index.html``.
+
+    dbt-duckdb opens its database read-write, so the catalog is read from a private copy: the published file
+    stays free for readers and builds.
+    """
+    data_dir = data_dir.resolve()
+    current = database_path(data_dir)
+    if not current.is_file():
+        raise WarehouseError(f"no warehouse at {current}: run the pipeline first (`joor-pipeline run`)")
+    target = work_dir(data_dir) / "docs"
+    scratch = work_dir(data_dir) / "docs-build"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        shutil.copyfile(current, scratch / DATABASE_FILE)
+        run_dbt(["docs", "generate", "--vars", json.dumps({"database": str(scratch / DATABASE_FILE)})], target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
