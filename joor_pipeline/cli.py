@@ -167,7 +167,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from joor_pipeline.assets.run import run_graph
 
     env = _run_environ(args, builtin=False)
-    summary = run_graph(args.date, env, allow_backdated=args.allow_backdated)
+    if args.from_date or args.to_date:
+        from joor_pipeline.assets.run import run_range
+
+        if not (args.from_date and args.to_date) or args.allow_backdated:
+            raise ConfigError("--from and --to go together, and never with --allow-backdated")
+        summary = run_range(args.from_date, args.to_date, env)
+    else:
+        summary = run_graph(args.date, env, allow_backdated=args.allow_backdated)
     _print_run(summary, load_settings(env).data_dir)
     return 0 if summary.success else EXIT_ERROR
 
@@ -260,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-backdated",
         action="store_true",
         help="fetch today's JOOR state into a past date that has no raw snapshot (JOOR serves only the present)",
+    )
+    run.add_argument("--from", dest="from_date", type=_date, help="re-flatten and check the kept raw snapshots from")
+    run.add_argument(
+        "--to", dest="to_date", type=_date, help="... to this date (inclusive), then build the models once"
     )
 
     demo = add("demo", cmd_demo, "run the whole graph on the built-in sandbox for today and summarise it")

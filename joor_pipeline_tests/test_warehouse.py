@@ -232,3 +232,12 @@ def test_dbt_docs_generate_offline(tmp_path: Path) -> None:
     assert (target / "index.html").is_file()
     assert "dim_retailers" in (target / "catalog.json").read_text()
     assert not (DBT_PROJECT_DIR / "target").exists()
+
+
+def test_the_package_offers_read_for_notebooks(tmp_path: Path) -> None:
+    import joor_pipeline
+
+    write_snapshot(parquet_root(tmp_path), D1, retailers(1, size=2))
+    build_warehouse(tmp_path)
+    frame = joor_pipeline.read("payment_terms", tmp_path)
+    assert frame["retailers"].tolist() == [2] and isinstance(frame.dtypes["retailers"], pd.ArrowDtype)
