@@ -4,7 +4,7 @@
 -- Only snapshot dates that exist count: valid_to is the next existing snapshot after the version was last seen
 -- (where it was replaced, or where the retailer was first missing); null while the version is current.
 -- Derived from the compact fingerprints (int_retailer_fingerprints), never from the snapshots themselves, so the
--- history is the same whatever order the snapshots were built in. change_hash is the md5 of the content, in hex.
+-- history is the same whatever order the snapshots were built in. change_hash is the fingerprint, in hex.
 with snapshots as (
     select
         snapshot_date,
@@ -67,7 +67,7 @@ select
     next_snapshot.snapshot_date as valid_to,
     next_snapshot.snapshot_date is null as is_current,
     last_snapshot.snapshot_date as last_seen_snapshot_date,
-    lower(lpad(to_hex(versions.change_hash), 32, '0')) as change_hash,
+    lower(lpad(to_hex(versions.change_hash), 16, '0')) as change_hash,
     contents.customer_code,
     contents.customer_alias,
     contents.customer_name,
