@@ -61,6 +61,8 @@ ANALYST_MODELS: Final = (
     "discount_summary",
     "data_quality_issues",
 )
+#: A build processes at most this many snapshot dates per dbt run (a full refresh runs dbt once per batch).
+BATCH_DATES: Final = 30
 #: DuckDB's memory cap for a build: past it, joins and aggregations spill to the build's temp directory.
 DEFAULT_MEMORY_LIMIT: Final = "1GB"
 #: The data-quality rules, a dbt macro file in plain Jinja, shared with the per-partition checks.
@@ -164,6 +166,7 @@ class BuildPlan:
     published: dict[date, str]
     refresh_dates: list[date]
     latest_date: date
+    batch_dates: int = BATCH_DATES
     started: float = field(default_factory=time.monotonic)
 
     def dbt_vars(self) -> dict[str, str]:
@@ -179,6 +182,21 @@ class BuildPlan:
             "memory_limit": memory_limit,
             "temp_directory": str(build_dir / "tmp"),
         }
+
+    def batches(self) -> Iterator[list[date]]:
+        """The refresh dates in batches of at most ``batch_dates``, the copy prepared for each as it comes.
+
+        Run dbt once per batch: a full refresh of a year is then a dozen builds of a month each, bounded in
+        memory and temp space, instead of one query over every snapshot at once.
+        """
+        dates = self.refresh_dates
+        for start in range(0, max(len(dates), 1), self.batch_dates):
+            batch = dates[start : start + self.batch_dates]
+            try:
+                _prepare(self, batch, sorted(set(batch) & self.published.keys() | {self.latest_date}))
+            except duckdb.Error as error:
+                raise WarehouseError(f"the published Parquet could not be read: {error}") from error
+            yield batch
 
     def dbt_args(self) -> list[str]:
         """``dbt build`` on this plan's copy (the project and profile dirs are the package's)."""
@@ -223,14 +241,15 @@ def _recorded(database: Path) -> tuple[dict[date, str], str | None]:
         con.close()
 
 
-def _prepare(plan: BuildPlan, dates: Sequence[date]) -> None:
-    """Write the refresh dates and point the source views at exactly the published files of ``dates``."""
+def _prepare(plan: BuildPlan, batch: Sequence[date], dates: Sequence[date]) -> None:
+    """Write ``batch`` as the refresh dates and point the source views at exactly the published files of
+    ``dates``."""
     con = duckdb.connect(str(plan.database))
     try:
         for schema in (SOURCE_SCHEMA, META_SCHEMA):
             con.execute(f"create schema if not exists {schema}")
         con.execute(f"create or replace table {META_SCHEMA}.refresh_dates (snapshot_date date primary key)")
-        for day in plan.refresh_dates:
+        for day in batch:
             con.execute(f"insert into {META_SCHEMA}.refresh_dates values (?)", [day])
         for table in TABLES:
             con.execute(source_view_sql(plan.data_dir, table, dates))
@@ -280,6 +299,7 @@ def warehouse_build(
     full_refresh: bool = False,
     memory_limit: str = DEFAULT_MEMORY_LIMIT,
     lock_timeout: float | None = None,
+    batch_dates: int = BATCH_DATES,
 ) -> Iterator[BuildPlan]:
     """Prepare a copy of the warehouse for dbt, and publish it if the block ends without raising.
 
@@ -334,11 +354,8 @@ def warehouse_build(
             published=published,
             refresh_dates=refresh,
             latest_date=dates[-1],
+            batch_dates=batch_dates,
         )
-        try:
-            _prepare(plan, sorted(set(refresh) & published.keys() | {plan.latest_date}))
-        except duckdb.Error as error:
-            raise WarehouseError(f"the published Parquet could not be read: {error}") from error
         log.info(
             "building the warehouse on %d snapshot date(s) of %d published (%s)",
             len(refresh),
@@ -457,12 +474,18 @@ def build_warehouse(
     full_refresh: bool = False,
     memory_limit: str = DEFAULT_MEMORY_LIMIT,
     lock_timeout: float | None = None,
+    batch_dates: int = BATCH_DATES,
 ) -> BuildReport:
     """Build and publish the warehouse with dbt, outside Dagster (the CLI's ``--full-refresh``, tests, bench)."""
     with warehouse_build(
-        data_dir, full_refresh=full_refresh, memory_limit=memory_limit, lock_timeout=lock_timeout
+        data_dir,
+        full_refresh=full_refresh,
+        memory_limit=memory_limit,
+        lock_timeout=lock_timeout,
+        batch_dates=batch_dates,
     ) as plan:
-        run_dbt(plan.dbt_args(), plan.target_dir)
+        for _batch in plan.batches():
+            run_dbt(plan.dbt_args(), plan.target_dir)
     return BuildReport(plan.refresh_dates, plan.full_refresh, plan.reason, time.monotonic() - plan.started)
 
 

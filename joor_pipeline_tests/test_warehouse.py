@@ -241,3 +241,13 @@ def test_the_package_offers_read_for_notebooks(tmp_path: Path) -> None:
     build_warehouse(tmp_path)
     frame = joor_pipeline.read("payment_terms", tmp_path)
     assert frame["retailers"].tolist() == [2] and isinstance(frame.dtypes["retailers"], pd.ArrowDtype)
+
+
+def test_a_full_refresh_in_batches_of_dates_gives_the_same_tables(tmp_path: Path) -> None:
+    for day, snapshot_date in enumerate((D1, D2, D3, D4), start=1):
+        write_snapshot(parquet_root(tmp_path), snapshot_date, retailers(day))
+    build_warehouse(tmp_path)
+    whole = tables(tmp_path)
+    report = build_warehouse(tmp_path, full_refresh=True, batch_dates=3)  # dbt runs twice: 3 dates, then 1
+    assert report.refresh_dates == [D1, D2, D3, D4]
+    assert tables(tmp_path) == whole

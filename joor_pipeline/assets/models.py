@@ -132,7 +132,10 @@ def joor_models(context: dg.AssetExecutionContext, storage: DataDirResource) -> 
                 ", ".join(d.isoformat() for d in plan.refresh_dates[:10])
                 + (" …" if len(plan.refresh_dates) > 10 else ""),
             )
-            results = run_dbt(plan.dbt_args(), plan.target_dir)
+            for batch in plan.batches():
+                if len(plan.refresh_dates) > len(batch):
+                    context.log.info("dbt build on %s to %s", batch[0], batch[-1])
+                results = run_dbt(plan.dbt_args(), plan.target_dir)
     except DbtFailed as failed:
         yield from _events(context, manifest, failed.results, None, {})
         raise dg.Failure(description=str(failed)) from None
