@@ -4,11 +4,13 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 RUN := $(UV) run --frozen
 
-.PHONY: setup demo test check fmt bench dictionary ui clean
+.PHONY: setup demo test check fmt bench dictionary docs ui clean
 
 setup:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check uv
 	@$(UV) sync --frozen --quiet
+	@# dagster-dbt reads the dbt manifest when the definitions load: parse it now (offline, cached per version)
+	@$(RUN) python -c "from joor_pipeline.warehouse import manifest_path; manifest_path()"
 
 demo: setup
 	$(RUN) joor-pipeline demo
@@ -27,9 +29,15 @@ fmt: setup
 
 bench: setup
 	$(RUN) python -m bench
+	$(RUN) python -m bench.warehouse_growth
+
+docs: setup
+	@# dbt docs for the warehouse (offline): then open data/_work/warehouse/docs/index.html, or serve it
+	$(RUN) python -c "from joor_pipeline.warehouse import default_data_dir, generate_docs; print(generate_docs(default_data_dir()) / 'index.html')"
 
 dictionary: setup
 	$(RUN) python -m joor_pipeline.flatten.dictionary
+	$(RUN) python -m joor_pipeline.warehouse
 
 ui: setup
 	@mkdir -p dagster_home && { [ -f dagster_home/dagster.yaml ] || cp dagster_home.example/dagster.sqlite.yaml dagster_home/dagster.yaml; }

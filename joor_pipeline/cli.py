@@ -242,6 +242,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from joor_pipeline.storage.raw import MANIFEST_NAME, raw_snapshot_dir
 
     env, data_dir = _run_environ(args, builtin=False)
+    if args.from_date or args.to_date:
+        if not (args.from_date and args.to_date) or args.allow_backdated:
+            raise UsageError("--from and --to go together, and never with --allow-backdated (a range never fetches)")
+        _check_run_date(args.from_date)
+        _check_run_date(args.to_date)
+        from joor_pipeline.assets.run import run_range
+
+        summary = run_range(args.from_date, args.to_date, env, debug=args.debug)
+        _print_run(summary, debug=args.debug)
+        return 0 if summary.success else EXIT_ERROR
     _check_run_date(args.date)
     kept = (raw_snapshot_dir(data_dir, args.date) / MANIFEST_NAME).is_file()
     if args.date < _today() and not kept and not args.allow_backdated:
@@ -363,6 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = add("run", cmd_run, "materialize the whole Dagster graph (fetch, tables, checks, models) for one date")
     _snapshot_options(run)
     _backdated_option(run)
+    run.add_argument("--from", dest="from_date", type=_date, help="re-flatten and check the kept raw snapshots from")
+    run.add_argument(
+        "--to", dest="to_date", type=_date, help="... to this date (inclusive), then build the models once"
+    )
 
     demo = add("demo", cmd_demo, "run the whole graph on the built-in sandbox for today and summarise it")
     _snapshot_options(demo)

@@ -1,7 +1,8 @@
 """Data-quality rules for one snapshot partition, shared by the Dagster asset checks and the CLI.
 
 Three sources of truth, none restated here:
-- the rules of ``models/data_quality_issues.sql``, evaluated on the one partition in an in-memory DuckDB;
+- the rules of ``data_quality_issues`` (the dbt macro ``joor_quality_rules``), evaluated on the one partition in
+  an in-memory DuckDB;
 - the raw snapshot, recounted independently of the flattener, for raw-to-Parquet reconciliation;
 - the previous published partition, for row counts that move sharply.
 
@@ -26,7 +27,7 @@ from joor_pipeline.joor.parse import as_list
 from joor_pipeline.joor.shapes import CONNECTION_LISTS
 from joor_pipeline.storage.parquet import StagedFlatten, partition_rows, published_dates, published_files
 from joor_pipeline.storage.raw import iter_raw_pages
-from joor_pipeline.warehouse import MODELS, MODELS_BY_NAME, run_model
+from joor_pipeline.warehouse import SOURCE_SCHEMA, files_view_sql, rule_issues_sql
 
 #: Which JOOR list feeds which table (the connections table is fed by the connections themselves).
 LIST_TABLE: Final[dict[str, str]] = {
@@ -128,30 +129,18 @@ class CheckOutcome:
         return f"{self.table}.{self.check.name} ({self.detail})"
 
 
-def _model_closure(name: str) -> list[str]:
-    needed: set[str] = set()
-    stack = [name]
-    while stack:
-        current = stack.pop()
-        if current not in needed:
-            needed.add(current)
-            stack.extend(MODELS_BY_NAME[current].depends_on)
-    return [model.name for model in MODELS if model.name in needed]
-
-
-def partition_issues(root: Path, snapshot_date: date) -> list[Issue]:
-    """Every rule of ``data_quality_issues`` that a record of one partition breaks.
-
-    ``root`` is the Parquet root holding the partition: a staged flatten's, or ``data_dir/parquet``.
-    """
+def partition_issues(data_dir: Path, files: Mapping[str, Sequence[Path]], snapshot_date: date) -> list[Issue]:
+    """Every rule of ``data_quality_issues`` that a record of one partition breaks, given each table's ``files``
+    (a staged flatten's, or the published ones); ``data_dir`` holds the contract files the views read first."""
     con = duckdb.connect()
     try:
         con.execute("set TimeZone = 'UTC'")
-        for name in _model_closure("data_quality_issues"):
-            run_model(con, MODELS_BY_NAME[name], root, snapshot_dates=[snapshot_date])
+        con.execute(f"create schema {SOURCE_SCHEMA}")
+        for table in TABLES:
+            con.execute(files_view_sql(data_dir, table, list(files[table])))
         rows = con.execute(
             "select table_name, rule, customer_account_id, customer_code, record_key, column_name, detail "
-            "from data_quality_issues order by all"
+            f"from ({rule_issues_sql({table: f'{SOURCE_SCHEMA}.{table}' for table in TABLES})}) order by all"
         ).fetchall()
     finally:
         con.close()
@@ -241,14 +230,11 @@ def _examples(issues: list[Issue]) -> str:
     )
 
 
-def check_partition(
-    data_dir: Path, root: Path, files: Mapping[str, Sequence[Path]], snapshot_date: date
-) -> list[CheckOutcome]:
-    """Every check on one snapshot's partition, given where it is: ``root`` (the Parquet root holding it, for the
-    DuckDB rules) and each table's ``files`` (staged or published). The raw snapshot and the previous published
-    partition come from ``data_dir``."""
+def check_partition(data_dir: Path, files: Mapping[str, Sequence[Path]], snapshot_date: date) -> list[CheckOutcome]:
+    """Every check on one snapshot's partition, given each table's ``files`` (staged or published). The raw
+    snapshot and the previous published partition come from ``data_dir``."""
     by_check: dict[tuple[str, str], list[Issue]] = {}
-    for issue in partition_issues(root, snapshot_date):
+    for issue in partition_issues(data_dir, files, snapshot_date):
         for table, check in CHECKS:
             if issue.table_name == table and issue.rule in check.rules:
                 by_check.setdefault((table, check.name), []).append(issue)
@@ -315,5 +301,5 @@ def previous_partition(data_dir: Path, table: str, snapshot_date: date) -> date 
 def blocking_failures(data_dir: Path, staged: StagedFlatten) -> list[str]:
     """The failed blocking checks of a staged flatten, in words: the audit of ``flatten_snapshot``."""
     files = {table: staged.files(table) for table in TABLES}
-    outcomes = check_partition(data_dir, staged.root, files, staged.report.snapshot_date)
+    outcomes = check_partition(data_dir, files, staged.report.snapshot_date)
     return [outcome.describe() for outcome in outcomes if outcome.blocks]

@@ -1,322 +1,635 @@
-"""Build ``joor.duckdb`` from the partitioned Parquet tables by running the SQL models in ``models/``.
+"""``joor.duckdb``: built by the dbt project in ``dbt_project/`` (dbt-duckdb), published by atomic rename.
 
-Staging models are views: each ``stg_<table>`` reads
-``read_parquet(<partition files>, hive_partitioning = true, union_by_name = true)``, so ``joor.duckdb`` holds no
-copy of the Parquet data however many snapshots accumulate, and the marts are tables built from the views. A
-view takes no bound parameters, so the file paths are the one place a value is written into SQL, as literals
-made by :func:`sql_string` (tested on quotes); the paths come from the file system, never from user text. The
-views hold absolute paths: move the data directory and rebuild (every run does). The file list is fixed per
-build, so every model of a build sees the same partitions even if the flattener lands a new one meanwhile.
+A build never writes the warehouse that analysts have open. It copies ``joor.duckdb`` into
+``$JOOR_DATA_DIR/_work/warehouse/build/joor.duckdb`` (the file keeps its name because dbt-duckdb names the catalog
+after it, and views refer to ``joor.<schema>.<name>``), lets dbt run there, checkpoints it and renames it over
+``joor.duckdb``. A reader's open read-only connection keeps the file it opened; a new connection sees the new
+build; a failed build leaves the published warehouse exactly as it was. Builds are serialised by a lock file.
 
-An empty Parquet file with the table's contract schema (:func:`~joor_pipeline.flatten.schema.arrow_schema`) is
-kept at ``parquet/_contract/<table>.parquet`` and read first, so a staging view always has every contract
-column, typed and in contract order: when a column is newer than the old partitions, and when a table has no
-partition yet (the file list is then that file alone). With ``hive_partitioning`` the ``snapshot_date=``
-directory wins over the column stored in the file and is read as a DATE; staging casts it anyway. Any other
-``key=value`` directory above the Parquet root would become a column too, so keep ``=`` out of the data
-directory's path.
+Incremental by snapshot date: the warehouse records, per published date, the ``publication_id`` it was built
+from (``joor_meta.publications``). A build processes exactly the dates whose id changed (new, republished or
+withdrawn), which it writes into ``joor_meta.refresh_dates`` for the incremental models to delete then insert.
+So a daily build reads one day of Parquet whatever the history, a backfill of N dates builds once, and dates
+may arrive in any order. The sources (schema ``published``) are views over exactly the ``published_files`` of
+those dates plus the latest date (which the "latest snapshot" marts read); once built, they are narrowed to the
+latest date, so the ``stg_*`` views of the published warehouse show the latest snapshot.
 
-Writes are serialised by an exclusive ``fcntl.flock`` on ``joor.duckdb.lock``; readers (:func:`query`) take it
-shared. A build runs in one transaction: if any model fails, everything rolls back and the previous warehouse
-stays exactly as it was.
+A full refresh (asked for, or when the warehouse is missing, unreadable or built by a different dbt project)
+starts from an empty file and processes every published date. DuckDB's ``memory_limit`` and ``temp_directory``
+are set for every build so that it spills to disk instead of growing.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import logging
 import os
-import re
+import shutil
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import duckdb
 import pyarrow.parquet as pq
 
 from joor_pipeline.flatten.schema import TABLES, arrow_schema
-from joor_pipeline.storage.parquet import PARQUET_DIR, partition_files_under
+from joor_pipeline.joor.errors import JoorError
+from joor_pipeline.storage.parquet import PARQUET_DIR, publication_id, published_dates, published_files
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
-MODELS_DIR: Final = Path(__file__).resolve().parent / "models"
+DBT_PROJECT_DIR: Final = Path(__file__).resolve().parent / "dbt_project"
 DATABASE_FILE: Final = "joor.duckdb"
-LOCK_FILE: Final = "joor.duckdb.lock"
-CONTRACT_DIR: Final = "_contract"
-
-_NAME: Final = re.compile(r"[a-z][a-z0-9_]*")
-_PARTITION_DIR: Final = re.compile(r"snapshot_date=\d{4}-\d{2}-\d{2}")
-_DEPENDS_ON: Final = "depends_on:"
-_SOURCE: Final = "source:"
-
-
-class WarehouseLockTimeout(TimeoutError):
-    """Another process kept the warehouse lock longer than the caller was willing to wait."""
-
-
-@dataclass(frozen=True)
-class Model:
-    """One SQL model: a query whose result becomes the table ``name``.
-
-    ``depends_on`` names the models it reads; ``source_table`` is the Parquet table a staging model reads
-    (None for every other model). ``description`` is the file's comment header.
-    """
-
-    name: str
-    path: Path
-    sql: str
-    depends_on: tuple[str, ...]
-    description: str
-    source_table: str | None = None
+WORK_DIR: Final = Path("_work") / "warehouse"
+SOURCE_SCHEMA: Final = "published"
+META_SCHEMA: Final = "joor_meta"
+#: The models analysts query, in the main schema of ``joor.duckdb``.
+ANALYST_MODELS: Final = (
+    "dim_retailers",
+    "retailer_history",
+    "retailer_addresses",
+    "payment_terms",
+    "discount_summary",
+    "data_quality_issues",
+)
+#: A build processes at most this many snapshot dates per dbt run (a full refresh runs dbt once per batch).
+BATCH_DATES: Final = 30
+#: DuckDB's memory cap for a build: past it, joins and aggregations spill to the build's temp directory.
+DEFAULT_MEMORY_LIMIT: Final = "1GB"
+#: The data-quality rules, a dbt macro file in plain Jinja, shared with the per-partition checks.
+RULES_FILE: Final = DBT_PROJECT_DIR / "macros" / "joor_rules.sql"
+_PROJECT_FILES: Final = ("dbt_project.yml", "profiles.yml")
+_PROJECT_DIRS: Final = ("models", "macros", "tests")
 
 
-def _split_names(text: str) -> tuple[str, ...]:
-    return tuple(name.strip() for name in text.split(",") if name.strip())
-
-
-def load_model(path: Path) -> Model:
-    """Read one ``.sql`` file and parse its comment header (see :mod:`joor_pipeline.models`)."""
-    name = path.stem
-    if not _NAME.fullmatch(name):
-        raise ValueError(f"{path.name}: a model name must be a lowercase identifier")
-    sql = path.read_text(encoding="utf-8").strip().rstrip(";").rstrip()
-    header: list[str] = []
-    for line in sql.splitlines():
-        if not line.startswith("--"):
-            break
-        header.append(line[2:])
-    if not header or not header[0].strip().startswith(f"{name}:"):
-        raise ValueError(f"{path.name}: the first line must be '-- {name}: <what the model is>'")
-
-    description: list[str] = [header[0].strip().removeprefix(f"{name}:").strip()]
-    depends_on: tuple[str, ...] = ()
-    source_table: str | None = None
-    in_depends_on = False
-    for content in header[1:]:
-        text = content.strip()
-        if in_depends_on and content.startswith("  "):
-            depends_on += _split_names(text)
-            continue
-        in_depends_on = False
-        if text.startswith(_DEPENDS_ON):
-            depends_on += _split_names(text.removeprefix(_DEPENDS_ON))
-            in_depends_on = True
-        elif text.startswith(_SOURCE):
-            source_table = text.removeprefix(_SOURCE).strip()
-        else:
-            description.append(text)
-
-    if source_table is not None and source_table not in TABLES:
-        raise ValueError(f"{path.name}: unknown source table {source_table!r}")
-    if "grain:" not in "\n".join(description):
-        raise ValueError(f"{path.name}: the header must state the model's grain ('-- grain: ...')")
-    return Model(name, path, sql, depends_on, "\n".join(description), source_table)
-
-
-def discover_models(directory: Path = MODELS_DIR) -> list[Model]:
-    """Every model in ``directory``, in dependency order (ties broken by name, so the order is fixed)."""
-    found = {model.name: model for model in map(load_model, sorted(directory.glob("*.sql")))}
-    for model in found.values():
-        unknown = [name for name in model.depends_on if name not in found]
-        if unknown:
-            raise ValueError(f"{model.name} depends on unknown model(s): {', '.join(unknown)}")
-    ordered: list[Model] = []
-    done: set[str] = set()
-    pending = dict(found)
-    while pending:
-        ready = sorted(name for name, model in pending.items() if set(model.depends_on) <= done)
-        if not ready:
-            raise ValueError(f"dependency cycle among models: {', '.join(sorted(pending))}")
-        for name in ready:
-            ordered.append(pending.pop(name))
-            done.add(name)
-    return ordered
-
-
-#: Every model of the warehouse, in the order a build runs them.
-MODELS: Final[list[Model]] = discover_models()
-MODELS_BY_NAME: Final[dict[str, Model]] = {model.name: model for model in MODELS}
+class WarehouseError(JoorError):
+    """The warehouse could not be built or read (the message says what and where)."""
 
 
 def database_path(data_dir: Path) -> Path:
-    """Where the warehouse file lives."""
+    """Where the published warehouse lives."""
     return data_dir / DATABASE_FILE
 
 
-def parquet_root(data_dir: Path) -> Path:
-    """Where the partitioned Parquet tables live (``<root>/<table>/snapshot_date=YYYY-MM-DD/*.parquet``)."""
-    return data_dir / PARQUET_DIR
+def work_dir(data_dir: Path) -> Path:
+    """The builds' private directory (outside ``raw/`` and ``parquet/``)."""
+    return data_dir / WORK_DIR
 
 
-def partition_files(root: Path, table: str, snapshot_dates: Collection[date] | None = None) -> list[Path]:
-    """The published Parquet files of every snapshot partition of ``table`` (or only of ``snapshot_dates``), oldest
-    first: each partition's files as its manifest lists them, so a stray file in a folder is never read.
+def project_files() -> list[Path]:
+    """Every file of the dbt project that changes what a build produces."""
+    found = [DBT_PROJECT_DIR / name for name in _PROJECT_FILES]
+    for directory in _PROJECT_DIRS:
+        found += sorted(
+            p for p in (DBT_PROJECT_DIR / directory).rglob("*") if p.is_file() and p.suffix in {".sql", ".yml"}
+        )
+    return found
 
-    ``root`` is a Parquet root: ``data_dir/parquet``, or a staged one whose partitions carry manifests too.
-    """
-    table_dir = root / table
-    if not table_dir.is_dir():
-        return []
-    days = sorted(
-        date.fromisoformat(path.name.removeprefix("snapshot_date="))
-        for path in table_dir.iterdir()
-        if _PARTITION_DIR.fullmatch(path.name) and path.is_dir()
+
+def project_hash() -> str:
+    """A hash of the dbt project and the DuckDB version (the fingerprints use DuckDB's ``hash``): a warehouse
+    built by another version of either is rebuilt in full."""
+    digest = hashlib.sha256(duckdb.__version__.encode() + b"\0")
+    for path in project_files():
+        digest.update(path.relative_to(DBT_PROJECT_DIR).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _sql_string(text: str) -> str:
+    """``text`` as a SQL string literal, for view definitions (which cannot take bound parameters)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _identifier(name: str) -> str:
+    if not name.replace("_", "").isalnum() or not name[:1].isalpha():
+        raise ValueError(f"not an identifier: {name!r}")
+    return f'"{name}"'
+
+
+def contract_file(data_dir: Path, table: str) -> Path:
+    """An empty Parquet file with ``table``'s contract schema, read first by its source view so that every
+    contract column exists, typed and in order, even when a partition predates a column."""
+    directory = work_dir(data_dir) / "contract"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{table}.parquet"
+    if not path.is_file():
+        scratch = directory / f".{table}.{os.getpid()}.tmp"
+        pq.write_table(arrow_schema(table).empty_table(), scratch)
+        os.replace(scratch, path)
+    return path
+
+
+def source_view_sql(data_dir: Path, table: str, snapshot_dates: Sequence[date]) -> str:
+    """The ``published.<table>`` view over exactly the published files of ``snapshot_dates``."""
+    return files_view_sql(
+        data_dir, table, [path for day in sorted(snapshot_dates) for path in published_files(data_dir, table, day)]
     )
-    wanted = None if snapshot_dates is None else set(snapshot_dates)
-    return [path for day in days if wanted is None or day in wanted for path in partition_files_under(root, table, day)]
+
+
+def files_view_sql(data_dir: Path, table: str, files: Sequence[Path]) -> str:
+    """A ``published.<table>`` view: the contract file, then exactly ``files`` (e.g. a staged partition's).
+
+    The file paths come from the publish manifests, never from user text; they are the one place a value is
+    written into SQL, as quoted literals. The ``snapshot_date=`` directory is authoritative for the date.
+    """
+    contract = _sql_string(str(contract_file(data_dir, table)))
+    body = f"select * from read_parquet({contract})"
+    if files:
+        listed = ", ".join(_sql_string(str(f)) for f in files)
+        body += (
+            "\nunion all by name\nselect * replace (cast(snapshot_date as date) as snapshot_date)\n"
+            f"from read_parquet([{listed}], hive_partitioning = true, union_by_name = true)"
+        )
+    return f"create or replace view {SOURCE_SCHEMA}.{_identifier(table)} as\n{body}"
+
+
+@dataclass
+class BuildPlan:
+    """One build: the copy dbt writes to and the snapshot dates it processes."""
+
+    data_dir: Path
+    database: Path
+    target_dir: Path
+    temp_dir: Path
+    memory_limit: str
+    full_refresh: bool
+    reason: str
+    published: dict[date, str]
+    refresh_dates: list[date]
+    latest_date: date
+    batch_dates: int = BATCH_DATES
+    started: float = field(default_factory=time.monotonic)
+
+    def dbt_vars(self) -> dict[str, str]:
+        """The profile's variables; constant for a data directory, so dbt's partial parse stays valid."""
+        return self.dbt_vars_for(self.data_dir, self.memory_limit)
+
+    @staticmethod
+    def dbt_vars_for(data_dir: Path, memory_limit: str = DEFAULT_MEMORY_LIMIT) -> dict[str, str]:
+        """The profile's variables of every build in ``data_dir``."""
+        build_dir = work_dir(data_dir) / "build"
+        return {
+            "database": str(build_dir / DATABASE_FILE),
+            "memory_limit": memory_limit,
+            "temp_directory": str(build_dir / "tmp"),
+        }
+
+    def batches(self) -> Iterator[list[date]]:
+        """The refresh dates in batches of at most ``batch_dates``, the copy prepared for each as it comes.
+
+        Run dbt once per batch: a full refresh of a year is then a dozen builds of a month each, bounded in
+        memory and temp space, instead of one query over every snapshot at once.
+        """
+        dates = self.refresh_dates
+        for start in range(0, max(len(dates), 1), self.batch_dates):
+            batch = dates[start : start + self.batch_dates]
+            try:
+                _prepare(self, batch, sorted(set(batch) & self.published.keys() | {self.latest_date}))
+            except duckdb.Error as error:
+                raise WarehouseError(f"the published Parquet could not be read: {error}") from error
+            yield batch
+
+    def dbt_args(self) -> list[str]:
+        """``dbt build`` on this plan's copy (the project and profile dirs are the package's)."""
+        return ["build", "--vars", json.dumps(self.dbt_vars(), sort_keys=True)]
 
 
 @contextmanager
-def _flock(path: Path, operation: int, timeout: float | None) -> Iterator[None]:
+def _exclusive(path: Path, timeout: float | None) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "ab") as handle:
-        if timeout is None:
-            fcntl.flock(handle, operation)
-        else:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(handle, operation | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise WarehouseLockTimeout(f"{path} stayed locked for {timeout} s") from None
-                    time.sleep(0.02)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise WarehouseError(f"another warehouse build held {path} for {timeout} s") from None
+                time.sleep(0.05)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-@contextmanager
-def writer_lock(data_dir: Path, *, timeout: float | None = None) -> Iterator[None]:
-    """Hold the exclusive warehouse lock: no other writer or :func:`query` runs meanwhile."""
-    with _flock(data_dir / LOCK_FILE, fcntl.LOCK_EX, timeout):
-        yield
-
-
-@contextmanager
-def open_warehouse(data_dir: Path, *, lock_timeout: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A read-write connection inside one transaction, under the writer lock.
-
-    Committed when the block ends, rolled back (leaving the previous warehouse intact) when it raises.
-    """
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with writer_lock(data_dir, timeout=lock_timeout):
-        con = duckdb.connect(str(database_path(data_dir)))
-        try:
-            # change_hash hashes timestamps as text; fix the zone so the text never depends on the machine
-            con.execute("set TimeZone = 'UTC'")
-            con.begin()
-            try:
-                yield con
-            except BaseException:
-                con.rollback()
-                raise
-            con.commit()
-        finally:
-            con.close()
-
-
-def _quoted(name: str) -> str:
-    if not _NAME.fullmatch(name):
-        raise ValueError(f"not a model name: {name!r}")
-    return f'"{name}"'
-
-
-def sql_string(text: str) -> str:
-    """``text`` as a SQL string literal (quotes doubled), for the view definitions that cannot take parameters."""
-    return "'" + text.replace("'", "''") + "'"
-
-
-def contract_file(parquet_root: Path, table: str) -> Path:
-    """An empty Parquet file with ``table``'s contract schema, (re)written atomically; staging views read it."""
-    directory = parquet_root / CONTRACT_DIR
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{table}.parquet"
-    scratch = directory / f".{table}.{os.getpid()}.tmp"
-    pq.write_table(arrow_schema(table).empty_table(), scratch)
-    os.replace(scratch, path)
-    return path
-
-
-def run_model(
-    con: duckdb.DuckDBPyConnection,
-    model: Model,
-    parquet_root: Path,
-    *,
-    snapshot_dates: Collection[date] | None = None,
-) -> int:
-    """Create or replace ``model.name`` (a view for staging, a table otherwise); returns its row count.
-
-    Run it inside :func:`open_warehouse` so the replacement is atomic and serialised with other writers, or on
-    an in-memory connection with ``snapshot_dates`` to evaluate the models on some partitions only (checks).
-    """
-    started = time.perf_counter()
-    if model.source_table is None:
-        con.execute(f"create or replace table {_quoted(model.name)} as\n{model.sql}\n")
-    else:
-        contract = str(contract_file(parquet_root, model.source_table))
-        files = [str(path) for path in partition_files(parquet_root, model.source_table, snapshot_dates)]
-        body = model.sql.replace("$contract_file", sql_string(contract)).replace(
-            "$parquet_files", "[" + ", ".join(sql_string(f) for f in files or [contract]) + "]"
-        )
-        # A warehouse built before staging became views holds a table of that name; a view cannot replace it.
+def _recorded(database: Path) -> tuple[dict[date, str], str | None]:
+    """The publications a warehouse was built from, and the dbt project hash that built it."""
+    con = duckdb.connect(str(database))
+    try:
         found = con.execute(
-            "select count(*) from duckdb_tables() where table_name = ? and schema_name = current_schema()",
-            [model.name],
+            "select count(*) from duckdb_tables() where schema_name = ? and table_name in ('publications', 'build')",
+            [META_SCHEMA],
         ).fetchone()
-        if found and found[0]:
-            con.execute(f"drop table {_quoted(model.name)}")
-        con.execute(f"create or replace view {_quoted(model.name)} as\n{body}\n")
-    row = con.execute(f"select count(*) from {_quoted(model.name)}").fetchone()
-    rows = int(row[0]) if row else 0
-    log.debug("model %s: %d rows in %.2f s", model.name, rows, time.perf_counter() - started)
-    return rows
+        if not found or found[0] < 2:
+            return {}, None
+        publications = dict(
+            con.execute(f"select snapshot_date, publication_id from {META_SCHEMA}.publications").fetchall()
+        )
+        built_by = con.execute(f"select value from {META_SCHEMA}.build where key = 'project_hash'").fetchone()
+        return publications, built_by[0] if built_by else None
+    finally:
+        con.close()
+
+
+def _prepare(plan: BuildPlan, batch: Sequence[date], dates: Sequence[date]) -> None:
+    """Write ``batch`` as the refresh dates and point the source views at exactly the published files of
+    ``dates``."""
+    con = duckdb.connect(str(plan.database))
+    try:
+        for schema in (SOURCE_SCHEMA, META_SCHEMA):
+            con.execute(f"create schema if not exists {schema}")
+        con.execute(f"create or replace table {META_SCHEMA}.refresh_dates (snapshot_date date primary key)")
+        for day in batch:
+            con.execute(f"insert into {META_SCHEMA}.refresh_dates values (?)", [day])
+        for table in TABLES:
+            con.execute(source_view_sql(plan.data_dir, table, dates))
+    finally:
+        con.close()
+
+
+def _finish(plan: BuildPlan) -> None:
+    """Record what the copy was built from, narrow its sources to the latest date and checkpoint it."""
+    con = duckdb.connect(str(plan.database))
+    try:
+        con.begin()
+        for table in TABLES:
+            con.execute(source_view_sql(plan.data_dir, table, [plan.latest_date]))
+        con.execute(
+            f"create or replace table {META_SCHEMA}.publications "
+            "(snapshot_date date primary key, publication_id varchar)"
+        )
+        con.executemany(f"insert into {META_SCHEMA}.publications values (?, ?)", sorted(plan.published.items()))
+        con.execute(f"create or replace table {META_SCHEMA}.build (key varchar primary key, value varchar)")
+        con.executemany(
+            f"insert into {META_SCHEMA}.build values (?, ?)",
+            [["project_hash", project_hash()], ["built_at_unix", str(int(time.time()))]],
+        )
+        con.commit()
+        con.execute("checkpoint")
+    finally:
+        con.close()
+
+
+def _publish(built: Path, target: Path) -> None:
+    """Rename the checkpointed build over the published warehouse, durably."""
+    with open(built, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(built, target)
+    directory = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+@contextmanager
+def warehouse_build(
+    data_dir: Path,
+    *,
+    full_refresh: bool = False,
+    memory_limit: str = DEFAULT_MEMORY_LIMIT,
+    lock_timeout: float | None = None,
+    batch_dates: int = BATCH_DATES,
+) -> Iterator[BuildPlan]:
+    """Prepare a copy of the warehouse for dbt, and publish it if the block ends without raising.
+
+    Raises :class:`WarehouseError` at once when no snapshot is published yet (there is nothing to build on).
+    """
+    data_dir = data_dir.resolve()
+    work = work_dir(data_dir)
+    with _exclusive(work / "build.lock", lock_timeout):
+        dates = published_dates(data_dir)
+        if not dates:
+            raise WarehouseError(
+                f"no published snapshot under {data_dir / PARQUET_DIR}: flatten one first "
+                "(materialize the ten table assets, or `joor-pipeline run`)"
+            )
+        published = {day: publication_id(data_dir, day) or "" for day in dates}
+        build_dir = work / "build"
+        if build_dir.exists():
+            shutil.rmtree(build_dir)
+        (build_dir / "tmp").mkdir(parents=True)
+        database = build_dir / DATABASE_FILE
+        current = database_path(data_dir)
+        recorded: dict[date, str] = {}
+        reason = "asked for"
+        if not full_refresh:
+            if not current.is_file():
+                full_refresh, reason = True, f"no warehouse at {current} yet"
+            else:
+                shutil.copyfile(current, database)
+                try:
+                    recorded, built_by = _recorded(database)
+                except duckdb.Error as error:
+                    full_refresh, reason = True, f"{current} could not be read ({error}); rebuilt from the Parquet"
+                    log.warning("warehouse %s could not be read, rebuilding it from the Parquet: %s", current, error)
+                else:
+                    if built_by != project_hash():
+                        full_refresh, reason = True, "the dbt project changed since the last build"
+        if full_refresh:
+            for stale in (database, database.with_name(database.name + ".wal")):
+                stale.unlink(missing_ok=True)
+            recorded = {}
+        refresh = sorted(
+            {day for day, pid in published.items() if recorded.get(day) != pid} | (recorded.keys() - published.keys())
+        )
+        plan = BuildPlan(
+            data_dir=data_dir,
+            database=database,
+            target_dir=work / "dbt-target",
+            temp_dir=build_dir / "tmp",
+            memory_limit=memory_limit,
+            full_refresh=full_refresh,
+            reason=reason if full_refresh else "incremental",
+            published=published,
+            refresh_dates=refresh,
+            latest_date=dates[-1],
+            batch_dates=batch_dates,
+        )
+        log.info(
+            "building the warehouse on %d snapshot date(s) of %d published (%s)",
+            len(refresh),
+            len(dates),
+            plan.reason,
+        )
+        yield plan
+        _finish(plan)
+        _publish(database, current)
+        shutil.rmtree(build_dir, ignore_errors=True)
+
+
+def run_dbt(args: Sequence[str], target_dir: Path) -> dict[str, Any]:
+    """Run one dbt command on the project in this process; returns ``run_results.json`` (empty for ``parse``).
+
+    In process rather than as a subprocess: importing dbt costs seconds, paid once per process instead of once
+    per build. Raises :class:`WarehouseError` with dbt's error lines when the command fails.
+    """
+    from dbt.cli.main import dbtRunner
+
+    target_dir.mkdir(parents=True, exist_ok=True)
+    errors: list[str] = []
+
+    def collect(event: Any) -> None:
+        if event.info.level == "error":
+            errors.append(event.info.msg)
+
+    try:
+        result = dbtRunner(callbacks=[collect]).invoke(
+            [
+                *args,
+                "--project-dir",
+                str(DBT_PROJECT_DIR),
+                "--profiles-dir",
+                str(DBT_PROJECT_DIR),
+                "--target-path",
+                str(target_dir),
+                "--log-path",
+                str(target_dir),
+                "--quiet",
+                "--no-use-colors",
+                "--no-send-anonymous-usage-stats",
+            ]
+        )
+    finally:
+        _close_dbt_duckdb()
+    run_results = target_dir / "run_results.json"
+    results: dict[str, Any] = (
+        json.loads(run_results.read_text()) if run_results.is_file() and args[0] != "parse" else {}
+    )
+    if not result.success:
+        detail = "\n".join(errors[-12:]) or str(result.exception or "no detail (see dbt.log)")
+        raise DbtFailed(f"dbt {args[0]} failed (log in {target_dir / 'dbt.log'}):\n{detail}", results)
+    return results
+
+
+def _close_dbt_duckdb() -> None:
+    """Close what dbt keeps open in this process after a command: its log file, and dbt-duckdb's database.
+
+    The database above all: dbt-duckdb would keep the build's file open (and locked) after it is renamed into
+    place, and a later build at the same path would write into that file, the published warehouse.
+    """
+    from dbt.adapters.duckdb.connections import DuckDBConnectionManager
+    from dbt_common.events.event_manager_client import get_event_manager
+
+    manager = get_event_manager()
+    for logger in manager.loggers:
+        python_logger = getattr(logger, "_python_logger", None)
+        for handler in list(getattr(python_logger, "handlers", [])):
+            handler.close()
+            python_logger.removeHandler(handler)  # type: ignore[union-attr]
+    manager.loggers.clear()
+    manager.callbacks.clear()
+
+    environment = DuckDBConnectionManager._ENV
+    if environment is not None:
+        environment.close()
+    DuckDBConnectionManager.close_all_connections()
+
+
+class DbtFailed(WarehouseError):
+    """dbt reported a failed model or test; ``results`` is its ``run_results.json`` (empty if it never ran)."""
+
+    def __init__(self, message: str, results: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.results = results
+
+
+def manifest_path() -> Path:
+    """The dbt manifest of this version of the project, parsed offline on first use into a per-user cache.
+
+    Keyed by :func:`project_hash`, so it is never stale and never written into the source tree; dagster-dbt
+    reads it when the definitions load (``make setup`` parses it ahead).
+    """
+    cache = Path(os.environ.get("XDG_CACHE_HOME", "").strip() or Path.home() / ".cache")
+    target = cache / "joor-pipeline" / f"dbt-{project_hash()}"
+    manifest = target / "manifest.json"
+    if not manifest.is_file():
+        run_dbt(["parse"], target)
+    return manifest
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """What a build did."""
+
+    refresh_dates: list[date]
+    full_refresh: bool
+    reason: str
+    seconds: float
 
 
 def build_warehouse(
-    data_dir: Path, *, models: Sequence[str] | None = None, lock_timeout: float | None = None
-) -> dict[str, int]:
-    """Run the models (all, or those named, always in :data:`MODELS` order) into ``data_dir/joor.duckdb``.
-
-    Returns the row count of each model built. One transaction: on any failure nothing is changed.
-    """
-    if models is None:
-        selected = list(MODELS)
-    else:
-        unknown = sorted(set(models) - MODELS_BY_NAME.keys())
-        if unknown:
-            raise ValueError(f"unknown model(s): {', '.join(unknown)}")
-        wanted = set(models)
-        selected = [model for model in MODELS if model.name in wanted]
-    root = parquet_root(data_dir)
-    counts: dict[str, int] = {}
-    with open_warehouse(data_dir, lock_timeout=lock_timeout) as con:
-        for model in selected:
-            counts[model.name] = run_model(con, model, root)
-    return counts
-
-
-def query(
     data_dir: Path,
-    sql: str,
-    params: Sequence[Any] | Mapping[str, Any] | None = None,
     *,
+    full_refresh: bool = False,
+    memory_limit: str = DEFAULT_MEMORY_LIMIT,
     lock_timeout: float | None = None,
-) -> list[tuple[Any, ...]]:
-    """Run one query on a read-only connection to the warehouse (waits while a build is writing)."""
-    path = database_path(data_dir)
-    if not path.is_file():
-        raise FileNotFoundError(f"no warehouse at {path}; build it first")
-    with _flock(data_dir / LOCK_FILE, fcntl.LOCK_SH, lock_timeout):
-        con = duckdb.connect(str(path), read_only=True)
+    batch_dates: int = BATCH_DATES,
+) -> BuildReport:
+    """Build and publish the warehouse with dbt, outside Dagster (the CLI's ``--full-refresh``, tests, bench)."""
+    with warehouse_build(
+        data_dir,
+        full_refresh=full_refresh,
+        memory_limit=memory_limit,
+        lock_timeout=lock_timeout,
+        batch_dates=batch_dates,
+    ) as plan:
+        for _batch in plan.batches():
+            run_dbt(plan.dbt_args(), plan.target_dir)
+    return BuildReport(plan.refresh_dates, plan.full_refresh, plan.reason, time.monotonic() - plan.started)
+
+
+def default_data_dir() -> Path:
+    """``$JOOR_DATA_DIR``, else ``./data``, as the CLI and the Dagster resources read it."""
+    return Path(os.environ.get("JOOR_DATA_DIR", "").strip() or "data")
+
+
+def read(name: str, data_dir: Path | None = None) -> pd.DataFrame:
+    """Any model of ``joor.duckdb`` (e.g. ``"dim_retailers"``) or any of the ten Parquet tables (every published
+    snapshot), as a pandas DataFrame with Arrow-backed dtypes.
+
+    Opens the warehouse read-only, so it never blocks a build (a build replaces the file, it never writes the
+    one you read) and never sees a half-built warehouse.
+    """
+    import pandas as pd
+
+    data_dir = (data_dir or default_data_dir()).resolve()
+    if name in TABLES:
+        con = duckdb.connect()
         try:
-            con.execute("set TimeZone = 'UTC'")
-            return con.execute(sql, params).fetchall()
+            sql = source_view_sql(data_dir, name, published_dates(data_dir, name))
+            con.execute(f"create schema {SOURCE_SCHEMA}")
+            con.execute(sql)
+            arrow = con.sql(f"select * from {SOURCE_SCHEMA}.{_identifier(name)}").to_arrow_table()
         finally:
             con.close()
+        return arrow.to_pandas(types_mapper=pd.ArrowDtype)
+    path = database_path(data_dir)
+    if not path.is_file():
+        raise WarehouseError(f"no warehouse at {path}: run the pipeline first (`joor-pipeline run`)")
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        found = con.execute(
+            "select schema_name, table_name from duckdb_tables() where table_name = ?"
+            " and schema_name in ('main', 'staging')"
+            " union all select schema_name, view_name from duckdb_views() where view_name = ?"
+            " and schema_name in ('main', 'staging') order by 1",
+            [name, name],
+        ).fetchone()
+        if found is None:
+            known = sorted([*TABLES, *ANALYST_MODELS])
+            raise WarehouseError(f"no model or table named {name!r} in {path}; try one of: {', '.join(known)}")
+        schema, relation = found
+        con.execute("set TimeZone = 'UTC'")
+        arrow = con.sql(f"select * from {_identifier(schema)}.{_identifier(relation)}").to_arrow_table()
+    finally:
+        con.close()
+    return arrow.to_pandas(types_mapper=pd.ArrowDtype)
+
+
+def rule_issues_sql(relations: Mapping[str, str]) -> str:
+    """The query of the data-quality rules over ``relations`` (table name -> relation), rendered from the same dbt
+    macro that ``data_quality_issues`` uses (``macros/joor_rules.sql``, plain Jinja), so the per-partition checks
+    and the model can never disagree."""
+    import jinja2
+
+    missing = sorted(set(TABLES) - relations.keys())
+    if missing:
+        raise ValueError(f"no relation given for table(s) {', '.join(missing)}")
+    template = jinja2.Environment(autoescape=False).from_string(RULES_FILE.read_text(encoding="utf-8"))  # noqa: S701
+    return str(template.module.joor_quality_rules(dict(relations)))  # type: ignore[attr-defined]
+
+
+def generate_docs(data_dir: Path) -> Path:
+    """``dbt docs generate`` (offline) for the published warehouse; returns the directory holding ``index.html``.
+
+    dbt-duckdb opens its database read-write, so the catalog is read from a private copy: the published file
+    stays free for readers and builds.
+    """
+    data_dir = data_dir.resolve()
+    current = database_path(data_dir)
+    if not current.is_file():
+        raise WarehouseError(f"no warehouse at {current}: run the pipeline first (`joor-pipeline run`)")
+    target = work_dir(data_dir) / "docs"
+    scratch = work_dir(data_dir) / "docs-build"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        shutil.copyfile(current, scratch / DATABASE_FILE)
+        run_dbt(["docs", "generate", "--vars", json.dumps({"database": str(scratch / DATABASE_FILE)})], target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+MODELS_SECTION_BEGIN: Final = "<!-- models: generated by python -m joor_pipeline.warehouse from the dbt manifest -->"
+MODELS_SECTION_END: Final = "<!-- /models -->"
+DICTIONARY_PATH: Final = Path(__file__).resolve().parents[1] / "docs" / "data-dictionary.md"
+
+
+def models_markdown() -> str:
+    """The data dictionary's section on the dbt project: every model, its schema, how it is built, its tests."""
+    manifest = json.loads(manifest_path().read_text())
+    tests: dict[str, list[str]] = {}
+    for node in manifest["nodes"].values():
+        if node["resource_type"] == "test" and node.get("attached_node"):
+            meta = node.get("test_metadata") or {}
+            column = node.get("column_name")
+            tests.setdefault(node["attached_node"], []).append(
+                f"`{meta.get('name', node['name'])}`" + (f" on `{column}`" if column else "")
+            )
+    lines = [
+        MODELS_SECTION_BEGIN,
+        "## Models: the dbt project",
+        "",
+        "The SQL models are a dbt project run by dbt-duckdb: `joor_pipeline/dbt_project/` (it ships inside the",
+        "package). Each model is a Dagster asset (dagster-dbt), downstream of the table assets, and each dbt test",
+        "an asset check. The ten tables above are its sources (`source('joor', <table>)`), read from exactly the",
+        "published files of each partition. `joor.duckdb` keeps the analysts' models in `main` and the staging and",
+        "intermediate ones in `staging`; `joor_meta` records what the warehouse was built from.",
+        "",
+        "Incremental models (`delete` then `insert` by `snapshot_date`) process only the snapshot dates that",
+        "changed since the last build; `retailer_history` is derived from one compact fingerprint per retailer and",
+        "snapshot, so any order of snapshots gives the same history. The `latest` marts read the latest snapshot.",
+        "",
+        "| model | schema | built as | what it is (grain) | dbt tests |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    models = sorted(
+        (node for node in manifest["nodes"].values() if node["resource_type"] == "model"),
+        key=lambda node: (node["schema"] != "main", node["original_file_path"]),
+    )
+    for node in models:
+        description = node["description"].replace("|", "\\|")
+        lines.append(
+            f"| `{node['name']}` | `{node['schema']}` | {node['config']['materialized']} | {description} "
+            f"| {', '.join(sorted(tests.get(node['unique_id'], []))) or '—'} |"
+        )
+    lines += ["", MODELS_SECTION_END]
+    return "\n".join(lines) + "\n"
+
+
+def write_models_section(path: Path = DICTIONARY_PATH) -> None:
+    """Put :func:`models_markdown` into the data dictionary, replacing the previous section if there is one."""
+    text = path.read_text(encoding="utf-8")
+    section = models_markdown()
+    if MODELS_SECTION_BEGIN in text and MODELS_SECTION_END in text:
+        before, rest = text.split(MODELS_SECTION_BEGIN, 1)
+        text = before + section + rest.split(MODELS_SECTION_END, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    write_models_section()

@@ -9,10 +9,12 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from joor_pipeline.flatten.schema import TABLES, arrow_schema
+from joor_pipeline.warehouse import build_warehouse, database_path
 
 Row = dict[str, Any]
 CHILD_TABLES = tuple(name for name, spec in TABLES.items() if spec.is_child)
@@ -173,3 +175,31 @@ def write_snapshot(
     rows = snapshot_rows(retailers, snapshot_date, log_id=log_id, source_page=source_page)
     for table, table_rows in rows.items():
         write_table(root, table, snapshot_date, table_rows)
+
+
+def parquet_root(data_dir: Path) -> Path:
+    """Where the published Parquet tables of a data directory live."""
+    return data_dir / "parquet"
+
+
+def query(data_dir: Path, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    """Rows of one query on the published warehouse, read-only; models resolve in ``main`` then ``staging``."""
+    with duckdb.connect(str(database_path(data_dir)), read_only=True) as con:
+        con.execute("set search_path = 'main,staging'")
+        con.execute("set TimeZone = 'UTC'")
+        return con.execute(sql, params).fetchall()
+
+
+def model_counts(data_dir: Path) -> dict[str, int]:
+    """The row count of every model in the published warehouse (``main`` and ``staging``)."""
+    names = query(
+        data_dir,
+        "select table_name from information_schema.tables where table_schema in ('main', 'staging') order by 1",
+    )
+    return {name: query(data_dir, f'select count(*) from "{name}"')[0][0] for (name,) in names}
+
+
+def build(data_dir: Path, **options: Any) -> dict[str, int]:
+    """Build and publish the warehouse with dbt, then count every model."""
+    build_warehouse(data_dir, **options)
+    return model_counts(data_dir)

@@ -38,7 +38,7 @@ from joor_pipeline.storage.parquet import (
     published_files,
 )
 from joor_pipeline.storage.publish import quarantine_dir
-from joor_pipeline.warehouse import MODELS, database_path
+from joor_pipeline.warehouse import ANALYST_MODELS, database_path
 from joor_pipeline_tests.raw_fixtures import land, partition_bytes
 
 DAY1 = "2026-03-02"
@@ -70,8 +70,18 @@ def test_definitions_load_every_asset_check_schedule_and_resource() -> None:
     # Every check is tied to the daily partitions, so its history shows one result per date.
     assert {spec.partitions_def for spec in joor_tables.check_specs} == {joor_tables.partitions_def}
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert keys == {"joor_raw_connections", *TABLES, *(m.name for m in MODELS)}
-    assert len(list(graph.asset_check_keys)) == 7 * len(TABLES) + 2
+    models = {key.to_user_string() for key in joor_models.keys}
+    assert keys == {"joor_raw_connections", *TABLES, *models}
+    assert set(ANALYST_MODELS) <= models
+    assert {f"staging/stg_{table}" for table in TABLES} <= models
+    # the dbt tests are asset checks of the models they test
+    dbt_checks = {key for key in graph.asset_check_keys if key.asset_key in joor_models.keys}
+    assert ("dim_retailers", "unique_dim_retailers_customer_account_id") in {
+        (key.asset_key.to_user_string(), key.name) for key in dbt_checks
+    }
+    assert len(list(graph.asset_check_keys)) == 7 * len(TABLES) + 2 + len(dbt_checks)
+    # lineage reads end to end: each staging model reads its table asset
+    assert graph.get(dg.AssetKey(["staging", "stg_connections"])).parent_keys == {dg.AssetKey("connections")}
     assert defs.resolve_job_def("joor_daily") is not None
     assert defs.resolve_schedule_def("joor_daily_schedule").cron_schedule == "0 6 * * *"
     assert set(defs.resources or {}) == {"joor", "storage"}

@@ -1,38 +1,29 @@
-"""The DuckDB models and their runner: known Parquet snapshots in, exact answers out; atomic, locked builds."""
+"""The dbt models on DuckDB: known Parquet snapshots in, exact answers out; the project's conventions."""
 
 from __future__ import annotations
 
 import random
 import re
-import subprocess
-import sys
-import threading
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from joor_pipeline.flatten.schema import REQ_YES, STRING, TABLES, arrow_schema
-from joor_pipeline.warehouse import (
-    MODELS,
-    WarehouseLockTimeout,
-    build_warehouse,
-    database_path,
-    parquet_root,
-    query,
-    sql_string,
-    writer_lock,
-)
+from joor_pipeline.warehouse import ANALYST_MODELS, DBT_PROJECT_DIR, WarehouseError, database_path
 from joor_pipeline_tests.model_fixtures import (
     CHILD_TABLES,
     Retailer,
+    build,
     clean_retailer,
+    parquet_root,
     partition_path,
+    query,
     snapshot_rows,
     table_of,
     write_snapshot,
@@ -171,53 +162,53 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     for page, (snapshot_date, retailers) in enumerate(SNAPSHOTS.items()):
         # provenance differs in every snapshot; it must not open versions
         write_snapshot(parquet_root(data_dir), snapshot_date, retailers, source_page=page)
-    return Built(data_dir, build_warehouse(data_dir))
+    return Built(data_dir, build(data_dir))
 
 
 # --- the model catalogue ------------------------------------------------------------------------------------
 
 
-def _body(sql: str) -> str:
-    return "\n".join(line.split("--")[0] for line in sql.splitlines())
+MODEL_FILES = sorted((DBT_PROJECT_DIR / "models").rglob("*.sql"))
 
 
-def test_models_run_in_dependency_order_and_read_exactly_what_they_declare() -> None:
-    names = [model.name for model in MODELS]
-    assert names[:10] == sorted(f"stg_{table}" for table in TABLES)
-    assert {"int_addresses", "dim_retailers", "retailer_history", "retailer_addresses"} < set(names)
-    for position, model in enumerate(MODELS):
-        assert set(model.depends_on) <= set(names[:position]), model.name
-        referenced = {name for name in names if re.search(rf"\b{name}\b", _body(model.sql))} - {model.name}
-        assert referenced == set(model.depends_on), model.name
-        code = re.sub(r"'[^']*'", "''", _body(model.sql))  # lowercase SQL, string literals aside
-        assert code == code.lower(), model.name
-        assert any(line.startswith("grain: one row per ") for line in model.description.splitlines()), model.name
-        assert model.path.name == f"{model.name}.sql"
-        if model.name.startswith("stg_"):
-            assert model.source_table == model.name.removeprefix("stg_")
-            assert model.depends_on == ()
-        else:
-            assert model.source_table is None
+def test_one_file_per_model_with_a_header_stating_its_grain_in_lowercase_sql() -> None:
+    names = [path.stem for path in MODEL_FILES]
+    assert len(names) == len(set(names))
+    assert {f"stg_{table}" for table in TABLES} | set(ANALYST_MODELS) <= set(names)
+    for path in MODEL_FILES:
+        lines = path.read_text().splitlines()
+        assert lines[0].startswith(f"-- {path.stem}: "), path.name
+        assert any(line.startswith("-- grain: one row per ") for line in lines[:4]), path.name
+        body = "\n".join(line.split("--")[0] for line in lines)
+        code = re.sub(r"'[^']*'", "''", re.sub(r"\{\{.*?\}\}", "", body, flags=re.S))
+        assert code == code.lower(), path.name
+        for other in names:  # models read each other through ref(), never by a bare name
+            if other != path.stem:
+                assert not re.search(rf"(from|join)\s+{other}\b", code), (path.name, other)
+    for path in (DBT_PROJECT_DIR / "models").glob("*/_models.yml"):  # the dbt docs say what the headers say
+        for model in yaml.safe_load(path.read_text())["models"]:
+            header = [line[3:] for line in (path.parent / f"{model['name']}.sql").read_text().splitlines()]
+            first = header[0].removeprefix(f"{model['name']}: ")
+            assert model["description"].startswith(first), model["name"]
+            assert "grain: one row per" in model["description"], model["name"]
+    for table in TABLES:
+        assert f"source('joor', '{table}')" in (DBT_PROJECT_DIR / "models" / "staging" / f"stg_{table}.sql").read_text()
 
 
 # --- staging --------------------------------------------------------------------------------------------------
 
 
-def test_staging_reads_every_partition_with_snapshot_date_as_date(built: Built) -> None:
-    assert built.rows(
-        "select snapshot_date, typeof(snapshot_date), count(*) from stg_connections group by all order by 1"
-    ) == [
-        (D1, "DATE", 4),
-        (D2, "DATE", 3),
-        (D3, "DATE", 5),
+def test_staging_shows_the_latest_snapshot_and_the_history_reads_every_partition(built: Built) -> None:
+    assert built.rows("select snapshot_date, typeof(snapshot_date), count(*) from stg_connections group by all") == [
+        (D3, "DATE", 5)
     ]
-    assert built.counts["stg_addresses"] == (4 + 2 + 2 + 2) + (4 + 2 + 2) + (4 + 2 + 2 + 2 + 2)
+    assert built.counts["stg_addresses"] == 4 + 2 + 2 + 2 + 2
     assert built.counts["stg_tax_ids"] == 0
+    assert built.rows("select snapshot_date, connections from int_snapshots order by 1") == [(D1, 4), (D2, 3), (D3, 5)]
 
 
 def test_staging_takes_the_partition_date_from_the_path_and_reads_older_files_by_name(tmp_path: Path) -> None:
     root = parquet_root(tmp_path)
-    write_table(root, "connections", D1, snapshot_rows([clean_retailer(1, "ONE")], D1)["connections"])
     # an older file: no customer_email column, a column the contract no longer has, a wrong date inside the file
     older = table_of("connections", snapshot_rows([clean_retailer(2, "TWO")], date(1999, 1, 1))["connections"])
     older = older.drop_columns(["customer_email"]).append_column("loyalty_tier", pa.array(["gold"]))
@@ -227,14 +218,16 @@ def test_staging_takes_the_partition_date_from_the_path_and_reads_older_files_by
     hidden = root / "connections" / ".staging-123" / "part-00000.parquet"  # a write in progress
     hidden.parent.mkdir()
     pq.write_table(table_of("connections", snapshot_rows([clean_retailer(3, "THREE")], D2)["connections"]), hidden)
+    stray = partition_path(root, "connections", D2).with_name("copy of part.parquet")  # not a published file
+    pq.write_table(table_of("connections", snapshot_rows([clean_retailer(4, "FOUR")], D2)["connections"]), stray)
 
-    assert build_warehouse(tmp_path, models=["stg_connections"]) == {"stg_connections": 2}
+    build(tmp_path)
     assert query(
-        tmp_path,
-        "select snapshot_date, customer_account_id, customer_email, loyalty_tier from stg_connections order by 1",
-    ) == [(D1, 1, "one@example.com", None), (D2, 2, None, "gold")]
+        tmp_path, "select snapshot_date, customer_account_id, customer_email, loyalty_tier from stg_connections"
+    ) == [(D2, 2, None, "gold")]
     columns = [row[0] for row in query(tmp_path, "describe stg_connections")]
     assert columns == [*arrow_schema("connections").names, "loyalty_tier"]
+    assert query(tmp_path, "select customer_account_id from retailer_history") == [(2,)]
 
 
 _DUCKDB_TYPES = {
@@ -248,20 +241,17 @@ _DUCKDB_TYPES = {
 }
 
 
-def test_every_model_builds_on_an_empty_parquet_root_with_typed_staging_views(tmp_path: Path) -> None:
-    counts = build_warehouse(tmp_path)
-
-    assert counts == {model.name: 0 for model in MODELS}
-    for table in TABLES:
-        described = [(row[0], row[1]) for row in query(tmp_path, f"describe stg_{table}")]
-        assert described == [(f.name, _DUCKDB_TYPES[f.type]) for f in arrow_schema(table)], table
+def test_no_published_snapshot_is_one_clear_error_and_leaves_no_warehouse(tmp_path: Path) -> None:
+    with pytest.raises(WarehouseError, match=r"^no published snapshot under .*parquet: flatten one first"):
+        build(tmp_path)
+    assert not database_path(tmp_path).exists()
 
 
-def test_models_build_when_only_connections_have_partitions(tmp_path: Path) -> None:
+def test_models_build_when_only_connections_have_partitions_with_typed_staging_views(tmp_path: Path) -> None:
     rows = snapshot_rows([clean_retailer(1, "ONE"), clean_retailer(2, "TWO")], D1)
     write_table(parquet_root(tmp_path), "connections", D1, rows["connections"])
 
-    counts = build_warehouse(tmp_path)
+    counts = build(tmp_path)
 
     assert counts["dim_retailers"] == 2
     assert counts["retailer_history"] == 2
@@ -271,6 +261,9 @@ def test_models_build_when_only_connections_have_partitions(tmp_path: Path) -> N
         "select customer_account_id, default_payment_method_code, billing_addresses, doors, payment_methods "
         "from dim_retailers order by 1",
     ) == [(1, None, 0, 0, 0), (2, None, 0, 0, 0)]
+    for table in TABLES:
+        described = [(row[0], row[1]) for row in query(tmp_path, f"describe stg_{table}")]
+        assert described == [(f.name, _DUCKDB_TYPES[f.type]) for f in arrow_schema(table)], table
 
 
 # --- dim_retailers -------------------------------------------------------------------------------------------
@@ -317,7 +310,7 @@ def test_retailer_history_versions(built: Built) -> None:
     hashes = dict(built.rows("select customer_account_id || '/' || version_number, change_hash from retailer_history"))
     assert hashes["1002/1"] != hashes["1002/2"]
     assert hashes["1004/1"] == hashes["1004/2"]  # the same content, yet a version of its own after the gap
-    assert all(re.fullmatch(r"[0-9a-f]{32}", h) for h in hashes.values())
+    assert all(re.fullmatch(r"[0-9a-f]{16}", h) for h in hashes.values())
     assert built.rows(
         "select customer_code, customer_alias from retailer_history where customer_account_id = 1001"
     ) == [("ALPHA", "ALPHA alias")]
@@ -353,7 +346,7 @@ def test_retailer_history_matches_a_reference_on_random_histories(tmp_path: Path
     for i, snapshot_date in enumerate(dates):
         present = [_variant(a, state) for a, s in states.items() if (state := s[i]) is not None]
         write_snapshot(parquet_root(tmp_path), snapshot_date, [clean_retailer(4999, "ANCHOR"), *present])
-    build_warehouse(tmp_path, models=[m.name for m in MODELS if m.name.startswith("stg_")] + ["retailer_history"])
+    build(tmp_path)
 
     rows = query(tmp_path, "select customer_account_id, valid_from, valid_to, is_current from retailer_history")
     expected = [(4999, dates[0], None, True)] + [
@@ -400,7 +393,7 @@ def test_change_hash_covers_every_child_table_and_ignores_provenance_and_file_or
     for table, table_rows in rows.items():
         write_table(root, table, D2, table_rows[::-1])  # file order must not matter, only ordinal
 
-    build_warehouse(tmp_path, models=[m.name for m in MODELS if m.name.startswith("stg_")] + ["retailer_history"])
+    build(tmp_path)
 
     versions = dict(query(tmp_path, "select customer_account_id, count(*) from retailer_history group by 1"))
     assert versions == {**{3000 + i: 2 for i in range(len(CHILD_TABLES))}, 3100: 1, 3200: 2, 3300: 2}
@@ -457,7 +450,7 @@ def test_country_names_and_iso_codes_map_to_iso2(tmp_path: Path) -> None:
         for i, (spelling, _) in enumerate(spellings)
     ]
     write_snapshot(parquet_root(tmp_path), D1, [retailer])
-    build_warehouse(tmp_path)
+    build(tmp_path)
 
     rows = query(tmp_path, "select country, country_code from retailer_addresses order by ordinal")
     assert rows == spellings
@@ -485,7 +478,8 @@ def test_discount_summary(built: Built) -> None:
 def test_data_quality_issues_finds_exactly_the_planted_problems(built: Built) -> None:
     rows = built.rows(
         "select snapshot_date, table_name, rule, customer_account_id, record_key, column_name, detail "
-        "from data_quality_issues"
+        "from data_quality_issues "
+        "order by snapshot_date, table_name, customer_account_id, record_key, rule, column_name"
     )
     assert rows == [
         (D3, "addresses", "state_missing", 1005, "address_type=billing, ordinal=0", "state",
@@ -526,7 +520,7 @@ def test_max_length_rules_match_the_contract(tmp_path: Path) -> None:
         for item in retailer.children[table]:
             item.update({name: "x" * (n + 1) for name, n in _string_columns_with_max_length(table)})
     write_snapshot(parquet_root(tmp_path), D1, [retailer])
-    build_warehouse(tmp_path)
+    build(tmp_path)
 
     found = query(tmp_path, "select distinct table_name, column_name, rule from data_quality_issues order by all")
     expected = sorted(
@@ -560,7 +554,7 @@ def test_required_rules_match_the_contract(tmp_path: Path) -> None:
     no_id = clean_retailer(2, "TWO")
     no_id.customer_account_id = None
     write_snapshot(parquet_root(tmp_path), D1, [retailer, no_id])
-    build_warehouse(tmp_path)
+    build(tmp_path)
 
     found = query(
         tmp_path,
@@ -581,105 +575,26 @@ def test_required_rules_match_the_contract(tmp_path: Path) -> None:
     assert query(tmp_path, "select customer_account_id from dim_retailers") == [(1,)]
 
 
-# --- the runner: atomic builds, one writer at a time --------------------------------------------------------
+# --- the warehouse's shape ---------------------------------------------------------------------------------
 
 
-def test_a_failing_model_leaves_the_previous_warehouse_intact(tmp_path: Path) -> None:
-    root = parquet_root(tmp_path)
-    write_snapshot(root, D1, [clean_retailer(1, "ONE")])
-    before = build_warehouse(tmp_path)
-    write_snapshot(root, D2, [clean_retailer(1, "ONE"), clean_retailer(2, "TWO")])
-    partition_path(root, "warehouses", D2).write_bytes(b"not parquet at all")
-
-    with pytest.raises(duckdb.Error):
-        build_warehouse(tmp_path)
-
-    # stg_addresses and stg_connections ran before stg_warehouses failed: rolled back with it
-    for model in MODELS:
-        assert query(tmp_path, f"select count(*) from {model.name}") == [(before[model.name],)], model.name
-    assert query(tmp_path, "select distinct snapshot_date from stg_addresses") == [(D1,)]
-    assert query(tmp_path, "select table_name from duckdb_tables() where table_name like '%new%'") == []
-
-    write_snapshot(root, D2, [clean_retailer(1, "ONE"), clean_retailer(2, "TWO")])
-    assert build_warehouse(tmp_path, models=["stg_connections", "dim_retailers"]) == {
-        "stg_connections": 3,
-        "dim_retailers": 2,
+def test_analyst_models_are_tables_in_main_and_staging_models_are_views(built: Built) -> None:
+    kinds = {
+        (schema, name): kind
+        for schema, name, kind in built.rows(
+            "select table_schema, table_name, table_type from information_schema.tables"
+        )
     }
-    with pytest.raises(ValueError, match="unknown model"):
-        build_warehouse(tmp_path, models=["no_such_model"])
-
-
-def test_a_second_writer_waits_for_the_lock(tmp_path: Path) -> None:
-    write_snapshot(parquet_root(tmp_path), D1, [clean_retailer(1, "ONE")])
-    result: dict[str, int] = {}
-    writer = threading.Thread(target=lambda: result.update(build_warehouse(tmp_path)))
-    with writer_lock(tmp_path):
-        writer.start()
-        writer.join(0.5)
-        assert writer.is_alive()
-        assert not database_path(tmp_path).exists()
-    writer.join(20)
-    assert not writer.is_alive()
-    assert result["dim_retailers"] == 1
-
-
-def test_the_lock_holds_across_processes_for_writers_and_readers(tmp_path: Path) -> None:
-    write_snapshot(parquet_root(tmp_path), D1, [clean_retailer(1, "ONE")])
-    build_warehouse(tmp_path)
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, sys; f = open(sys.argv[1], 'ab'); fcntl.flock(f, fcntl.LOCK_EX); "
-            "print('locked', flush=True); sys.stdin.read()",
-            str(tmp_path / "joor.duckdb.lock"),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
-        with pytest.raises(WarehouseLockTimeout):
-            build_warehouse(tmp_path, lock_timeout=0.2)
-        with pytest.raises(WarehouseLockTimeout):
-            query(tmp_path, "select 1", lock_timeout=0.2)
-    finally:
-        holder.communicate("", timeout=10)
-    assert build_warehouse(tmp_path, lock_timeout=5)["stg_connections"] == 1
-    assert query(tmp_path, "select count(*) from dim_retailers") == [(1,)]
-
-
-# --- staging views ------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("text", ["plain", "it's", "''", "a'b'c", "back\\slash", "ünïcode ' 東京"])
-def test_sql_string_round_trips_through_duckdb(text: str) -> None:
-    with duckdb.connect() as con:
-        assert con.execute(f"select {sql_string(text)}").fetchone() == (text,)
-
-
-def test_staging_models_are_views_and_the_marts_are_tables(built: Built) -> None:
-    kinds = dict(built.rows("select table_name, table_type from information_schema.tables"))
+    for name in ANALYST_MODELS:
+        assert kinds[("main", name)] == "BASE TABLE", name
     for table in TABLES:
-        assert kinds[f"stg_{table}"] == "VIEW", table
-    assert kinds["dim_retailers"] == kinds["retailer_history"] == "BASE TABLE"
+        assert kinds[("staging", f"stg_{table}")] == "VIEW", table
+    assert kinds[("staging", "int_retailer_fingerprints")] == "BASE TABLE"
 
 
 def test_views_read_a_data_dir_whose_path_has_quotes(tmp_path: Path) -> None:
     data_dir = tmp_path / "brand's data"
     write_snapshot(parquet_root(data_dir), D1, [clean_retailer(1, "ONE"), clean_retailer(2, "TWO")])
-    counts = build_warehouse(data_dir)
+    counts = build(data_dir)
     assert counts["stg_connections"] == counts["dim_retailers"] == 2
     assert query(data_dir, "select customer_code from stg_connections order by 1") == [("ONE",), ("TWO",)]
-
-
-def test_a_warehouse_with_staging_tables_is_rebuilt_with_views(tmp_path: Path) -> None:
-    write_snapshot(parquet_root(tmp_path), D1, [clean_retailer(1, "ONE")])
-    with duckdb.connect(str(database_path(tmp_path))) as con:
-        con.execute("create table stg_connections as select 42 as stale")
-    build_warehouse(tmp_path)
-    assert query(tmp_path, "select table_type from information_schema.tables where table_name = 'stg_connections'") == [
-        ("VIEW",)
-    ]
-    assert query(tmp_path, "select customer_code from stg_connections") == [("ONE",)]

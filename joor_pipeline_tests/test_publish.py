@@ -28,7 +28,8 @@ from joor_pipeline.storage.parquet import (
     stage_snapshot,
 )
 from joor_pipeline.storage.publish import JOURNAL_FILE, STAGING_DIR, quarantine_dir, recover
-from joor_pipeline.warehouse import build_warehouse, parquet_root, partition_files, query
+from joor_pipeline.warehouse import build_warehouse
+from joor_pipeline_tests.model_fixtures import query
 from joor_pipeline_tests.raw_fixtures import land, partition_bytes, staging_leftovers
 
 DAY = date(2024, 5, 1)
@@ -60,12 +61,11 @@ def test_a_republish_changes_the_publication_id(tmp_path: Path) -> None:
 def test_a_reflatten_with_another_worker_count_is_read_exactly(tmp_path: Path, before: int, after: int) -> None:
     land(tmp_path, DAY, generate_connections(2_000, seed=5))
     flatten_snapshot(tmp_path, DAY, workers=before)
-    build_warehouse(tmp_path, models=["stg_connections"])
+    build_warehouse(tmp_path)
     flatten_snapshot(tmp_path, DAY, workers=after)
     assert len(published_files(tmp_path, "connections", DAY)) == after
-    assert len(partition_files(parquet_root(tmp_path), "connections")) == after
-    build_warehouse(tmp_path, models=["stg_connections"])
-    assert query(tmp_path, "select count(*) from stg_connections") == [(2_000,)]
+    build_warehouse(tmp_path)
+    assert query(tmp_path, "select count(*) from dim_retailers") == [(2_000,)]
 
 
 def test_a_stray_file_in_a_partition_folder_is_never_read(tmp_path: Path) -> None:
@@ -78,11 +78,12 @@ def test_a_stray_file_in_a_partition_folder_is_never_read(tmp_path: Path) -> Non
     shutil.copy(parquet_path(tmp_path, "connections", NEXT_DAY), stray)
     assert stray not in published_files(tmp_path, "connections", DAY)
     build_warehouse(tmp_path)
-    assert query(tmp_path, "select snapshot_date, count(*) from stg_connections group by 1 order by 1") == [
-        (DAY, 500),
-        (NEXT_DAY, 300),
-    ]
-    assert query(tmp_path, "select count(*) from dim_retailers")[0][0] > 0
+    per_day = "select snapshot_date, count(*) from int_retailer_fingerprints group by 1 order by 1"
+    with_stray = query(tmp_path, per_day), query(tmp_path, "select count(*) from data_quality_issues")
+    stray.unlink()
+    build_warehouse(tmp_path, full_refresh=True)
+    assert (query(tmp_path, per_day), query(tmp_path, "select count(*) from data_quality_issues")) == with_stray
+    assert [day for day, _ in with_stray[0]] == [DAY, NEXT_DAY]
 
 
 def test_a_truncated_file_in_a_past_partition_is_named_with_the_way_out(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from typing import Any, Final
 import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import Field
 
 from joor_pipeline.assets.logs import forward_logs
 from joor_pipeline.assets.partitions import daily_partitions
@@ -24,6 +25,8 @@ RAW_ASSET: Final = "joor_raw_connections"
 JOOR_API_POOL: Final = "joor_api"
 PREVIEW_ROWS: Final = 5
 LOG_IDS_SHOWN: Final = 20
+#: The run tag Dagster sets on every run of a backfill.
+BACKFILL_TAG: Final = "dagster/backfill"
 
 
 class FetchConfig(dg.Config):
@@ -32,7 +35,10 @@ class FetchConfig(dg.Config):
     refetch: bool = False
     """Fetch again even when a past date already has a raw snapshot (JOOR only serves the current state)."""
     allow_backdated: bool = False
-    """Allow fetching today's JOOR state into a past date's partition that has no raw snapshot yet."""
+    """Allow fetching today's JOOR state into a past date's partition that has no raw snapshot yet: one run of
+    one date only, refused inside a backfill (list the dates in backdated_dates there)."""
+    backdated_dates: list[str] = Field(default_factory=list)
+    """Past dates (YYYY-MM-DD) that may receive today's JOOR state, each named explicitly (for a backfill)."""
 
 
 def _partition_date(context: dg.AssetExecutionContext) -> date:
@@ -62,7 +68,15 @@ def joor_raw_connections(
                 "kept the raw snapshot of %s fetched at %s", snapshot_date, manifest.get("fetch_started_at")
             )
             return dg.MaterializeResult(metadata={**_manifest_metadata(manifest), "reused_existing_snapshot": True})
-        if not config.allow_backdated:
+        listed = snapshot_date.isoformat() in config.backdated_dates
+        if config.allow_backdated and not listed and BACKFILL_TAG in context.run.tags:
+            raise dg.Failure(
+                description=(
+                    f"allow_backdated applies to one date at a time, and this run of {snapshot_date} is part of a "
+                    "backfill: list each past date to fill with today's JOOR state in backdated_dates instead."
+                )
+            )
+        if not (config.allow_backdated or listed):
             raise dg.Failure(
                 description=(
                     f"no raw snapshot exists for {snapshot_date} and JOOR serves only the current state, so a "
@@ -229,7 +243,7 @@ def joor_tables(context: dg.AssetExecutionContext, storage: DataDirResource) -> 
         if report.workers > 1:
             context.log.info("flattened by %d worker processes (one file per table each)", report.workers)
         files = {table: staged.files(table) for table in TABLES}
-        outcomes = check_partition(data_dir, staged.root, files, snapshot_date)
+        outcomes = check_partition(data_dir, files, snapshot_date)
         results = [check_result(outcome) for outcome in outcomes]
         failures = [outcome.describe() for outcome in outcomes if outcome.blocks]
         if failures:

@@ -1,44 +1,156 @@
-"""One Dagster asset per SQL model in ``models/``, built together into ``joor.duckdb`` by a single writer."""
+"""The dbt models as Dagster assets (dagster-dbt): one asset per model, downstream of the ten table assets, with
+every dbt test as an asset check.
 
-import hashlib
-from collections.abc import Iterator
-from typing import Final
+The models are unpartitioned: a build processes every published snapshot date that changed since the warehouse
+last built it (see :mod:`joor_pipeline.warehouse`), so a model materialized alone, a daily run and a backfill of
+N dates all leave every model built on every published partition, and a backfill builds the models once. The
+whole project is built whatever subset is selected (an incremental model skipped on a date would never see it
+again); only the selected assets and checks are reported. dbt runs in this process (see ``run_dbt``).
+"""
+
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Final
 
 import dagster as dg
+import duckdb
+from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, dbt_assets
+from dagster_dbt.asset_utils import get_asset_check_key_for_test
 
 from joor_pipeline.assets.resources import DataDirResource
-from joor_pipeline.warehouse import MODELS, build_warehouse, database_path
+from joor_pipeline.warehouse import (
+    DBT_PROJECT_DIR,
+    DbtFailed,
+    WarehouseError,
+    database_path,
+    manifest_path,
+    run_dbt,
+    warehouse_build,
+)
 
 DUCKDB_POOL: Final = "duckdb"
+GROUP: Final = "joor_models"
+PREVIEW_ROWS: Final = 5
+MANIFEST: Final = manifest_path()
 
 
-def _spec(model_name: str) -> dg.AssetSpec:
-    model = next(m for m in MODELS if m.name == model_name)
-    deps = [*model.depends_on, *([model.source_table] if model.source_table else [])]
-    return dg.AssetSpec(
-        model.name,
-        deps=deps,
-        description=model.description,
-        group_name="joor_models",
-        kinds={"duckdb", "sql"},
-        code_version=hashlib.sha256(model.sql.encode()).hexdigest()[:12],
-        metadata={"sql_file": f"joor_pipeline/models/{model.path.name}"},
+class JoorDbtTranslator(DagsterDbtTranslator):
+    """dbt models in one group, named by model (``dim_retailers``); sources are the table assets (their meta)."""
+
+    def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
+        return GROUP if dbt_resource_props["resource_type"] == "model" else None
+
+
+TRANSLATOR: Final = JoorDbtTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True))
+
+
+def _model_metadata(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> dict[str, Any]:
+    """Row count, column schema and a preview of one built model."""
+    relation = f'"{schema}"."{name}"'
+    columns = con.execute(
+        "select column_name, data_type, is_nullable from duckdb_columns() where schema_name = ? and table_name = ? "
+        "order by column_index",
+        [schema, name],
+    ).fetchall()
+    counted = con.execute(f"select count(*) from {relation}").fetchone()
+    preview = con.execute(f"select * from {relation} limit {PREVIEW_ROWS}").fetchall()
+
+    def cell(value: Any) -> str:
+        text = "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
+        return text if len(text) <= 40 else text[:39] + "…"
+
+    lines = ["| " + " | ".join(c[0] for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in preview]
+    return {
+        "dagster/row_count": int(counted[0]) if counted else 0,
+        "dagster/column_schema": dg.TableSchema(
+            columns=[
+                dg.TableColumn(name=c, type=t, constraints=dg.TableColumnConstraints(nullable=bool(n)))
+                for c, t, n in columns
+            ]
+        ),
+        "dagster/relation_identifier": f"joor.{schema}.{name}",
+        "preview": dg.MetadataValue.md("\n".join(lines)),
+    }
+
+
+def _check_result(
+    context: dg.AssetExecutionContext, manifest: Mapping[str, Any], result: Mapping[str, Any]
+) -> dg.AssetCheckResult | None:
+    """The asset check result of one dbt test result, if that check was selected."""
+    key = get_asset_check_key_for_test(manifest, TRANSLATOR, result["unique_id"], project=None)
+    if key is None or key not in context.selected_asset_check_keys:
+        return None
+    status = result["status"]
+    return dg.AssetCheckResult(
+        asset_key=key.asset_key,
+        check_name=key.name,
+        passed=status == "pass",
+        severity=dg.AssetCheckSeverity.WARN if status == "warn" else dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "status": status,
+            "failures": int(result.get("failures") or 0),
+            "dbt_test": result["unique_id"],
+            "execution_seconds": dg.MetadataValue.float(round(float(result.get("execution_time") or 0.0), 3)),
+        },
     )
 
 
-@dg.multi_asset(
-    name="joor_models",
-    specs=[_spec(model.name) for model in MODELS],
-    can_subset=True,
-    pool=DUCKDB_POOL,
-)
-def joor_models(context: dg.AssetExecutionContext, storage: DataDirResource) -> Iterator[dg.MaterializeResult]:  # type: ignore[type-arg]
-    """Run the selected SQL models, in dependency order, in one transaction on ``joor.duckdb``."""
-    selected = [model.name for model in MODELS if dg.AssetKey(model.name) in context.selected_asset_keys]
-    counts = build_warehouse(storage.path, models=selected)
-    database = database_path(storage.path)
-    for name in selected:
-        yield dg.MaterializeResult(
-            asset_key=name,
-            metadata={"dagster/row_count": counts[name], "database": dg.MetadataValue.path(str(database))},
-        )
+def _events(
+    context: dg.AssetExecutionContext,
+    manifest: Mapping[str, Any],
+    results: Mapping[str, Any],
+    con: duckdb.DuckDBPyConnection | None,
+    extra: Mapping[str, Any],
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    """Dagster events in dbt's execution order (topological); models only with ``con`` (once published)."""
+    for result in results.get("results", []):
+        unique_id = result["unique_id"]
+        if unique_id.startswith("test."):
+            check = _check_result(context, manifest, result)
+            if check is not None:
+                yield check
+        elif unique_id.startswith("model.") and con is not None:
+            node = manifest["nodes"][unique_id]
+            key = TRANSLATOR.get_asset_spec(manifest, unique_id, None).key
+            if key in context.selected_asset_keys:
+                metadata = _model_metadata(con, node["schema"], node["alias"] or node["name"])
+                yield dg.MaterializeResult(asset_key=key, metadata={**metadata, **extra})
+
+
+@dbt_assets(manifest=MANIFEST, dagster_dbt_translator=TRANSLATOR, name="joor_models", pool=DUCKDB_POOL)
+def joor_models(context: dg.AssetExecutionContext, storage: DataDirResource) -> Iterator[Any]:
+    """Build every dbt model on the snapshot dates that changed, then publish ``joor.duckdb`` by atomic rename."""
+    manifest = _manifest(MANIFEST)
+    try:
+        with warehouse_build(storage.path) as plan:
+            context.log.info(
+                "dbt build on %d snapshot date(s) (%s): %s",
+                len(plan.refresh_dates),
+                plan.reason,
+                ", ".join(d.isoformat() for d in plan.refresh_dates[:10])
+                + (" …" if len(plan.refresh_dates) > 10 else ""),
+            )
+            for batch in plan.batches():
+                if len(plan.refresh_dates) > len(batch):
+                    context.log.info("dbt build on %s to %s", batch[0], batch[-1])
+                results = run_dbt(plan.dbt_args(), plan.target_dir)
+    except DbtFailed as failed:
+        yield from _events(context, manifest, failed.results, None, {})
+        raise dg.Failure(description=str(failed)) from None
+    except WarehouseError as error:
+        raise dg.Failure(description=str(error)) from None
+    con = duckdb.connect(str(database_path(storage.path)), read_only=True)
+    try:
+        extra = {"refreshed_snapshot_dates": len(plan.refresh_dates), "build": plan.reason}
+        yield from _events(context, manifest, results, con, extra)
+    finally:
+        con.close()
+
+
+def _manifest(path: Path) -> dict[str, Any]:
+    return dict(json.loads(path.read_text()))
+
+
+__all__ = ["DBT_PROJECT_DIR", "joor_models"]

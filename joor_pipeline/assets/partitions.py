@@ -1,13 +1,42 @@
-"""The daily snapshot partitions shared by every partitioned asset, check and job."""
+"""The daily snapshot partitions shared by every partitioned asset, check and job.
+
+They begin at ``JOOR_FIRST_SNAPSHOT_DATE`` (ISO date, default :data:`DEFAULT_FIRST_SNAPSHOT_DATE`): set it to the
+day the brand's first snapshot was taken, so the UI offers no date before it. JOOR serves only the current
+state, so a date before the first snapshot can never be filled. Read when the definitions load (Dagster builds
+partitions at import time): restart the code location after changing it.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from datetime import date
 from typing import Final
 
 import dagster as dg
 
-#: First selectable snapshot date in the UI; backfills before it make no sense for a current-state API.
-START_DATE: Final = "2025-01-01"
+from joor_pipeline.joor.errors import ConfigError
 
-#: ``end_offset=1`` makes today's date a partition, so the schedule and "materialize" target today's snapshot.
-daily_partitions: Final = dg.DailyPartitionsDefinition(start_date=START_DATE, end_offset=1, timezone="UTC")
+FIRST_SNAPSHOT_VAR: Final = "JOOR_FIRST_SNAPSHOT_DATE"
+DEFAULT_FIRST_SNAPSHOT_DATE: Final = "2025-01-01"
+
+
+def first_snapshot_date(environ: Mapping[str, str] | None = None) -> date:
+    """The first partition's date, from ``JOOR_FIRST_SNAPSHOT_DATE`` (raises ConfigError naming it)."""
+    text = (os.environ if environ is None else environ).get(FIRST_SNAPSHOT_VAR, "").strip()
+    try:
+        return date.fromisoformat(text or DEFAULT_FIRST_SNAPSHOT_DATE)
+    except ValueError:
+        raise ConfigError(f"{FIRST_SNAPSHOT_VAR} must be a date like 2025-01-01, not {text!r}") from None
+
+
+def build_daily_partitions(environ: Mapping[str, str] | None = None) -> dg.DailyPartitionsDefinition:
+    """Daily partitions from the first snapshot date; ``end_offset=1`` makes today a partition, so the schedule
+    and "materialize" target today's snapshot."""
+    start = first_snapshot_date(environ).isoformat()
+    return dg.DailyPartitionsDefinition(start_date=start, end_offset=1, timezone="UTC")
+
+
+#: The partitions of this code location (``JOOR_FIRST_SNAPSHOT_DATE`` as it was when the definitions loaded).
+daily_partitions: Final = build_daily_partitions()
+START_DATE: Final = daily_partitions.start.date().isoformat()

@@ -1,16 +1,15 @@
 -- discount_summary: the discounts of the latest snapshot by division; a discount without a division applies to
 -- every division and forms its own group.
 -- grain: one row per division_id (null included).
--- depends_on: stg_connections, stg_discounts
 -- line_item_level_share is the share of discounts applied per line item, among those where JOOR says.
 with latest_snapshot as (
     select max(snapshot_date) as snapshot_date
-    from stg_connections
+    from {{ ref('stg_connections') }} as stg_connections
 ),
 
 discounts as (
     select stg_discounts.*
-    from stg_discounts
+    from {{ ref('stg_discounts') }} as stg_discounts
     inner join latest_snapshot using (snapshot_date)
     where stg_discounts.customer_account_id is not null
 )

@@ -1,17 +1,15 @@
 -- dim_retailers: every retailer (connection) of the latest snapshot, with its default payment and shipping
 -- methods and how many of each child it has.
 -- grain: one row per customer_account_id (connections without an id are left out; data_quality_issues has them).
--- depends_on: stg_connections, stg_addresses, stg_payment_methods, stg_shipping_methods, stg_discounts,
---   stg_doors, stg_price_types, stg_buyers, stg_warehouses, stg_tax_ids
 -- A default method is the one flagged is_default; when several are flagged, the first in JOOR's list wins.
 with latest_snapshot as (
     select max(snapshot_date) as snapshot_date
-    from stg_connections
+    from {{ ref('stg_connections') }} as stg_connections
 ),
 
 connections as (
     select stg_connections.*
-    from stg_connections
+    from {{ ref('stg_connections') }} as stg_connections
     inner join latest_snapshot using (snapshot_date)
     where stg_connections.customer_account_id is not null
 ),
@@ -21,7 +19,7 @@ default_payment_methods as (
         stg_payment_methods.customer_account_id,
         stg_payment_methods.payment_method_code,
         stg_payment_methods.payment_method_name
-    from stg_payment_methods
+    from {{ ref('stg_payment_methods') }} as stg_payment_methods
     inner join latest_snapshot using (snapshot_date)
     where stg_payment_methods.payment_method_is_default
     qualify row_number() over (partition by stg_payment_methods.customer_account_id order by ordinal) = 1
@@ -32,30 +30,30 @@ default_shipping_methods as (
         stg_shipping_methods.customer_account_id,
         stg_shipping_methods.shipping_method_code,
         stg_shipping_methods.shipping_method_name
-    from stg_shipping_methods
+    from {{ ref('stg_shipping_methods') }} as stg_shipping_methods
     inner join latest_snapshot using (snapshot_date)
     where stg_shipping_methods.shipping_method_is_default
     qualify row_number() over (partition by stg_shipping_methods.customer_account_id order by ordinal) = 1
 ),
 
 child_rows as (
-    select snapshot_date, customer_account_id, address_type || '_address' as child from stg_addresses
+    select snapshot_date, customer_account_id, address_type || '_address' as child from {{ ref('stg_addresses') }} as stg_addresses
     union all
-    select snapshot_date, customer_account_id, 'payment_method' from stg_payment_methods
+    select snapshot_date, customer_account_id, 'payment_method' from {{ ref('stg_payment_methods') }} as stg_payment_methods
     union all
-    select snapshot_date, customer_account_id, 'shipping_method' from stg_shipping_methods
+    select snapshot_date, customer_account_id, 'shipping_method' from {{ ref('stg_shipping_methods') }} as stg_shipping_methods
     union all
-    select snapshot_date, customer_account_id, 'discount' from stg_discounts
+    select snapshot_date, customer_account_id, 'discount' from {{ ref('stg_discounts') }} as stg_discounts
     union all
-    select snapshot_date, customer_account_id, 'door' from stg_doors
+    select snapshot_date, customer_account_id, 'door' from {{ ref('stg_doors') }} as stg_doors
     union all
-    select snapshot_date, customer_account_id, 'price_type' from stg_price_types
+    select snapshot_date, customer_account_id, 'price_type' from {{ ref('stg_price_types') }} as stg_price_types
     union all
-    select snapshot_date, customer_account_id, 'buyer' from stg_buyers
+    select snapshot_date, customer_account_id, 'buyer' from {{ ref('stg_buyers') }} as stg_buyers
     union all
-    select snapshot_date, customer_account_id, 'warehouse' from stg_warehouses
+    select snapshot_date, customer_account_id, 'warehouse' from {{ ref('stg_warehouses') }} as stg_warehouses
     union all
-    select snapshot_date, customer_account_id, 'tax_id' from stg_tax_ids
+    select snapshot_date, customer_account_id, 'tax_id' from {{ ref('stg_tax_ids') }} as stg_tax_ids
 ),
 
 child_counts as (

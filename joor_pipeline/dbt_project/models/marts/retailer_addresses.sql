@@ -1,16 +1,15 @@
 -- retailer_addresses: every address of every current retailer (the latest snapshot), with an ISO-2 country_code
 -- and whether one of the retailer's doors points at it.
 -- grain: one row per (customer_account_id, address_type, ordinal).
--- depends_on: stg_connections, int_addresses, stg_doors
 -- Doors point at shipping addresses only (JOOR's door_shipping_address_id), so only those can be door addresses.
 with latest_snapshot as (
     select max(snapshot_date) as snapshot_date
-    from stg_connections
+    from {{ ref('stg_connections') }} as stg_connections
 ),
 
 addresses as (
     select int_addresses.*
-    from int_addresses
+    from {{ ref('int_addresses') }} as int_addresses
     inner join latest_snapshot using (snapshot_date)
     where int_addresses.customer_account_id is not null
 ),
@@ -19,7 +18,7 @@ door_addresses as (
     select distinct
         stg_doors.customer_account_id,
         stg_doors.shipping_address_id
-    from stg_doors
+    from {{ ref('stg_doors') }} as stg_doors
     inner join latest_snapshot using (snapshot_date)
     where stg_doors.shipping_address_id is not null
 )

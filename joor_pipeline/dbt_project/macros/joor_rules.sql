@@ -1,12 +1,94 @@
--- data_quality_issues: every rule a record breaks, in every snapshot; a clean snapshot contributes zero rows.
--- grain: one row per (snapshot_date, table_name, customer_account_id, record_key, rule, column_name).
--- depends_on: stg_connections, stg_addresses, stg_payment_methods, stg_shipping_methods, stg_discounts,
---   stg_doors, stg_price_types, stg_buyers, stg_warehouses, stg_tax_ids, int_addresses
--- Rules: required_missing and max_length_exceeded (REQ and MAX of JOOR's field table), state_missing (state is
--- required for US, CA, JP and AU), dangling_door (a door's shipping address is not one of the connection's),
--- duplicate_key, duplicate_customer_code, invalid_value (could not be coerced; the column holds null) and
--- unknown_field (kept in extra). A value that could not be coerced in a required column breaks both rules.
-with records as (
+{#- The data-quality rules, shared by the data_quality_issues model and the per-partition asset checks
+    (joor_pipeline.quality renders this file with plain Jinja, so nothing here may call a dbt function).
+    Each macro returns one complete query. -#}
+
+{#- Every address of `addresses` (a relation), with its country normalised to an ISO 3166-1 alpha-2 code.
+    JOOR takes countries "in English or in ISO code format"; spellings are matched case-, dot- and
+    space-insensitively ('U.S.A.' = 'usa'). An unrecognised country keeps a null country_code. -#}
+{% macro joor_address_countries(addresses) -%}
+with country_spellings (spelling, country_code) as (
+    values
+        ('united states', 'US'), ('united states of america', 'US'), ('us', 'US'), ('usa', 'US'),
+        ('america', 'US'),
+        ('canada', 'CA'), ('ca', 'CA'), ('can', 'CA'),
+        ('japan', 'JP'), ('jp', 'JP'), ('jpn', 'JP'),
+        ('australia', 'AU'), ('au', 'AU'), ('aus', 'AU'),
+        ('france', 'FR'), ('fr', 'FR'), ('fra', 'FR'),
+        ('italy', 'IT'), ('italia', 'IT'), ('it', 'IT'), ('ita', 'IT'),
+        ('germany', 'DE'), ('deutschland', 'DE'), ('de', 'DE'), ('deu', 'DE'),
+        ('united kingdom', 'GB'), ('great britain', 'GB'), ('england', 'GB'), ('scotland', 'GB'),
+        ('wales', 'GB'), ('northern ireland', 'GB'), ('uk', 'GB'), ('gb', 'GB'), ('gbr', 'GB'),
+        ('spain', 'ES'), ('espana', 'ES'), ('españa', 'ES'), ('es', 'ES'), ('esp', 'ES'),
+        ('switzerland', 'CH'), ('schweiz', 'CH'), ('suisse', 'CH'), ('ch', 'CH'), ('che', 'CH'),
+        ('sweden', 'SE'), ('sverige', 'SE'), ('se', 'SE'), ('swe', 'SE'),
+        ('brazil', 'BR'), ('brasil', 'BR'), ('br', 'BR'), ('bra', 'BR'),
+        ('denmark', 'DK'), ('danmark', 'DK'), ('dk', 'DK'), ('dnk', 'DK'),
+        ('poland', 'PL'), ('polska', 'PL'), ('pl', 'PL'), ('pol', 'PL'),
+        ('netherlands', 'NL'), ('the netherlands', 'NL'), ('holland', 'NL'), ('nederland', 'NL'),
+        ('nl', 'NL'), ('nld', 'NL'),
+        ('mexico', 'MX'), ('mx', 'MX'), ('mex', 'MX'),
+        ('china', 'CN'), ('cn', 'CN'), ('chn', 'CN'),
+        ('hong kong', 'HK'), ('hk', 'HK'), ('hkg', 'HK'),
+        ('south korea', 'KR'), ('korea', 'KR'), ('republic of korea', 'KR'), ('kr', 'KR'), ('kor', 'KR'),
+        ('belgium', 'BE'), ('be', 'BE'), ('bel', 'BE'),
+        ('austria', 'AT'), ('at', 'AT'), ('aut', 'AT'),
+        ('ireland', 'IE'), ('ie', 'IE'), ('irl', 'IE'),
+        ('portugal', 'PT'), ('pt', 'PT'), ('prt', 'PT'),
+        ('norway', 'NO'), ('no', 'NO'), ('nor', 'NO'),
+        ('finland', 'FI'), ('fi', 'FI'), ('fin', 'FI'),
+        ('new zealand', 'NZ'), ('nz', 'NZ'), ('nzl', 'NZ'),
+        ('singapore', 'SG'), ('sg', 'SG'), ('sgp', 'SG'),
+        ('united arab emirates', 'AE'), ('uae', 'AE'), ('ae', 'AE'), ('are', 'AE')
+),
+
+addresses as (
+    select
+        *,
+        trim(regexp_replace(replace(lower(country), '.', ''), '\s+', ' ', 'g')) as country_spelling
+    from {{ addresses }}
+)
+
+select
+    addresses.* exclude (country_spelling),
+    country_spellings.country_code,
+    coalesce(country_spellings.country_code in ('US', 'CA', 'JP', 'AU'), false) as state_required
+from addresses
+left join country_spellings on country_spellings.spelling = addresses.country_spelling
+{%- endmacro %}
+
+{#- Every rule a record breaks; `relations` maps each of the ten table names to a relation (a table, a view, a
+    subquery or a read_parquet call) holding the rows to check. One row per (snapshot_date, table_name,
+    customer_account_id, record_key, rule, column_name).
+    Rules: required_missing and max_length_exceeded (REQ and MAX of JOOR's field table), state_missing (state is
+    required for US, CA, JP and AU), dangling_door (a door's shipping address is not one of the connection's),
+    duplicate_key, duplicate_customer_code, invalid_value (could not be coerced; the column holds null) and
+    unknown_field (kept in extra). A value that could not be coerced in a required column breaks both rules. -#}
+{% macro joor_quality_rules(relations) -%}
+with stg_connections as (select * from {{ relations['connections'] }}),
+
+stg_addresses as (select * from {{ relations['addresses'] }}),
+
+stg_payment_methods as (select * from {{ relations['payment_methods'] }}),
+
+stg_shipping_methods as (select * from {{ relations['shipping_methods'] }}),
+
+stg_discounts as (select * from {{ relations['discounts'] }}),
+
+stg_doors as (select * from {{ relations['doors'] }}),
+
+stg_price_types as (select * from {{ relations['price_types'] }}),
+
+stg_buyers as (select * from {{ relations['buyers'] }}),
+
+stg_warehouses as (select * from {{ relations['warehouses'] }}),
+
+stg_tax_ids as (select * from {{ relations['tax_ids'] }}),
+
+int_addresses as (
+    {{ joor_address_countries('stg_addresses') }}
+),
+
+records as (
     select 'connections' as table_name, snapshot_date, customer_account_id, customer_code, extra, invalid_values,
         to_json(r) as record
     from stg_connections as r
@@ -287,4 +369,4 @@ select
     column_name::varchar as column_name,
     detail
 from issues
-order by snapshot_date, table_name, customer_account_id, record_key, rule, column_name
+{%- endmacro %}

@@ -1,23 +1,22 @@
 -- payment_terms: how many retailers of the latest snapshot are offered each payment method, and how many have it
 -- as their default.
 -- grain: one row per (payment_method_code, payment_method_name).
--- depends_on: stg_connections, stg_payment_methods
 -- A retailer's default is the method flagged is_default, the first in JOOR's list when several are (as in
 -- dim_retailers). share_of_retailers divides by every retailer of the snapshot, with or without payment methods.
 with latest_snapshot as (
     select max(snapshot_date) as snapshot_date
-    from stg_connections
+    from {{ ref('stg_connections') }} as stg_connections
 ),
 
 retailer_total as (
     select count(distinct stg_connections.customer_account_id) as retailers
-    from stg_connections
+    from {{ ref('stg_connections') }} as stg_connections
     inner join latest_snapshot using (snapshot_date)
 ),
 
 payment_methods as (
     select stg_payment_methods.*
-    from stg_payment_methods
+    from {{ ref('stg_payment_methods') }} as stg_payment_methods
     inner join latest_snapshot using (snapshot_date)
     where stg_payment_methods.customer_account_id is not null
 ),

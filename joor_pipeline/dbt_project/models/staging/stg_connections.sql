@@ -1,0 +1,6 @@
+-- stg_connections: every connection (a retailer account linked to the brand) of every daily snapshot, as flattened.
+-- grain: one row per (snapshot_date, customer_account_id).
+-- A view over exactly the published files of the snapshot dates this build processes (joor_pipeline.warehouse
+-- prepares the source); in the published joor.duckdb it shows the latest snapshot.
+select *
+from {{ source('joor', 'connections') }}

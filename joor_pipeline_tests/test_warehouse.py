@@ -1,0 +1,253 @@
+"""The warehouse build: incremental equals full refresh in any order, published by rename beside open readers."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from joor_pipeline.flatten.schema import TABLES
+from joor_pipeline.warehouse import (
+    ANALYST_MODELS,
+    DBT_PROJECT_DIR,
+    WarehouseError,
+    build_warehouse,
+    database_path,
+    generate_docs,
+    read,
+    warehouse_build,
+)
+from joor_pipeline_tests.model_fixtures import (
+    Retailer,
+    clean_retailer,
+    parquet_root,
+    partition_path,
+    query,
+    snapshot_rows,
+    table_of,
+    write_snapshot,
+)
+
+D1, D2, D3, D4 = (date(2025, 3, 1) + timedelta(days=n) for n in range(4))
+#: The tables a build produces from the snapshots (int_retailer_contents may keep unreferenced contents).
+COMPARED = (*ANALYST_MODELS, "int_snapshots", "int_retailer_fingerprints")
+
+
+def retailers(day: int, size: int = 4) -> list[Retailer]:
+    """``size`` retailers as of day ``day``: retailer i changes its alias every i-th day; 1002 leaves on day 2."""
+    found = []
+    for i in range(size):
+        r = clean_retailer(1000 + i, f"R{i}")
+        r.connection["customer_alias"] = f"alias {day // (i + 1)}"
+        if not (i == 2 and day == 2):
+            found.append(r)
+    return found
+
+
+def tables(data_dir: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every compared table of the published warehouse, rows sorted."""
+    return {name: sorted(query(data_dir, f"select * from {name}"), key=repr) for name in COMPARED}
+
+
+def test_out_of_order_dates_and_a_republished_date_give_the_full_refresh_tables(tmp_path: Path) -> None:
+    root = parquet_root(tmp_path)
+    for day, snapshot_date in ((3, D3), (1, D1)):
+        write_snapshot(root, snapshot_date, retailers(day))
+        assert build_warehouse(tmp_path).refresh_dates == [snapshot_date]
+    write_snapshot(root, D2, retailers(2))
+    write_snapshot(root, D4, retailers(4))
+    assert build_warehouse(tmp_path).refresh_dates == [D2, D4]  # a backfill of two dates builds once
+    write_snapshot(root, D1, retailers(9))  # republished with other content
+    assert build_warehouse(tmp_path).refresh_dates == [D1]
+    assert build_warehouse(tmp_path).refresh_dates == []  # nothing changed: nothing to process
+    incremental = tables(tmp_path)
+
+    report = build_warehouse(tmp_path, full_refresh=True)
+    assert report.full_refresh and report.refresh_dates == [D1, D2, D3, D4]
+    assert tables(tmp_path) == incremental
+    history = query(tmp_path, "select valid_from, valid_to from retailer_history where customer_account_id = 1002")
+    assert sorted(history) == [(D1, D2), (D3, None)]  # gone on D2, back on D3: a new version
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    plan=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 5)), min_size=1, max_size=4),
+)
+def test_any_order_of_incremental_builds_gives_the_tables_of_a_full_refresh(
+    tmp_path_factory: pytest.TempPathFactory, plan: list[tuple[int, int]]
+) -> None:
+    """Each step (re)publishes one date with some content, then builds; the end state equals a full refresh."""
+    data_dir = tmp_path_factory.mktemp("incremental")
+    dates = [D1, D2, D3, D4]
+    for index, content in plan:
+        write_snapshot(parquet_root(data_dir), dates[index], retailers(content, size=3))
+        build_warehouse(data_dir)
+    incremental = tables(data_dir)
+    build_warehouse(data_dir, full_refresh=True)
+    assert tables(data_dir) == incremental
+
+
+def test_a_reader_holding_the_warehouse_open_never_fails_a_build_and_keeps_its_view(tmp_path: Path) -> None:
+    write_snapshot(parquet_root(tmp_path), D1, retailers(1)[:2])
+    build_warehouse(tmp_path)
+    reader = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys\n"
+            "con = duckdb.connect(sys.argv[1], read_only=True)\n"
+            "count = lambda: con.execute('select count(*) from dim_retailers').fetchone()[0]\n"
+            "print(count(), flush=True)\n"
+            "sys.stdin.readline()\n"
+            "print(count(), flush=True)\n",
+            str(database_path(tmp_path)),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert reader.stdout is not None and reader.stdout.readline() == "2\n"
+        write_snapshot(parquet_root(tmp_path), D2, retailers(2))
+        assert build_warehouse(tmp_path).refresh_dates == [D2]
+        out, _ = reader.communicate("go\n", timeout=60)
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait()
+    assert out == "2\n"  # the held connection still reads the build it opened, whole
+    assert query(tmp_path, "select count(*) from dim_retailers") == [(3,)]  # a new connection sees the new one
+    assert reader.returncode == 0
+
+
+def test_a_failed_build_leaves_the_published_warehouse_exactly_as_it_was(tmp_path: Path) -> None:
+    root = parquet_root(tmp_path)
+    write_snapshot(root, D1, retailers(1))
+    build_warehouse(tmp_path)
+    before = database_path(tmp_path).read_bytes()
+    write_snapshot(root, D2, retailers(2))
+    partition_path(root, "warehouses", D2).write_bytes(b"not parquet at all")
+
+    with pytest.raises(WarehouseError, match=r"published Parquet could not be read: .*No magic bytes"):
+        build_warehouse(tmp_path)
+
+    assert database_path(tmp_path).read_bytes() == before
+    write_snapshot(root, D2, retailers(2))
+    assert build_warehouse(tmp_path).refresh_dates == [D2]  # the failed date is still pending, nothing else
+
+
+def test_a_failing_dbt_test_stops_the_publication(tmp_path: Path) -> None:
+    """address_type is fixed by JOOR (billing, shipping, location): another value fails an accepted_values test."""
+    root = parquet_root(tmp_path)
+    write_snapshot(root, D1, retailers(1))
+    build_warehouse(tmp_path)
+    odd = clean_retailer(1009, "ODD")
+    odd.children["addresses"][0]["address_type"] = "warehouse"
+    write_snapshot(root, D2, [*retailers(2), odd])
+
+    with pytest.raises(WarehouseError, match="accepted_values_stg_addresses_address_type"):
+        build_warehouse(tmp_path)
+    assert query(tmp_path, "select max(snapshot_date) from dim_retailers") == [(D1,)]
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage", "truncated"])
+def test_a_missing_or_corrupt_warehouse_is_rebuilt_from_the_parquet(tmp_path: Path, damage: str) -> None:
+    root = parquet_root(tmp_path)
+    write_snapshot(root, D1, retailers(1))
+    write_snapshot(root, D2, retailers(2))
+    build_warehouse(tmp_path)
+    expected = tables(tmp_path)
+    path = database_path(tmp_path)
+    if damage == "missing":
+        path.unlink()
+    elif damage == "garbage":
+        path.write_bytes(b"\0garbage" * 1000)
+    else:
+        path.write_bytes(path.read_bytes()[:5000])
+
+    report = build_warehouse(tmp_path)
+
+    assert report.full_refresh and report.refresh_dates == [D1, D2]
+    assert tables(tmp_path) == expected
+
+
+def test_staging_reads_exactly_the_published_files_after_a_reflatten_with_other_workers(tmp_path: Path) -> None:
+    root = parquet_root(tmp_path)
+    everyone = retailers(1, size=6)
+    rows = snapshot_rows(everyone, D1)
+    for table in TABLES:  # as two flatten workers write it: two part files per table
+        first = partition_path(root, table, D1)
+        first.parent.mkdir(parents=True, exist_ok=True)
+        half = len(rows[table]) // 2
+        pq.write_table(table_of(table, rows[table][:half]), first)
+        pq.write_table(table_of(table, rows[table][half:]), first.with_name("part-00001.parquet"))
+    build_warehouse(tmp_path)
+    assert query(tmp_path, "select count(*) from dim_retailers") == [(6,)]
+
+    for table in TABLES:  # flattened again by one worker: the directory is replaced whole
+        shutil.rmtree(partition_path(root, table, D1).parent)
+    write_snapshot(root, D1, everyone[:4])
+    assert build_warehouse(tmp_path).refresh_dates == [D1]
+    assert query(tmp_path, "select count(*) from dim_retailers") == [(4,)]
+    assert query(tmp_path, "select count(*) from int_retailer_fingerprints") == [(4,)]
+
+
+def test_read_returns_models_and_tables_as_arrow_backed_frames(tmp_path: Path) -> None:
+    write_snapshot(parquet_root(tmp_path), D1, retailers(1))
+    write_snapshot(parquet_root(tmp_path), D2, retailers(2))
+    build_warehouse(tmp_path)
+
+    dim = read("dim_retailers", tmp_path)
+    assert list(dim["customer_account_id"]) == [1000, 1001, 1003]
+    assert all(isinstance(dtype, pd.ArrowDtype) for dtype in dim.dtypes)
+    connections = read("connections", tmp_path)  # a Parquet table: every published snapshot
+    assert sorted(connections["snapshot_date"].astype(str).unique()) == [str(D1), str(D2)]
+    assert len(connections) == 7
+    assert read("stg_connections", tmp_path)["snapshot_date"].astype(str).unique().tolist() == [str(D2)]
+    with pytest.raises(WarehouseError, match="no model or table named 'nope'"):
+        read("nope", tmp_path)
+    with pytest.raises(WarehouseError, match="no warehouse at"):
+        read("dim_retailers", tmp_path / "elsewhere")
+
+
+def test_a_second_build_waits_for_the_first(tmp_path: Path) -> None:
+    write_snapshot(parquet_root(tmp_path), D1, retailers(1))
+    with warehouse_build(tmp_path), pytest.raises(WarehouseError, match="another warehouse build held"):
+        build_warehouse(tmp_path, lock_timeout=0.3)
+
+
+def test_dbt_docs_generate_offline(tmp_path: Path) -> None:
+    write_snapshot(parquet_root(tmp_path), D1, retailers(1))
+    build_warehouse(tmp_path)
+    target = generate_docs(tmp_path)
+    assert (target / "index.html").is_file()
+    assert "dim_retailers" in (target / "catalog.json").read_text()
+    assert not (DBT_PROJECT_DIR / "target").exists()
+
+
+def test_the_package_offers_read_for_notebooks(tmp_path: Path) -> None:
+    import joor_pipeline
+
+    write_snapshot(parquet_root(tmp_path), D1, retailers(1, size=2))
+    build_warehouse(tmp_path)
+    frame = joor_pipeline.read("payment_terms", tmp_path)
+    assert frame["retailers"].tolist() == [2] and isinstance(frame.dtypes["retailers"], pd.ArrowDtype)
+
+
+def test_a_full_refresh_in_batches_of_dates_gives_the_same_tables(tmp_path: Path) -> None:
+    for day, snapshot_date in enumerate((D1, D2, D3, D4), start=1):
+        write_snapshot(parquet_root(tmp_path), snapshot_date, retailers(day))
+    build_warehouse(tmp_path)
+    whole = tables(tmp_path)
+    report = build_warehouse(tmp_path, full_refresh=True, batch_dates=3)  # dbt runs twice: 3 dates, then 1
+    assert report.refresh_dates == [D1, D2, D3, D4]
+    assert tables(tmp_path) == whole
