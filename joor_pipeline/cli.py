@@ -241,17 +241,9 @@ def _print_run(summary: RunSummary, *, debug: bool) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from joor_pipeline.storage.raw import MANIFEST_NAME, raw_snapshot_dir
 
-    env, data_dir = _run_environ(args, builtin=False)
     if args.from_date or args.to_date:
-        if not (args.from_date and args.to_date) or args.allow_backdated:
-            raise UsageError("--from and --to go together, and never with --allow-backdated (a range never fetches)")
-        _check_run_date(args.from_date)
-        _check_run_date(args.to_date)
-        from joor_pipeline.assets.run import run_range
-
-        summary = run_range(args.from_date, args.to_date, env, debug=args.debug)
-        _print_run(summary, debug=args.debug)
-        return 0 if summary.success else EXIT_ERROR
+        return _run_range(args)
+    env, data_dir = _run_environ(args, builtin=False)
     _check_run_date(args.date)
     kept = (raw_snapshot_dir(data_dir, args.date) / MANIFEST_NAME).is_file()
     if args.date < _today() and not kept and not args.allow_backdated:
@@ -263,6 +255,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     from joor_pipeline.assets.run import run_graph
 
     summary = run_graph(args.date, env, allow_backdated=args.allow_backdated, debug=args.debug)
+    _print_run(summary, debug=args.debug)
+    return 0 if summary.success else EXIT_ERROR
+
+
+def _run_range(args: argparse.Namespace) -> int:
+    """``run --from D1 --to D2``: re-flatten the kept raw snapshots, then build the models once. It never talks to
+    JOOR, so it needs no JOOR account: only the data directory and the flatten's settings."""
+    if not (args.from_date and args.to_date) or args.allow_backdated:
+        raise UsageError("--from and --to go together, and never with --allow-backdated (a range never fetches)")
+    _check_run_date(args.from_date)
+    _check_run_date(args.to_date)
+    env = _environ(args)
+    problems: list[str] = []
+    read_setting(env, "JOOR_FLATTEN_WORKERS", problems)
+    data_dir = read_setting(env, "JOOR_DATA_DIR", problems)
+    raise_problems(problems)
+    env["JOOR_DATA_DIR"] = str(_data_dir(args, data_dir))
+    from joor_pipeline.assets.run import run_range
+
+    summary = run_range(args.from_date, args.to_date, env, debug=args.debug)
     _print_run(summary, debug=args.debug)
     return 0 if summary.success else EXIT_ERROR
 

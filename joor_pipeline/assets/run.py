@@ -24,7 +24,7 @@ import dagster as dg
 from joor_pipeline.assets.joor import joor_raw_connections, joor_tables
 from joor_pipeline.assets.models import joor_models
 from joor_pipeline.assets.resources import resources_from_values
-from joor_pipeline.config import load_settings
+from joor_pipeline.config import raise_problems, read_setting
 from joor_pipeline.definitions import JOB_NAME, build_defs
 from joor_pipeline.joor.errors import ConfigError, JoorError
 from joor_pipeline.storage.raw import MANIFEST_NAME, raw_snapshot_dir
@@ -251,7 +251,9 @@ def run_range(start: date, end: date, environ: Mapping[str, str], *, debug: bool
     """
     if end < start:
         raise RangeRefused(f"--to {end} is before --from {start}")
-    data_dir = load_settings(environ).data_dir
+    problems: list[str] = []
+    data_dir = read_setting(environ, "JOOR_DATA_DIR", problems)  # a range never fetches: no JOOR account needed
+    raise_problems(problems)
     days = [start + timedelta(days=n) for n in range((end - start).days + 1)]
     missing = [d.isoformat() for d in days if not (raw_snapshot_dir(data_dir, d) / MANIFEST_NAME).is_file()]
     if missing:
