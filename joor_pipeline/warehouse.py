@@ -262,6 +262,8 @@ def _finish(plan: BuildPlan) -> None:
     con = duckdb.connect(str(plan.database))
     try:
         con.begin()
+        for schema in (SOURCE_SCHEMA, META_SCHEMA):
+            con.execute(f"create schema if not exists {schema}")
         for table in TABLES:
             con.execute(source_view_sql(plan.data_dir, table, [plan.latest_date]))
         con.execute(
