@@ -12,10 +12,11 @@ import pytest
 
 from joor_pipeline.assets.joor import joor_raw_connections
 from joor_pipeline.assets.models import joor_models
-from joor_pipeline.assets.partitions import FIRST_SNAPSHOT_VAR, build_daily_partitions, first_snapshot_date
+from joor_pipeline.assets.partitions import FIRST_SNAPSHOT_VAR, build_daily_partitions
 from joor_pipeline.assets.resources import DataDirResource, JoorApiResource
 from joor_pipeline.assets.run import RangeRefused, run_range
 from joor_pipeline.cli import EXIT_ERROR, main
+from joor_pipeline.config import first_snapshot_date
 from joor_pipeline.joor.errors import ConfigError
 from joor_pipeline.sandbox import load_seed_connection, run_sandbox
 from joor_pipeline_tests.model_fixtures import clean_retailer, parquet_root, query, write_snapshot

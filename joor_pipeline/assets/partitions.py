@@ -1,6 +1,6 @@
 """The daily snapshot partitions shared by every partitioned asset, check and job.
 
-They begin at ``JOOR_FIRST_SNAPSHOT_DATE`` (ISO date, default :data:`DEFAULT_FIRST_SNAPSHOT_DATE`): set it to the
+They begin at ``JOOR_FIRST_SNAPSHOT_DATE`` (ISO date, declared with its default in ``config.SETTINGS``): set it to the
 day the brand's first snapshot was taken, so the UI offers no date before it. JOOR serves only the current
 state, so a date before the first snapshot can never be filled. Read when the definitions load (Dagster builds
 partitions at import time): restart the code location after changing it.
@@ -8,26 +8,15 @@ partitions at import time): restart the code location after changing it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from datetime import date
 from typing import Final
 
 import dagster as dg
 
-from joor_pipeline.joor.errors import ConfigError
+from joor_pipeline.config import BY_NAME, first_snapshot_date
 
 FIRST_SNAPSHOT_VAR: Final = "JOOR_FIRST_SNAPSHOT_DATE"
-DEFAULT_FIRST_SNAPSHOT_DATE: Final = "2025-01-01"
-
-
-def first_snapshot_date(environ: Mapping[str, str] | None = None) -> date:
-    """The first partition's date, from ``JOOR_FIRST_SNAPSHOT_DATE`` (raises ConfigError naming it)."""
-    text = (os.environ if environ is None else environ).get(FIRST_SNAPSHOT_VAR, "").strip()
-    try:
-        return date.fromisoformat(text or DEFAULT_FIRST_SNAPSHOT_DATE)
-    except ValueError:
-        raise ConfigError(f"{FIRST_SNAPSHOT_VAR} must be a date like 2025-01-01, not {text!r}") from None
+DEFAULT_FIRST_SNAPSHOT_DATE: Final = BY_NAME[FIRST_SNAPSHOT_VAR].default.isoformat()
 
 
 def build_daily_partitions(environ: Mapping[str, str] | None = None) -> dg.DailyPartitionsDefinition:
