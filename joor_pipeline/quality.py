@@ -21,27 +21,10 @@ from typing import Any, Final, Literal
 import duckdb
 
 from joor_pipeline.flatten import TABLES
-from joor_pipeline.flatten.coerce import account_id_key, fingerprint
-from joor_pipeline.joor.parse import as_list
-from joor_pipeline.joor.shapes import CONNECTION_LISTS
 from joor_pipeline.storage.parquet import StagedFlatten, partition_rows, published_dates, published_files
-from joor_pipeline.storage.raw import iter_raw_pages
+from joor_pipeline.storage.recount import RawRecount, raw_recount
 from joor_pipeline.warehouse import MODELS, MODELS_BY_NAME, run_model
 
-#: Which JOOR list feeds which table (the connections table is fed by the connections themselves).
-LIST_TABLE: Final[dict[str, str]] = {
-    "warehouses": "warehouses",
-    "billing_addresses": "addresses",
-    "shipping_addresses": "addresses",
-    "customer_locations": "addresses",
-    "payment_methods": "payment_methods",
-    "shipping_methods": "shipping_methods",
-    "price_types": "price_types",
-    "doors": "doors",
-    "buyers": "buyers",
-    "tax_id_numbers": "tax_ids",
-    "discounts": "discounts",
-}
 #: A partition whose connection count moves by more than this share against the previous one is flagged.
 SHARP_CHANGE: Final = 0.5
 #: Example records a failed check shows.
@@ -158,64 +141,6 @@ def partition_issues(root: Path, snapshot_date: date) -> list[Issue]:
     return [Issue(*row) for row in rows]
 
 
-def _list_length(connection: dict[str, Any], path: tuple[str, ...], key: str) -> int:
-    node: Any = connection
-    for group in path:
-        node = node.get(group) if isinstance(node, dict) else None
-    items = as_list(key, node.get(key) if isinstance(node, dict) else None)
-    return 0 if items is None else len(items)
-
-
-@dataclass(frozen=True)
-class RawRecount:
-    """What the raw pages say the tables should hold."""
-
-    #: Rows per table: every connection once per customer_account_id, plus each connection that repeats an id
-    #: with different content (a distinct record the flatten cannot keep), and their list items.
-    counts: dict[str, int]
-    #: customer_account_ids repeated by connections that differ from the first (sorted): a non-empty list fails
-    #: the reconciliation, and names the ids.
-    conflicting_ids: list[int]
-
-
-def _count(counts: Counter[str], connection: dict[str, Any]) -> None:
-    counts["connections"] += 1
-    for path, list_key in CONNECTION_LISTS:
-        counts[LIST_TABLE[list_key]] += _list_length(connection, path, list_key)
-
-
-def raw_recount(data_dir: Path, snapshot_date: date) -> RawRecount:
-    """Rows each table should hold, counted from the raw pages with the flatten's own dedup key
-    (:func:`~joor_pipeline.flatten.coerce.account_id_key`); an identical repeat counts once."""
-    counts: Counter[str] = Counter({table: 0 for table in TABLES})
-    seen: set[int] = set()
-    repeated: set[int] = set()
-    for _entry, connections, _log_id in iter_raw_pages(data_dir, snapshot_date):
-        for connection in connections:
-            key = account_id_key(connection.get("customer_account_id"))
-            if key is not None:
-                if key in seen:
-                    repeated.add(key)
-                    continue
-                seen.add(key)
-            _count(counts, connection)
-    if not repeated:
-        return RawRecount(dict(counts), [])
-    # Repeats are rare: a second pass compares them with the first, and counts each different version once.
-    versions: dict[int, set[bytes]] = {}
-    for _entry, connections, _log_id in iter_raw_pages(data_dir, snapshot_date):
-        for connection in connections:
-            key = account_id_key(connection.get("customer_account_id"))
-            if key in repeated:
-                digest = fingerprint(connection)
-                seen_versions = versions.setdefault(key, set())
-                if seen_versions and digest not in seen_versions:
-                    _count(counts, connection)
-                seen_versions.add(digest)
-    conflicting = sorted(key for key, seen_versions in versions.items() if len(seen_versions) > 1)
-    return RawRecount(dict(counts), conflicting)
-
-
 def raw_counts(data_dir: Path, snapshot_date: date) -> dict[str, int]:
     """Rows each table should hold, counted from the raw pages (see :func:`raw_recount`)."""
     return raw_recount(data_dir, snapshot_date).counts
@@ -242,17 +167,23 @@ def _examples(issues: list[Issue]) -> str:
 
 
 def check_partition(
-    data_dir: Path, root: Path, files: Mapping[str, Sequence[Path]], snapshot_date: date
+    data_dir: Path,
+    root: Path,
+    files: Mapping[str, Sequence[Path]],
+    snapshot_date: date,
+    recount: RawRecount | None = None,
 ) -> list[CheckOutcome]:
     """Every check on one snapshot's partition, given where it is: ``root`` (the Parquet root holding it, for the
     DuckDB rules) and each table's ``files`` (staged or published). The raw snapshot and the previous published
-    partition come from ``data_dir``."""
+    partition come from ``data_dir``; ``recount`` is the raw snapshot's, when the flatten's workers made it from
+    the pages they read (otherwise the pages are read again)."""
     by_check: dict[tuple[str, str], list[Issue]] = {}
     for issue in partition_issues(root, snapshot_date):
         for table, check in CHECKS:
             if issue.table_name == table and issue.rule in check.rules:
                 by_check.setdefault((table, check.name), []).append(issue)
-    recount = raw_recount(data_dir, snapshot_date)
+    if recount is None:
+        recount = raw_recount(data_dir, snapshot_date)
     expected = recount.counts
     actual = parquet_counts(files)
 
@@ -315,5 +246,5 @@ def previous_partition(data_dir: Path, table: str, snapshot_date: date) -> date 
 def blocking_failures(data_dir: Path, staged: StagedFlatten) -> list[str]:
     """The failed blocking checks of a staged flatten, in words: the audit of ``flatten_snapshot``."""
     files = {table: staged.files(table) for table in TABLES}
-    outcomes = check_partition(data_dir, staged.root, files, staged.report.snapshot_date)
+    outcomes = check_partition(data_dir, staged.root, files, staged.report.snapshot_date, staged.raw_recount)
     return [outcome.describe() for outcome in outcomes if outcome.blocks]

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from joor_pipeline.flatten.schema import TABLES, arrow_schema
@@ -239,7 +240,8 @@ def contract_file(parquet_root: Path, table: str) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{table}.parquet"
     scratch = directory / f".{table}.{os.getpid()}.tmp"
-    pq.write_table(arrow_schema(table).empty_table(), scratch)
+    # from_batches rather than Schema.empty_table(), which imports pandas (0.6 s) for the same bytes.
+    pq.write_table(pa.Table.from_batches([], schema=arrow_schema(table)), scratch)
     os.replace(scratch, path)
     return path
 

@@ -49,6 +49,7 @@ from joor_pipeline.joor.errors import JoorError
 from joor_pipeline.storage.parts import PART_FILE, flatten_part, partition_path
 from joor_pipeline.storage.publish import Publication, publication, write_durably
 from joor_pipeline.storage.raw import read_raw_snapshot
+from joor_pipeline.storage.recount import RawRecount, merge_tallies
 from joor_pipeline.storage.workers import (
     WORKER_STALL_SECONDS,
     flatten_parallel,
@@ -268,6 +269,9 @@ class StagedFlatten:
     #: The staged Parquet root (``<root>/<table>/snapshot_date=D/`` with manifests, like the published one).
     root: Path
     publication: Publication
+    #: What the raw pages say each table should hold, counted by the flatten's processes from the pages as they
+    #: read them (apart from the flatten itself); None when an id repeats, and the audit must read the pages.
+    raw_recount: RawRecount | None = None
 
     def files(self, table: str) -> list[Path]:
         """The staged files of one table, in row order."""
@@ -313,6 +317,7 @@ def stage_snapshot(
 
         new_root = pub.staged(PARQUET_DIR)
         parts_stats: list[FlattenStats] = []
+        recount: RawRecount | None = None
         if parts > 1:
             runs = split_pages(snapshot.pages, parts)
             reports = flatten_parallel(
@@ -324,8 +329,11 @@ def stage_snapshot(
                 done = connections = 0
             else:
                 parts_stats = [report.stats for report in reports]
+                recount = merge_tallies([report.tally for report in reports])
         if not parts_stats:
-            parts_stats = [flatten_part(snapshot, snapshot.pages, new_root, snapshot_date, 0, on_page).stats]
+            part = flatten_part(snapshot, snapshot.pages, new_root, snapshot_date, 0, on_page)
+            parts_stats = [part.stats]
+            recount = merge_tallies([part.tally.sent()])
         for table in TABLES:
             write_partition_manifest(partition_path(new_root, table, snapshot_date), table, snapshot_date, pub.id)
         stats = FlattenStats()
@@ -342,7 +350,7 @@ def stage_snapshot(
             duration_seconds=time.monotonic() - clock,
             publication_id=pub.id,
         )
-        yield StagedFlatten(report, new_root, pub)
+        yield StagedFlatten(report, new_root, pub, recount)
 
 
 def flatten_snapshot(

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from joor_pipeline.flatten import TABLES, FlattenStats, arrow_schema, conflicting_repeats, flatten_pages
 from joor_pipeline.joor.parse import Canonical
 from joor_pipeline.storage.raw import RawPageEntry, RawSnapshot, read_page
+from joor_pipeline.storage.recount import RawTally
 
 #: Name of worker ``k``'s file in every partition.
 PART_FILE_PATTERN: Final = "part-{:05d}.parquet"
@@ -113,6 +114,8 @@ class PartResult:
     stats: FlattenStats
     #: The customer_account_ids it kept (its pages' dedup; and the check that no two workers kept the same one).
     kept: set[int] = field(default_factory=set)
+    #: The audit's recount of the same pages, counted as they were read, before (and apart from) the flatten.
+    tally: RawTally = field(default_factory=RawTally)
 
 
 @contextlib.contextmanager
@@ -157,6 +160,7 @@ def flatten_part(
         with _gc_paused():
             for entry in entries:
                 connections, log_id = read_page(snapshot.directory, entry, snapshot.format)
+                result.tally.add(connections)
                 pending.append((connections, entry.page, log_id))
                 if sum(len(connections) for connections, _, _ in pending) >= BATCH_CONNECTIONS:
                     flush()

@@ -47,6 +47,7 @@ from joor_pipeline.joor.errors import JoorError
 from joor_pipeline.storage.forkserver import CAN_PARALLEL, worker_context
 from joor_pipeline.storage.parts import flatten_part
 from joor_pipeline.storage.raw import RawPageEntry, RawSnapshot
+from joor_pipeline.storage.recount import SentTally
 
 #: The default number of workers is the usable cores, at most this many...
 MAX_DEFAULT_WORKERS: Final = 8
@@ -89,6 +90,8 @@ class WorkerReport:
 
     stats: FlattenStats
     kept_ids: pa.Array
+    #: The raw recount of its pages, for the audit (see :mod:`~joor_pipeline.storage.recount`).
+    tally: SentTally
 
 
 def split_pages(entries: Sequence[RawPageEntry], parts: int) -> list[Sequence[RawPageEntry]]:
@@ -164,7 +167,7 @@ def _flatten_run(
         raise
     if unsent:
         messages.put((index, _PAGES, unsent))
-    return WorkerReport(result.stats, pa.array(list(result.kept), type=pa.int64()))
+    return WorkerReport(result.stats, pa.array(list(result.kept), type=pa.int64()), result.tally.sent())
 
 
 # ---- in the parent -----------------------------------------------------------------------------------------
