@@ -295,8 +295,12 @@ def stage_snapshot(
     progress: FlattenProgress | None = None,
     workers: int | None = None,
     worker_stall_seconds: float = WORKER_STALL_SECONDS,
+    recount: bool = True,
 ) -> Iterator[StagedFlatten]:
     """Flatten the raw snapshot of ``snapshot_date`` into staging, under the date's lock; publish nothing.
+
+    With ``recount`` the flatten's processes also count the raw pages as they read them, for the audit
+    (:attr:`StagedFlatten.raw_recount`).
 
     The block decides: :meth:`StagedFlatten.publish` or :meth:`StagedFlatten.quarantine`; otherwise the
     staging is deleted when the block ends. ``SnapshotBusy`` when another process fetches or flattens the date.
@@ -317,11 +321,11 @@ def stage_snapshot(
 
         new_root = pub.staged(PARQUET_DIR)
         parts_stats: list[FlattenStats] = []
-        recount: RawRecount | None = None
+        raw_recount: RawRecount | None = None
         if parts > 1:
             runs = split_pages(snapshot.pages, parts)
             reports = flatten_parallel(
-                snapshot, runs, new_root, snapshot_date, on_page, stall_seconds=worker_stall_seconds
+                snapshot, runs, new_root, snapshot_date, on_page, stall_seconds=worker_stall_seconds, recount=recount
             )
             if overlapping(reports):
                 # A connection repeated across two workers' pages: only one process can keep the first.
@@ -329,11 +333,12 @@ def stage_snapshot(
                 done = connections = 0
             else:
                 parts_stats = [report.stats for report in reports]
-                recount = merge_tallies([report.tally for report in reports])
+                tallies = [report.tally for report in reports if report.tally is not None]
+                raw_recount = merge_tallies(tallies) if recount else None
         if not parts_stats:
-            part = flatten_part(snapshot, snapshot.pages, new_root, snapshot_date, 0, on_page)
+            part = flatten_part(snapshot, snapshot.pages, new_root, snapshot_date, 0, on_page, recount=recount)
             parts_stats = [part.stats]
-            recount = merge_tallies([part.tally.sent()])
+            raw_recount = merge_tallies([part.tally.sent()]) if part.tally is not None else None
         for table in TABLES:
             write_partition_manifest(partition_path(new_root, table, snapshot_date), table, snapshot_date, pub.id)
         stats = FlattenStats()
@@ -350,7 +355,7 @@ def stage_snapshot(
             duration_seconds=time.monotonic() - clock,
             publication_id=pub.id,
         )
-        yield StagedFlatten(report, new_root, pub, recount)
+        yield StagedFlatten(report, new_root, pub, raw_recount)
 
 
 def flatten_snapshot(
@@ -371,7 +376,12 @@ def flatten_snapshot(
     nothing is published, the staged tables go to quarantine and :class:`AuditFailed` says why and where.
     """
     with stage_snapshot(
-        data_dir, snapshot_date, progress=progress, workers=workers, worker_stall_seconds=worker_stall_seconds
+        data_dir,
+        snapshot_date,
+        progress=progress,
+        workers=workers,
+        worker_stall_seconds=worker_stall_seconds,
+        recount=audit is not None,
     ) as staged:
         failures = audit(staged) if audit is not None else []
         if failures:

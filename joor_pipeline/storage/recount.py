@@ -16,7 +16,6 @@ Two ways to count, with the same code:
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -48,18 +47,30 @@ LIST_TABLE: Final[dict[str, str]] = {
 }
 
 
-def _list_length(connection: dict[str, Any], path: tuple[str, ...], key: str) -> int:
-    node: Any = connection
-    for group in path:
-        node = node.get(group) if isinstance(node, dict) else None
-    items = as_list(key, node.get(key) if isinstance(node, dict) else None)
-    return 0 if items is None else len(items)
+#: The lists straight on a connection, and those one group down (``billing``, ``shipping``), with their tables:
+#: flat tuples for the hot loop (CONNECTION_LISTS has no deeper list).
+_TOP_LISTS: Final = tuple((key, LIST_TABLE[key]) for path, key in CONNECTION_LISTS if not path)
+_GROUP_LISTS: Final = tuple((path[0], key, LIST_TABLE[key]) for path, key in CONNECTION_LISTS if len(path) == 1)
+assert len(_TOP_LISTS) + len(_GROUP_LISTS) == len(CONNECTION_LISTS), "a JOOR list nested deeper than one group"
 
 
-def _count(counts: Counter[str], connection: dict[str, Any]) -> None:
+def _add(counts: dict[str, int], table: str, key: str, value: Any) -> None:
+    if type(value) is list:  # the common case, without a call
+        counts[table] += len(value)
+    elif value is not None:  # missing and null are empty
+        items = as_list(key, value)
+        counts[table] += 0 if items is None else len(items)
+
+
+def _count(counts: dict[str, int], connection: dict[str, Any]) -> None:
+    """Add one connection and the items of its lists to ``counts``."""
     counts["connections"] += 1
-    for path, list_key in CONNECTION_LISTS:
-        counts[LIST_TABLE[list_key]] += _list_length(connection, path, list_key)
+    for key, table in _TOP_LISTS:
+        _add(counts, table, key, connection.get(key))
+    for group, key, table in _GROUP_LISTS:
+        node = connection.get(group)
+        if isinstance(node, dict):
+            _add(counts, table, key, node.get(key))
 
 
 @dataclass(frozen=True)
@@ -78,21 +89,22 @@ class RawRecount:
 class RawTally:
     """The first pass of :func:`raw_recount`, fed page by page: counts, the ids seen, and whether one repeated."""
 
-    counts: Counter[str] = field(default_factory=lambda: Counter({table: 0 for table in TABLES}))
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TABLES, 0))
     seen: set[int] = field(default_factory=set)
     #: Ids seen again after their first connection.
     repeated: set[int] = field(default_factory=set)
 
     def add(self, connections: Iterable[dict[str, Any]]) -> None:
         """Count one page's connections (as parsed from the raw page)."""
+        counts, seen = self.counts, self.seen
         for connection in connections:
             key = account_id_key(connection.get("customer_account_id"))
             if key is not None:
-                if key in self.seen:
+                if key in seen:
                     self.repeated.add(key)
                     continue
-                self.seen.add(key)
-            _count(self.counts, connection)
+                seen.add(key)
+            _count(counts, connection)
 
     def sent(self) -> SentTally:
         """What a worker sends home: the counts, and its ids as one int64 array (8 bytes each, not a set)."""
@@ -115,10 +127,11 @@ def merge_tallies(tallies: Sequence[SentTally]) -> RawRecount | None:
     ids = pa.chunked_array([tally.seen for tally in tallies], type=pa.int64())
     if len(pc.unique(ids)) < len(ids):
         return None
-    counts: Counter[str] = Counter({table: 0 for table in TABLES})
+    counts = dict.fromkeys(TABLES, 0)
     for tally in tallies:
-        counts.update(tally.counts)
-    return RawRecount(dict(counts), [])
+        for table, rows in tally.counts.items():
+            counts[table] += rows
+    return RawRecount(counts, [])
 
 
 def raw_recount(data_dir: Path, snapshot_date: date) -> RawRecount:
