@@ -23,7 +23,7 @@ from joor_pipeline.assets.resources import DataDirResource, resources_from_env
 from joor_pipeline.config import flatten_workers_setting
 from joor_pipeline.flatten import TABLES
 from joor_pipeline.joor.errors import ConfigError, PayloadError
-from joor_pipeline.quality import blocking_failures, raw_recount
+from joor_pipeline.quality import BLOCKING_CHECKS, blocking_failures, check_partition, partition_issues, raw_recount
 from joor_pipeline.sandbox.data import generate_connections
 from joor_pipeline.storage import workers
 from joor_pipeline.storage.parquet import (
@@ -328,3 +328,16 @@ def test_the_audit_counts_the_raw_pages_not_what_the_flatten_wrote(tmp_path: Pat
         assert staged.raw_recount.counts["doors"] == staged.report.rows["doors"]
         failures = blocking_failures(tmp_path, staged)
     assert len(failures) == 1 and failures[0].startswith("doors.reconciles_with_raw")
+
+
+def test_the_audit_evaluates_the_blocking_rules_exactly_as_the_full_evaluation_finds_them(tmp_path: Path) -> None:
+    land(tmp_path, DAY, drifted_connections(1000))
+    with stage_snapshot(tmp_path, DAY, workers=2) as staged:
+        everything = partition_issues(staged.root, DAY)
+        blocking_rules = {rule for _table, check in BLOCKING_CHECKS for rule in check.rules}
+        blocking = partition_issues(staged.root, DAY, blocking_rules)
+        all_outcomes = check_partition(tmp_path, staged.root, {t: staged.files(t) for t in TABLES}, DAY)
+        failures = blocking_failures(tmp_path, staged)
+    assert blocking == [issue for issue in everything if issue.rule in blocking_rules]
+    assert blocking and len(blocking) < len(everything)  # the drift breaks warning rules too
+    assert failures == [outcome.describe() for outcome in all_outcomes if outcome.blocks]
