@@ -13,7 +13,7 @@ checks run on a staged flatten before it is published (write, audit, publish; se
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -22,27 +22,10 @@ from typing import Any, Final, Literal
 import duckdb
 
 from joor_pipeline.flatten import TABLES
-from joor_pipeline.flatten.coerce import account_id_key, fingerprint
-from joor_pipeline.joor.parse import as_list
-from joor_pipeline.joor.shapes import CONNECTION_LISTS
 from joor_pipeline.storage.parquet import StagedFlatten, partition_rows, published_dates, published_files
-from joor_pipeline.storage.raw import iter_raw_pages
+from joor_pipeline.storage.recount import RawRecount, raw_recount
 from joor_pipeline.warehouse import SOURCE_SCHEMA, files_view_sql, rule_issues_sql
 
-#: Which JOOR list feeds which table (the connections table is fed by the connections themselves).
-LIST_TABLE: Final[dict[str, str]] = {
-    "warehouses": "warehouses",
-    "billing_addresses": "addresses",
-    "shipping_addresses": "addresses",
-    "customer_locations": "addresses",
-    "payment_methods": "payment_methods",
-    "shipping_methods": "shipping_methods",
-    "price_types": "price_types",
-    "doors": "doors",
-    "buyers": "buyers",
-    "tax_id_numbers": "tax_ids",
-    "discounts": "discounts",
-}
 #: A partition whose connection count moves by more than this share against the previous one is flagged.
 SHARP_CHANGE: Final = 0.5
 #: Example records a failed check shows.
@@ -93,6 +76,8 @@ CHECKS: Final[tuple[tuple[str, Check], ...]] = (
     *((table, check) for table in TABLES for check in TABLE_CHECKS),
     *EXTRA_CHECKS,
 )
+#: The checks that keep a partition from being published: the audit of a staged flatten.
+BLOCKING_CHECKS: Final = tuple((table, check) for table, check in CHECKS if check.blocking)
 
 
 @dataclass(frozen=True)
@@ -129,9 +114,13 @@ class CheckOutcome:
         return f"{self.table}.{self.check.name} ({self.detail})"
 
 
-def partition_issues(data_dir: Path, files: Mapping[str, Sequence[Path]], snapshot_date: date) -> list[Issue]:
-    """Every rule of ``data_quality_issues`` that a record of one partition breaks, given each table's ``files``
-    (a staged flatten's, or the published ones); ``data_dir`` holds the contract files the views read first."""
+def partition_issues(
+    data_dir: Path, files: Mapping[str, Sequence[Path]], snapshot_date: date, rules: Collection[str] | None = None
+) -> list[Issue]:
+    """Every rule of ``data_quality_issues`` (or only ``rules``) that a record of one partition breaks, given each
+    table's ``files`` (a staged flatten's, or the published ones); ``data_dir`` holds the contract files the views
+    read first. The rules are one ``union all`` branch each, so filtering on ``rule`` leaves DuckDB only the
+    branches asked for: the audit before publishing asks for the blocking ones alone."""
     con = duckdb.connect()
     try:
         con.execute("set TimeZone = 'UTC'")
@@ -140,69 +129,13 @@ def partition_issues(data_dir: Path, files: Mapping[str, Sequence[Path]], snapsh
             con.execute(files_view_sql(data_dir, table, list(files[table])))
         rows = con.execute(
             "select table_name, rule, customer_account_id, customer_code, record_key, column_name, detail "
-            f"from ({rule_issues_sql({table: f'{SOURCE_SCHEMA}.{table}' for table in TABLES})}) order by all"
+            f"from ({rule_issues_sql({table: f'{SOURCE_SCHEMA}.{table}' for table in TABLES})}) "
+            "where $rules is null or list_contains($rules, rule) order by all",
+            {"rules": None if rules is None else sorted(rules)},
         ).fetchall()
     finally:
         con.close()
     return [Issue(*row) for row in rows]
-
-
-def _list_length(connection: dict[str, Any], path: tuple[str, ...], key: str) -> int:
-    node: Any = connection
-    for group in path:
-        node = node.get(group) if isinstance(node, dict) else None
-    items = as_list(key, node.get(key) if isinstance(node, dict) else None)
-    return 0 if items is None else len(items)
-
-
-@dataclass(frozen=True)
-class RawRecount:
-    """What the raw pages say the tables should hold."""
-
-    #: Rows per table: every connection once per customer_account_id, plus each connection that repeats an id
-    #: with different content (a distinct record the flatten cannot keep), and their list items.
-    counts: dict[str, int]
-    #: customer_account_ids repeated by connections that differ from the first (sorted): a non-empty list fails
-    #: the reconciliation, and names the ids.
-    conflicting_ids: list[int]
-
-
-def _count(counts: Counter[str], connection: dict[str, Any]) -> None:
-    counts["connections"] += 1
-    for path, list_key in CONNECTION_LISTS:
-        counts[LIST_TABLE[list_key]] += _list_length(connection, path, list_key)
-
-
-def raw_recount(data_dir: Path, snapshot_date: date) -> RawRecount:
-    """Rows each table should hold, counted from the raw pages with the flatten's own dedup key
-    (:func:`~joor_pipeline.flatten.coerce.account_id_key`); an identical repeat counts once."""
-    counts: Counter[str] = Counter({table: 0 for table in TABLES})
-    seen: set[int] = set()
-    repeated: set[int] = set()
-    for _entry, connections, _log_id in iter_raw_pages(data_dir, snapshot_date):
-        for connection in connections:
-            key = account_id_key(connection.get("customer_account_id"))
-            if key is not None:
-                if key in seen:
-                    repeated.add(key)
-                    continue
-                seen.add(key)
-            _count(counts, connection)
-    if not repeated:
-        return RawRecount(dict(counts), [])
-    # Repeats are rare: a second pass compares them with the first, and counts each different version once.
-    versions: dict[int, set[bytes]] = {}
-    for _entry, connections, _log_id in iter_raw_pages(data_dir, snapshot_date):
-        for connection in connections:
-            key = account_id_key(connection.get("customer_account_id"))
-            if key in repeated:
-                digest = fingerprint(connection)
-                seen_versions = versions.setdefault(key, set())
-                if seen_versions and digest not in seen_versions:
-                    _count(counts, connection)
-                seen_versions.add(digest)
-    conflicting = sorted(key for key, seen_versions in versions.items() if len(seen_versions) > 1)
-    return RawRecount(dict(counts), conflicting)
 
 
 def raw_counts(data_dir: Path, snapshot_date: date) -> dict[str, int]:
@@ -230,20 +163,30 @@ def _examples(issues: list[Issue]) -> str:
     )
 
 
-def check_partition(data_dir: Path, files: Mapping[str, Sequence[Path]], snapshot_date: date) -> list[CheckOutcome]:
+def check_partition(
+    data_dir: Path,
+    files: Mapping[str, Sequence[Path]],
+    snapshot_date: date,
+    recount: RawRecount | None = None,
+    checks: Sequence[tuple[str, Check]] = CHECKS,
+) -> list[CheckOutcome]:
     """Every check on one snapshot's partition, given each table's ``files`` (staged or published). The raw
-    snapshot and the previous published partition come from ``data_dir``."""
+    snapshot and the previous published partition come from ``data_dir``; ``recount`` is the raw snapshot's,
+    when the flatten's workers made it from the pages they read (otherwise the pages are read again). ``checks``
+    picks some of :data:`CHECKS` (the audit: :data:`BLOCKING_CHECKS`); only their rules are evaluated."""
     by_check: dict[tuple[str, str], list[Issue]] = {}
-    for issue in partition_issues(data_dir, files, snapshot_date):
-        for table, check in CHECKS:
+    rules = None if checks is CHECKS else {rule for _table, check in checks for rule in check.rules}
+    for issue in partition_issues(data_dir, files, snapshot_date, rules):
+        for table, check in checks:
             if issue.table_name == table and issue.rule in check.rules:
                 by_check.setdefault((table, check.name), []).append(issue)
-    recount = raw_recount(data_dir, snapshot_date)
+    if recount is None:
+        recount = raw_recount(data_dir, snapshot_date)
     expected = recount.counts
     actual = parquet_counts(files)
 
     outcomes = []
-    for table, check in CHECKS:
+    for table, check in checks:
         metadata: dict[str, Any]
         detail = ""
         if check.name == "reconciles_with_raw":
@@ -301,5 +244,5 @@ def previous_partition(data_dir: Path, table: str, snapshot_date: date) -> date 
 def blocking_failures(data_dir: Path, staged: StagedFlatten) -> list[str]:
     """The failed blocking checks of a staged flatten, in words: the audit of ``flatten_snapshot``."""
     files = {table: staged.files(table) for table in TABLES}
-    outcomes = check_partition(data_dir, files, staged.report.snapshot_date)
+    outcomes = check_partition(data_dir, files, staged.report.snapshot_date, staged.raw_recount, BLOCKING_CHECKS)
     return [outcome.describe() for outcome in outcomes if outcome.blocks]

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from joor_pipeline.flatten.schema import TABLES, arrow_schema
@@ -123,7 +124,8 @@ def contract_file(data_dir: Path, table: str) -> Path:
     path = directory / f"{table}.parquet"
     if not path.is_file():
         scratch = directory / f".{table}.{os.getpid()}.tmp"
-        pq.write_table(arrow_schema(table).empty_table(), scratch)
+        # from_batches rather than Schema.empty_table(), which imports pandas (0.6 s) for the same bytes.
+        pq.write_table(pa.Table.from_batches([], schema=arrow_schema(table)), scratch)
         os.replace(scratch, path)
     return path
 

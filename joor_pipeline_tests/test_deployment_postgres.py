@@ -21,7 +21,7 @@ import psycopg2
 import pytest
 
 from joor_pipeline.assets.joor import JOOR_API_POOL, RAW_ASSET, joor_tables
-from joor_pipeline.assets.models import DUCKDB_POOL
+from joor_pipeline.assets.models import DUCKDB_POOL, joor_models
 from joor_pipeline.config import load_settings
 from joor_pipeline.definitions import JOB_NAME
 from joor_pipeline.pipeline import connect, fetch_snapshot
@@ -373,10 +373,9 @@ def test_backfill_through_graphql_on_a_postgres_instance(deployment: Deployment)
     stored = deployment.query("select run_id, status from runs where run_id = any(%s)", run_ids)
     assert sorted(stored) == sorted((run_id, "SUCCESS") for run_id in run_ids)
 
-    # Every asset check ran in every run and its result was recorded in Postgres; the blocking ones passed.
-    # (The checks are unpartitioned checks on partitioned tables, so Dagster records each result beside the
-    # partition's "planned" row rather than on it; the results are the rows that say passed or failed.)
-    specs = list(joor_tables.check_specs)
+    # Every asset check ran in every run and its result was recorded in Postgres; the blocking ones passed:
+    # the tables' checks (tied to the run's partition) and the dbt tests of the models (built in every run).
+    specs = [*joor_tables.check_specs, *joor_models.check_specs]
     expected = {(spec.asset_key.path[-1], spec.name) for spec in specs}
     blocking = {(spec.asset_key.path[-1], spec.name) for spec in specs if spec.blocking}
     rows = deployment.query(

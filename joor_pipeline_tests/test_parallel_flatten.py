@@ -23,9 +23,16 @@ from joor_pipeline.assets.resources import DataDirResource, resources_from_env
 from joor_pipeline.config import flatten_workers_setting
 from joor_pipeline.flatten import TABLES
 from joor_pipeline.joor.errors import ConfigError, PayloadError
+from joor_pipeline.quality import BLOCKING_CHECKS, blocking_failures, check_partition, partition_issues, raw_recount
 from joor_pipeline.sandbox.data import generate_connections
 from joor_pipeline.storage import workers
-from joor_pipeline.storage.parquet import FlattenReport, flatten_snapshot, partition_parquet_files
+from joor_pipeline.storage.parquet import (
+    FlattenReport,
+    flatten_snapshot,
+    partition_parquet_files,
+    stage_snapshot,
+    write_partition_manifest,
+)
 from joor_pipeline.storage.raw import raw_snapshot_dir
 from joor_pipeline.storage.workers import MIN_PAGES_PER_WORKER, FlattenWorkerError, flatten_workers
 from joor_pipeline_tests.raw_fixtures import land, partition_bytes, staging_leftovers
@@ -283,3 +290,55 @@ def test_a_worker_failure_stops_the_other_workers_at_once(tmp_path: Path) -> Non
             flatten_snapshot(tmp_path, DAY, workers=2, worker_stall_seconds=600.0)
         assert time.monotonic() - clock < 60
     assert staging_leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(("fmt", "workers"), [("json", 1), ("json", 2), ("xml", 3)])
+def test_the_recount_the_workers_send_home_is_the_one_a_second_pass_makes(
+    tmp_path: Path, fmt: str, workers: int
+) -> None:
+    land(tmp_path, DAY, drifted_connections(1000), fmt)
+    with stage_snapshot(tmp_path, DAY, workers=workers) as staged:
+        assert staged.report.workers == workers
+        assert staged.raw_recount == raw_recount(tmp_path, DAY)
+        # The drift breaks other rules (a connection without an id), never the reconciliation.
+        assert not [failure for failure in blocking_failures(tmp_path, staged) if "reconciles_with_raw" in failure]
+
+
+def test_a_repeated_id_leaves_the_recount_to_a_second_pass_over_the_pages(tmp_path: Path) -> None:
+    connections = generate_connections(400, seed=5)
+    connections.append(copy.deepcopy(connections[5]) | {"customer_alias": "someone else"})  # same id, differs
+    land(tmp_path, DAY, connections)
+    with stage_snapshot(tmp_path, DAY, workers=2) as staged:
+        assert staged.raw_recount is None
+        failures = blocking_failures(tmp_path, staged)
+    assert any(
+        "connections.reconciles_with_raw" in failure and str(connections[5]["customer_account_id"]) in failure
+        for failure in failures
+    )
+
+
+def test_the_audit_counts_the_raw_pages_not_what_the_flatten_wrote(tmp_path: Path) -> None:
+    land(tmp_path, DAY, generate_connections(400, seed=6))
+    with stage_snapshot(tmp_path, DAY, workers=2) as staged:
+        # A flatten that lost a door: its files and manifest agree with each other, but not with the raw pages.
+        path = staged.files("doors")[-1]
+        pq.write_table(pq.read_table(path).slice(1), path)
+        write_partition_manifest(path.parent, "doors", DAY, staged.publication.id)
+        assert staged.raw_recount is not None
+        assert staged.raw_recount.counts["doors"] == staged.report.rows["doors"]
+        failures = blocking_failures(tmp_path, staged)
+    assert len(failures) == 1 and failures[0].startswith("doors.reconciles_with_raw")
+
+
+def test_the_audit_evaluates_the_blocking_rules_exactly_as_the_full_evaluation_finds_them(tmp_path: Path) -> None:
+    land(tmp_path, DAY, drifted_connections(1000))
+    with stage_snapshot(tmp_path, DAY, workers=2) as staged:
+        files = {t: staged.files(t) for t in TABLES}
+        everything = partition_issues(tmp_path, files, DAY)
+        blocking_rules = {rule for _table, check in BLOCKING_CHECKS for rule in check.rules}
+        blocking = partition_issues(tmp_path, files, DAY, blocking_rules)
+        all_outcomes = check_partition(tmp_path, files, DAY)
+        failures = blocking_failures(tmp_path, staged)
+    assert blocking == [issue for issue in everything if issue.rule in blocking_rules]
+    assert blocking and len(blocking) < len(everything)  # the drift breaks warning rules too
+    assert failures == [outcome.describe() for outcome in all_outcomes if outcome.blocks]

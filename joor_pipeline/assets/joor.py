@@ -243,7 +243,7 @@ def joor_tables(context: dg.AssetExecutionContext, storage: DataDirResource) -> 
         if report.workers > 1:
             context.log.info("flattened by %d worker processes (one file per table each)", report.workers)
         files = {table: staged.files(table) for table in TABLES}
-        outcomes = check_partition(data_dir, files, snapshot_date)
+        outcomes = check_partition(data_dir, files, snapshot_date, staged.raw_recount)
         results = [check_result(outcome) for outcome in outcomes]
         failures = [outcome.describe() for outcome in outcomes if outcome.blocks]
         if failures:

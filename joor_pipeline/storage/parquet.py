@@ -49,6 +49,7 @@ from joor_pipeline.joor.errors import JoorError
 from joor_pipeline.storage.parts import PART_FILE, flatten_part, partition_path
 from joor_pipeline.storage.publish import Publication, publication, write_durably
 from joor_pipeline.storage.raw import read_raw_snapshot
+from joor_pipeline.storage.recount import RawRecount, merge_tallies
 from joor_pipeline.storage.workers import (
     WORKER_STALL_SECONDS,
     flatten_parallel,
@@ -268,6 +269,9 @@ class StagedFlatten:
     #: The staged Parquet root (``<root>/<table>/snapshot_date=D/`` with manifests, like the published one).
     root: Path
     publication: Publication
+    #: What the raw pages say each table should hold, counted by the flatten's processes from the pages as they
+    #: read them (apart from the flatten itself); None when an id repeats, and the audit must read the pages.
+    raw_recount: RawRecount | None = None
 
     def files(self, table: str) -> list[Path]:
         """The staged files of one table, in row order."""
@@ -291,8 +295,12 @@ def stage_snapshot(
     progress: FlattenProgress | None = None,
     workers: int | None = None,
     worker_stall_seconds: float = WORKER_STALL_SECONDS,
+    recount: bool = True,
 ) -> Iterator[StagedFlatten]:
     """Flatten the raw snapshot of ``snapshot_date`` into staging, under the date's lock; publish nothing.
+
+    With ``recount`` the flatten's processes also count the raw pages as they read them, for the audit
+    (:attr:`StagedFlatten.raw_recount`).
 
     The block decides: :meth:`StagedFlatten.publish` or :meth:`StagedFlatten.quarantine`; otherwise the
     staging is deleted when the block ends. ``SnapshotBusy`` when another process fetches or flattens the date.
@@ -313,10 +321,11 @@ def stage_snapshot(
 
         new_root = pub.staged(PARQUET_DIR)
         parts_stats: list[FlattenStats] = []
+        raw_recount: RawRecount | None = None
         if parts > 1:
             runs = split_pages(snapshot.pages, parts)
             reports = flatten_parallel(
-                snapshot, runs, new_root, snapshot_date, on_page, stall_seconds=worker_stall_seconds
+                snapshot, runs, new_root, snapshot_date, on_page, stall_seconds=worker_stall_seconds, recount=recount
             )
             if overlapping(reports):
                 # A connection repeated across two workers' pages: only one process can keep the first.
@@ -324,8 +333,12 @@ def stage_snapshot(
                 done = connections = 0
             else:
                 parts_stats = [report.stats for report in reports]
+                tallies = [report.tally for report in reports if report.tally is not None]
+                raw_recount = merge_tallies(tallies) if recount else None
         if not parts_stats:
-            parts_stats = [flatten_part(snapshot, snapshot.pages, new_root, snapshot_date, 0, on_page).stats]
+            part = flatten_part(snapshot, snapshot.pages, new_root, snapshot_date, 0, on_page, recount=recount)
+            parts_stats = [part.stats]
+            raw_recount = merge_tallies([part.tally.sent()]) if part.tally is not None else None
         for table in TABLES:
             write_partition_manifest(partition_path(new_root, table, snapshot_date), table, snapshot_date, pub.id)
         stats = FlattenStats()
@@ -342,7 +355,7 @@ def stage_snapshot(
             duration_seconds=time.monotonic() - clock,
             publication_id=pub.id,
         )
-        yield StagedFlatten(report, new_root, pub)
+        yield StagedFlatten(report, new_root, pub, raw_recount)
 
 
 def flatten_snapshot(
@@ -363,7 +376,12 @@ def flatten_snapshot(
     nothing is published, the staged tables go to quarantine and :class:`AuditFailed` says why and where.
     """
     with stage_snapshot(
-        data_dir, snapshot_date, progress=progress, workers=workers, worker_stall_seconds=worker_stall_seconds
+        data_dir,
+        snapshot_date,
+        progress=progress,
+        workers=workers,
+        worker_stall_seconds=worker_stall_seconds,
+        recount=audit is not None,
     ) as staged:
         failures = audit(staged) if audit is not None else []
         if failures:

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from joor_pipeline.flatten import TABLES, FlattenStats, arrow_schema, conflicting_repeats, flatten_pages
 from joor_pipeline.joor.parse import Canonical
 from joor_pipeline.storage.raw import RawPageEntry, RawSnapshot, read_page
+from joor_pipeline.storage.recount import RawTally
 
 #: Name of worker ``k``'s file in every partition.
 PART_FILE_PATTERN: Final = "part-{:05d}.parquet"
@@ -113,6 +114,9 @@ class PartResult:
     stats: FlattenStats
     #: The customer_account_ids it kept (its pages' dedup; and the check that no two workers kept the same one).
     kept: set[int] = field(default_factory=set)
+    #: The audit's recount of the same pages, counted as they were read, before (and apart from) the flatten;
+    #: None when not asked for.
+    tally: RawTally | None = None
 
 
 @contextlib.contextmanager
@@ -136,9 +140,13 @@ def flatten_part(
     snapshot_date: date,
     part: int,
     on_page: Callable[[int], None],
+    *,
+    recount: bool = False,
 ) -> PartResult:
-    """Flatten ``entries`` in order into ``part-<part>.parquet`` of every table under ``root``."""
-    result = PartResult(FlattenStats())
+    """Flatten ``entries`` in order into ``part-<part>.parquet`` of every table under ``root``; with ``recount``,
+    also tally the raw pages for the audit (:class:`~joor_pipeline.storage.recount.RawTally`)."""
+    result = PartResult(FlattenStats(), tally=RawTally() if recount else None)
+    tally = result.tally
     writers = _TableWriters(root, snapshot_date, part)
     pending: list[tuple[list[Canonical], int, str | None]] = []
     repeated: set[int] = set()
@@ -157,6 +165,8 @@ def flatten_part(
         with _gc_paused():
             for entry in entries:
                 connections, log_id = read_page(snapshot.directory, entry, snapshot.format)
+                if tally is not None:
+                    tally.add(connections)
                 pending.append((connections, entry.page, log_id))
                 if sum(len(connections) for connections, _, _ in pending) >= BATCH_CONNECTIONS:
                     flush()

@@ -47,6 +47,7 @@ from joor_pipeline.joor.errors import JoorError
 from joor_pipeline.storage.forkserver import CAN_PARALLEL, worker_context
 from joor_pipeline.storage.parts import flatten_part
 from joor_pipeline.storage.raw import RawPageEntry, RawSnapshot
+from joor_pipeline.storage.recount import SentTally
 
 #: The default number of workers is the usable cores, at most this many...
 MAX_DEFAULT_WORKERS: Final = 8
@@ -89,6 +90,8 @@ class WorkerReport:
 
     stats: FlattenStats
     kept_ids: pa.Array
+    #: The raw recount of its pages, for the audit (see :mod:`~joor_pipeline.storage.recount`), if asked for.
+    tally: SentTally | None
 
 
 def split_pages(entries: Sequence[RawPageEntry], parts: int) -> list[Sequence[RawPageEntry]]:
@@ -138,7 +141,12 @@ def _init_worker(messages: multiprocessing.queues.Queue[_Message]) -> None:
 
 
 def _flatten_run(
-    index: int, snapshot: RawSnapshot, entries: Sequence[RawPageEntry], root: Path, snapshot_date: date
+    index: int,
+    snapshot: RawSnapshot,
+    entries: Sequence[RawPageEntry],
+    root: Path,
+    snapshot_date: date,
+    recount: bool,
 ) -> WorkerReport:
     """One task: flatten a run of pages into part ``index``, reporting its pages to the parent."""
     messages = _messages
@@ -158,13 +166,14 @@ def _flatten_run(
             sent = time.monotonic()
 
     try:
-        result = flatten_part(snapshot, entries, root, snapshot_date, index, on_page)
+        result = flatten_part(snapshot, entries, root, snapshot_date, index, on_page, recount=recount)
     except BaseException as exc:
         exc.add_note(f"(in {_describe(index, entries)})")
         raise
     if unsent:
         messages.put((index, _PAGES, unsent))
-    return WorkerReport(result.stats, pa.array(list(result.kept), type=pa.int64()))
+    tally = result.tally.sent() if result.tally is not None else None
+    return WorkerReport(result.stats, pa.array(list(result.kept), type=pa.int64()), tally)
 
 
 # ---- in the parent -----------------------------------------------------------------------------------------
@@ -194,8 +203,10 @@ def flatten_parallel(
     on_page: Callable[[int], None],
     *,
     stall_seconds: float = WORKER_STALL_SECONDS,
+    recount: bool = False,
 ) -> list[WorkerReport]:
-    """Flatten each run of pages in a worker process of its own, into part ``k`` for run ``k``.
+    """Flatten each run of pages in a worker process of its own, into part ``k`` for run ``k`` (``recount``: each
+    worker also tallies its raw pages for the audit).
 
     The first failure stops every worker and is raised: the worker's own exception, or
     :class:`FlattenWorkerError` for a worker that died or was silent for ``stall_seconds``.
@@ -209,7 +220,14 @@ def flatten_parallel(
     try:
         now = time.monotonic()
         tasks = [
-            _Task(index, run, pool.submit(_flatten_run, index, snapshot, run, root, snapshot_date), len(run), None, now)
+            _Task(
+                index,
+                run,
+                pool.submit(_flatten_run, index, snapshot, run, root, snapshot_date, recount),
+                len(run),
+                None,
+                now,
+            )
             for index, run in enumerate(runs)
         ]
         last_heard = now
