@@ -8,7 +8,11 @@ RUN := $(UV) run --frozen
 
 setup:
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --disable-pip-version-check uv
-	@$(UV) sync --frozen --quiet
+	@# Compiled bytecode for every installed package, and for ours: where PYTHONDONTWRITEBYTECODE is set (as on
+	@# this project's machines) nothing is cached otherwise, and every process pays to compile Dagster, pandas
+	@# and DuckDB's Python again (imports measured 1.9x slower). Compiled once here, about 15 s.
+	@$(UV) sync --frozen --quiet --compile-bytecode
+	@$(RUN) python -m compileall -q joor_pipeline
 	@# dagster-dbt reads the dbt manifest when the definitions load: parse it now (offline, cached per version)
 	@$(RUN) python -c "from joor_pipeline.warehouse import manifest_path; manifest_path()"
 
