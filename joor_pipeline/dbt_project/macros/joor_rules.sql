@@ -56,6 +56,19 @@ from addresses
 left join country_spellings on country_spellings.spelling = addresses.country_spelling
 {%- endmacro %}
 
+{#- The key of one record of `table_name`, as data_quality_issues reports it: a connection by its id, a child by its
+    ordinal in JOOR's list (and an address by its type too). -#}
+{% macro joor_record_key(table_name) -%}
+{%- set by_id = "'customer_account_id=' || coalesce(customer_account_id::varchar, 'null')" -%}
+{%- if table_name == 'connections' -%}
+{{ by_id }}
+{%- elif table_name == 'addresses' -%}
+case when ordinal is null then {{ by_id }} when address_type is not null then 'address_type=' || address_type || ', ordinal=' || ordinal else 'ordinal=' || ordinal end
+{%- else -%}
+case when ordinal is null then {{ by_id }} else 'ordinal=' || ordinal end
+{%- endif -%}
+{%- endmacro %}
+
 {#- Every rule a record breaks; `relations` maps each of the ten table names to a relation (a table, a view, a
     subquery or a read_parquet call) holding the rows to check. One row per (snapshot_date, table_name,
     customer_account_id, record_key, rule, column_name).
@@ -89,45 +102,45 @@ int_addresses as (
 ),
 
 records as (
-    select 'connections' as table_name, snapshot_date, customer_account_id, customer_code, extra, invalid_values,
-        to_json(r) as record
-    from stg_connections as r
+    select 'connections' as table_name, snapshot_date, customer_account_id, customer_code, extra,
+        invalid_values
+    from stg_connections
     union all by name
-    select 'addresses' as table_name, snapshot_date, customer_account_id, customer_code, address_type, ordinal,
-        extra, invalid_values, to_json(r) as record
-    from stg_addresses as r
+    select 'addresses' as table_name, snapshot_date, customer_account_id, customer_code, address_type, ordinal, extra,
+        invalid_values
+    from stg_addresses
     union all by name
-    select 'payment_methods' as table_name, snapshot_date, customer_account_id, customer_code, ordinal,
-        extra, invalid_values, to_json(r) as record
-    from stg_payment_methods as r
+    select 'payment_methods' as table_name, snapshot_date, customer_account_id, customer_code, ordinal, extra,
+        invalid_values
+    from stg_payment_methods
     union all by name
-    select 'shipping_methods' as table_name, snapshot_date, customer_account_id, customer_code, ordinal,
-        extra, invalid_values, to_json(r) as record
-    from stg_shipping_methods as r
+    select 'shipping_methods' as table_name, snapshot_date, customer_account_id, customer_code, ordinal, extra,
+        invalid_values
+    from stg_shipping_methods
     union all by name
-    select 'discounts' as table_name, snapshot_date, customer_account_id, customer_code, ordinal,
-        extra, invalid_values, to_json(r) as record
-    from stg_discounts as r
+    select 'discounts' as table_name, snapshot_date, customer_account_id, customer_code, ordinal, extra,
+        invalid_values
+    from stg_discounts
     union all by name
-    select 'doors' as table_name, snapshot_date, customer_account_id, customer_code, ordinal,
-        extra, invalid_values, to_json(r) as record
-    from stg_doors as r
+    select 'doors' as table_name, snapshot_date, customer_account_id, customer_code, ordinal, extra,
+        invalid_values
+    from stg_doors
     union all by name
-    select 'price_types' as table_name, snapshot_date, customer_account_id, customer_code, ordinal,
-        extra, invalid_values, to_json(r) as record
-    from stg_price_types as r
+    select 'price_types' as table_name, snapshot_date, customer_account_id, customer_code, ordinal, extra,
+        invalid_values
+    from stg_price_types
     union all by name
-    select 'buyers' as table_name, snapshot_date, customer_account_id, customer_code, ordinal,
-        extra, invalid_values, to_json(r) as record
-    from stg_buyers as r
+    select 'buyers' as table_name, snapshot_date, customer_account_id, customer_code, ordinal, extra,
+        invalid_values
+    from stg_buyers
     union all by name
-    select 'warehouses' as table_name, snapshot_date, customer_account_id, customer_code, ordinal,
-        extra, invalid_values, to_json(r) as record
-    from stg_warehouses as r
+    select 'warehouses' as table_name, snapshot_date, customer_account_id, customer_code, ordinal, extra,
+        invalid_values
+    from stg_warehouses
     union all by name
-    select 'tax_ids' as table_name, snapshot_date, customer_account_id, customer_code, ordinal,
-        extra, invalid_values, to_json(r) as record
-    from stg_tax_ids as r
+    select 'tax_ids' as table_name, snapshot_date, customer_account_id, customer_code, ordinal, extra,
+        invalid_values
+    from stg_tax_ids
 ),
 
 keyed_records as (
@@ -144,27 +157,25 @@ keyed_records as (
 -- REQ = Y in JOOR's field table (customer_account_id too: it is the connection's key). A child's customer_code
 -- is its connection's, checked once on connections. Cities and countries are required for billing and shipping
 -- addresses only; price_type_terms is left out because JOOR's own example leaves it empty.
-required_columns (table_name, column_name, address_type) as (
-    values
-        ('connections', 'customer_account_id', null),
-        ('connections', 'customer_code', null),
-        ('connections', 'customer_alias', null),
-        ('connections', 'customer_contact_name', null),
+{%- set required_columns = [
+        ('connections', 'customer_account_id', none),
+        ('connections', 'customer_code', none),
+        ('connections', 'customer_alias', none),
+        ('connections', 'customer_contact_name', none),
         ('addresses', 'city', 'billing'),
         ('addresses', 'city', 'shipping'),
         ('addresses', 'country', 'billing'),
         ('addresses', 'country', 'shipping'),
-        ('doors', 'door_id', null),
-        ('doors', 'shipping_address_id', null),
-        ('doors', 'door_name', null),
-        ('price_types', 'price_type_id', null),
-        ('price_types', 'price_type_currency_code', null),
-        ('price_types', 'price_type_currency_name', null)
-),
+        ('doors', 'door_id', none),
+        ('doors', 'shipping_address_id', none),
+        ('doors', 'door_name', none),
+        ('price_types', 'price_type_id', none),
+        ('price_types', 'price_type_currency_code', none),
+        ('price_types', 'price_type_currency_name', none)
+] %}
 
 -- MAX of JOOR's field table, for text columns (the MAX of an Int is its size in bytes, not a length).
-max_lengths (table_name, column_name, max_length) as (
-    values
+{%- set max_lengths = [
         ('connections', 'customer_code', 50),
         ('connections', 'customer_alias', 150),
         ('connections', 'customer_contact_name', 1000),
@@ -197,39 +208,51 @@ max_lengths (table_name, column_name, max_length) as (
         ('warehouses', 'warehouse_code', 100),
         ('tax_ids', 'tax_id_number', 100),
         ('tax_ids', 'name', 255)
+] %}
+
+-- required_missing and max_length_exceeded read each column where it is, in one scan of each table that has such
+-- a rule, instead of turning every record into JSON and looking the columns up in it (4x the time, measured on
+-- 20,000 connections: 2.3 s against 0.54 s for all the rules of one partition).
+{%- set rule_tables = (required_columns + max_lengths) | map(attribute=0) | unique | list %}
+column_failures as (
+{%- for rule_table in rule_tables %}
+    {% if not loop.first %}union all
+    {% endif -%}
+    select
+        snapshot_date,
+        '{{ rule_table }}' as table_name,
+        customer_account_id,
+        customer_code,
+        {{ joor_record_key(rule_table) }} as record_key,
+        unnest(list_filter([
+            {%- for table_name, column_name, address_type in required_columns if table_name == rule_table %}
+            case when {{ column_name }} is null{% if address_type %} and address_type = '{{ address_type }}'{% endif %}
+                then {'rule': 'required_missing', 'column_name': '{{ column_name }}',
+                    'detail': '{{ column_name }} is required but missing'} end,
+            {%- endfor %}
+            {%- for table_name, column_name, max_length in max_lengths if table_name == rule_table %}
+            case when length({{ column_name }}) > {{ max_length }}
+                then {'rule': 'max_length_exceeded', 'column_name': '{{ column_name }}',
+                    'detail': '{{ column_name }} has ' || length({{ column_name }})
+                        || ' characters; JOOR allows {{ max_length }}'} end,
+            {%- endfor %}
+            null
+        ], lambda failure: failure is not null)) as failure
+    from stg_{{ rule_table }}
+{%- endfor %}
 ),
 
-required_missing as (
+column_rules as (
     select
-        keyed_records.snapshot_date,
-        keyed_records.table_name,
-        'required_missing' as rule,
-        keyed_records.customer_account_id,
-        keyed_records.customer_code,
-        keyed_records.record_key,
-        required_columns.column_name,
-        required_columns.column_name || ' is required but missing' as detail
-    from keyed_records
-    inner join required_columns
-        on required_columns.table_name = keyed_records.table_name
-        and (required_columns.address_type is null or required_columns.address_type = keyed_records.address_type)
-    where keyed_records.record ->> required_columns.column_name is null
-),
-
-max_length_exceeded as (
-    select
-        keyed_records.snapshot_date,
-        keyed_records.table_name,
-        'max_length_exceeded' as rule,
-        keyed_records.customer_account_id,
-        keyed_records.customer_code,
-        keyed_records.record_key,
-        max_lengths.column_name,
-        max_lengths.column_name || ' has ' || length(keyed_records.record ->> max_lengths.column_name)
-            || ' characters; JOOR allows ' || max_lengths.max_length as detail
-    from keyed_records
-    inner join max_lengths on max_lengths.table_name = keyed_records.table_name
-    where length(keyed_records.record ->> max_lengths.column_name) > max_lengths.max_length
+        snapshot_date,
+        table_name,
+        failure.rule as rule,
+        customer_account_id,
+        customer_code,
+        record_key,
+        failure.column_name as column_name,
+        failure.detail as detail
+    from column_failures
 ),
 
 state_missing as (
@@ -344,9 +367,7 @@ drift_issues as (
 ),
 
 issues as (
-    select * from required_missing
-    union all by name
-    select * from max_length_exceeded
+    select * from column_rules
     union all by name
     select * from state_missing
     union all by name
