@@ -101,46 +101,17 @@ int_addresses as (
     {{ joor_address_countries('stg_addresses') }}
 ),
 
+{%- set record_tables = ['connections', 'addresses', 'payment_methods', 'shipping_methods', 'discounts', 'doors',
+    'price_types', 'buyers', 'warehouses', 'tax_ids'] %}
 records as (
-    select 'connections' as table_name, snapshot_date, customer_account_id, customer_code, extra,
-        invalid_values
-    from stg_connections
-    union all by name
-    select 'addresses' as table_name, snapshot_date, customer_account_id, customer_code, address_type, ordinal, extra,
-        invalid_values
-    from stg_addresses
-    union all by name
-    select 'payment_methods' as table_name, snapshot_date, customer_account_id, customer_code, ordinal, extra,
-        invalid_values
-    from stg_payment_methods
-    union all by name
-    select 'shipping_methods' as table_name, snapshot_date, customer_account_id, customer_code, ordinal, extra,
-        invalid_values
-    from stg_shipping_methods
-    union all by name
-    select 'discounts' as table_name, snapshot_date, customer_account_id, customer_code, ordinal, extra,
-        invalid_values
-    from stg_discounts
-    union all by name
-    select 'doors' as table_name, snapshot_date, customer_account_id, customer_code, ordinal, extra,
-        invalid_values
-    from stg_doors
-    union all by name
-    select 'price_types' as table_name, snapshot_date, customer_account_id, customer_code, ordinal, extra,
-        invalid_values
-    from stg_price_types
-    union all by name
-    select 'buyers' as table_name, snapshot_date, customer_account_id, customer_code, ordinal, extra,
-        invalid_values
-    from stg_buyers
-    union all by name
-    select 'warehouses' as table_name, snapshot_date, customer_account_id, customer_code, ordinal, extra,
-        invalid_values
-    from stg_warehouses
-    union all by name
-    select 'tax_ids' as table_name, snapshot_date, customer_account_id, customer_code, ordinal, extra,
-        invalid_values
-    from stg_tax_ids
+{%- for table_name in record_tables %}
+    {% if not loop.first %}union all by name
+    {% endif -%}
+    select '{{ table_name }}' as table_name, snapshot_date, customer_account_id, customer_code,
+        {%- if table_name == 'addresses' %} address_type,{% endif %}
+        {%- if table_name != 'connections' %} ordinal,{% endif %} extra, invalid_values
+    from stg_{{ table_name }}
+{%- endfor %}
 ),
 
 keyed_records as (
