@@ -22,12 +22,15 @@ from typing import TYPE_CHECKING, TextIO
 from joor_pipeline import __version__
 from joor_pipeline.config import (
     BUILTIN,
+    DEFAULT_ACCOUNT,
     ENDPOINT_VARS,
     JoorSettings,
+    UnknownAccount,
+    account_names,
     check_data_dir,
     first_snapshot_date,
     help_text,
-    load_settings,
+    load_account,
     raise_problems,
     read_setting,
 )
@@ -106,8 +109,27 @@ def _data_dir(args: argparse.Namespace, path: Path) -> Path:
     return check_data_dir(path, "--data-dir" if getattr(args, "data_dir", None) else "JOOR_DATA_DIR")
 
 
-def _settings(args: argparse.Namespace) -> JoorSettings:
-    settings = load_settings(_environ(args))
+def _accounts(args: argparse.Namespace, env: dict[str, str]) -> list[str]:
+    """The accounts a command acts on: ``--account``'s (checked against the configured ones), else all of them."""
+    names = account_names(env)
+    chosen = getattr(args, "account", None)
+    if chosen is None:
+        return names
+    if chosen not in names:
+        raise UnknownAccount(chosen, names)
+    return [chosen]
+
+
+def _one_account(args: argparse.Namespace, env: dict[str, str]) -> str:
+    """The one account fetch and flatten act on: ``--account``, required when several are configured."""
+    names = _accounts(args, env)
+    if len(names) > 1:
+        raise UsageError(f"{len(names)} accounts are configured ({', '.join(names)}): choose one with --account NAME")
+    return names[0]
+
+
+def _settings(args: argparse.Namespace, account: str) -> JoorSettings:
+    settings = load_account(_environ(args), account)
     return replace(settings, data_dir=_data_dir(args, settings.data_dir))
 
 
@@ -126,17 +148,20 @@ def _check_fetch_date(snapshot_date: date, allow_backdated: bool) -> None:
 def cmd_fetch(args: argparse.Namespace) -> int:
     from joor_pipeline.pipeline import connect, fetch_snapshot
 
-    settings = _settings(args)
+    account = _one_account(args, _environ(args))
+    settings = _settings(args, account)
     _check_fetch_date(args.date, args.allow_backdated)
     if args.date < _today():
         print(
             f"note: JOOR serves only the current state; this stores today's connections under {args.date}",
             file=sys.stderr,
         )
-    progress = Progress(f"fetch {args.date}")
+    progress = Progress(f"fetch {args.date}" + (f" {account}" if account != DEFAULT_ACCOUNT else ""))
     with connect(settings) as client:
         print(
-            f"fetching connections from {settings.target} ({settings.api_version}, {settings.format})", file=sys.stderr
+            f"fetching connections of account {account} from {settings.target} ({settings.api_version}, "
+            f"{settings.format})",
+            file=sys.stderr,
         )
         report = fetch_snapshot(
             client,
@@ -144,6 +169,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             args.date,
             progress=lambda pages, conns: progress.update(f"{pages} pages, {conns} connections"),
             on_wait=lambda reason, seconds: progress.update(f"waiting {seconds:.0f}s for {reason}"),
+            account=account,
         )
     progress.done()
     print(
@@ -160,6 +186,7 @@ def cmd_flatten(args: argparse.Namespace) -> int:
     data_dir = read_setting(env, "JOOR_DATA_DIR", problems)
     raise_problems(problems)
     data_dir = _data_dir(args, data_dir)
+    account = _one_account(args, env)
     if workers != 1:
         from joor_pipeline.storage.forkserver import start_forkserver
 
@@ -174,12 +201,13 @@ def cmd_flatten(args: argparse.Namespace) -> int:
         progress=lambda done, total, conns: progress.update(f"{done}/{total} pages, {conns} connections"),
         workers=workers,
         audit=lambda staged: blocking_failures(data_dir, staged),
+        account=account,
     )
     progress.done()
     stats = report.stats
     processes = f" by {report.workers} processes" if report.workers > 1 else ""
     print(
-        f"wrote {report.connections} connections to {data_dir / 'parquet'}{processes} "
+        f"wrote {report.connections} connections of account {account} to {data_dir / 'parquet'}{processes} "
         f"in {report.duration_seconds:.1f}s:"
     )
     for table, rows in report.rows.items():
@@ -200,14 +228,20 @@ def cmd_flatten(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_environ(args: argparse.Namespace, *, builtin: bool) -> tuple[dict[str, str], Path]:
-    """The run's variables and its data directory, checked before Dagster starts (one clear message if bad)."""
+def _run_environ(
+    args: argparse.Namespace, *, builtin: bool, accounts: Sequence[str] = (DEFAULT_ACCOUNT,)
+) -> tuple[dict[str, str], Path]:
+    """The run's variables and its data directory, every account's settings checked before Dagster starts (one
+    clear message if bad)."""
     env = _environ(args)
     if builtin:
-        for name in ENDPOINT_VARS:
+        for name in (*ENDPOINT_VARS, "JOOR_ACCOUNTS_FILE"):
             env.pop(name, None)
         env["JOOR_ENVIRONMENT"] = BUILTIN
-    data_dir = _data_dir(args, load_settings(env).data_dir)
+    data_dir = Path("data")
+    for account in accounts:
+        data_dir = load_account(env, account).data_dir
+    data_dir = _data_dir(args, data_dir)
     env["JOOR_DATA_DIR"] = str(data_dir)
     return env, data_dir
 
@@ -243,20 +277,31 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.from_date or args.to_date:
         return _run_range(args)
-    env, data_dir = _run_environ(args, builtin=False)
+    accounts = _accounts(args, _environ(args))
+    env, data_dir = _run_environ(args, builtin=False, accounts=accounts)
     _check_run_date(args.date)
-    kept = (raw_snapshot_dir(data_dir, args.date) / MANIFEST_NAME).is_file()
-    if args.date < _today() and not kept and not args.allow_backdated:
-        # The fetch asset refuses the same; saying it here spares a failed run and names the CLI's option.
-        raise UsageError(
-            f"no raw snapshot is kept for {args.date} and JOOR serves only the current state; "
-            "add --allow-backdated to store today's connections under it"
-        )
+    for account in accounts:
+        kept = (raw_snapshot_dir(data_dir, args.date, account=account) / MANIFEST_NAME).is_file()
+        if args.date < _today() and not kept and not args.allow_backdated:
+            # The fetch asset refuses the same; saying it here spares a failed run and names the CLI's option.
+            of = f" of account {account}" if len(accounts) > 1 else ""
+            raise UsageError(
+                f"no raw snapshot{of} is kept for {args.date} and JOOR serves only the current state; "
+                "add --allow-backdated to store today's connections under it"
+            )
     from joor_pipeline.assets.run import run_graph
 
-    summary = run_graph(args.date, env, allow_backdated=args.allow_backdated, debug=args.debug)
-    _print_run(summary, debug=args.debug)
-    return 0 if summary.success else EXIT_ERROR
+    failed = []
+    for account in accounts:  # one after the other: each account's run fetches with its own credit budget
+        if len(accounts) > 1:
+            print(f"account {account}:", flush=True)
+        summary = run_graph(args.date, env, allow_backdated=args.allow_backdated, debug=args.debug, account=account)
+        _print_run(summary, debug=args.debug)
+        if not summary.success:
+            failed.append(account)
+    if failed and len(accounts) > 1:
+        print(f"error: the run of account(s) {', '.join(failed)} failed (see above)", file=sys.stderr)
+    return EXIT_ERROR if failed else 0
 
 
 def _run_range(args: argparse.Namespace) -> int:
@@ -272,9 +317,10 @@ def _run_range(args: argparse.Namespace) -> int:
     data_dir = read_setting(env, "JOOR_DATA_DIR", problems)
     raise_problems(problems)
     env["JOOR_DATA_DIR"] = str(_data_dir(args, data_dir))
+    accounts = tuple(_accounts(args, env))
     from joor_pipeline.assets.run import run_range
 
-    summary = run_range(args.from_date, args.to_date, env, debug=args.debug)
+    summary = run_range(args.from_date, args.to_date, env, debug=args.debug, accounts=accounts)
     _print_run(summary, debug=args.debug)
     return 0 if summary.success else EXIT_ERROR
 
@@ -292,8 +338,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(
         f"""
 files:
-  raw pages    {data_dir}/raw/connections/snapshot_date={args.date}/
-  parquet      {data_dir}/parquet/<table>/snapshot_date={args.date}/part-*.parquet
+  raw pages    {data_dir}/raw/connections/account=default/snapshot_date={args.date}/
+  parquet      {data_dir}/parquet/<table>/account=default/snapshot_date={args.date}/part-*.parquet
   duckdb       {data_dir}/joor.duckdb
 next:
   make ui      # the Dagster UI at http://127.0.0.1:3000 (assets, checks, backfills, schedule)
@@ -332,6 +378,10 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 def _snapshot_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--date", type=_date, default=_today(), help="snapshot date, YYYY-MM-DD (default: today, UTC)")
     parser.add_argument("--data-dir", type=Path, help="overrides JOOR_DATA_DIR")
+
+
+def _account_option(parser: argparse.ArgumentParser, without: str) -> None:
+    parser.add_argument("--account", metavar="NAME", help=f"one account of JOOR_ACCOUNTS_FILE (default: {without})")
 
 
 def _backdated_option(parser: argparse.ArgumentParser) -> None:
@@ -377,13 +427,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     fetch = add("fetch", cmd_fetch, "land one raw snapshot of every connection, exactly as JOOR sends it")
     _snapshot_options(fetch)
+    _account_option(fetch, "the only one; required when several are configured")
     _backdated_option(fetch)
 
     flatten = add("flatten", cmd_flatten, "flatten one raw snapshot into the ten Parquet tables (atomically)")
     _snapshot_options(flatten)
+    _account_option(flatten, "the only one; required when several are configured")
 
     run = add("run", cmd_run, "materialize the whole Dagster graph (fetch, tables, checks, models) for one date")
     _snapshot_options(run)
+    _account_option(run, "every configured account, one after the other")
     _backdated_option(run)
     run.add_argument("--from", dest="from_date", type=_date, help="re-flatten and check the kept raw snapshots from")
     run.add_argument(

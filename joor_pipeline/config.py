@@ -40,6 +40,11 @@ HOSTS: Final[dict[str, dict[str, str]]] = {
     },
 }
 
+#: The account of the JOOR_* variables when no accounts file is set, and of data from before accounts existed.
+DEFAULT_ACCOUNT: Final = "default"
+#: What an account name may be: it names directories (``account=<name>``), Dagster partitions and run tags.
+ACCOUNT_NAME: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+
 #: The value of ``JOOR_ENVIRONMENT`` that asks for the built-in sandbox.
 BUILTIN: Final = "builtin"
 
@@ -104,6 +109,15 @@ _V4_MEANING = "v4 (OAuth2 password grant)"
 
 #: Every variable the project reads. Bounds keep a typo (or ``nan``) from hanging or exhausting the machine.
 SETTINGS: Final[tuple[Setting, ...]] = (
+    Setting(
+        "JOOR_ACCOUNTS_FILE",
+        "accounts_file",
+        "path",
+        None,
+        "TOML file of several JOOR accounts, one [accounts.<name>] table each (see Several accounts); the JOOR_* "
+        "account variables then are not read",
+        default_text="none: the JOOR_* variables define the account `default`",
+    ),
     Setting(
         "JOOR_ENVIRONMENT",
         "environment",
@@ -356,8 +370,12 @@ class JoorSettings:
 
 #: Settings read by :func:`load_settings` into :class:`JoorSettings` (the rest are read where they are used).
 JOOR_SETTINGS_FIELDS: Final = tuple(
-    s for s in SETTINGS if s.name not in ("JOOR_FLATTEN_WORKERS", "JOOR_FIRST_SNAPSHOT_DATE")
+    s for s in SETTINGS if s.name not in ("JOOR_FLATTEN_WORKERS", "JOOR_FIRST_SNAPSHOT_DATE", "JOOR_ACCOUNTS_FILE")
 )
+#: Settings of the whole deployment, never of one account: an accounts file may not set them.
+DEPLOYMENT_VARS: Final = ("JOOR_ACCOUNTS_FILE", "JOOR_DATA_DIR", "JOOR_FLATTEN_WORKERS", "JOOR_FIRST_SNAPSHOT_DATE")
+#: The settings an ``[accounts.<name>]`` table may hold, by key (a secret by the name of its variable: ``<key>_env``).
+ACCOUNT_SETTINGS: Final = {s.field: s for s in SETTINGS if s.name not in DEPLOYMENT_VARS}
 
 
 def redact_url_text(text: str) -> str:
@@ -502,10 +520,144 @@ def load_settings(env: Mapping[str, str]) -> JoorSettings:
     return JoorSettings(base_url=base_url, auth_url=auth_url, builtin_sandbox=builtin, **values)
 
 
-def configuration_problem(env: Mapping[str, str]) -> str | None:
-    """What is wrong with the JOOR settings in ``env`` (one line), or None: for a UI that must load regardless."""
+# ---- several accounts ------------------------------------------------------------------------------------------
+
+
+def _account_message(message: str, where: str) -> str:
+    """A load_settings error of one account, in the file's terms: its keys instead of the variables."""
+    message = message.removeprefix("invalid JOOR configuration: ")
+    for key, setting in sorted(ACCOUNT_SETTINGS.items(), key=lambda item: -len(item[1].name)):
+        message = message.replace(setting.name, key + ("_env" if setting.secret else ""))
+    return f"{where}: {message}"
+
+
+def _account_env(env: Mapping[str, str], path: Path, name: str, table: object) -> dict[str, str]:
+    """The ``JOOR_*`` variables one ``[accounts.<name>]`` table stands for, secrets read from their variables."""
+    where = f"{path} [accounts.{name}]"
+    if not ACCOUNT_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{path}: account name {_shown(name)} must be 1 to 40 lowercase letters, digits, '_' or '-', "
+            "starting with a letter or digit"
+        )
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table of settings")
+    # The deployment-wide settings come from the environment, as without a file.
+    account_env = {var: env[var] for var in DEPLOYMENT_VARS if var in env}
+    problems: list[str] = []
+    for key, value in table.items():
+        setting = ACCOUNT_SETTINGS.get(key.removesuffix("_env"))
+        if key in ACCOUNT_SETTINGS and ACCOUNT_SETTINGS[key].secret:
+            # Never echo the value: it is the secret itself.
+            problems.append(
+                f"{key} holds a secret, which never goes in the file: name the environment variable that holds it "
+                f'with {key}_env = "SOME_VARIABLE"'
+            )
+        elif key.endswith("_env") and setting is not None and setting.secret:
+            if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+                problems.append(f"{key} must be the name of an environment variable, got {_shown(str(value))}")
+            elif not env.get(value, "").strip():
+                problems.append(f"{key} names {value}, which is not set")
+            else:
+                account_env[setting.name] = env[value]
+        elif key in ACCOUNT_SETTINGS:
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                problems.append(f"{key} must be a string or a number, got {type(value).__name__}")
+            else:
+                account_env[ACCOUNT_SETTINGS[key].name] = str(value)
+        elif any(BY_NAME[var].field == key for var in DEPLOYMENT_VARS):
+            var = next(var for var in DEPLOYMENT_VARS if BY_NAME[var].field == key)
+            problems.append(f"{key} is set for the whole deployment, not per account: set {var} instead")
+        else:
+            allowed = sorted(k + ("_env" if s.secret else "") for k, s in ACCOUNT_SETTINGS.items())
+            problems.append(f"unknown key {_shown(key)}; allowed: {', '.join(allowed)}")
+    if problems:
+        raise ConfigError(f"{where}: " + "; ".join(problems))
+    return account_env
+
+
+def accounts_file(env: Mapping[str, str]) -> Path | None:
+    """``JOOR_ACCOUNTS_FILE`` as a path, None when unset."""
+    raw = _clean(env, "JOOR_ACCOUNTS_FILE")
+    return Path(raw).expanduser() if raw else None
+
+
+def account_environments(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """Each configured account's ``JOOR_*`` variables, by name, in the file's order (not validated yet).
+
+    Without ``JOOR_ACCOUNTS_FILE``: one account, ``default``, the ``JOOR_*`` variables themselves. With it: one per
+    ``[accounts.<name>]`` table (ConfigError naming the file, the account and the key for anything wrong in it).
+    """
+    path = accounts_file(env)
+    if path is None:
+        return {DEFAULT_ACCOUNT: dict(env)}
+    import tomllib
+
     try:
-        load_settings(env)
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"JOOR_ACCOUNTS_FILE {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"JOOR_ACCOUNTS_FILE {path} cannot be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"JOOR_ACCOUNTS_FILE {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(document) - {"accounts"})
+    if unknown:
+        raise ConfigError(f"{path}: only [accounts.<name>] tables belong here, found {', '.join(unknown)}")
+    accounts = document.get("accounts")
+    if not isinstance(accounts, dict) or not accounts:
+        raise ConfigError(f"{path} lists no account: add an [accounts.<name>] table for each JOOR account")
+    return {name: _account_env(env, path, name, table) for name, table in accounts.items()}
+
+
+def load_accounts(env: Mapping[str, str]) -> dict[str, JoorSettings]:
+    """Every configured account's validated settings, by name (see :func:`account_environments`)."""
+    path = accounts_file(env)
+    found: dict[str, JoorSettings] = {}
+    for name, account_env in account_environments(env).items():
+        if path is None:
+            found[name] = load_settings(account_env)
+            continue
+        try:
+            found[name] = load_settings(account_env)
+        except ConfigError as exc:
+            raise ConfigError(_account_message(str(exc), f"{path} [accounts.{name}]")) from None
+    return found
+
+
+def account_names(env: Mapping[str, str]) -> list[str]:
+    """The configured account names (checked, settings not validated): ``['default']`` without a file."""
+    return list(account_environments(env))
+
+
+def load_account(env: Mapping[str, str], account: str) -> JoorSettings:
+    """One account's validated settings; a UnknownAccount error listing the configured names."""
+    environments = account_environments(env)
+    if account not in environments:
+        raise UnknownAccount(account, list(environments))
+    path = accounts_file(env)
+    try:
+        return load_settings(environments[account])
+    except ConfigError as exc:
+        if path is None:
+            raise
+        raise ConfigError(_account_message(str(exc), f"{path} [accounts.{account}]")) from None
+
+
+class UnknownAccount(ConfigError):
+    """An account name that is not configured."""
+
+    def __init__(self, account: str, known: list[str]) -> None:
+        self.account = account
+        self.known = known
+        super().__init__(f"unknown account {_shown(account)}; configured: {', '.join(known)}")
+
+
+def configuration_problem(env: Mapping[str, str]) -> str | None:
+    """What is wrong with the JOOR settings in ``env`` (one line), or None: for a UI that must load regardless.
+
+    With an accounts file, every account is checked (and the file itself)."""
+    try:
+        load_accounts(env)
     except ConfigError as exc:
         return str(exc)
     return None

@@ -9,6 +9,7 @@ import dagster as dg
 
 from joor_pipeline.assets.joor import joor_raw_connections, joor_tables
 from joor_pipeline.assets.models import joor_models
+from joor_pipeline.assets.partitions import ACCOUNTS, partition_key
 from joor_pipeline.assets.resources import resources_from_env
 from joor_pipeline.config import configuration_problem
 
@@ -28,10 +29,14 @@ joor_daily_job = dg.define_asset_job(
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.STOPPED,
 )
-def joor_daily_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    """Every morning (UTC), the current day's snapshot: JOOR serves only the present state."""
-    day = (context.scheduled_execution_time or datetime.now(UTC)).astimezone(UTC).date().isoformat()
-    return dg.RunRequest(run_key=day, partition_key=day)
+def joor_daily_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
+    """Every morning (UTC), the current day's snapshot of every account, one run each (JOOR serves only the present
+    state; the instance runs one account's runs one at a time, different accounts side by side)."""
+    day = (context.scheduled_execution_time or datetime.now(UTC)).astimezone(UTC).date()
+    return [
+        dg.RunRequest(run_key=f"{account}|{day.isoformat()}", partition_key=partition_key(account, day))
+        for account in ACCOUNTS
+    ]
 
 
 def _fetch_asset(problem: str | None) -> dg.AssetsDefinition:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from joor_pipeline import __version__
-from joor_pipeline.config import JoorSettings, Secret
+from joor_pipeline.config import DEFAULT_ACCOUNT, JoorSettings, Secret
 from joor_pipeline.joor.client import ClientStats, JoorClient
 from joor_pipeline.storage.raw import open_raw_snapshot, raw_snapshot_dir
 
@@ -79,6 +79,7 @@ class FetchReport:
     finished_at: datetime
     stats: ClientStats
     manifest: dict[str, Any] = field(repr=False)
+    account: str = DEFAULT_ACCOUNT
 
     @property
     def duration_seconds(self) -> float:
@@ -93,6 +94,7 @@ def fetch_snapshot(
     progress: FetchProgress | None = None,
     concurrency: int | None = None,
     on_wait: FetchWait | None = None,
+    account: str = DEFAULT_ACCOUNT,
 ) -> FetchReport:
     """Land every connection page for ``snapshot_date``, replacing that snapshot atomically.
 
@@ -114,7 +116,8 @@ def fetch_snapshot(
 
     # closing(): a failure while landing stops the page requests still in flight before the snapshot is discarded.
     pages = closing(client.iter_connection_pages(concurrency=concurrency, canonical=False, on_wait=waiting))
-    with open_raw_snapshot(data_dir, snapshot_date, settings.format) as writer, pages as fetched_pages:
+    raw = open_raw_snapshot(data_dir, snapshot_date, settings.format, account=account)
+    with raw as writer, pages as fetched_pages:
         for fetched in fetched_pages:
             count = len(fetched.page.connections)
             writer.add_page(
@@ -149,7 +152,7 @@ def fetch_snapshot(
         )
     return FetchReport(
         snapshot_date=snapshot_date,
-        path=raw_snapshot_dir(data_dir, snapshot_date),
+        path=raw_snapshot_dir(data_dir, snapshot_date, account=account),
         pages=len(writer.pages),
         connections=connections,
         log_ids=log_ids,
@@ -160,4 +163,5 @@ def fetch_snapshot(
         finished_at=finished_at,
         stats=stats,
         manifest=manifest,
+        account=account,
     )

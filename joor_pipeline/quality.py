@@ -21,6 +21,7 @@ from typing import Any, Final, Literal
 
 import duckdb
 
+from joor_pipeline.config import DEFAULT_ACCOUNT
 from joor_pipeline.flatten import TABLES
 from joor_pipeline.storage.parquet import StagedFlatten, partition_rows, published_dates, published_files
 from joor_pipeline.storage.recount import RawRecount, raw_recount
@@ -138,9 +139,9 @@ def partition_issues(
     return [Issue(*row) for row in rows]
 
 
-def raw_counts(data_dir: Path, snapshot_date: date) -> dict[str, int]:
+def raw_counts(data_dir: Path, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> dict[str, int]:
     """Rows each table should hold, counted from the raw pages (see :func:`raw_recount`)."""
-    return raw_recount(data_dir, snapshot_date).counts
+    return raw_recount(data_dir, snapshot_date, account=account).counts
 
 
 def _sample(issues: list[Issue]) -> list[dict[str, Any]]:
@@ -169,6 +170,8 @@ def check_partition(
     snapshot_date: date,
     recount: RawRecount | None = None,
     checks: Sequence[tuple[str, Check]] = CHECKS,
+    *,
+    account: str = DEFAULT_ACCOUNT,
 ) -> list[CheckOutcome]:
     """Every check on one snapshot's partition, given each table's ``files`` (staged or published). The raw
     snapshot and the previous published partition come from ``data_dir``; ``recount`` is the raw snapshot's,
@@ -181,7 +184,7 @@ def check_partition(
             if issue.table_name == table and issue.rule in check.rules:
                 by_check.setdefault((table, check.name), []).append(issue)
     if recount is None:
-        recount = raw_recount(data_dir, snapshot_date)
+        recount = raw_recount(data_dir, snapshot_date, account=account)
     expected = recount.counts
     actual = parquet_counts(files)
 
@@ -200,11 +203,11 @@ def check_partition(
                 shown = ", ".join(map(str, conflicting[:5]))
                 detail += f"; {len(conflicting)} customer_account_id(s) shared by different connections, e.g. {shown}"
         elif check.name == "row_count_steady":
-            previous = previous_partition(data_dir, table, snapshot_date)
+            previous = previous_partition(data_dir, table, snapshot_date, account=account)
             if previous is None:
                 passed, metadata = True, {"previous_snapshot": "none"}
             else:
-                before = partition_rows(published_files(data_dir, table, previous))
+                before = partition_rows(published_files(data_dir, table, previous, account=account))
                 change = (actual[table] - before) / before if before else (0.0 if not actual[table] else 1.0)
                 passed = abs(change) <= SHARP_CHANGE
                 detail = f"{before} rows on {previous}, {actual[table]} now"
@@ -231,18 +234,24 @@ def parquet_counts(files: Mapping[str, Sequence[Path]]) -> dict[str, int]:
     return {table: partition_rows(list(files[table])) for table in TABLES}
 
 
-def published_counts(data_dir: Path, snapshot_date: date) -> dict[str, int]:
-    """Rows each table's published partition of ``snapshot_date`` holds."""
-    return parquet_counts({table: published_files(data_dir, table, snapshot_date) for table in TABLES})
+def published_counts(data_dir: Path, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> dict[str, int]:
+    """Rows each table's published partition of ``snapshot_date`` of ``account`` holds."""
+    return parquet_counts({table: published_files(data_dir, table, snapshot_date, account=account) for table in TABLES})
 
 
-def previous_partition(data_dir: Path, table: str, snapshot_date: date) -> date | None:
-    """The latest snapshot date before ``snapshot_date`` that ``table`` has a published partition for."""
-    return max((day for day in published_dates(data_dir, table) if day < snapshot_date), default=None)
+def previous_partition(
+    data_dir: Path, table: str, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT
+) -> date | None:
+    """The latest snapshot date before ``snapshot_date`` that ``table`` has a published partition for (same account)."""
+    days = published_dates(data_dir, table, account=account)
+    return max((day for day in days if day < snapshot_date), default=None)
 
 
 def blocking_failures(data_dir: Path, staged: StagedFlatten) -> list[str]:
     """The failed blocking checks of a staged flatten, in words: the audit of ``flatten_snapshot``."""
     files = {table: staged.files(table) for table in TABLES}
-    outcomes = check_partition(data_dir, files, staged.report.snapshot_date, staged.raw_recount, BLOCKING_CHECKS)
+    report = staged.report
+    outcomes = check_partition(
+        data_dir, files, report.snapshot_date, staged.raw_recount, BLOCKING_CHECKS, account=report.account
+    )
     return [outcome.describe() for outcome in outcomes if outcome.blocks]

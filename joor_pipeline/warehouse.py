@@ -6,13 +6,14 @@ after it, and views refer to ``joor.<schema>.<name>``), lets dbt run there, chec
 ``joor.duckdb``. A reader's open read-only connection keeps the file it opened; a new connection sees the new
 build; a failed build leaves the published warehouse exactly as it was. Builds are serialised by a lock file.
 
-Incremental by snapshot date: the warehouse records, per published date, the ``publication_id`` it was built
-from (``joor_meta.publications``). A build processes exactly the dates whose id changed (new, republished or
-withdrawn), which it writes into ``joor_meta.refresh_dates`` for the incremental models to delete then insert.
+Incremental by partition, an (account, snapshot date) pair: the warehouse records, per published partition, the
+``publication_id`` it was built from (``joor_meta.publications``). A build processes exactly the partitions whose
+id changed (new, republished or withdrawn), which it writes into ``joor_meta.refresh_dates`` (with their
+``partition_key``, ``account/YYYY-MM-DD``) for the incremental models to delete then insert.
 So a daily build reads one day of Parquet whatever the history, a backfill of N dates builds once, and dates
 may arrive in any order. The sources (schema ``published``) are views over exactly the ``published_files`` of
-those dates plus the latest date (which the "latest snapshot" marts read); once built, they are narrowed to the
-latest date, so the ``stg_*`` views of the published warehouse show the latest snapshot.
+those partitions plus each account's latest date (which the "latest snapshot" marts read); once built, they are
+narrowed to each account's latest date, so the ``stg_*`` views of the published warehouse show the latest snapshot.
 
 A full refresh (asked for, or when the warehouse is missing, unreadable or built by a different dbt project)
 starts from an empty file and processes every published date. DuckDB's ``memory_limit`` and ``temp_directory``
@@ -41,12 +42,16 @@ import pyarrow.parquet as pq
 
 from joor_pipeline.flatten.schema import TABLES, arrow_schema
 from joor_pipeline.joor.errors import JoorError
-from joor_pipeline.storage.parquet import PARQUET_DIR, publication_id, published_dates, published_files
+from joor_pipeline.storage.migrate import migrate_legacy_layout
+from joor_pipeline.storage.parquet import PARQUET_DIR, publication_id, published_files, published_partitions
 
 if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
+
+#: One published partition of the ten tables: (account, snapshot date).
+Partition = tuple[str, date]
 
 DBT_PROJECT_DIR: Final = Path(__file__).resolve().parent / "dbt_project"
 DATABASE_FILE: Final = "joor.duckdb"
@@ -130,25 +135,28 @@ def contract_file(data_dir: Path, table: str) -> Path:
     return path
 
 
-def source_view_sql(data_dir: Path, table: str, snapshot_dates: Sequence[date]) -> str:
-    """The ``published.<table>`` view over exactly the published files of ``snapshot_dates``."""
-    return files_view_sql(
-        data_dir, table, [path for day in sorted(snapshot_dates) for path in published_files(data_dir, table, day)]
-    )
+def source_view_sql(data_dir: Path, table: str, partitions: Sequence[Partition]) -> str:
+    """The ``published.<table>`` view over exactly the published files of ``partitions`` (account, date)."""
+    files = [
+        path for account, day in sorted(partitions) for path in published_files(data_dir, table, day, account=account)
+    ]
+    return files_view_sql(data_dir, table, files)
 
 
 def files_view_sql(data_dir: Path, table: str, files: Sequence[Path]) -> str:
     """A ``published.<table>`` view: the contract file, then exactly ``files`` (e.g. a staged partition's).
 
     The file paths come from the publish manifests, never from user text; they are the one place a value is
-    written into SQL, as quoted literals. The ``snapshot_date=`` directory is authoritative for the date.
+    written into SQL, as quoted literals. The ``account=`` and ``snapshot_date=`` directories are authoritative
+    (a file written before the ``account`` column existed takes its account from its directory).
     """
     contract = _sql_string(str(contract_file(data_dir, table)))
     body = f"select * from read_parquet({contract})"
     if files:
         listed = ", ".join(_sql_string(str(f)) for f in files)
         body += (
-            "\nunion all by name\nselect * replace (cast(snapshot_date as date) as snapshot_date)\n"
+            "\nunion all by name\n"
+            "select * replace (cast(account as varchar) as account, cast(snapshot_date as date) as snapshot_date)\n"
             f"from read_parquet([{listed}], hive_partitioning = true, union_by_name = true)"
         )
     return f"create or replace view {SOURCE_SCHEMA}.{_identifier(table)} as\n{body}"
@@ -165,11 +173,22 @@ class BuildPlan:
     memory_limit: str
     full_refresh: bool
     reason: str
-    published: dict[date, str]
-    refresh_dates: list[date]
-    latest_date: date
+    published: dict[Partition, str]
+    #: The (account, snapshot date) partitions this build processes.
+    refresh_partitions: list[Partition]
+    #: Each account's latest published snapshot date.
+    latest_dates: dict[str, date]
     batch_dates: int = BATCH_DATES
     started: float = field(default_factory=time.monotonic)
+
+    @property
+    def refresh_dates(self) -> list[date]:
+        """The snapshot dates of the partitions this build processes (of any account)."""
+        return sorted({day for _account, day in self.refresh_partitions})
+
+    @property
+    def latest_partitions(self) -> set[Partition]:
+        return set(self.latest_dates.items())
 
     def dbt_vars(self) -> dict[str, str]:
         """The profile's variables; constant for a data directory, so dbt's partial parse stays valid."""
@@ -185,17 +204,17 @@ class BuildPlan:
             "temp_directory": str(build_dir / "tmp"),
         }
 
-    def batches(self) -> Iterator[list[date]]:
-        """The refresh dates in batches of at most ``batch_dates``, the copy prepared for each as it comes.
+    def batches(self) -> Iterator[list[Partition]]:
+        """The refresh partitions in batches of at most ``batch_dates``, the copy prepared for each as it comes.
 
         Run dbt once per batch: a full refresh of a year is then a dozen builds of a month each, bounded in
         memory and temp space, instead of one query over every snapshot at once.
         """
-        dates = self.refresh_dates
-        for start in range(0, max(len(dates), 1), self.batch_dates):
-            batch = dates[start : start + self.batch_dates]
+        partitions = self.refresh_partitions
+        for start in range(0, max(len(partitions), 1), self.batch_dates):
+            batch = partitions[start : start + self.batch_dates]
             try:
-                _prepare(self, batch, sorted(set(batch) & self.published.keys() | {self.latest_date}))
+                _prepare(self, batch, sorted(set(batch) & self.published.keys() | self.latest_partitions))
             except duckdb.Error as error:
                 raise WarehouseError(f"the published Parquet could not be read: {error}") from error
             yield batch
@@ -224,7 +243,7 @@ def _exclusive(path: Path, timeout: float | None) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _recorded(database: Path) -> tuple[dict[date, str], str | None]:
+def _recorded(database: Path) -> tuple[dict[Partition, str], str | None]:
     """The publications a warehouse was built from, and the dbt project hash that built it."""
     con = duckdb.connect(str(database))
     try:
@@ -234,27 +253,29 @@ def _recorded(database: Path) -> tuple[dict[date, str], str | None]:
         ).fetchone()
         if not found or found[0] < 2:
             return {}, None
-        publications = dict(
-            con.execute(f"select snapshot_date, publication_id from {META_SCHEMA}.publications").fetchall()
-        )
+        rows = con.execute(f"select account, snapshot_date, publication_id from {META_SCHEMA}.publications")
+        publications = {(account, day): pid for account, day, pid in rows.fetchall()}
         built_by = con.execute(f"select value from {META_SCHEMA}.build where key = 'project_hash'").fetchone()
         return publications, built_by[0] if built_by else None
     finally:
         con.close()
 
 
-def _prepare(plan: BuildPlan, batch: Sequence[date], dates: Sequence[date]) -> None:
-    """Write ``batch`` as the refresh dates and point the source views at exactly the published files of
-    ``dates``."""
+def _prepare(plan: BuildPlan, batch: Sequence[Partition], partitions: Sequence[Partition]) -> None:
+    """Write ``batch`` as the refresh partitions and point the source views at exactly the published files of
+    ``partitions``."""
     con = duckdb.connect(str(plan.database))
     try:
         for schema in (SOURCE_SCHEMA, META_SCHEMA):
             con.execute(f"create schema if not exists {schema}")
-        con.execute(f"create or replace table {META_SCHEMA}.refresh_dates (snapshot_date date primary key)")
-        for day in batch:
-            con.execute(f"insert into {META_SCHEMA}.refresh_dates values (?)", [day])
+        con.execute(
+            f"create or replace table {META_SCHEMA}.refresh_dates "
+            "(account varchar, snapshot_date date, partition_key varchar primary key)"
+        )
+        for account, day in batch:
+            con.execute(f"insert into {META_SCHEMA}.refresh_dates values (?, ?, ?)", [account, day, f"{account}/{day}"])
         for table in TABLES:
-            con.execute(source_view_sql(plan.data_dir, table, dates))
+            con.execute(source_view_sql(plan.data_dir, table, partitions))
     finally:
         con.close()
 
@@ -267,12 +288,15 @@ def _finish(plan: BuildPlan) -> None:
         for schema in (SOURCE_SCHEMA, META_SCHEMA):
             con.execute(f"create schema if not exists {schema}")
         for table in TABLES:
-            con.execute(source_view_sql(plan.data_dir, table, [plan.latest_date]))
+            con.execute(source_view_sql(plan.data_dir, table, sorted(plan.latest_partitions)))
         con.execute(
             f"create or replace table {META_SCHEMA}.publications "
-            "(snapshot_date date primary key, publication_id varchar)"
+            "(account varchar, snapshot_date date, publication_id varchar, primary key (account, snapshot_date))"
         )
-        con.executemany(f"insert into {META_SCHEMA}.publications values (?, ?)", sorted(plan.published.items()))
+        con.executemany(
+            f"insert into {META_SCHEMA}.publications values (?, ?, ?)",
+            [[account, day, pid] for (account, day), pid in sorted(plan.published.items())],
+        )
         con.execute(f"create or replace table {META_SCHEMA}.build (key varchar primary key, value varchar)")
         con.executemany(
             f"insert into {META_SCHEMA}.build values (?, ?)",
@@ -311,21 +335,25 @@ def warehouse_build(
     """
     data_dir = data_dir.resolve()
     work = work_dir(data_dir)
+    migrate_legacy_layout(data_dir)
     with _exclusive(work / "build.lock", lock_timeout):
-        dates = published_dates(data_dir)
-        if not dates:
+        partitions = published_partitions(data_dir)
+        if not partitions:
             raise WarehouseError(
                 f"no published snapshot under {data_dir / PARQUET_DIR}: flatten one first "
                 "(materialize the ten table assets, or `joor-pipeline run`)"
             )
-        published = {day: publication_id(data_dir, day) or "" for day in dates}
+        published = {key: publication_id(data_dir, key[1], account=key[0]) or "" for key in partitions}
+        latest_dates: dict[str, date] = {}
+        for account, day in partitions:
+            latest_dates[account] = max(day, latest_dates.get(account, day))
         build_dir = work / "build"
         if build_dir.exists():
             shutil.rmtree(build_dir)
         (build_dir / "tmp").mkdir(parents=True)
         database = build_dir / DATABASE_FILE
         current = database_path(data_dir)
-        recorded: dict[date, str] = {}
+        recorded: dict[Partition, str] = {}
         reason = "asked for"
         if not full_refresh:
             if not current.is_file():
@@ -345,7 +373,7 @@ def warehouse_build(
                 stale.unlink(missing_ok=True)
             recorded = {}
         refresh = sorted(
-            {day for day, pid in published.items() if recorded.get(day) != pid} | (recorded.keys() - published.keys())
+            {key for key, pid in published.items() if recorded.get(key) != pid} | (recorded.keys() - published.keys())
         )
         plan = BuildPlan(
             data_dir=data_dir,
@@ -356,14 +384,14 @@ def warehouse_build(
             full_refresh=full_refresh,
             reason=reason if full_refresh else "incremental",
             published=published,
-            refresh_dates=refresh,
-            latest_date=dates[-1],
+            refresh_partitions=refresh,
+            latest_dates=latest_dates,
             batch_dates=batch_dates,
         )
         log.info(
-            "building the warehouse on %d snapshot date(s) of %d published (%s)",
+            "building the warehouse on %d partition(s) (account, snapshot date) of %d published (%s)",
             len(refresh),
-            len(dates),
+            len(partitions),
             plan.reason,
         )
         yield plan
@@ -466,10 +494,15 @@ def manifest_path() -> Path:
 class BuildReport:
     """What a build did."""
 
-    refresh_dates: list[date]
+    refresh_partitions: list[Partition]
     full_refresh: bool
     reason: str
     seconds: float
+
+    @property
+    def refresh_dates(self) -> list[date]:
+        """The snapshot dates of the partitions the build processed (of any account)."""
+        return sorted({day for _account, day in self.refresh_partitions})
 
 
 def build_warehouse(
@@ -490,7 +523,7 @@ def build_warehouse(
     ) as plan:
         for _batch in plan.batches():
             run_dbt(plan.dbt_args(), plan.target_dir)
-    return BuildReport(plan.refresh_dates, plan.full_refresh, plan.reason, time.monotonic() - plan.started)
+    return BuildReport(plan.refresh_partitions, plan.full_refresh, plan.reason, time.monotonic() - plan.started)
 
 
 def default_data_dir() -> Path:
@@ -511,7 +544,7 @@ def read(name: str, data_dir: Path | None = None) -> pd.DataFrame:
     if name in TABLES:
         con = duckdb.connect()
         try:
-            sql = source_view_sql(data_dir, name, published_dates(data_dir, name))
+            sql = source_view_sql(data_dir, name, published_partitions(data_dir, name))
             con.execute(f"create schema {SOURCE_SCHEMA}")
             con.execute(sql)
             arrow = con.sql(f"select * from {SOURCE_SCHEMA}.{_identifier(name)}").to_arrow_table()

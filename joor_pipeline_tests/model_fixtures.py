@@ -20,9 +20,9 @@ Row = dict[str, Any]
 CHILD_TABLES = tuple(name for name, spec in TABLES.items() if spec.is_child)
 
 
-def partition_path(root: Path, table: str, snapshot_date: date) -> Path:
-    """Where the flattener writes one table's partition of one snapshot."""
-    return root / table / f"snapshot_date={snapshot_date.isoformat()}" / "part-00000.parquet"
+def partition_path(root: Path, table: str, snapshot_date: date, account: str = "default") -> Path:
+    """Where the flattener writes one table's partition of one account's snapshot."""
+    return root / table / f"account={account}" / f"snapshot_date={snapshot_date.isoformat()}" / "part-00000.parquet"
 
 
 def table_of(table: str, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
@@ -35,9 +35,11 @@ def table_of(table: str, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in rows], schema=schema)
 
 
-def write_table(root: Path, table: str, snapshot_date: date, rows: Sequence[Mapping[str, Any]]) -> Path:
+def write_table(
+    root: Path, table: str, snapshot_date: date, rows: Sequence[Mapping[str, Any]], account: str = "default"
+) -> Path:
     """Write one partition file (zstd, as the flattener does)."""
-    path = partition_path(root, table, snapshot_date)
+    path = partition_path(root, table, snapshot_date, account)
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table_of(table, rows), path, compression="zstd")
     return path
@@ -141,10 +143,16 @@ def clean_retailer(account_id: int, code: str) -> Retailer:
 
 
 def snapshot_rows(
-    retailers: Sequence[Retailer], snapshot_date: date, *, log_id: str | None = None, source_page: int = 0
+    retailers: Sequence[Retailer],
+    snapshot_date: date,
+    *,
+    log_id: str | None = None,
+    source_page: int = 0,
+    account: str = "default",
 ) -> dict[str, list[Row]]:
     """The rows of every table for one snapshot, with ordinals from list positions (per address_type)."""
     provenance: Row = {
+        "account": account,
         "snapshot_date": snapshot_date,
         "source_page": source_page,
         "log_id": log_id or f"log-{snapshot_date.isoformat()}",
@@ -170,11 +178,12 @@ def write_snapshot(
     *,
     log_id: str | None = None,
     source_page: int = 0,
+    account: str = "default",
 ) -> None:
     """Write every table of the contract for one snapshot (a table without rows gets an empty file)."""
-    rows = snapshot_rows(retailers, snapshot_date, log_id=log_id, source_page=source_page)
+    rows = snapshot_rows(retailers, snapshot_date, log_id=log_id, source_page=source_page, account=account)
     for table, table_rows in rows.items():
-        write_table(root, table, snapshot_date, table_rows)
+        write_table(root, table, snapshot_date, table_rows, account)
 
 
 def parquet_root(data_dir: Path) -> Path:

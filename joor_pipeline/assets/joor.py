@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from joor_pipeline.assets.logs import forward_logs
-from joor_pipeline.assets.partitions import daily_partitions
+from joor_pipeline.assets.partitions import partition_of, snapshot_partitions
 from joor_pipeline.assets.resources import DataDirResource, JoorApiResource
 from joor_pipeline.flatten import TABLES
 from joor_pipeline.flatten.schema import REQ_IF_STATE_COUNTRY, REQ_YES
@@ -22,7 +22,6 @@ from joor_pipeline.storage.parquet import published_files, stage_snapshot
 from joor_pipeline.storage.raw import MANIFEST_NAME, raw_snapshot_dir, read_manifest
 
 RAW_ASSET: Final = "joor_raw_connections"
-JOOR_API_POOL: Final = "joor_api"
 PREVIEW_ROWS: Final = 5
 LOG_IDS_SHOWN: Final = 20
 #: The run tag Dagster sets on every run of a backfill.
@@ -41,31 +40,36 @@ class FetchConfig(dg.Config):
     """Past dates (YYYY-MM-DD) that may receive today's JOOR state, each named explicitly (for a backfill)."""
 
 
-def _partition_date(context: dg.AssetExecutionContext) -> date:
-    return date.fromisoformat(context.partition_key)
+def _partition(context: dg.AssetExecutionContext) -> tuple[str, date]:
+    """(account, snapshot date) of the run's partition."""
+    return partition_of(context.partition_key)
 
 
 @dg.asset(
     name=RAW_ASSET,
-    partitions_def=daily_partitions,
+    partitions_def=snapshot_partitions,
     group_name="joor_raw",
     kinds={"python", "json"},
-    pool=JOOR_API_POOL,
-    description="Every JOOR connection page of the day, landed exactly as received, with a manifest.",
+    # No pool: one account's runs never overlap (run-tag concurrency on dagster/partition/account, see
+    # dagster_home.example/dagster.yaml), and each account has its own JOOR credit budget.
+    description="Every JOOR connection page of the account's day, landed exactly as received, with a manifest.",
 )
 def joor_raw_connections(
     context: dg.AssetExecutionContext, config: FetchConfig, joor: JoorApiResource, storage: DataDirResource
 ) -> dg.MaterializeResult:  # type: ignore[type-arg]
     """Land the raw snapshot of the partition's date (JOOR serves only the current state: see FetchConfig)."""
-    snapshot_date = _partition_date(context)
+    account, snapshot_date = _partition(context)
     data_dir = storage.path
     today = datetime.now(UTC).date()
-    existing = (raw_snapshot_dir(data_dir, snapshot_date) / MANIFEST_NAME).is_file()
+    existing = (raw_snapshot_dir(data_dir, snapshot_date, account=account) / MANIFEST_NAME).is_file()
     if snapshot_date < today and not config.refetch:
         if existing:
-            manifest = read_manifest(data_dir, snapshot_date)
+            manifest = read_manifest(data_dir, snapshot_date, account=account)
             context.log.info(
-                "kept the raw snapshot of %s fetched at %s", snapshot_date, manifest.get("fetch_started_at")
+                "kept the raw snapshot of %s of account %s fetched at %s",
+                snapshot_date,
+                account,
+                manifest.get("fetch_started_at"),
             )
             return dg.MaterializeResult(metadata={**_manifest_metadata(manifest), "reused_existing_snapshot": True})
         listed = snapshot_date.isoformat() in config.backdated_dates
@@ -84,7 +88,7 @@ def joor_raw_connections(
                     "run config to do it anyway."
                 )
             )
-    settings = joor.settings(data_dir)
+    settings = joor.settings(data_dir, account=account)
     pages_logged = 0
 
     def progress(pages: int, connections: int) -> None:
@@ -93,11 +97,15 @@ def joor_raw_connections(
             pages_logged = pages
             context.log.info("fetched %d pages, %d connections", pages, connections)
 
-    with forward_logs(context), joor.client() as client:
+    with forward_logs(context), joor.client(account=account) as client:
         context.log.info(
-            "fetching connections from %s (%s, %s)", settings.target, settings.api_version, settings.format
+            "fetching connections of account %s from %s (%s, %s)",
+            account,
+            settings.target,
+            settings.api_version,
+            settings.format,
         )
-        report = fetch_snapshot(client, data_dir, snapshot_date, progress=progress)
+        report = fetch_snapshot(client, data_dir, snapshot_date, progress=progress, account=account)
     context.log.info("landed %d connections in %d pages at %s", report.connections, report.pages, report.path)
     return dg.MaterializeResult(metadata={**_manifest_metadata(report.manifest), "reused_existing_snapshot": False})
 
@@ -135,7 +143,7 @@ def _check_specs() -> list[dg.AssetCheckSpec]:
                 asset=table,
                 blocking=check.blocking,
                 description=check.description,
-                partitions_def=daily_partitions,
+                partitions_def=snapshot_partitions,
             )
             for table, check in CHECKS
         ]
@@ -223,12 +231,12 @@ def check_result(outcome: CheckOutcome) -> dg.AssetCheckResult:
         for table in TABLES
     ],
     check_specs=_check_specs(),
-    partitions_def=daily_partitions,
+    partitions_def=snapshot_partitions,
 )
 def joor_tables(context: dg.AssetExecutionContext, storage: DataDirResource) -> Iterator[Any]:
     """Flatten the partition's raw snapshot into staging, check it there, and publish it only if the blocking
     checks pass (the previous partition and the models stay as they were otherwise)."""
-    snapshot_date = _partition_date(context)
+    account, snapshot_date = _partition(context)
     data_dir = storage.path
     last_logged = 0
 
@@ -238,29 +246,35 @@ def joor_tables(context: dg.AssetExecutionContext, storage: DataDirResource) -> 
             last_logged = done
             context.log.info("flattened %d/%d pages, %d connections", done, total, connections)
 
-    with stage_snapshot(data_dir, snapshot_date, progress=progress, workers=storage.workers()) as staged:
+    with stage_snapshot(
+        data_dir, snapshot_date, progress=progress, workers=storage.workers(), account=account
+    ) as staged:
         report = staged.report
         if report.workers > 1:
             context.log.info("flattened by %d worker processes (one file per table each)", report.workers)
         files = {table: staged.files(table) for table in TABLES}
-        outcomes = check_partition(data_dir, files, snapshot_date, staged.raw_recount)
+        outcomes = check_partition(data_dir, files, snapshot_date, staged.raw_recount, account=account)
         results = [check_result(outcome) for outcome in outcomes]
         failures = [outcome.describe() for outcome in outcomes if outcome.blocks]
         if failures:
-            kept = staged.quarantine({"snapshot_date": snapshot_date.isoformat(), "failed_checks": failures})
+            reason = {"account": account, "snapshot_date": snapshot_date.isoformat(), "failed_checks": failures}
+            kept = staged.quarantine(reason)
             yield from results
             raise dg.Failure(
                 description=(
-                    f"blocking check(s) failed on the flatten of {snapshot_date}: {'; '.join(failures)}. Nothing "
+                    f"blocking check(s) failed on the flatten of {snapshot_date} of account {account}: "
+                    f"{'; '.join(failures)}. Nothing "
                     f"was published: the previous tables of that date and the models are unchanged. The staged "
                     f"tables are kept in {kept}"
                 )
             )
         staged.publish()
-    context.log.info("published the ten tables of %s (publication %s)", snapshot_date, report.publication_id)
+    context.log.info(
+        "published the ten tables of %s of account %s (publication %s)", snapshot_date, account, report.publication_id
+    )
     stats = report.stats
     for table in TABLES:
-        data = _first_rows(published_files(data_dir, table, snapshot_date))
+        data = _first_rows(published_files(data_dir, table, snapshot_date, account=account))
         unknown = {k: v for k, v in stats.unknown_fields.items() if k.startswith(f"{table}.")}
         problems = {k: v for k, v in stats.coercion_problems.items() if k.startswith(f"{table}.")}
         yield dg.MaterializeResult(

@@ -125,16 +125,17 @@ def joor_models(context: dg.AssetExecutionContext, storage: DataDirResource) -> 
     manifest = _manifest(MANIFEST)
     try:
         with warehouse_build(storage.path) as plan:
+            refresh = plan.refresh_partitions
             context.log.info(
-                "dbt build on %d snapshot date(s) (%s): %s",
-                len(plan.refresh_dates),
+                "dbt build on %d partition(s) (account/snapshot date) (%s): %s",
+                len(refresh),
                 plan.reason,
-                ", ".join(d.isoformat() for d in plan.refresh_dates[:10])
-                + (" …" if len(plan.refresh_dates) > 10 else ""),
+                ", ".join(f"{account}/{day.isoformat()}" for account, day in refresh[:10])
+                + (" …" if len(refresh) > 10 else ""),
             )
             for batch in plan.batches():
-                if len(plan.refresh_dates) > len(batch):
-                    context.log.info("dbt build on %s to %s", batch[0], batch[-1])
+                if len(refresh) > len(batch):
+                    context.log.info("dbt build on %s/%s to %s/%s", *batch[0], *batch[-1])
                 results = run_dbt(plan.dbt_args(), plan.target_dir)
     except DbtFailed as failed:
         yield from _events(context, manifest, failed.results, None, {})
@@ -143,7 +144,7 @@ def joor_models(context: dg.AssetExecutionContext, storage: DataDirResource) -> 
         raise dg.Failure(description=str(error)) from None
     con = duckdb.connect(str(database_path(storage.path)), read_only=True)
     try:
-        extra = {"refreshed_snapshot_dates": len(plan.refresh_dates), "build": plan.reason}
+        extra = {"refreshed_partitions": len(plan.refresh_partitions), "build": plan.reason}
         yield from _events(context, manifest, results, con, extra)
     finally:
         con.close()

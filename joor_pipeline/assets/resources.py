@@ -19,12 +19,13 @@ import dagster as dg
 from pydantic import Field
 
 from joor_pipeline.config import (
+    DEFAULT_ACCOUNT,
     SETTINGS,
     JoorSettings,
     Setting,
     check_data_dir,
     flatten_workers_setting,
-    load_settings,
+    load_account,
 )
 from joor_pipeline.joor.client import JoorClient
 from joor_pipeline.pipeline import connect
@@ -64,17 +65,25 @@ class JoorApiResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         """The set fields as ``JOOR_*`` variables."""
         return _environ(self, JOOR_FIELDS)
 
-    def settings(self, data_dir: Path | None = None) -> JoorSettings:
-        """Validated settings (raises ConfigError naming the variable, or saying what to set)."""
+    def settings(self, data_dir: Path | None = None, *, account: str = DEFAULT_ACCOUNT) -> JoorSettings:
+        """Validated settings of ``account`` (raises ConfigError naming the variable or the file's key, or saying
+        what to set).
+
+        Without an accounts file, the fields are the one account ``default``. With one (the ``accounts_file``
+        field), the account's table is read now, at run time, and its secrets from the environment variables it
+        names: they never pass through Dagster's config or metadata.
+        """
         env = self.environ()
+        if self.accounts_file is not None:  # type: ignore[attr-defined]
+            env = {**os.environ, **env}
         if data_dir is not None:
             env["JOOR_DATA_DIR"] = str(data_dir)
-        return load_settings(env)
+        return load_account(env, account)
 
     @contextmanager
-    def client(self) -> Iterator[JoorClient]:
-        """A client for the configured JOOR (or the built-in sandbox, when asked for, for the block)."""
-        with connect(self.settings()) as client:
+    def client(self, *, account: str = DEFAULT_ACCOUNT) -> Iterator[JoorClient]:
+        """A client for the account's JOOR (or the built-in sandbox, when asked for, for the block)."""
+        with connect(self.settings(account=account)) as client:
             yield client
 
 

@@ -23,8 +23,9 @@ import dagster as dg
 
 from joor_pipeline.assets.joor import joor_raw_connections, joor_tables
 from joor_pipeline.assets.models import joor_models
+from joor_pipeline.assets.partitions import partition_key
 from joor_pipeline.assets.resources import resources_from_values
-from joor_pipeline.config import raise_problems, read_setting
+from joor_pipeline.config import DEFAULT_ACCOUNT, raise_problems, read_setting
 from joor_pipeline.definitions import JOB_NAME, build_defs
 from joor_pipeline.joor.errors import ConfigError, JoorError
 from joor_pipeline.storage.raw import MANIFEST_NAME, raw_snapshot_dir
@@ -183,10 +184,15 @@ def _failure(event: dg.DagsterEvent) -> tuple[str, str]:
 
 
 def run_graph(
-    snapshot_date: date, environ: Mapping[str, str], *, allow_backdated: bool = False, debug: bool = False
+    snapshot_date: date,
+    environ: Mapping[str, str],
+    *,
+    allow_backdated: bool = False,
+    debug: bool = False,
+    account: str = DEFAULT_ACCOUNT,
 ) -> RunSummary:
-    """Materialize every asset (and run every check) for ``snapshot_date`` through Dagster, with ``environ``'s
-    settings, leaving ``os.environ`` as it is."""
+    """Materialize every asset (and run every check) for ``account``'s ``snapshot_date`` through Dagster, with
+    ``environ``'s settings, leaving ``os.environ`` as it is."""
     defs = build_defs(
         environ,
         resources=resources_from_values(environ),
@@ -199,7 +205,7 @@ def run_graph(
     }
     with open_instance(environ) as instance:
         result = job.execute_in_process(
-            partition_key=snapshot_date.isoformat(),
+            partition_key=str(partition_key(account, snapshot_date)),
             instance=instance,
             run_config=run_config,
             raise_on_error=False,
@@ -242,7 +248,14 @@ class RangeRefused(JoorError):
     """A date range asked for a date without a kept raw snapshot (a range is never back-dated)."""
 
 
-def run_range(start: date, end: date, environ: Mapping[str, str], *, debug: bool = False) -> RunSummary:
+def run_range(
+    start: date,
+    end: date,
+    environ: Mapping[str, str],
+    *,
+    debug: bool = False,
+    accounts: tuple[str, ...] = (DEFAULT_ACCOUNT,),
+) -> RunSummary:
     """Re-flatten and check the raw snapshot kept for each date from ``start`` to ``end``, then build the models once.
 
     Refused (:class:`RangeRefused`, naming the dates) when a date of the range has no raw snapshot: JOOR serves
@@ -255,7 +268,12 @@ def run_range(start: date, end: date, environ: Mapping[str, str], *, debug: bool
     data_dir = read_setting(environ, "JOOR_DATA_DIR", problems)  # a range never fetches: no JOOR account needed
     raise_problems(problems)
     days = [start + timedelta(days=n) for n in range((end - start).days + 1)]
-    missing = [d.isoformat() for d in days if not (raw_snapshot_dir(data_dir, d) / MANIFEST_NAME).is_file()]
+    missing = [
+        f"{d.isoformat()} (account {account})" if len(accounts) > 1 else d.isoformat()
+        for account in accounts
+        for d in days
+        if not (raw_snapshot_dir(data_dir, d, account=account) / MANIFEST_NAME).is_file()
+    ]
     if missing:
         raise RangeRefused(
             f"no raw snapshot kept for {', '.join(missing)} in {data_dir}: a range only re-flattens kept snapshots "
@@ -268,7 +286,9 @@ def run_range(start: date, end: date, environ: Mapping[str, str], *, debug: bool
     run_ids: list[str] = []
     run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "DEBUG"} if debug else {}}}}
     with open_instance(environ) as instance:
-        steps: list[tuple[str | None, list[dg.AssetKey]]] = [(day.isoformat(), table_keys) for day in days]
+        steps: list[tuple[str | None, list[dg.AssetKey]]] = [
+            (str(partition_key(account, day)), table_keys) for account in accounts for day in days
+        ]
         steps.append((None, list(joor_models.keys)))
         for partition_key, selection in steps:
             result = dg.materialize(

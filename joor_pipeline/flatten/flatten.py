@@ -28,6 +28,7 @@ from typing import Any, Final
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from joor_pipeline.config import DEFAULT_ACCOUNT
 from joor_pipeline.flatten.coerce import (
     INVALID,
     account_id_key,
@@ -354,9 +355,11 @@ class _PageFlattener:
                 if items:
                     rows.add_items(items, owner, self.stats)
 
-    def tables(self, snapshot_date: date) -> dict[str, pa.Table]:
+    def tables(self, snapshot_date: date, account: str = DEFAULT_ACCOUNT) -> dict[str, pa.Table]:
         """The ten Arrow tables of everything added."""
-        common = _Common(snapshot_date, pa.array(self.pages, type=pa.int32()), pa.array(self.log_ids, type=pa.string()))
+        common = _Common(
+            snapshot_date, pa.array(self.pages, type=pa.int32()), pa.array(self.log_ids, type=pa.string()), account
+        )
         ids = pa.array(self.ids, type=pa.int64())
         connections = _build(TABLES["connections"], [self.connections], common, self.stats, ids, None)
         owning = connections.select(["customer_account_id", "customer_code", "source_page", "log_id"])
@@ -379,6 +382,7 @@ class _Common:
     #: Per connection (in ``ids`` order): its page and log_id.
     source_pages: pa.Array
     log_ids: pa.Array
+    account: str = DEFAULT_ACCOUNT
 
 
 def _build(
@@ -420,6 +424,7 @@ def _build(
                 stats.coercion_problems[f"{spec.name}.{column.name}"] += len(bad)
 
     owners = pa.array(_concat([part.owners for part in parts]), type=pa.int32())
+    arrays["account"] = pa.repeat(pa.scalar(common.account, pa.string()), n)
     arrays["snapshot_date"] = pa.repeat(pa.scalar(common.snapshot_date, pa.date32()), n)
     if owning is None:
         arrays["customer_account_id"] = ids
@@ -500,6 +505,7 @@ def flatten_page(
     source_page: int,
     log_id: str | None,
     seen_account_ids: set[int] | None = None,
+    account: str = DEFAULT_ACCOUNT,
 ) -> FlatBatch:
     """Flatten one page of canonical connections into the ten tables of the contract.
 
@@ -507,7 +513,10 @@ def flatten_page(
     across pages (the first occurrence wins); it is updated in place. Without it, only this page is deduped.
     """
     return flatten_pages(
-        [(connections, source_page, log_id)], snapshot_date=snapshot_date, seen_account_ids=seen_account_ids
+        [(connections, source_page, log_id)],
+        snapshot_date=snapshot_date,
+        seen_account_ids=seen_account_ids,
+        account=account,
     )
 
 
@@ -516,6 +525,7 @@ def flatten_pages(
     *,
     snapshot_date: date,
     seen_account_ids: set[int] | None = None,
+    account: str = DEFAULT_ACCOUNT,
 ) -> FlatBatch:
     """Flatten several pages, each ``(connections, source_page, log_id)``, into one set of ten tables.
 
@@ -527,4 +537,4 @@ def flatten_pages(
     flattener = _PageFlattener(stats, set() if seen_account_ids is None else seen_account_ids)
     for connections, source_page, log_id in pages:
         flattener.add_page(connections, source_page, log_id)
-    return FlatBatch(flattener.tables(snapshot_date), stats, flattener.repeated)
+    return FlatBatch(flattener.tables(snapshot_date, account), stats, flattener.repeated)

@@ -5,7 +5,7 @@ read from (the first is the canonical name, the others are aliases seen in JOOR'
 the REQ and MAX columns of JOOR's field table, and a one-line description. The flattener compiles its field
 maps from these specs and ``docs/data-dictionary.md`` is rendered from them, so nothing is written twice.
 
-Every table starts with ``snapshot_date, customer_account_id, customer_code`` (child tables add ``ordinal``,
+Every table starts with ``account, snapshot_date, customer_account_id, customer_code`` (child tables add ``ordinal``,
 the 0-based position in the JOOR list) and ends with the provenance and drift columns ``source_page, log_id,
 extra, invalid_values``.
 """
@@ -120,6 +120,16 @@ def _string(name: str, source: str | tuple[str, ...], req: str, max_length: int 
 
 # --- columns every table shares ---------------------------------------------------------------------------
 
+ACCOUNT: Final = Column(
+    "account",
+    STRING,
+    (),
+    REQ_DERIVED,
+    None,
+    "The configured name of the JOOR account the snapshot was fetched from (the partition; `default` without "
+    "an accounts file).",
+    False,
+)
 SNAPSHOT_DATE: Final = Column(
     "snapshot_date", DATE, (), REQ_DERIVED, None, "The day the snapshot was fetched (the partition).", False
 )
@@ -171,12 +181,13 @@ PROVENANCE: Final[tuple[Column, ...]] = (
 
 #: Columns this pipeline derives rather than reads from a JOOR field of the row's own item.
 DERIVED_COLUMNS: Final = frozenset(
-    {"snapshot_date", "ordinal", "address_type", *(column.name for column in PROVENANCE)}
+    {"account", "snapshot_date", "ordinal", "address_type", *(column.name for column in PROVENANCE)}
 )
 
 
 def _connection_table() -> TableSpec:
     columns = (
+        ACCOUNT,
         SNAPSHOT_DATE,
         CUSTOMER_ACCOUNT_ID,
         CUSTOMER_CODE,
@@ -235,14 +246,14 @@ def _connection_table() -> TableSpec:
     return TableSpec(
         "connections",
         "One row per connection (a retailer account linked to the brand) in the snapshot.",
-        ("snapshot_date", "customer_account_id"),
+        ("account", "snapshot_date", "customer_account_id"),
         columns,
     )
 
 
 def _child_table(name: str, description: str, lists: tuple[ListSource, ...], fields: tuple[Column, ...]) -> TableSpec:
-    head: tuple[Column, ...] = (SNAPSHOT_DATE, _CHILD_ID, _CHILD_CODE)
-    key: tuple[str, ...] = ("snapshot_date", "customer_account_id", "ordinal")
+    head: tuple[Column, ...] = (ACCOUNT, SNAPSHOT_DATE, _CHILD_ID, _CHILD_CODE)
+    key: tuple[str, ...] = ("account", "snapshot_date", "customer_account_id", "ordinal")
     if name == "addresses":
         address_type = Column(
             "address_type",
@@ -254,7 +265,7 @@ def _child_table(name: str, description: str, lists: tuple[ListSource, ...], fie
             False,
         )
         head += (address_type,)
-        key = ("snapshot_date", "customer_account_id", "address_type", "ordinal")
+        key = ("account", "snapshot_date", "customer_account_id", "address_type", "ordinal")
     return TableSpec(name, description, key, (*head, ORDINAL, *fields, *PROVENANCE), lists)
 
 

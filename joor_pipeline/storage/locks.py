@@ -26,7 +26,10 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import IO, Final
 
+from joor_pipeline.config import DEFAULT_ACCOUNT
 from joor_pipeline.joor.errors import JoorError
+
+__all__ = ["DEFAULT_ACCOUNT", "SnapshotBusy", "account_key", "snapshot_lock"]
 
 WORK_DIR: Final = Path("_work")
 LOCKS_DIR: Final = WORK_DIR / "locks"
@@ -114,24 +117,29 @@ def write_holder(handle: IO[bytes]) -> None:
     handle.flush()
 
 
-def snapshot_lock_path(data_dir: Path, snapshot_date: date) -> Path:
-    """The lock file of one snapshot date."""
-    return data_dir / LOCKS_DIR / f"snapshot_date={snapshot_date.isoformat()}.lock"
+def account_key(account: str) -> str:
+    """The hive directory name of an account: ``account=<name>``."""
+    return f"account={account}"
 
 
-def holds_snapshot_lock(data_dir: Path, snapshot_date: date) -> bool:
-    """True when this process holds the lock of ``snapshot_date``."""
-    return snapshot_lock_path(data_dir, snapshot_date).resolve() in _held
+def snapshot_lock_path(data_dir: Path, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> Path:
+    """The lock file of one account's snapshot date."""
+    return data_dir / LOCKS_DIR / account_key(account) / f"snapshot_date={snapshot_date.isoformat()}.lock"
+
+
+def holds_snapshot_lock(data_dir: Path, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> bool:
+    """True when this process holds the lock of ``snapshot_date`` of ``account``."""
+    return snapshot_lock_path(data_dir, snapshot_date, account=account).resolve() in _held
 
 
 @contextmanager
-def snapshot_lock(data_dir: Path, snapshot_date: date) -> Iterator[None]:
+def snapshot_lock(data_dir: Path, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> Iterator[None]:
     """Hold the lock of one snapshot date for the block, or raise :class:`SnapshotBusy` at once.
 
-    Fetch and flatten of a date take it, so two runs of one date never write the same snapshot; different
-    dates run side by side. Re-entrant within this process.
+    Fetch and flatten of a date take it, so two runs of one account's date never write the same snapshot;
+    different dates and accounts run side by side. Re-entrant within this process.
     """
-    path = snapshot_lock_path(data_dir, snapshot_date).resolve()
+    path = snapshot_lock_path(data_dir, snapshot_date, account=account).resolve()
     with _guard:
         held = _held.get(path)
         if held is not None:
@@ -140,7 +148,8 @@ def snapshot_lock(data_dir: Path, snapshot_date: date) -> Iterator[None]:
         handle = try_flock(path)
         if handle is None:
             raise SnapshotBusy(
-                f"snapshot {snapshot_date.isoformat()} is busy: {describe_holder(path)} is fetching or flattening "
+                f"snapshot {snapshot_date.isoformat()} of account {account} is busy: {describe_holder(path)} is "
+                f"fetching or flattening "
                 f"it (lock {path}); wait for it to finish, then try again"
             )
         write_holder(handle)

@@ -2,13 +2,14 @@
 
 Layout::
 
-    $JOOR_DATA_DIR/parquet/<table>/snapshot_date=YYYY-MM-DD/part-00000.parquet    (all ten tables, always)
-                                                            part-00001.parquet    (one per flatten worker)
-                                                            _manifest.json        (written at publish)
+    $JOOR_DATA_DIR/parquet/<table>/account=<name>/snapshot_date=YYYY-MM-DD/part-00000.parquet  (all ten tables)
+                                                                          part-00001.parquet  (one per worker)
+                                                                          _manifest.json      (at publish)
 
-``snapshot_date`` is stored in the files as well as in the directory name, so a file read on its own still
-says which snapshot it belongs to; DuckDB's ``read_parquet(..., hive_partitioning = true)`` gives one
-``snapshot_date DATE`` column either way (the partition value wins when both are present, and they agree).
+``account`` and ``snapshot_date`` are stored in the files as well as in the directory names, so a file read on
+its own still says which snapshot it belongs to; DuckDB's ``read_parquet(..., hive_partitioning = true)`` gives
+one ``account`` and one ``snapshot_date DATE`` column either way (the partition value wins when both are
+present, and they agree).
 
 The pages are written by :mod:`~joor_pipeline.storage.parts` (one part file per table), shared out between
 processes by :mod:`~joor_pipeline.storage.workers`. If two workers kept the same connection (pages that
@@ -46,6 +47,7 @@ import pyarrow.parquet as pq
 
 from joor_pipeline.flatten import TABLES, FlattenStats
 from joor_pipeline.joor.errors import JoorError
+from joor_pipeline.storage.locks import DEFAULT_ACCOUNT, account_key
 from joor_pipeline.storage.parts import PART_FILE, flatten_part, partition_path
 from joor_pipeline.storage.publish import Publication, publication, write_durably
 from joor_pipeline.storage.raw import read_raw_snapshot
@@ -62,6 +64,7 @@ PARQUET_DIR: Final = Path("parquet")
 #: Every published partition's list of files, written at publish (a name hive readers skip: it starts with _).
 PARTITION_MANIFEST: Final = "_manifest.json"
 _PARTITION_DIR: Final = re.compile(r"snapshot_date=(\d{4}-\d{2}-\d{2})")
+_ACCOUNT_DIR: Final = re.compile(r"account=([a-z0-9][a-z0-9_-]{0,39})")
 _LEGACY_PART: Final = re.compile(r"part-\d{5}\.parquet")
 
 
@@ -97,6 +100,7 @@ class FlattenReport:
     duration_seconds: float
     #: The id every table's manifest carries once published (see :func:`publication_id`).
     publication_id: str
+    account: str = DEFAULT_ACCOUNT
 
     @property
     def connections(self) -> int:
@@ -104,19 +108,19 @@ class FlattenReport:
         return self.rows["connections"]
 
 
-def partition_dir(data_dir: Path, table: str, snapshot_date: date) -> Path:
-    """The directory of one table's published partition for one snapshot."""
-    return partition_path(data_dir / PARQUET_DIR, table, snapshot_date)
+def partition_dir(data_dir: Path, table: str, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> Path:
+    """The directory of one table's published partition for one account's snapshot."""
+    return partition_path(data_dir / PARQUET_DIR, table, snapshot_date, account=account)
 
 
-def partition_target(table: str, snapshot_date: date) -> Path:
+def partition_target(table: str, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> Path:
     """One table's partition directory relative to the data directory."""
-    return partition_path(PARQUET_DIR, table, snapshot_date)
+    return partition_path(PARQUET_DIR, table, snapshot_date, account=account)
 
 
-def parquet_path(data_dir: Path, table: str, snapshot_date: date) -> Path:
+def parquet_path(data_dir: Path, table: str, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> Path:
     """The first Parquet file of one table's partition (the only one when a single worker wrote it)."""
-    return partition_dir(data_dir, table, snapshot_date) / PART_FILE
+    return partition_dir(data_dir, table, snapshot_date, account=account) / PART_FILE
 
 
 # ---- the manifest: what readers read ---------------------------------------------------------------------------
@@ -130,7 +134,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_partition_manifest(directory: Path, table: str, snapshot_date: date, publication_id: str) -> None:
+def write_partition_manifest(
+    directory: Path, table: str, snapshot_date: date, publication_id: str, *, account: str = DEFAULT_ACCOUNT
+) -> None:
     """List a staged partition's part files, in row order, in its ``_manifest.json``."""
     files = []
     for path in sorted(directory.glob("part-*.parquet")):
@@ -144,6 +150,7 @@ def write_partition_manifest(directory: Path, table: str, snapshot_date: date, p
         )
     manifest = {
         "table": table,
+        "account": account,
         "snapshot_date": snapshot_date.isoformat(),
         "publication_id": publication_id,
         "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -169,16 +176,17 @@ def _read_partition_manifest(directory: Path) -> dict[str, Any] | None:
 
 def _way_out(directory: Path) -> str:
     day = directory.name.removeprefix("snapshot_date=")
-    return f"flatten that date again to rewrite it: joor-pipeline flatten --date {day}"
+    account = directory.parent.name.removeprefix("account=")
+    return f"flatten that date again to rewrite it: joor-pipeline flatten --account {account} --date {day}"
 
 
-def partition_files_under(root: Path, table: str, snapshot_date: date) -> list[Path]:
+def partition_files_under(root: Path, table: str, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> list[Path]:
     """The files of one table's partition under a Parquet root (published, or a staged one), in row order.
 
     From the partition's manifest, each checked against the size it was published with. A directory written
     before manifests existed is read as its ``part-00000.parquet``, ``part-00001.parquet``... files.
     """
-    directory = partition_path(root, table, snapshot_date)
+    directory = partition_path(root, table, snapshot_date, account=account)
     manifest = _read_partition_manifest(directory)
     if manifest is None:
         if not directory.is_dir():
@@ -202,9 +210,9 @@ def partition_files_under(root: Path, table: str, snapshot_date: date) -> list[P
     return files
 
 
-def published_files(data_dir: Path, table: str, snapshot_date: date) -> list[Path]:
+def published_files(data_dir: Path, table: str, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> list[Path]:
     """Exactly the files of one published partition, in row order (never a stray file, never a stale list)."""
-    return partition_files_under(data_dir / PARQUET_DIR, table, snapshot_date)
+    return partition_files_under(data_dir / PARQUET_DIR, table, snapshot_date, account=account)
 
 
 #: The name this had before partitions carried manifests; the same function.
@@ -217,9 +225,27 @@ def _is_published(directory: Path) -> bool:
     return any(_LEGACY_PART.fullmatch(path.name) for path in directory.iterdir())
 
 
-def published_dates(data_dir: Path, table: str = "connections") -> list[date]:
-    """Dates with a published partition of ``table``, oldest first."""
+def published_accounts(data_dir: Path, table: str = "connections") -> list[str]:
+    """Accounts with a directory under ``table`` (published partitions or not), sorted."""
     table_dir = data_dir / PARQUET_DIR / table
+    if not table_dir.is_dir():
+        return []
+    found = (_ACCOUNT_DIR.fullmatch(path.name) for path in table_dir.iterdir() if path.is_dir())
+    return sorted(match.group(1) for match in found if match)
+
+
+def published_partitions(data_dir: Path, table: str = "connections") -> list[tuple[str, date]]:
+    """Every published (account, snapshot date) of ``table``, sorted."""
+    return [
+        (account, day)
+        for account in published_accounts(data_dir, table)
+        for day in published_dates(data_dir, table, account=account)
+    ]
+
+
+def published_dates(data_dir: Path, table: str = "connections", *, account: str = DEFAULT_ACCOUNT) -> list[date]:
+    """Dates with a published partition of ``table`` for ``account``, oldest first."""
+    table_dir = data_dir / PARQUET_DIR / table / account_key(account)
     if not table_dir.is_dir():
         return []
     days = []
@@ -230,18 +256,18 @@ def published_dates(data_dir: Path, table: str = "connections") -> list[date]:
     return sorted(days)
 
 
-def publication_id(data_dir: Path, snapshot_date: date) -> str | None:
+def publication_id(data_dir: Path, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> str | None:
     """An id that changes every time the snapshot's partitions are (re)published; None if unpublished.
 
     All ten tables of a snapshot are published together and carry the same id; the connections table's is
     returned. A partition from before manifests existed gets an id from its files' modification times.
     """
-    directory = partition_dir(data_dir, "connections", snapshot_date)
+    directory = partition_dir(data_dir, "connections", snapshot_date, account=account)
     manifest = _read_partition_manifest(directory)
     if manifest is not None:
         value = manifest.get("publication_id")
         return str(value) if value else None
-    legacy = partition_files_under(data_dir / PARQUET_DIR, "connections", snapshot_date)
+    legacy = partition_files_under(data_dir / PARQUET_DIR, "connections", snapshot_date, account=account)
     if not legacy:
         return None
     return "legacy-" + str(max(path.stat().st_mtime_ns for path in legacy))
@@ -275,15 +301,16 @@ class StagedFlatten:
 
     def files(self, table: str) -> list[Path]:
         """The staged files of one table, in row order."""
-        return partition_files_under(self.root, table, self.report.snapshot_date)
+        return partition_files_under(self.root, table, self.report.snapshot_date, account=self.report.account)
 
     def publish(self) -> FlattenReport:
         """Replace the ten published partitions of the date by the staged ones, all at once."""
-        self.publication.publish([partition_target(table, self.report.snapshot_date) for table in TABLES])
+        day, account = self.report.snapshot_date, self.report.account
+        self.publication.publish([partition_target(table, day, account=account) for table in TABLES])
         return self.report
 
     def quarantine(self, reason: dict[str, Any]) -> Path:
-        """Publish nothing; keep the staged tables (and ``reason``) in ``_work/quarantine/snapshot_date=D/``."""
+        """Publish nothing; keep the staged tables (and ``reason``) in ``_work/quarantine/account=A/...``."""
         return self.publication.quarantine(reason)
 
 
@@ -296,6 +323,7 @@ def stage_snapshot(
     workers: int | None = None,
     worker_stall_seconds: float = WORKER_STALL_SECONDS,
     recount: bool = True,
+    account: str = DEFAULT_ACCOUNT,
 ) -> Iterator[StagedFlatten]:
     """Flatten the raw snapshot of ``snapshot_date`` into staging, under the date's lock; publish nothing.
 
@@ -306,8 +334,8 @@ def stage_snapshot(
     staging is deleted when the block ends. ``SnapshotBusy`` when another process fetches or flattens the date.
     """
     clock = time.monotonic()
-    with publication(data_dir, snapshot_date, "parquet") as pub:
-        snapshot = read_raw_snapshot(data_dir, snapshot_date)
+    with publication(data_dir, snapshot_date, "parquet", account=account) as pub:
+        snapshot = read_raw_snapshot(data_dir, snapshot_date, account=account)
         total = len(snapshot.pages)
         parts = flatten_workers(workers, total)
         done = connections = 0
@@ -325,7 +353,14 @@ def stage_snapshot(
         if parts > 1:
             runs = split_pages(snapshot.pages, parts)
             reports = flatten_parallel(
-                snapshot, runs, new_root, snapshot_date, on_page, stall_seconds=worker_stall_seconds, recount=recount
+                snapshot,
+                runs,
+                new_root,
+                snapshot_date,
+                on_page,
+                stall_seconds=worker_stall_seconds,
+                recount=recount,
+                account=account,
             )
             if overlapping(reports):
                 # A connection repeated across two workers' pages: only one process can keep the first.
@@ -336,11 +371,19 @@ def stage_snapshot(
                 tallies = [report.tally for report in reports if report.tally is not None]
                 raw_recount = merge_tallies(tallies) if recount else None
         if not parts_stats:
-            part = flatten_part(snapshot, snapshot.pages, new_root, snapshot_date, 0, on_page, recount=recount)
+            part = flatten_part(
+                snapshot, snapshot.pages, new_root, snapshot_date, 0, on_page, recount=recount, account=account
+            )
             parts_stats = [part.stats]
             raw_recount = merge_tallies([part.tally.sent()]) if part.tally is not None else None
         for table in TABLES:
-            write_partition_manifest(partition_path(new_root, table, snapshot_date), table, snapshot_date, pub.id)
+            write_partition_manifest(
+                partition_path(new_root, table, snapshot_date, account=account),
+                table,
+                snapshot_date,
+                pub.id,
+                account=account,
+            )
         stats = FlattenStats()
         for part_stats in parts_stats:
             stats.merge(part_stats)
@@ -350,10 +393,11 @@ def stage_snapshot(
             pages=total,
             rows=dict(stats.rows),
             stats=stats,
-            paths={table: partition_dir(data_dir, table, snapshot_date) for table in TABLES},
+            paths={table: partition_dir(data_dir, table, snapshot_date, account=account) for table in TABLES},
             workers=len(parts_stats),
             duration_seconds=time.monotonic() - clock,
             publication_id=pub.id,
+            account=account,
         )
         yield StagedFlatten(report, new_root, pub, raw_recount)
 
@@ -366,6 +410,7 @@ def flatten_snapshot(
     workers: int | None = None,
     audit: Audit | None = None,
     worker_stall_seconds: float = WORKER_STALL_SECONDS,
+    account: str = DEFAULT_ACCOUNT,
 ) -> FlattenReport:
     """Flatten the raw snapshot of ``snapshot_date`` into the ten Parquet tables and publish them at once.
 
@@ -382,12 +427,15 @@ def flatten_snapshot(
         workers=workers,
         worker_stall_seconds=worker_stall_seconds,
         recount=audit is not None,
+        account=account,
     ) as staged:
         failures = audit(staged) if audit is not None else []
         if failures:
-            kept = staged.quarantine({"snapshot_date": snapshot_date.isoformat(), "failed_checks": failures})
+            reason = {"account": account, "snapshot_date": snapshot_date.isoformat(), "failed_checks": failures}
+            kept = staged.quarantine(reason)
             raise AuditFailed(
-                f"blocking check(s) failed on the flatten of {snapshot_date}: {'; '.join(failures)}. Nothing was "
+                f"blocking check(s) failed on the flatten of {snapshot_date} of account {account}: "
+                f"{'; '.join(failures)}. Nothing was "
                 f"published: the previous tables of that date are unchanged. The staged tables are kept in {kept}"
             )
         return staged.publish()

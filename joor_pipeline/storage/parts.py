@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from joor_pipeline.flatten import TABLES, FlattenStats, arrow_schema, conflicting_repeats, flatten_pages
 from joor_pipeline.joor.parse import Canonical
+from joor_pipeline.storage.locks import DEFAULT_ACCOUNT, account_key
 from joor_pipeline.storage.raw import RawPageEntry, RawSnapshot, read_page
 from joor_pipeline.storage.recount import RawTally
 
@@ -49,21 +50,21 @@ def _statistics_columns(schema: pa.Schema) -> list[str]:
     return [f.name for f in schema if not pa.types.is_string(f.type) or f.name in STATISTICS_TEXT_COLUMNS]
 
 
-def partition_path(root: Path, table: str, snapshot_date: date) -> Path:
-    """``<root>/<table>/snapshot_date=YYYY-MM-DD``: one table's partition under a Parquet root."""
-    return root / table / f"snapshot_date={snapshot_date.isoformat()}"
+def partition_path(root: Path, table: str, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> Path:
+    """``<root>/<table>/account=<name>/snapshot_date=YYYY-MM-DD``: one table's partition under a Parquet root."""
+    return root / table / account_key(account) / f"snapshot_date={snapshot_date.isoformat()}"
 
 
 class _TableWriters:
     """One ParquetWriter per table, each fed through a buffer that flushes whole row groups."""
 
-    def __init__(self, root: Path, snapshot_date: date, part: int = 0) -> None:
+    def __init__(self, root: Path, snapshot_date: date, part: int = 0, account: str = DEFAULT_ACCOUNT) -> None:
         self.paths: dict[str, Path] = {}
         self.writers: dict[str, pq.ParquetWriter] = {}
         self.buffers: dict[str, list[pa.Table]] = {}
         self.buffered: dict[str, int] = {}
         for table in TABLES:
-            path = partition_path(root, table, snapshot_date) / PART_FILE_PATTERN.format(part)
+            path = partition_path(root, table, snapshot_date, account=account) / PART_FILE_PATTERN.format(part)
             path.parent.mkdir(parents=True, exist_ok=True)
             self.paths[table] = path
             schema = arrow_schema(table)
@@ -142,17 +143,18 @@ def flatten_part(
     on_page: Callable[[int], None],
     *,
     recount: bool = False,
+    account: str = DEFAULT_ACCOUNT,
 ) -> PartResult:
     """Flatten ``entries`` in order into ``part-<part>.parquet`` of every table under ``root``; with ``recount``,
     also tally the raw pages for the audit (:class:`~joor_pipeline.storage.recount.RawTally`)."""
     result = PartResult(FlattenStats(), tally=RawTally() if recount else None)
     tally = result.tally
-    writers = _TableWriters(root, snapshot_date, part)
+    writers = _TableWriters(root, snapshot_date, part, account)
     pending: list[tuple[list[Canonical], int, str | None]] = []
     repeated: set[int] = set()
 
     def flush() -> None:
-        batch = flatten_pages(pending, snapshot_date=snapshot_date, seen_account_ids=result.kept)
+        batch = flatten_pages(pending, snapshot_date=snapshot_date, seen_account_ids=result.kept, account=account)
         sizes = [len(connections) for connections, _, _ in pending]
         pending.clear()  # free the parsed pages before the writers take memory of their own
         writers.write(batch.tables)

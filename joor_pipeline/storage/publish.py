@@ -63,14 +63,17 @@ from typing import IO, Any, Final
 
 from joor_pipeline.joor.errors import JoorError
 from joor_pipeline.storage.locks import (
+    DEFAULT_ACCOUNT,
     WORK_DIR,
     SnapshotBusy,
+    account_key,
     holds_snapshot_lock,
     release,
     snapshot_lock,
     try_flock,
     write_holder,
 )
+from joor_pipeline.storage.migrate import migrate_legacy_layout
 
 log = logging.getLogger(__name__)
 
@@ -179,9 +182,9 @@ def _staging_root(data_dir: Path) -> Path:
     return data_dir / STAGING_DIR
 
 
-def quarantine_dir(data_dir: Path, snapshot_date: date) -> Path:
-    """Where the last staged flatten of ``snapshot_date`` whose blocking checks failed is kept."""
-    return data_dir / QUARANTINE_DIR / f"snapshot_date={snapshot_date.isoformat()}"
+def quarantine_dir(data_dir: Path, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> Path:
+    """Where the last staged flatten of ``snapshot_date`` of ``account`` whose blocking checks failed is kept."""
+    return data_dir / QUARANTINE_DIR / account_key(account) / f"snapshot_date={snapshot_date.isoformat()}"
 
 
 @dataclass
@@ -195,6 +198,7 @@ class Publication:
     root: Path
     _owner: IO[bytes] | None = field(default=None, repr=False)
     state: str = "staging"  # -> published | quarantined | discarded
+    account: str = DEFAULT_ACCOUNT
 
     def staged(self, target: Path) -> Path:
         """The staging copy of ``target`` (a path relative to the data directory); its parent exists."""
@@ -213,6 +217,7 @@ class Publication:
         journal = {
             "publication_id": self.id,
             "snapshot_date": self.snapshot_date.isoformat(),
+            "account": self.account,
             "kind": self.kind,
             "targets": [str(t) for t in targets],
             "committed_at": datetime.now(UTC).isoformat(),
@@ -233,13 +238,13 @@ class Publication:
             _fsync_dir(self.root)
             self.state = "published"
         if self.kind == "parquet":
-            shutil.rmtree(quarantine_dir(self.data_dir, self.snapshot_date), ignore_errors=True)
+            shutil.rmtree(quarantine_dir(self.data_dir, self.snapshot_date, account=self.account), ignore_errors=True)
 
     def quarantine(self, reason: dict[str, Any]) -> Path:
         """Keep the staged data aside (replacing the date's previous quarantine) instead of publishing it."""
         if self.state != "staging":
             raise PublishError(f"publication {self.id} is already {self.state}")
-        target = quarantine_dir(self.data_dir, self.snapshot_date)
+        target = quarantine_dir(self.data_dir, self.snapshot_date, account=self.account)
         target.parent.mkdir(parents=True, exist_ok=True)
         write_durably(
             self.root / NEW / "reason.json",
@@ -316,16 +321,19 @@ def _new_owner(data_dir: Path) -> tuple[str, Path, IO[bytes]]:
 
 
 @contextmanager
-def publication(data_dir: Path, snapshot_date: date, kind: str) -> Iterator[Publication]:
+def publication(
+    data_dir: Path, snapshot_date: date, kind: str, *, account: str = DEFAULT_ACCOUNT
+) -> Iterator[Publication]:
     """Stage a publication of ``snapshot_date``'s ``kind`` data ('raw' or 'parquet') under the date's lock.
 
     Takes :func:`~joor_pipeline.storage.locks.snapshot_lock` (``SnapshotBusy`` if another process has it), runs
     :func:`recover` first, and deletes the staging on the way out unless it was published or quarantined.
     """
-    with snapshot_lock(data_dir, snapshot_date), sigterm_as_exit():
+    with snapshot_lock(data_dir, snapshot_date, account=account), sigterm_as_exit():
         recover(data_dir)
+        migrate_legacy_layout(data_dir)  # data written before accounts existed -> account=default
         publication_id, root, owner = _new_owner(data_dir)
-        pub = Publication(data_dir, snapshot_date, kind, publication_id, root, owner)
+        pub = Publication(data_dir, snapshot_date, kind, publication_id, root, owner, account=account)
         try:
             yield pub
         finally:
@@ -336,13 +344,13 @@ def publication(data_dir: Path, snapshot_date: date, kind: str) -> Iterator[Publ
 
 
 @contextmanager
-def _date_lock_if_free(data_dir: Path, snapshot_date: date) -> Iterator[bool]:
-    if holds_snapshot_lock(data_dir, snapshot_date):
+def _date_lock_if_free(data_dir: Path, snapshot_date: date, account: str) -> Iterator[bool]:
+    if holds_snapshot_lock(data_dir, snapshot_date, account=account):
         yield True
         return
     with ExitStack() as stack:
         try:
-            stack.enter_context(snapshot_lock(data_dir, snapshot_date))
+            stack.enter_context(snapshot_lock(data_dir, snapshot_date, account=account))
         except SnapshotBusy:
             yield False
             return
@@ -353,7 +361,8 @@ def _roll_forward(data_dir: Path, root: Path) -> bool:
     """Finish a journaled publication; False when its date is locked by a live run (left for that run)."""
     journal = json.loads((root / JOURNAL_FILE).read_text(encoding="utf-8"))
     snapshot_date = date.fromisoformat(journal["snapshot_date"])
-    with _date_lock_if_free(data_dir, snapshot_date) as locked:
+    account = journal.get("account", DEFAULT_ACCOUNT)
+    with _date_lock_if_free(data_dir, snapshot_date, account) as locked:
         if not locked:
             return False
         with _signals_deferred():
@@ -367,7 +376,7 @@ def _roll_forward(data_dir: Path, root: Path) -> bool:
             journal["kind"],
         )
         if journal["kind"] == "parquet":
-            shutil.rmtree(quarantine_dir(data_dir, snapshot_date), ignore_errors=True)
+            shutil.rmtree(quarantine_dir(data_dir, snapshot_date, account=account), ignore_errors=True)
     return True
 
 

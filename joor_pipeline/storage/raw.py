@@ -2,7 +2,7 @@
 
 Layout::
 
-    $JOOR_DATA_DIR/raw/connections/snapshot_date=YYYY-MM-DD/
+    $JOOR_DATA_DIR/raw/connections/account=<name>/snapshot_date=YYYY-MM-DD/
         page-00000.json        # or .xml: the response body, byte for byte
         page-00001.json
         _manifest.json         # written last: pages, counts, log_ids, format, timings (never a secret)
@@ -25,6 +25,7 @@ from typing import Any, Final
 
 from joor_pipeline.joor.errors import PayloadError
 from joor_pipeline.joor.parse import Canonical, parse_page
+from joor_pipeline.storage.locks import DEFAULT_ACCOUNT, account_key
 from joor_pipeline.storage.publish import Publication, publication, write_durably
 
 RAW_CONNECTIONS: Final = Path("raw") / "connections"
@@ -35,14 +36,14 @@ class SnapshotNotFound(FileNotFoundError):
     """No complete raw snapshot exists for that date."""
 
 
-def raw_snapshot_target(snapshot_date: date) -> Path:
+def raw_snapshot_target(snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> Path:
     """The raw snapshot's directory relative to the data directory."""
-    return RAW_CONNECTIONS / f"snapshot_date={snapshot_date.isoformat()}"
+    return RAW_CONNECTIONS / account_key(account) / f"snapshot_date={snapshot_date.isoformat()}"
 
 
-def raw_snapshot_dir(data_dir: Path, snapshot_date: date) -> Path:
-    """Where the raw pages of one snapshot live."""
-    return data_dir / raw_snapshot_target(snapshot_date)
+def raw_snapshot_dir(data_dir: Path, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> Path:
+    """Where the raw pages of one account's snapshot live."""
+    return data_dir / raw_snapshot_target(snapshot_date, account=account)
 
 
 def page_file_name(index: int, fmt: str) -> str:
@@ -74,6 +75,7 @@ class RawSnapshotWriter:
     staging: Path
     publication: Publication
     pages: list[RawPageRecord] = field(default_factory=list)
+    account: str = DEFAULT_ACCOUNT
 
     def add_page(
         self, index: int, body: bytes, *, log_id: str | None, connections: int, start_from: int, url: str
@@ -97,6 +99,7 @@ class RawSnapshotWriter:
     def commit(self, metadata: dict[str, Any]) -> dict[str, Any]:
         """Write ``_manifest.json`` last and publish the snapshot directory in place of the previous one."""
         manifest = {
+            "account": self.account,
             "snapshot_date": self.snapshot_date.isoformat(),
             "format": self.fmt,
             **metadata,
@@ -106,32 +109,34 @@ class RawSnapshotWriter:
             "pages": [vars(p) for p in self.pages],
         }
         write_durably(self.staging / MANIFEST_NAME, json.dumps(manifest, indent=2, ensure_ascii=False).encode() + b"\n")
-        self.publication.publish([raw_snapshot_target(self.snapshot_date)])
+        self.publication.publish([raw_snapshot_target(self.snapshot_date, account=self.account)])
         return manifest
 
 
 @contextmanager
-def open_raw_snapshot(data_dir: Path, snapshot_date: date, fmt: str) -> Iterator[RawSnapshotWriter]:
+def open_raw_snapshot(
+    data_dir: Path, snapshot_date: date, fmt: str, *, account: str = DEFAULT_ACCOUNT
+) -> Iterator[RawSnapshotWriter]:
     """A :class:`RawSnapshotWriter` over a staging directory; on error nothing of it remains.
 
     Holds the date's lock (``SnapshotBusy`` when another process fetches or flattens it) until the block ends.
     """
-    with publication(data_dir, snapshot_date, "raw") as pub:
-        pages = pub.staged(raw_snapshot_target(snapshot_date))
+    with publication(data_dir, snapshot_date, "raw", account=account) as pub:
+        pages = pub.staged(raw_snapshot_target(snapshot_date, account=account))
         pages.mkdir()
-        yield RawSnapshotWriter(data_dir, snapshot_date, fmt, pages, pub)
+        yield RawSnapshotWriter(data_dir, snapshot_date, fmt, pages, pub, account=account)
 
 
-def read_manifest(data_dir: Path, snapshot_date: date) -> dict[str, Any]:
+def read_manifest(data_dir: Path, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> dict[str, Any]:
     """The manifest of a complete raw snapshot; a clear error when there is none."""
-    directory = raw_snapshot_dir(data_dir, snapshot_date)
+    directory = raw_snapshot_dir(data_dir, snapshot_date, account=account)
     path = directory / MANIFEST_NAME
     if not path.is_file():
         if directory.is_dir():
             raise SnapshotNotFound(f"raw snapshot {directory} is incomplete: it has no {MANIFEST_NAME}")
         raise SnapshotNotFound(
             f"no raw snapshot for {snapshot_date.isoformat()} at {directory}; run "
-            f"`joor-pipeline fetch --date {snapshot_date.isoformat()}` first"
+            f"`joor-pipeline fetch --account {account} --date {snapshot_date.isoformat()}` first"
         )
     try:
         manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
@@ -160,10 +165,10 @@ class RawSnapshot:
     pages: list[RawPageEntry]
 
 
-def read_raw_snapshot(data_dir: Path, snapshot_date: date) -> RawSnapshot:
+def read_raw_snapshot(data_dir: Path, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> RawSnapshot:
     """A complete raw snapshot's format and pages, from its manifest, checked enough to trust names and order."""
-    raw_dir = raw_snapshot_dir(data_dir, snapshot_date)
-    manifest = read_manifest(data_dir, snapshot_date)
+    raw_dir = raw_snapshot_dir(data_dir, snapshot_date, account=account)
+    manifest = read_manifest(data_dir, snapshot_date, account=account)
 
     def broken(reason: str) -> SnapshotNotFound:
         return SnapshotNotFound(f"raw snapshot {raw_dir} has an unusable _manifest.json: {reason}")
@@ -172,6 +177,8 @@ def read_raw_snapshot(data_dir: Path, snapshot_date: date) -> RawSnapshot:
         raise broken("it is not a JSON object")
     if manifest.get("snapshot_date", snapshot_date.isoformat()) != snapshot_date.isoformat():
         raise broken(f"it is for snapshot_date {manifest.get('snapshot_date')!r}")
+    if manifest.get("account", account) != account:
+        raise broken(f"it is for account {manifest.get('account')!r}")
     fmt = manifest.get("format")
     if fmt not in ("json", "xml"):
         raise broken(f"format is {fmt!r}, expected 'json' or 'xml'")
@@ -228,7 +235,9 @@ def _pages(snapshot: RawSnapshot) -> Iterator[tuple[RawPageEntry, list[Canonical
         yield entry, connections, log_id
 
 
-def iter_raw_pages(data_dir: Path, snapshot_date: date) -> Iterator[tuple[RawPageEntry, list[Canonical], str | None]]:
+def iter_raw_pages(
+    data_dir: Path, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT
+) -> Iterator[tuple[RawPageEntry, list[Canonical], str | None]]:
     """Each page of a complete raw snapshot in manifest order: its entry, connections and log_id.
 
     JSON connections come as parsed (native leaves, see ``parse_json(canonical=False)``), XML ones canonical.
@@ -237,4 +246,4 @@ def iter_raw_pages(data_dir: Path, snapshot_date: date) -> Iterator[tuple[RawPag
     or unusable manifest or page file, ``PayloadError`` (naming the file and log_id) for a page that is not a
     JOOR envelope or does not match its sha256.
     """
-    yield from _pages(read_raw_snapshot(data_dir, snapshot_date))
+    yield from _pages(read_raw_snapshot(data_dir, snapshot_date, account=account))

@@ -45,6 +45,7 @@ import pyarrow.compute as pc
 from joor_pipeline.flatten import FlattenStats
 from joor_pipeline.joor.errors import JoorError
 from joor_pipeline.storage.forkserver import CAN_PARALLEL, worker_context
+from joor_pipeline.storage.locks import DEFAULT_ACCOUNT
 from joor_pipeline.storage.parts import flatten_part
 from joor_pipeline.storage.raw import RawPageEntry, RawSnapshot
 from joor_pipeline.storage.recount import SentTally
@@ -147,6 +148,7 @@ def _flatten_run(
     root: Path,
     snapshot_date: date,
     recount: bool,
+    account: str,
 ) -> WorkerReport:
     """One task: flatten a run of pages into part ``index``, reporting its pages to the parent."""
     messages = _messages
@@ -166,7 +168,7 @@ def _flatten_run(
             sent = time.monotonic()
 
     try:
-        result = flatten_part(snapshot, entries, root, snapshot_date, index, on_page, recount=recount)
+        result = flatten_part(snapshot, entries, root, snapshot_date, index, on_page, recount=recount, account=account)
     except BaseException as exc:
         exc.add_note(f"(in {_describe(index, entries)})")
         raise
@@ -204,6 +206,7 @@ def flatten_parallel(
     *,
     stall_seconds: float = WORKER_STALL_SECONDS,
     recount: bool = False,
+    account: str = DEFAULT_ACCOUNT,
 ) -> list[WorkerReport]:
     """Flatten each run of pages in a worker process of its own, into part ``k`` for run ``k`` (``recount``: each
     worker also tallies its raw pages for the audit).
@@ -223,7 +226,7 @@ def flatten_parallel(
             _Task(
                 index,
                 run,
-                pool.submit(_flatten_run, index, snapshot, run, root, snapshot_date, recount),
+                pool.submit(_flatten_run, index, snapshot, run, root, snapshot_date, recount, account),
                 len(run),
                 None,
                 now,

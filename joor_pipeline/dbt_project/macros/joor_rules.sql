@@ -70,7 +70,7 @@ case when ordinal is null then {{ by_id }} else 'ordinal=' || ordinal end
 {%- endmacro %}
 
 {#- Every rule a record breaks; `relations` maps each of the ten table names to a relation (a table, a view, a
-    subquery or a read_parquet call) holding the rows to check. One row per (snapshot_date, table_name,
+    subquery or a read_parquet call) holding the rows to check. One row per (account, snapshot_date, table_name,
     customer_account_id, record_key, rule, column_name).
     Rules: required_missing and max_length_exceeded (REQ and MAX of JOOR's field table), state_missing (state is
     required for US, CA, JP and AU), dangling_door (a door's shipping address is not one of the connection's),
@@ -107,7 +107,7 @@ records as (
 {%- for table_name in record_tables %}
     {% if not loop.first %}union all by name
     {% endif -%}
-    select '{{ table_name }}' as table_name, snapshot_date, customer_account_id, customer_code,
+    select '{{ table_name }}' as table_name, account, snapshot_date, customer_account_id, customer_code,
         {%- if table_name == 'addresses' %} address_type,{% endif %}
         {%- if table_name != 'connections' %} ordinal,{% endif %} extra, invalid_values
     from stg_{{ table_name }}
@@ -190,6 +190,7 @@ column_failures as (
     {% if not loop.first %}union all
     {% endif -%}
     select
+        account,
         snapshot_date,
         '{{ rule_table }}' as table_name,
         customer_account_id,
@@ -215,6 +216,7 @@ column_failures as (
 
 column_rules as (
     select
+        account,
         snapshot_date,
         table_name,
         failure.rule as rule,
@@ -228,6 +230,7 @@ column_rules as (
 
 state_missing as (
     select
+        account,
         snapshot_date,
         'addresses' as table_name,
         'state_missing' as rule,
@@ -242,6 +245,7 @@ state_missing as (
 
 dangling_doors as (
     select
+        stg_doors.account,
         stg_doors.snapshot_date,
         'doors' as table_name,
         'dangling_door' as rule,
@@ -256,7 +260,8 @@ dangling_doors as (
         and not exists (
             select 1
             from stg_addresses
-            where stg_addresses.snapshot_date = stg_doors.snapshot_date
+            where stg_addresses.account = stg_doors.account
+                and stg_addresses.snapshot_date = stg_doors.snapshot_date
                 and stg_addresses.customer_account_id is not distinct from stg_doors.customer_account_id
                 and stg_addresses.address_type = 'shipping'
                 and stg_addresses.address_id = stg_doors.shipping_address_id
@@ -265,6 +270,7 @@ dangling_doors as (
 
 duplicate_keys as (
     select
+        account,
         snapshot_date,
         table_name,
         'duplicate_key' as rule,
@@ -275,12 +281,13 @@ duplicate_keys as (
         count(*) || ' rows share this key' as detail
     from keyed_records
     where customer_account_id is not null
-    group by snapshot_date, table_name, customer_account_id, record_key
+    group by account, snapshot_date, table_name, customer_account_id, record_key
     having count(*) > 1
 ),
 
 duplicate_customer_codes as (
     select
+        account,
         snapshot_date,
         'connections' as table_name,
         'duplicate_customer_code' as rule,
@@ -291,7 +298,7 @@ duplicate_customer_codes as (
         'customer_code is shared by ' || count(*) over same_code || ' connections' as detail
     from stg_connections
     where customer_code is not null
-    window same_code as (partition by snapshot_date, customer_code)
+    window same_code as (partition by account, snapshot_date, customer_code)
     qualify count(*) over same_code > 1
 ),
 
@@ -322,6 +329,7 @@ drift_entries as (
 
 drift_issues as (
     select
+        account,
         snapshot_date,
         table_name,
         rule,
@@ -352,6 +360,7 @@ issues as (
 )
 
 select
+    account,
     snapshot_date,
     table_name,
     rule,

@@ -1,6 +1,6 @@
 -- int_retailer_contents: the connection's own columns for each distinct content a retailer has had, so that
 -- retailer_history can describe a version without reading its snapshot again.
--- grain: one row per (customer_account_id, change_hash).
+-- grain: one row per (account, customer_account_id, change_hash).
 -- A change_hash covers every one of these columns, so one row per hash is exact. Incremental: contents first
 -- seen in the dates of a build are added; a content no longer referenced by any fingerprint is harmless (the
 -- history joins on the fingerprints) and goes at the next full refresh.
@@ -12,13 +12,15 @@ with fingerprints as (
     where not exists (
         select 1
         from {{ this }} as known
-        where known.customer_account_id = int_retailer_fingerprints.customer_account_id
+        where known.account = int_retailer_fingerprints.account
+            and known.customer_account_id = int_retailer_fingerprints.customer_account_id
             and known.change_hash = int_retailer_fingerprints.change_hash
     )
     {% endif %}
 )
 
 select
+    fingerprints.account,
     fingerprints.customer_account_id,
     fingerprints.change_hash,
     connections.customer_code,
@@ -37,7 +39,8 @@ select
     connections.connection_modified
 from fingerprints
 inner join {{ joor_refreshed(ref('stg_connections')) }} as connections
-    using (snapshot_date, customer_account_id)
+    using (account, snapshot_date, customer_account_id)
 qualify row_number() over (
-    partition by fingerprints.customer_account_id, fingerprints.change_hash order by fingerprints.snapshot_date
+    partition by fingerprints.account, fingerprints.customer_account_id, fingerprints.change_hash
+    order by fingerprints.snapshot_date
 ) = 1

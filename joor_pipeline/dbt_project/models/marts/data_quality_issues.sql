@@ -1,5 +1,5 @@
 -- data_quality_issues: every rule a record breaks, in every snapshot; a clean snapshot contributes zero rows.
--- grain: one row per (snapshot_date, table_name, customer_account_id, record_key, rule, column_name).
+-- grain: one row per (account, snapshot_date, table_name, customer_account_id, record_key, rule, column_name).
 -- The rules are in macros/joor_rules.sql, shared with the per-partition asset checks of the ten tables.
 -- Incremental: each build deletes, then inserts, exactly the snapshot dates it processes.
 {{ config(materialized='incremental', incremental_strategy='append', pre_hook="{{ joor_delete_refresh_dates() }}") }}

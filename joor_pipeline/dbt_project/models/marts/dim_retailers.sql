@@ -1,63 +1,71 @@
--- dim_retailers: every retailer (connection) of the latest snapshot, with its default payment and shipping
+-- dim_retailers: every retailer (connection) of each account's latest snapshot, with its default payment and shipping
 -- methods and how many of each child it has.
--- grain: one row per customer_account_id (connections without an id are left out; data_quality_issues has them).
+-- grain: one row per (account, customer_account_id) (connections without an id are left out; data_quality_issues has them).
 -- A default method is the one flagged is_default; when several are flagged, the first in JOOR's list wins.
 with latest_snapshot as (
-    select max(snapshot_date) as snapshot_date
+    select account, max(snapshot_date) as snapshot_date
     from {{ ref('stg_connections') }} as stg_connections
+    group by account
 ),
 
 connections as (
     select stg_connections.*
     from {{ ref('stg_connections') }} as stg_connections
-    inner join latest_snapshot using (snapshot_date)
+    inner join latest_snapshot using (account, snapshot_date)
     where stg_connections.customer_account_id is not null
 ),
 
 default_payment_methods as (
     select
+        stg_payment_methods.account,
         stg_payment_methods.customer_account_id,
         stg_payment_methods.payment_method_code,
         stg_payment_methods.payment_method_name
     from {{ ref('stg_payment_methods') }} as stg_payment_methods
-    inner join latest_snapshot using (snapshot_date)
+    inner join latest_snapshot using (account, snapshot_date)
     where stg_payment_methods.payment_method_is_default
-    qualify row_number() over (partition by stg_payment_methods.customer_account_id order by ordinal) = 1
+    qualify row_number() over (
+        partition by stg_payment_methods.account, stg_payment_methods.customer_account_id order by ordinal
+    ) = 1
 ),
 
 default_shipping_methods as (
     select
+        stg_shipping_methods.account,
         stg_shipping_methods.customer_account_id,
         stg_shipping_methods.shipping_method_code,
         stg_shipping_methods.shipping_method_name
     from {{ ref('stg_shipping_methods') }} as stg_shipping_methods
-    inner join latest_snapshot using (snapshot_date)
+    inner join latest_snapshot using (account, snapshot_date)
     where stg_shipping_methods.shipping_method_is_default
-    qualify row_number() over (partition by stg_shipping_methods.customer_account_id order by ordinal) = 1
+    qualify row_number() over (
+        partition by stg_shipping_methods.account, stg_shipping_methods.customer_account_id order by ordinal
+    ) = 1
 ),
 
 child_rows as (
-    select snapshot_date, customer_account_id, address_type || '_address' as child from {{ ref('stg_addresses') }} as stg_addresses
+    select account, snapshot_date, customer_account_id, address_type || '_address' as child from {{ ref('stg_addresses') }} as stg_addresses
     union all
-    select snapshot_date, customer_account_id, 'payment_method' from {{ ref('stg_payment_methods') }} as stg_payment_methods
+    select account, snapshot_date, customer_account_id, 'payment_method' from {{ ref('stg_payment_methods') }} as stg_payment_methods
     union all
-    select snapshot_date, customer_account_id, 'shipping_method' from {{ ref('stg_shipping_methods') }} as stg_shipping_methods
+    select account, snapshot_date, customer_account_id, 'shipping_method' from {{ ref('stg_shipping_methods') }} as stg_shipping_methods
     union all
-    select snapshot_date, customer_account_id, 'discount' from {{ ref('stg_discounts') }} as stg_discounts
+    select account, snapshot_date, customer_account_id, 'discount' from {{ ref('stg_discounts') }} as stg_discounts
     union all
-    select snapshot_date, customer_account_id, 'door' from {{ ref('stg_doors') }} as stg_doors
+    select account, snapshot_date, customer_account_id, 'door' from {{ ref('stg_doors') }} as stg_doors
     union all
-    select snapshot_date, customer_account_id, 'price_type' from {{ ref('stg_price_types') }} as stg_price_types
+    select account, snapshot_date, customer_account_id, 'price_type' from {{ ref('stg_price_types') }} as stg_price_types
     union all
-    select snapshot_date, customer_account_id, 'buyer' from {{ ref('stg_buyers') }} as stg_buyers
+    select account, snapshot_date, customer_account_id, 'buyer' from {{ ref('stg_buyers') }} as stg_buyers
     union all
-    select snapshot_date, customer_account_id, 'warehouse' from {{ ref('stg_warehouses') }} as stg_warehouses
+    select account, snapshot_date, customer_account_id, 'warehouse' from {{ ref('stg_warehouses') }} as stg_warehouses
     union all
-    select snapshot_date, customer_account_id, 'tax_id' from {{ ref('stg_tax_ids') }} as stg_tax_ids
+    select account, snapshot_date, customer_account_id, 'tax_id' from {{ ref('stg_tax_ids') }} as stg_tax_ids
 ),
 
 child_counts as (
     select
+        child_rows.account,
         child_rows.customer_account_id,
         count(*) filter (where child = 'billing_address') as billing_addresses,
         count(*) filter (where child = 'shipping_address') as shipping_addresses,
@@ -71,11 +79,12 @@ child_counts as (
         count(*) filter (where child = 'warehouse') as warehouses,
         count(*) filter (where child = 'tax_id') as tax_ids
     from child_rows
-    inner join latest_snapshot using (snapshot_date)
-    group by child_rows.customer_account_id
+    inner join latest_snapshot using (account, snapshot_date)
+    group by child_rows.account, child_rows.customer_account_id
 )
 
 select
+    connections.account,
     connections.customer_account_id,
     connections.customer_code,
     connections.customer_alias,
@@ -108,7 +117,7 @@ select
     coalesce(child_counts.warehouses, 0) as warehouses,
     coalesce(child_counts.tax_ids, 0) as tax_ids
 from connections
-left join default_payment_methods using (customer_account_id)
-left join default_shipping_methods using (customer_account_id)
-left join child_counts using (customer_account_id)
-order by connections.customer_account_id
+left join default_payment_methods using (account, customer_account_id)
+left join default_shipping_methods using (account, customer_account_id)
+left join child_counts using (account, customer_account_id)
+order by connections.account, connections.customer_account_id

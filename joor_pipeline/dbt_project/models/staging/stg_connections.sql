@@ -1,5 +1,5 @@
 -- stg_connections: every connection (a retailer account linked to the brand) of every daily snapshot, as flattened.
--- grain: one row per (snapshot_date, customer_account_id).
+-- grain: one row per (account, snapshot_date, customer_account_id).
 -- A view over exactly the published files of the snapshot dates this build processes (joor_pipeline.warehouse
 -- prepares the source); in the published joor.duckdb it shows the latest snapshot.
 select *

@@ -1,5 +1,5 @@
 -- stg_discounts: every discount applied automatically to a connection's orders, per snapshot, as flattened.
--- grain: one row per (snapshot_date, customer_account_id, ordinal).
+-- grain: one row per (account, snapshot_date, customer_account_id, ordinal).
 -- A view over exactly the published files of the snapshot dates this build processes (joor_pipeline.warehouse
 -- prepares the source); in the published joor.duckdb it shows the latest snapshot.
 select *
