@@ -23,10 +23,11 @@ def land(
     fmt: str = "json",
     *,
     body_of: Callable[[int, bytes], bytes] | None = None,
+    account: str = "default",
 ) -> None:
     """Land ``connections`` as raw pages of 100 with the fetch's own writer; ``body_of`` may spoil a page."""
     chunks = [connections[i : i + PAGE_SIZE] for i in range(0, len(connections), PAGE_SIZE)]
-    with open_raw_snapshot(data_dir, snapshot_date, fmt) as writer:
+    with open_raw_snapshot(data_dir, snapshot_date, fmt, account=account) as writer:
         for index, chunk in enumerate(chunks):
             start = index * PAGE_SIZE
             last = index == len(chunks) - 1

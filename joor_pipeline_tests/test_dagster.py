@@ -43,6 +43,8 @@ from joor_pipeline_tests.raw_fixtures import land, partition_bytes
 
 DAY1 = "2026-03-02"
 DAY2 = "2026-03-03"
+#: The partitions of those dates of the one account there is without an accounts file (account|date).
+P1, P2 = f"default|{DAY1}", f"default|{DAY2}"
 ASSETS = [joor_raw_connections, joor_tables, joor_models]
 BACKDATED = {"ops": {"joor_raw_connections": {"config": {"allow_backdated": True}}}}
 
@@ -86,7 +88,7 @@ def test_definitions_load_every_asset_check_schedule_and_resource() -> None:
     assert defs.resolve_schedule_def("joor_daily_schedule").cron_schedule == "0 6 * * *"
     assert set(defs.resources or {}) == {"joor", "storage"}
     # One process talks to JOOR and one writes joor.duckdb at a time (limits in dagster_home.example).
-    assert joor_raw_connections.op.pool == "joor_api"
+    assert joor_raw_connections.op.pool is None  # one run per account at a time: run-tag concurrency instead
     assert joor_models.op.pool == "duckdb"
 
 
@@ -214,14 +216,14 @@ def test_resources_use_envvar_only_for_variables_that_are_set() -> None:
 
 def test_full_graph_for_two_partitions(tmp_path: Path) -> None:
     with run_sandbox(connections=40, seed=21, rate_limit_credits=0) as sb:
-        first = dg.materialize(ASSETS, partition_key=DAY1, resources=resources(sb, tmp_path), run_config=BACKDATED)
+        first = dg.materialize(ASSETS, partition_key=P1, resources=resources(sb, tmp_path), run_config=BACKDATED)
         assert first.success
         # Between the snapshots: one retailer changes its alias, five leave, JBNY's door moves.
         changed = sb.connections[3]
         changed["customer_alias"] = "Renamed Boutique"
         gone = [str(c["customer_account_id"]) for c in sb.connections[-5:]]
         del sb.connections[-5:]
-        second = dg.materialize(ASSETS, partition_key=DAY2, resources=resources(sb, tmp_path), run_config=BACKDATED)
+        second = dg.materialize(ASSETS, partition_key=P2, resources=resources(sb, tmp_path), run_config=BACKDATED)
         assert second.success
 
     for day in (DAY1, DAY2):
@@ -260,7 +262,7 @@ def test_full_graph_for_two_partitions(tmp_path: Path) -> None:
 def test_past_partition_without_raw_snapshot_is_refused(tmp_path: Path) -> None:
     with run_sandbox(connections=5, rate_limit_credits=0) as sb:
         result = dg.materialize(
-            [joor_raw_connections], partition_key=DAY1, resources=resources(sb, tmp_path), raise_on_error=False
+            [joor_raw_connections], partition_key=P1, resources=resources(sb, tmp_path), raise_on_error=False
         )
     assert not result.success
     failure = result.get_step_failure_events()[0].step_failure_data.user_failure_data
@@ -272,7 +274,7 @@ def test_todays_partition_fetches_and_a_kept_past_snapshot_is_reused(tmp_path: P
     today = datetime.now(UTC).date()
     with run_sandbox(connections=5, rate_limit_credits=0) as sb:
         fetched = dg.materialize(
-            [joor_raw_connections], partition_key=today.isoformat(), resources=resources(sb, tmp_path)
+            [joor_raw_connections], partition_key=f"default|{today.isoformat()}", resources=resources(sb, tmp_path)
         )
         assert (
             fetched.asset_materializations_for_node("joor_raw_connections")[0]
@@ -282,7 +284,7 @@ def test_todays_partition_fetches_and_a_kept_past_snapshot_is_reused(tmp_path: P
         )
         land(tmp_path, date.fromisoformat(DAY1), [load_seed_connection()])
         requests = sb.stats.requests
-        kept = dg.materialize([joor_raw_connections], partition_key=DAY1, resources=resources(sb, tmp_path))
+        kept = dg.materialize([joor_raw_connections], partition_key=P1, resources=resources(sb, tmp_path))
         assert sb.stats.requests == requests
     meta = kept.asset_materializations_for_node("joor_raw_connections")[0].metadata
     assert meta["reused_existing_snapshot"].value is True
@@ -307,7 +309,7 @@ def test_blocking_checks_fail_on_bad_data_and_keep_models_from_running(tmp_path:
     day = date.fromisoformat(DAY1)
     storage = DataDirResource(data_dir=str(tmp_path))
     land(tmp_path, day, [load_seed_connection()])
-    good = dg.materialize(ASSETS, partition_key=DAY1, resources={"joor": JoorApiResource(), "storage": storage})
+    good = dg.materialize(ASSETS, partition_key=P1, resources={"joor": JoorApiResource(), "storage": storage})
     assert good.success
     good_checks = checks_of(good)
     assert all(passed for (asset, check), passed in good_checks.items() if check != "door_addresses_known")
@@ -317,7 +319,7 @@ def test_blocking_checks_fail_on_bad_data_and_keep_models_from_running(tmp_path:
     database = database_path(tmp_path).read_bytes()
     land(tmp_path, day, _bad_connections())
     bad = dg.materialize(
-        ASSETS, partition_key=DAY1, resources={"joor": JoorApiResource(), "storage": storage}, raise_on_error=False
+        ASSETS, partition_key=P1, resources={"joor": JoorApiResource(), "storage": storage}, raise_on_error=False
     )
     # Write, audit, publish: the checks ran on the staged tables, and failing, published nothing.
     assert not bad.success
@@ -341,11 +343,11 @@ def test_blocking_checks_fail_on_bad_data_and_keep_models_from_running(tmp_path:
     materialized = {e.asset_key.to_user_string() for e in bad.get_asset_materialization_events()}
     assert "dim_retailers" not in materialized  # blocked by the failed ERROR checks
     assert warehouse(tmp_path, "select customer_code from dim_retailers") == [("JBNY",)]
-    assert all(e.partition == DAY1 for e in bad.get_asset_check_evaluations())
+    assert all(e.partition == P1 for e in bad.get_asset_check_evaluations())
 
     # The next successful run of that date publishes it and clears the quarantine.
     land(tmp_path, day, [load_seed_connection()])
-    assert dg.materialize(ASSETS, partition_key=DAY1, resources={"joor": JoorApiResource(), "storage": storage}).success
+    assert dg.materialize(ASSETS, partition_key=P1, resources={"joor": JoorApiResource(), "storage": storage}).success
     assert not kept.exists()
 
 
@@ -360,13 +362,18 @@ def test_reconciliation_notices_a_lost_row(tmp_path: Path) -> None:
     pq.write_table(table.slice(1), path)
     assert raw_counts(tmp_path, day)["buyers"] == parquet_counts(files)["buyers"] + 1
     # Readers of the published partition notice the rewritten file too: it no longer matches its manifest.
-    with pytest.raises(DamagedPartition, match=r"buyers/snapshot_date=2026-03-02/part-00000\.parquet is damaged"):
+    with pytest.raises(
+        DamagedPartition, match=r"buyers/account=default/snapshot_date=2026-03-02/part-00000\.parquet is damaged"
+    ):
         published_files(tmp_path, "buyers", day)
 
 
 @pytest.mark.parametrize(
     ("tick", "expected"),
-    [(datetime(2026, 11, 23, 6, tzinfo=UTC), "2026-11-23"), (datetime(2027, 1, 1, 6, tzinfo=UTC), "2027-01-01")],
+    [
+        (datetime(2026, 11, 23, 6, tzinfo=UTC), "default|2026-11-23"),
+        (datetime(2027, 1, 1, 6, tzinfo=UTC), "default|2027-01-01"),
+    ],
 )
 def test_schedule_requests_the_current_days_partition(tick: datetime, expected: str) -> None:
     defs = build_defs({})
@@ -393,7 +400,8 @@ def test_cli_run_records_in_dagster_home(tmp_path: Path, monkeypatch, capsys) ->
     assert "connections                   30 rows" in out
     with dg.DagsterInstance.from_config(str(home)) as instance:
         runs = instance.get_runs()
-        assert len(runs) == 1 and runs[0].tags.get("dagster/partition") == DAY1
+        assert len(runs) == 1 and runs[0].tags.get("dagster/partition/date") == DAY1
+        assert runs[0].tags.get("dagster/partition/account") == "default"
 
 
 def test_cli_demo_end_to_end(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -418,13 +426,13 @@ def test_warning_checks_flag_but_do_not_block(tmp_path: Path) -> None:
     storage = DataDirResource(data_dir=str(tmp_path))
     res = {"joor": JoorApiResource(), "storage": storage}
     land(tmp_path, date.fromisoformat(DAY1), generate_connections(100, seed=4))
-    first = dg.materialize(ASSETS, partition_key=DAY1, resources=res)
+    first = dg.materialize(ASSETS, partition_key=P1, resources=res)
     assert checks_of(first)[("connections", "row_count_steady")]  # no previous snapshot to compare with
 
     shrunk = generate_connections(30, seed=4)
     shrunk[1]["customer_code"] = "X" * 51  # JOOR's field table: at most 50
     land(tmp_path, date.fromisoformat(DAY2), shrunk)
-    second = dg.materialize(ASSETS, partition_key=DAY2, resources=res)
+    second = dg.materialize(ASSETS, partition_key=P2, resources=res)
     assert second.success
     checks = checks_of(second)
     assert checks[("connections", "row_count_steady")] is False

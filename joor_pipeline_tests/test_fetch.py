@@ -68,7 +68,7 @@ def test_rerun_replaces_the_snapshot(tmp_path: Path) -> None:
         files = sorted(p.name for p in raw_snapshot_dir(tmp_path, DAY).glob("page-*"))
         assert len(files) == pages
         assert read_manifest(tmp_path, DAY)["connections"] == connections
-    assert [p.name for p in (tmp_path / "raw" / "connections").iterdir()] == [f"snapshot_date={DAY}"]
+    assert [p.name for p in (tmp_path / "raw" / "connections").iterdir()] == ["account=default"]
 
 
 @pytest.mark.parametrize("concurrency", [1, 4])
@@ -85,7 +85,7 @@ def test_failed_run_leaves_previous_snapshot_untouched(sandbox, tmp_path: Path, 
     assert not [t for t in threading.enumerate() if t.name.startswith("joor-fetch")]
     after = {p.name: p.read_bytes() for p in raw_snapshot_dir(tmp_path, DAY).iterdir()}
     assert after == before
-    assert [p.name for p in (tmp_path / "raw" / "connections").iterdir()] == [f"snapshot_date={DAY}"]
+    assert [p.name for p in (tmp_path / "raw" / "connections").iterdir()] == ["account=default"]
 
 
 @pytest.mark.parametrize("concurrency", [1, 4])
@@ -246,7 +246,7 @@ def test_retry_warnings_and_waits_reach_dagsters_event_log(tmp_path: Path) -> No
         config = {"ops": {"joor_raw_connections": {"config": {"allow_backdated": True}}}}
         result = dg.materialize(
             [joor_raw_connections],
-            partition_key="2026-03-02",
+            partition_key="default|2026-03-02",
             resources=resources,
             run_config=config,
             instance=instance,
@@ -291,7 +291,9 @@ def test_cli_flatten_after_fetch(sandbox, tmp_path: Path, monkeypatch, capsys) -
     out = capsys.readouterr().out
     assert "wrote 120 connections" in out
     assert "connections             120 rows" in out
-    assert (tmp_path / "parquet" / "doors" / "snapshot_date=2026-11-02" / "part-00000.parquet").is_file()
+    assert (
+        tmp_path / "parquet" / "doors" / "account=default" / "snapshot_date=2026-11-02" / "part-00000.parquet"
+    ).is_file()
 
 
 def test_cli_flatten_without_raw_snapshot_is_a_clear_error(tmp_path: Path, capsys) -> None:

@@ -105,7 +105,7 @@ def test_allow_backdated_is_refused_inside_a_backfill_unless_the_date_is_listed(
         def fetch(config: dict[str, Any]) -> dg.ExecuteInProcessResult:
             return dg.materialize(
                 [joor_raw_connections],
-                partition_key=past,
+                partition_key=f"default|{past}",
                 resources=resources,
                 run_config={"ops": {"joor_raw_connections": {"config": config}}},
                 tags={"dagster/backfill": "abcdef"},

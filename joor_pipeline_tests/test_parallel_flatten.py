@@ -234,7 +234,9 @@ def test_the_dagster_asset_flattens_with_the_configured_workers_and_its_checks_p
     with pytest.MonkeyPatch.context() as env:
         env.setenv("JOOR_DATA_DIR", str(tmp_path))
         env.setenv("JOOR_FLATTEN_WORKERS", "3")
-        result = dg.materialize([joor_tables], partition_key=day.isoformat(), resources={"storage": storage_resource})
+        result = dg.materialize(
+            [joor_tables], partition_key=f"default|{day.isoformat()}", resources={"storage": storage_resource}
+        )
     assert result.success
     for table in TABLES:
         assert len(partition_parquet_files(tmp_path, table, day)) == 3, table

@@ -36,6 +36,12 @@ INSTANCE_WAIT_SECONDS: Final = 60.0
 #: that keep one process on JOOR and one writer on joor.duckdb, and no telemetry banner in the output.
 DAGSTER_YAML: Final = """# Written by joor-pipeline when it created this DAGSTER_HOME (as dagster_home.example/).
 concurrency:
+  runs:
+    tag_concurrency_limits:
+      - key: dagster/partition/account
+        value:
+          applyUniqueValue: true
+        limit: 1
   pools:
     default_limit: 1
     granularity: op

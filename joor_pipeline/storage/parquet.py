@@ -177,7 +177,8 @@ def _read_partition_manifest(directory: Path) -> dict[str, Any] | None:
 def _way_out(directory: Path) -> str:
     day = directory.name.removeprefix("snapshot_date=")
     account = directory.parent.name.removeprefix("account=")
-    return f"flatten that date again to rewrite it: joor-pipeline flatten --account {account} --date {day}"
+    option = f" --account {account}" if account != DEFAULT_ACCOUNT else ""
+    return f"flatten that date again to rewrite it: joor-pipeline flatten{option} --date {day}"
 
 
 def partition_files_under(root: Path, table: str, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> list[Path]:

@@ -136,7 +136,8 @@ def read_manifest(data_dir: Path, snapshot_date: date, *, account: str = DEFAULT
             raise SnapshotNotFound(f"raw snapshot {directory} is incomplete: it has no {MANIFEST_NAME}")
         raise SnapshotNotFound(
             f"no raw snapshot for {snapshot_date.isoformat()} at {directory}; run "
-            f"`joor-pipeline fetch --account {account} --date {snapshot_date.isoformat()}` first"
+            f"`joor-pipeline fetch{f' --account {account}' if account != DEFAULT_ACCOUNT else ''} "
+            f"--date {snapshot_date.isoformat()}` first"
         )
     try:
         manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
