@@ -164,7 +164,8 @@ def test_two_accounts_land_flatten_and_build_side_by_side_with_keys_unique_withi
         assert shared is not None and shared[0] > 0  # ids collide across accounts (dbt tests: never within one)
         # Each account's history runs over its own snapshots: 5 of brand_a's retailers are gone on its second day.
         history = con.execute(
-            "select account, count(*), count(*) filter (where not is_current) from retailer_history group by 1 order by 1"
+            "select account, count(*), count(*) filter (where not is_current) "
+            "from retailer_history group by 1 order by 1"
         )
         assert history.fetchall() == [("brand_a", 30, 5), ("brand_b", 20, 0)]
         for model in ("payment_terms", "discount_summary", "retailer_addresses", "data_quality_issues"):

@@ -1,5 +1,6 @@
 """The Postgres-backed deployment of dagster_home.example/dagster.yaml, run for real: PostgreSQL, the daemon and
-the webserver as separate processes, a backfill launched through GraphQL, its runs, checks and pools."""
+the webserver as separate processes, a backfill of 2 accounts x 2 dates launched through GraphQL, its runs, checks,
+per-account run concurrency and pools."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ import httpx
 import psycopg2
 import pytest
 
-from joor_pipeline.assets.joor import JOOR_API_POOL, RAW_ASSET, joor_tables
+from joor_pipeline.assets.joor import RAW_ASSET, joor_tables
 from joor_pipeline.assets.models import DUCKDB_POOL, joor_models
-from joor_pipeline.config import load_settings
+from joor_pipeline.assets.partitions import ACCOUNT_TAG
+from joor_pipeline.config import load_account
 from joor_pipeline.definitions import JOB_NAME
 from joor_pipeline.pipeline import connect, fetch_snapshot
 from joor_pipeline.sandbox import Faults, Sandbox, run_sandbox
@@ -136,7 +138,7 @@ class Deployment:
     postgres: PostgresServer
     password: str
     graphql: GraphQL
-    sandbox: Sandbox
+    sandboxes: dict[str, Sandbox]
     data_dir: Path
     logs: tuple[Path, ...]
     location: str = ""
@@ -170,27 +172,37 @@ def backfill_dates() -> list[date]:
     return [today - timedelta(days=1), today]
 
 
+#: The two JOOR accounts of the deployment, each served by a sandbox of its own (own token, data and budget).
+ACCOUNTS: Final = ("brand_a", "brand_b")
+
+
 def partition_keys(dates: list[date]) -> list[str]:
-    """The daily job's partition keys; the account dimension, when it comes, is added here."""
-    return [d.isoformat() for d in dates]
+    """The job's partition keys, account x date (Dagster spells them ``account|date``)."""
+    return [f"{account}|{d.isoformat()}" for account in ACCOUNTS for d in dates]
 
 
-def joor_environment(sandbox: Sandbox, data_dir: Path) -> dict[str, str]:
-    """The JOOR_* variables of the daemon, the webserver and the runs: the sandbox on loopback, named explicitly."""
+def joor_environment(sandboxes: dict[str, Sandbox], data_dir: Path) -> dict[str, str]:
+    """The JOOR_* variables of the daemon, the webserver and the runs: an accounts file naming each account's
+    sandbox on loopback, and the variables holding their tokens."""
+    tables = []
+    for account, sandbox in sandboxes.items():
+        # One page at a time, so a fetch lasts long enough that two runs of one account would overlap without
+        # the run-tag limit.
+        tables.append(
+            f'[accounts.{account}]\nenvironment = "sandbox"\nbase_url = "{sandbox.base_url}"\n'
+            f'api_token_env = "{account.upper()}_JOOR_TOKEN"\npage_size = 20\nconcurrency = 1\ntimeout = 10\n'
+        )
+    accounts_file = data_dir.parent / "joor-accounts.toml"
+    accounts_file.write_text("\n".join(tables), encoding="utf-8")
     return {
-        "JOOR_ENVIRONMENT": "sandbox",
-        "JOOR_BASE_URL": sandbox.base_url,
-        "JOOR_API_TOKEN": sandbox.config.api_token,
+        "JOOR_ACCOUNTS_FILE": str(accounts_file),
+        **{f"{account.upper()}_JOOR_TOKEN": sandbox.config.api_token for account, sandbox in sandboxes.items()},
         "JOOR_DATA_DIR": str(data_dir),
-        "JOOR_PAGE_SIZE": "20",
-        # One page at a time, so the fetch lasts long enough that two runs' fetches would overlap without the pool.
-        "JOOR_CONCURRENCY": "1",
         "JOOR_FLATTEN_WORKERS": "1",
-        "JOOR_TIMEOUT": "10",
     }
 
 
-def land_snapshot(joor_env: dict[str, str], snapshot_date: date) -> None:
+def land_snapshot(joor_env: dict[str, str], account: str, snapshot_date: date) -> None:
     """Land a raw snapshot with the project's own fetch, as the daily schedule did on that day.
 
     JOOR serves only the current state, so a backfill of a past date re-flattens the snapshot kept from that day;
@@ -198,15 +210,16 @@ def land_snapshot(joor_env: dict[str, str], snapshot_date: date) -> None:
     Today's snapshot is landed too, so a test that crosses midnight UTC still has one; on the current day the
     run fetches again anyway (and does, in this test).
     """
-    settings = load_settings(joor_env)
+    settings = load_account(joor_env, account)
     assert not settings.builtin_sandbox, "the deployment must talk to the sandbox it was given, not the built-in one"
     with connect(settings) as client:
-        fetch_snapshot(client, settings.data_dir, snapshot_date)
+        fetch_snapshot(client, settings.data_dir, snapshot_date, account=account)
 
 
 def _base_environment(extra: dict[str, str]) -> dict[str, str]:
     """Our own environment without any JOOR_* or DAGSTER_* variable of the machine, plus ``extra``."""
     inherited = {k: v for k, v in os.environ.items() if not k.startswith(("JOOR_", "DAGSTER_"))}
+    inherited = {k: v for k, v in inherited.items() if not k.endswith("_JOOR_TOKEN")}
     return {**inherited, **extra}
 
 
@@ -226,16 +239,24 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
 
     with contextlib.ExitStack() as stack:
         postgres = stack.enter_context(running_postgres())
-        sandbox = stack.enter_context(run_sandbox(connections=120, seed=11, rate_limit_credits=0))
+        sandboxes = {
+            account: stack.enter_context(
+                run_sandbox(connections=120 - 20 * n, seed=11 + n, rate_limit_credits=0, api_token=f"token-{account}")
+            )
+            for n, account in enumerate(ACCOUNTS)
+        }
         postgres.sql(
             f"CREATE ROLE {DB_USER} LOGIN PASSWORD '{password}'",
             f"CREATE DATABASE {DB_NAME} OWNER {DB_USER}",
         )
-        joor_env = joor_environment(sandbox, data_dir)
-        for snapshot_date in backfill_dates():
-            land_snapshot(joor_env, snapshot_date)
+        data_dir.mkdir()
+        joor_env = joor_environment(sandboxes, data_dir)
+        for account in ACCOUNTS:
+            for snapshot_date in backfill_dates():
+                land_snapshot(joor_env, account, snapshot_date)
         # From here on each page takes a while, so a fetch step lasts long enough to collide with another run's.
-        sandbox.faults = Faults(latency_ms=FETCH_LATENCY_MS)
+        for sandbox in sandboxes.values():
+            sandbox.faults = Faults(latency_ms=FETCH_LATENCY_MS)
 
         env = _base_environment(
             {
@@ -253,7 +274,7 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
         webserver_args = [venv_script("dagster-webserver"), "-w", str(WORKSPACE), "-h", "127.0.0.1"]
         webserver_args += ["-p", str(web_port)]
         webserver = stack.enter_context(service("dagster-webserver", webserver_args, env, tmp_path, logs[0]))
-        deployed = Deployment(postgres, password, graphql, sandbox, data_dir, logs)
+        deployed = Deployment(postgres, password, graphql, sandboxes, data_dir, logs)
 
         def start_daemon() -> ServiceProcess:
             daemon_args = [venv_script("dagster-daemon"), "run", "-w", str(WORKSPACE)]
@@ -271,14 +292,15 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
         # Explicit pool limits, as the README says (the UI's pools page makes the same call). They also avoid
         # dagster-io/dagster#33552: on Postgres, two runs that both initialise a pool from default_limit at the
         # same moment can fail one of them.
-        for pool in (JOOR_API_POOL, DUCKDB_POOL):
-            assert graphql(SET_POOL_LIMIT, {"key": pool, "limit": 1})["setConcurrencyLimit"] is True
-        sandbox.reset_stats()
+        assert graphql(SET_POOL_LIMIT, {"key": DUCKDB_POOL, "limit": 1})["setConcurrencyLimit"] is True
+        for sandbox in sandboxes.values():
+            sandbox.reset_stats()
         yield replace(deployed, location=location, repository=repository, start_daemon=start_daemon)
 
     output = "\n".join(path.read_text(errors="replace") for path in logs if path.is_file())
     assert password not in output, "the Postgres password appeared in Dagster's output"
-    assert sandbox.config.api_token not in output, "the JOOR token appeared in Dagster's output"
+    for sandbox in sandboxes.values():
+        assert sandbox.config.api_token not in output, "a JOOR token appeared in Dagster's output"
 
 
 def _location_loaded(graphql: GraphQL, webserver: ServiceProcess) -> tuple[str, str] | None:
@@ -366,6 +388,8 @@ def test_backfill_through_graphql_on_a_postgres_instance(deployment: Deployment)
     assert {r["status"] for r in runs} == {"SUCCESS"}, f"{runs}\n{deployment.tails()}"
     partitions = sorted(next(t["value"] for t in r["tags"] if t["key"] == "dagster/partition") for r in runs)
     assert partitions == sorted(keys)
+    account_of = {r["runId"]: next(t["value"] for t in r["tags"] if t["key"] == ACCOUNT_TAG) for r in runs}
+    assert sorted(account_of.values()) == sorted(ACCOUNTS * len(dates))
     assert state["status"] == "COMPLETED_SUCCESS"
 
     # The runs were recorded in Postgres, with their events.
@@ -388,15 +412,31 @@ def test_backfill_through_graphql_on_a_postgres_instance(deployment: Deployment)
         assert set(results) == expected, f"run {run_id} recorded {len(results)} of {len(expected)} check results"
         assert {key for key in blocking if results[key] != "SUCCEEDED"} == set()
 
-    # The pools kept the fetches, and the model builds, of different runs apart (the run queue also holds back a
-    # run whose first step's pool is full, so this holds whichever of the two enforced it in this run).
-    for step_key in (FETCH_STEP, MODELS_STEP):
-        intervals = _step_intervals(runs, step_key)
-        assert not _overlaps(intervals), f"{step_key} steps of different runs overlapped: {intervals}"
-    for pool in (JOOR_API_POOL, DUCKDB_POOL):
-        limit = deployment.graphql(POOLS_QUERY, {"key": pool})["instance"]["concurrencyLimit"]
-        assert limit["slotCount"] == 1, (pool, limit)
+    # The run-tag limit (dagster/partition/account, applyUniqueValue, limit 1) kept the runs of one account apart,
+    # and let different accounts run side by side (max_concurrent_runs 4); the duckdb pool kept the model builds
+    # of all runs apart.
+    def interval(run: dict[str, Any]) -> tuple[float, float]:
+        return float(run["startTime"]), float(run["endTime"])
 
-    # Today's run fetched from the sandbox it was pointed at (yesterday's kept its snapshot), into JOOR_DATA_DIR.
-    assert deployment.sandbox.stats.requests >= 120 // 20, deployment.sandbox.stats
+    for account in ACCOUNTS:
+        same = [interval(r) for r in runs if account_of[r["runId"]] == account]
+        assert not _overlaps(same), f"runs of account {account} overlapped: {same}"
+    across = [
+        (a, b)
+        for a, b in itertools.combinations(runs, 2)
+        if account_of[a["runId"]] != account_of[b["runId"]] and _overlaps([interval(a), interval(b)])
+    ]
+    shown = [(account_of[r["runId"]], interval(r)) for r in runs]
+    assert across, f"no runs of different accounts ran at the same time: {shown}"
+    intervals = _step_intervals(runs, MODELS_STEP)
+    assert not _overlaps(intervals), f"{MODELS_STEP} steps of different runs overlapped: {intervals}"
+    limit = deployment.graphql(POOLS_QUERY, {"key": DUCKDB_POOL})["instance"]["concurrencyLimit"]
+    assert limit["slotCount"] == 1, (DUCKDB_POOL, limit)
+
+    # Today's runs fetched from each account's own sandbox (yesterday's kept their snapshots), into JOOR_DATA_DIR;
+    # the warehouse holds both accounts.
+    for n, (account, sandbox) in enumerate(deployment.sandboxes.items()):
+        assert sandbox.stats.requests >= (120 - 20 * n) // 20, (account, sandbox.stats)
     assert (deployment.data_dir / "joor.duckdb").is_file()
+    for account in ACCOUNTS:
+        assert (deployment.data_dir / "parquet" / "connections" / f"account={account}").is_dir()

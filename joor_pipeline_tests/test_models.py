@@ -458,17 +458,17 @@ def test_country_names_and_iso_codes_map_to_iso2(tmp_path: Path) -> None:
 
 def test_payment_terms(built: Built) -> None:
     assert built.rows("select * from payment_terms") == [
-        ("cc", "Credit Card", 3, 1, 0.6),
-        ("net30", "Net 30", 3, 3, 0.6),
-        ("wt", "Wire Transfer", 2, 0, 0.4),  # ALPHA flags it default too, but its net30 comes first
+        ("default", "cc", "Credit Card", 3, 1, 0.6),
+        ("default", "net30", "Net 30", 3, 3, 0.6),
+        ("default", "wt", "Wire Transfer", 2, 0, 0.4),  # ALPHA flags it default too, but its net30 comes first
     ]
 
 
 def test_discount_summary(built: Built) -> None:
     assert built.rows("select * from discount_summary") == [
-        (498, False, 3, 3, 5.0, 4.0, 6.0, 1.0),
-        (755, False, 1, 1, 10.0, 10.0, 10.0, 0.0),
-        (None, True, 2, 2, 7.0, 7.0, 7.0, 0.5),  # EPSILON's amount could not be read: counted, not averaged
+        ("default", 498, False, 3, 3, 5.0, 4.0, 6.0, 1.0),
+        ("default", 755, False, 1, 1, 10.0, 10.0, 10.0, 0.0),
+        ("default", None, True, 2, 2, 7.0, 7.0, 7.0, 0.5),  # EPSILON's amount could not be read: counted, not averaged
     ]
 
 

@@ -18,6 +18,7 @@ from joor_pipeline.flatten import TABLES
 from joor_pipeline.flatten.schema import REQ_IF_STATE_COUNTRY, REQ_YES
 from joor_pipeline.pipeline import fetch_snapshot
 from joor_pipeline.quality import CHECKS, CheckOutcome, check_partition
+from joor_pipeline.storage.locks import of_account
 from joor_pipeline.storage.parquet import published_files, stage_snapshot
 from joor_pipeline.storage.raw import MANIFEST_NAME, raw_snapshot_dir, read_manifest
 
@@ -262,7 +263,7 @@ def joor_tables(context: dg.AssetExecutionContext, storage: DataDirResource) -> 
             yield from results
             raise dg.Failure(
                 description=(
-                    f"blocking check(s) failed on the flatten of {snapshot_date} of account {account}: "
+                    f"blocking check(s) failed on the flatten of {snapshot_date}{of_account(account)}: "
                     f"{'; '.join(failures)}. Nothing "
                     f"was published: the previous tables of that date and the models are unchanged. The staged "
                     f"tables are kept in {kept}"

@@ -29,7 +29,7 @@ from typing import IO, Final
 from joor_pipeline.config import DEFAULT_ACCOUNT
 from joor_pipeline.joor.errors import JoorError
 
-__all__ = ["DEFAULT_ACCOUNT", "SnapshotBusy", "account_key", "snapshot_lock"]
+__all__ = ["DEFAULT_ACCOUNT", "SnapshotBusy", "account_key", "of_account", "snapshot_lock"]
 
 WORK_DIR: Final = Path("_work")
 LOCKS_DIR: Final = WORK_DIR / "locks"
@@ -117,6 +117,11 @@ def write_holder(handle: IO[bytes]) -> None:
     handle.flush()
 
 
+def of_account(account: str) -> str:
+    """`` of account <name>`` for messages, nothing for the default account (the single-account wording)."""
+    return "" if account == DEFAULT_ACCOUNT else f" of account {account}"
+
+
 def account_key(account: str) -> str:
     """The hive directory name of an account: ``account=<name>``."""
     return f"account={account}"
@@ -148,7 +153,7 @@ def snapshot_lock(data_dir: Path, snapshot_date: date, *, account: str = DEFAULT
         handle = try_flock(path)
         if handle is None:
             raise SnapshotBusy(
-                f"snapshot {snapshot_date.isoformat()} of account {account} is busy: {describe_holder(path)} is "
+                f"snapshot {snapshot_date.isoformat()}{of_account(account)} is busy: {describe_holder(path)} is "
                 f"fetching or flattening "
                 f"it (lock {path}); wait for it to finish, then try again"
             )

@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 
 from joor_pipeline.flatten import TABLES, FlattenStats
 from joor_pipeline.joor.errors import JoorError
-from joor_pipeline.storage.locks import DEFAULT_ACCOUNT, account_key
+from joor_pipeline.storage.locks import DEFAULT_ACCOUNT, account_key, of_account
 from joor_pipeline.storage.parts import PART_FILE, flatten_part, partition_path
 from joor_pipeline.storage.publish import Publication, publication, write_durably
 from joor_pipeline.storage.raw import read_raw_snapshot
@@ -435,7 +435,7 @@ def flatten_snapshot(
             reason = {"account": account, "snapshot_date": snapshot_date.isoformat(), "failed_checks": failures}
             kept = staged.quarantine(reason)
             raise AuditFailed(
-                f"blocking check(s) failed on the flatten of {snapshot_date} of account {account}: "
+                f"blocking check(s) failed on the flatten of {snapshot_date}{of_account(account)}: "
                 f"{'; '.join(failures)}. Nothing was "
                 f"published: the previous tables of that date are unchanged. The staged tables are kept in {kept}"
             )
