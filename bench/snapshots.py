@@ -2,7 +2,7 @@
 
 Layout under the work directory::
 
-    snapshots/n20000-seed7-json/raw/connections/snapshot_date=2026-01-05/page-00000.json ... _manifest.json
+    snapshots/n20000-seed7-json/raw/connections/account=default/snapshot_date=2026-01-05/page-00000.json ...
 
 Each snapshot directory is a complete ``JOOR_DATA_DIR`` for one raw snapshot. The raw writer swaps the
 snapshot in only once its manifest is written, so a snapshot with a manifest is complete and a generation

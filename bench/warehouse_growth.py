@@ -80,7 +80,8 @@ class History:
         for table, data in self.tables.items():
             index = data.schema.get_field_index("snapshot_date")
             dated = data.set_column(index, "snapshot_date", pa.array([snapshot_date] * len(data), pa.date32()))
-            path = data_dir / "parquet" / table / f"snapshot_date={snapshot_date.isoformat()}" / "part-00000.parquet"
+            day = f"snapshot_date={snapshot_date.isoformat()}"
+            path = data_dir / "parquet" / table / "account=default" / day / "part-00000.parquet"
             path.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(dated, path, compression="zstd")
 
