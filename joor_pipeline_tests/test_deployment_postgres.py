@@ -412,9 +412,9 @@ def test_backfill_through_graphql_on_a_postgres_instance(deployment: Deployment)
         assert set(results) == expected, f"run {run_id} recorded {len(results)} of {len(expected)} check results"
         assert {key for key in blocking if results[key] != "SUCCEEDED"} == set()
 
-    # The run-tag limit (dagster/partition/account, applyUniqueValue, limit 1) kept the runs of one account apart,
-    # and let different accounts run side by side (max_concurrent_runs 4); the duckdb pool kept the model builds
-    # of all runs apart.
+    # The run-tag limit (dagster/partition/account, applyLimitPerUniqueValue, limit 1) kept the runs of one
+    # account apart, and let different accounts run side by side (max_concurrent_runs 4); the duckdb pool kept
+    # the model builds of all runs apart.
     def interval(run: dict[str, Any]) -> tuple[float, float]:
         return float(run["startTime"]), float(run["endTime"])
 

@@ -90,7 +90,7 @@ def test_seed_json_example_flattens_to_the_expected_rows(seeds_dir: Path) -> Non
     t = batch.tables
     assert_common_columns(batch, JSON_LOG_ID)
 
-    (connection,) = t["connections"].drop_columns(["snapshot_date", "source_page", "log_id"]).to_pylist()
+    (connection,) = t["connections"].drop_columns(["account", "snapshot_date", "source_page", "log_id"]).to_pylist()
     assert connection == {
         "customer_account_id": 24181,
         "customer_code": "JBNY",
@@ -654,7 +654,7 @@ def test_the_contract_has_ten_tables_with_common_columns_first_and_provenance_la
     ]
     for name, spec in TABLES.items():
         names = arrow_schema(name).names
-        assert names[:3] == ["snapshot_date", "customer_account_id", "customer_code"]
+        assert names[:4] == ["account", "snapshot_date", "customer_account_id", "customer_code"]
         assert names[-4:] == ["source_page", "log_id", "extra", "invalid_values"]
         assert ("ordinal" in names) == spec.is_child
         assert set(spec.key) <= set(names)

@@ -60,7 +60,7 @@ def test_a_model_materialized_alone_is_built_on_every_published_partition(tmp_pa
     metadata = materialization.metadata
     assert metadata["dagster/row_count"].value == 0
     columns = [c.name for c in metadata["dagster/column_schema"].value.columns]
-    assert columns[:3] == ["snapshot_date", "table_name", "rule"]
+    assert columns[:4] == ["account", "snapshot_date", "table_name", "rule"]
     checks = result.get_asset_check_evaluations()
     assert checks and all(c.asset_key == dg.AssetKey("data_quality_issues") and c.passed for c in checks)
 

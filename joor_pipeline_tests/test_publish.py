@@ -102,7 +102,8 @@ def test_a_truncated_file_in_a_past_partition_is_named_with_the_way_out(tmp_path
         assert str(path) in message and "is damaged" in message
         assert "joor-pipeline flatten --date 2024-05-01" in message
     # A file damaged without changing size (bit rot, a copy over it) is named too when it is read.
-    with pytest.raises(DamagedPartition, match=r"addresses/snapshot_date=2024-05-01/part-00000\.parquet cannot be"):
+    damaged = r"addresses/account=default/snapshot_date=2024-05-01/part-00000\.parquet cannot"
+    with pytest.raises(DamagedPartition, match=damaged):
         partition_rows([path])
     flatten_snapshot(tmp_path, DAY)  # the way out
     assert partition_rows(published_files(tmp_path, "addresses", DAY)) > 0

@@ -23,7 +23,7 @@ import dagster as dg
 
 from joor_pipeline.assets.joor import joor_raw_connections, joor_tables
 from joor_pipeline.assets.models import joor_models
-from joor_pipeline.assets.partitions import partition_key
+from joor_pipeline.assets.partitions import partition_key as multi_key
 from joor_pipeline.assets.resources import resources_from_values
 from joor_pipeline.config import DEFAULT_ACCOUNT, raise_problems, read_setting
 from joor_pipeline.definitions import JOB_NAME, build_defs
@@ -40,7 +40,7 @@ concurrency:
     tag_concurrency_limits:
       - key: dagster/partition/account
         value:
-          applyUniqueValue: true
+          applyLimitPerUniqueValue: true
         limit: 1
   pools:
     default_limit: 1
@@ -211,7 +211,7 @@ def run_graph(
     }
     with open_instance(environ) as instance:
         result = job.execute_in_process(
-            partition_key=str(partition_key(account, snapshot_date)),
+            partition_key=str(multi_key(account, snapshot_date)),
             instance=instance,
             run_config=run_config,
             raise_on_error=False,
@@ -293,7 +293,7 @@ def run_range(
     run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "DEBUG"} if debug else {}}}}
     with open_instance(environ) as instance:
         steps: list[tuple[str | None, list[dg.AssetKey]]] = [
-            (str(partition_key(account, day)), table_keys) for account in accounts for day in days
+            (str(multi_key(account, day)), table_keys) for account in accounts for day in days
         ]
         steps.append((None, list(joor_models.keys)))
         for partition_key, selection in steps:
