@@ -334,3 +334,25 @@ for request in schedule.evaluate_tick(context).run_requests:
         "brand_a|2026-11-23 brand_a|2026-11-23",
         "brand_b|2026-11-23 brand_b|2026-11-23",
     ]
+
+
+def test_builtin_sandbox_accounts_each_get_their_own_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``environment = "builtin"`` per account: each fetch starts a sandbox of the account's own seed and size
+    (own data, own credit budget), as the demo and tests of several accounts need."""
+    for setting in SETTINGS:
+        monkeypatch.delenv(setting.name, raising=False)
+    path = write_accounts(
+        tmp_path,
+        '[accounts.one]\nenvironment = "builtin"\nsandbox_connections = 9\nsandbox_seed = 1\n\n'
+        '[accounts.two]\nenvironment = "builtin"\nsandbox_connections = 4\nsandbox_seed = 2\n',
+    )
+    monkeypatch.setenv("JOOR_ACCOUNTS_FILE", str(path))
+    monkeypatch.setenv("JOOR_DATA_DIR", str(tmp_path / "data"))
+    for account in ("one", "two"):
+        assert main(["fetch", "--account", account]) == 0
+        assert main(["flatten", "--account", account]) == 0
+    data = tmp_path / "data"
+    rows = read("connections", data).to_dict("records")
+    seen = {a: {(r["customer_code"], r["customer_name"]) for r in rows if r["account"] == a} for a in ("one", "two")}
+    assert len(seen["one"]) == 9 and len(seen["two"]) == 4
+    assert not seen["two"] <= seen["one"]  # another seed: other retailers, not the first four of the same ones
