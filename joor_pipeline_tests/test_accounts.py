@@ -3,6 +3,7 @@ single-account layout, the CLI's --account, and the account x date partitions.""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import duckdb
+import httpx
 import pyarrow.parquet as pq
 import pytest
 
@@ -24,7 +26,7 @@ from joor_pipeline.config import (
 )
 from joor_pipeline.flatten import TABLES
 from joor_pipeline.joor.errors import ConfigError
-from joor_pipeline.sandbox import generate_connections, run_sandbox
+from joor_pipeline.sandbox import SandboxConfig, generate_connections, run_sandbox
 from joor_pipeline.storage.migrate import MigrationError, legacy_partitions, migrate_legacy_layout
 from joor_pipeline.storage.parquet import flatten_snapshot, published_dates, published_files, published_partitions
 from joor_pipeline.storage.raw import read_raw_snapshot
@@ -244,14 +246,15 @@ def test_a_partition_in_both_layouts_is_refused_without_overwriting_either(tmp_p
 
 @pytest.fixture
 def two_sandboxes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Two accounts, each on a sandbox of its own credentials, data and credit budget; an accounts file for them."""
+    """Two accounts served by one sandbox, each with its own credentials, data and credit budget; an accounts
+    file for them."""
     for setting in SETTINGS:
         monkeypatch.delenv(setting.name, raising=False)
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    with (
-        run_sandbox(connections=12, seed=1, api_token="token-a", rate_limit_credits=0) as a,
-        run_sandbox(connections=7, seed=2, api_token="token-b", rate_limit_credits=0) as b,
-    ):
+    other = SandboxConfig(connections=7, seed=2, api_token="token-b", rate_limit_credits=0)
+    with run_sandbox(connections=12, seed=1, api_token="token-a", rate_limit_credits=0, accounts=[other]) as a:
+        (b,) = a.accounts
+        assert b.base_url == a.base_url
         path = write_accounts(
             tmp_path,
             f"""
@@ -356,3 +359,35 @@ def test_builtin_sandbox_accounts_each_get_their_own_data(tmp_path: Path, monkey
     seen = {a: {(r["customer_code"], r["customer_name"]) for r in rows if r["account"] == a} for a in ("one", "two")}
     assert len(seen["one"]) == 9 and len(seen["two"]) == 4
     assert not seen["two"] <= seen["one"]  # another seed: other retailers, not the first four of the same ones
+
+
+def test_one_sandbox_serves_several_accounts_with_their_own_data_and_budgets() -> None:
+    """Over real HTTP: each credential reaches its own account's retailers and spends its own credits."""
+    other = SandboxConfig(
+        connections=3, seed=9, api_token="token-b", client_id="cid-b", username="user-b", account_id="555"
+    )
+    with run_sandbox(connections=5, seed=1, api_token="token-a", rate_limit_credits=2, accounts=[other]) as a:
+        (b,) = a.accounts
+
+        def page(token: str) -> httpx.Response:
+            auth = "OAuth2 " + base64.b64encode(token.encode()).decode()
+            headers = {"Authorization": auth, "Accept": "application/json"}
+            return httpx.get(f"{a.base_url}/v2/connection/", headers=headers, timeout=10)
+
+        first_a, first_b = page("token-a").json(), page("token-b").json()
+        assert len(first_a["connections"]) == 5 and len(first_b["connections"]) == 3
+        names_a = {c["customer_name"] for c in first_a["connections"]}
+        assert not {c["customer_name"] for c in first_b["connections"]} <= names_a
+        assert page("token-a").status_code == 200
+        assert page("token-a").status_code == 429  # brand a's 2 credits are spent...
+        assert page("token-b").status_code == 200  # ...brand b's budget is its own
+        assert (a.stats.credits_used, a.stats.throttled) == (2, 1) and b.stats.credits_used == 2
+        assert page("token-c").status_code == 401
+        # v4: the token request names its account by its client credentials; the token then reaches it alone.
+        form = {"grant_type": "password", "client_id": "cid-b", "client_secret": other.client_secret}
+        form |= {"username": "user-b", "password": other.password}
+        token = httpx.post(f"{a.base_url}/auth/", files={k: (None, v) for k, v in form.items()}, timeout=10)
+        assert token.status_code == 200 and b.stats.tokens_issued == 1 and a.stats.tokens_issued == 0
+        bearer = {"Authorization": f"Bearer {token.json()['access_token']}", "Accept": "application/json"}
+        listed = httpx.get(f"{a.base_url}/v2/connection/", params={"account": "555"}, headers=bearer, timeout=10)
+        assert listed.status_code == 200 and len(listed.json()["connections"]) == 3

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from email.message import Message
@@ -126,6 +126,10 @@ class Sandbox:
 
     ``clock`` and ``sleep`` drive the rate-limit window, token expiry and injected latency; a test hands in the
     same fake pair as the client's, so both sides see one timeline and nothing waits for real.
+
+    ``accounts`` are more JOOR accounts served on the same address, each with its own credentials, data, credit
+    budget and stats (``sandbox.accounts[i]``): a request goes to the account whose v2 token, v4 bearer token or
+    v4 client id and username it carries, and to this sandbox's own account otherwise.
     """
 
     def __init__(
@@ -135,6 +139,8 @@ class Sandbox:
         connections: list[dict[str, Any]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        accounts: Sequence[SandboxConfig] = (),
+        _serve: bool = True,
     ) -> None:
         self.config = config
         self._clock = clock
@@ -155,9 +161,15 @@ class Sandbox:
         self._fault_rng = random.Random(config.seed)
         self._log_rng = random.Random(f"log_id:{config.seed}")
         self._closed = False
+        self.accounts = [Sandbox(extra, clock=clock, sleep=sleep, _serve=False) for extra in accounts]
+        if not _serve:  # another account of a sandbox that serves it
+            self.base_url = self.auth_url = ""
+            return
         self._server = _Server((config.host, config.port), self)
         self.base_url = f"http://{self._server.server_name}:{self._server.server_port}"
         self.auth_url = f"{self.base_url}/auth/"
+        for other in self.accounts:
+            other.base_url, other.auth_url = self.base_url, self.auth_url
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="joor-sandbox", daemon=True
         )
@@ -200,7 +212,7 @@ class Sandbox:
 
     def close(self) -> None:
         """Stop serving, hang up on idle keep-alive connections and release the port."""
-        if self._closed:
+        if self._closed or not hasattr(self, "_server"):
             return
         self._closed = True
         self._server.shutdown()
@@ -263,6 +275,31 @@ class Sandbox:
             if connection_get and faults.error_rate > 0 and rng.random() < faults.error_rate:
                 return str(rng.choice(RANDOM_ERROR_STATUSES))
         return None
+
+    def _tenant(self, authorization: str | None, form: Mapping[str, str] | None) -> Sandbox:
+        """The account (this one or one of ``accounts``) a request's credentials belong to; this one if none."""
+        for candidate in self.accounts:
+            if candidate._claims(authorization, form):
+                return candidate
+        return self
+
+    def _claims(self, authorization: str | None, form: Mapping[str, str] | None) -> bool:
+        if form is not None:
+            return _same(form.get("client_id", ""), self.config.client_id) & _same(
+                form.get("username", ""), self.config.username
+            )
+        scheme, _, credential = (authorization or "").strip().partition(" ")
+        credential = credential.strip()
+        if scheme.lower() == "oauth2":
+            try:
+                decoded = base64.b64decode(credential, validate=True)
+            except (binascii.Error, ValueError):
+                return False
+            return hmac.compare_digest(decoded, self.config.api_token.encode("utf-8"))
+        if scheme.lower() == "bearer":
+            with self._lock:
+                return credential in self._tokens
+        return False
 
     def _authenticate(self, authorization: str | None, account: str | None) -> bool:
         """A v2 token (``OAuth2 <base64>``) or a live v4 token (``Bearer``) with the right ``account``."""
@@ -449,7 +486,8 @@ class _Handler(BaseHTTPRequestHandler):
     # --- plumbing --------------------------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        sandbox = self.server.sandbox
+        primary = self.server.sandbox
+        sandbox = primary._tenant(self.headers.get("Authorization"), None) if primary.accounts else primary
         sandbox._enter()
         try:
             self._truncate = False
@@ -457,6 +495,14 @@ class _Handler(BaseHTTPRequestHandler):
             body = self._read_body()
             if body is None:
                 return
+            if primary.accounts and urlsplit(self.path).path.rstrip("/") == "/auth":
+                # A v4 token request names its account by its client credentials, in the body.
+                form = parse_form(self.headers.get("Content-Type", ""), body) or {}
+                routed = primary._tenant(None, form)
+                if routed is not sandbox:
+                    sandbox._leave()
+                    sandbox = routed
+                    sandbox._enter()
             self._handle(sandbox, body)
         finally:
             sandbox._leave()
@@ -816,10 +862,12 @@ def start_sandbox(
     *,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    accounts: Sequence[SandboxConfig] = (),
     **overrides: Any,
 ) -> Sandbox:
-    """Start a sandbox in a background thread; the caller must ``close()`` it."""
-    return Sandbox(_configure(config, overrides), clock=clock, sleep=sleep)
+    """Start a sandbox in a background thread (``accounts``: more JOOR accounts on the same address, see
+    :class:`Sandbox`); the caller must ``close()`` it."""
+    return Sandbox(_configure(config, overrides), clock=clock, sleep=sleep, accounts=accounts)
 
 
 @contextmanager
@@ -828,10 +876,11 @@ def run_sandbox(
     *,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    accounts: Sequence[SandboxConfig] = (),
     **overrides: Any,
 ) -> Iterator[Sandbox]:
     """Serve for the duration of the ``with`` block."""
-    sandbox = start_sandbox(config, clock=clock, sleep=sleep, **overrides)
+    sandbox = start_sandbox(config, clock=clock, sleep=sleep, accounts=accounts, **overrides)
     try:
         yield sandbox
     finally:
