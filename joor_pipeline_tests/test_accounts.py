@@ -391,3 +391,29 @@ def test_one_sandbox_serves_several_accounts_with_their_own_data_and_budgets() -
         bearer = {"Authorization": f"Bearer {token.json()['access_token']}", "Accept": "application/json"}
         listed = httpx.get(f"{a.base_url}/v2/connection/", params={"account": "555"}, headers=bearer, timeout=10)
         assert listed.status_code == 200 and len(listed.json()["connections"]) == 3
+
+
+def test_a_migration_stopped_halfway_is_finished_by_the_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash between two renames (here: the fourth rename fails) leaves whole partitions in one layout or the
+    other, never half of one; the next run moves the rest and the data reads as before."""
+    import joor_pipeline.storage.migrate as migrate
+
+    _make_legacy(tmp_path, DAY, 6)
+    real_replace, calls = os.replace, []
+
+    def crash_on_fourth(src: object, dst: object) -> None:
+        calls.append(src)
+        if len(calls) == 4:
+            raise OSError("simulated crash")
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(migrate.os, "replace", crash_on_fourth)
+    with pytest.raises(OSError, match="simulated crash"):
+        migrate_legacy_layout(tmp_path)
+    monkeypatch.setattr(migrate.os, "replace", real_replace)
+    assert len(legacy_partitions(tmp_path)) == 12 - 3
+    moved = migrate_legacy_layout(tmp_path)
+    assert len(moved) == 9 and legacy_partitions(tmp_path) == []
+    assert len(read("connections", tmp_path)) == 6
