@@ -239,13 +239,13 @@ def _print_run(summary: RunSummary, *, debug: bool) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from joor_pipeline.storage.raw import MANIFEST_NAME, raw_snapshot_dir
+    from joor_pipeline.storage.raw import raw_snapshot_exists
 
     if args.from_date or args.to_date:
         return _run_range(args)
     env, data_dir = _run_environ(args, builtin=False)
     _check_run_date(args.date)
-    kept = (raw_snapshot_dir(data_dir, args.date) / MANIFEST_NAME).is_file()
+    kept = raw_snapshot_exists(data_dir, args.date)
     if args.date < _today() and not kept and not args.allow_backdated:
         # The fetch asset refuses the same; saying it here spares a failed run and names the CLI's option.
         raise UsageError(

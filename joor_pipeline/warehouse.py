@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 
 from joor_pipeline.flatten.schema import TABLES, arrow_schema
 from joor_pipeline.joor.errors import JoorError
+from joor_pipeline.storage import objectstore
 from joor_pipeline.storage.parquet import PARQUET_DIR, publication_id, published_dates, published_files
 
 if TYPE_CHECKING:
@@ -137,7 +138,7 @@ def source_view_sql(data_dir: Path, table: str, snapshot_dates: Sequence[date]) 
     )
 
 
-def files_view_sql(data_dir: Path, table: str, files: Sequence[Path]) -> str:
+def files_view_sql(data_dir: Path, table: str, files: Sequence[Path | str]) -> str:
     """A ``published.<table>`` view: the contract file, then exactly ``files`` (e.g. a staged partition's).
 
     The file paths come from the publish manifests, never from user text; they are the one place a value is
@@ -202,7 +203,9 @@ class BuildPlan:
 
     def dbt_args(self) -> list[str]:
         """``dbt build`` on this plan's copy (the project and profile dirs are the package's)."""
-        return ["build", "--vars", json.dumps(self.dbt_vars(), sort_keys=True)]
+        # On an object store, the profile's build_s3 target registers s3fs with dbt-duckdb's connection.
+        target = ["--target", "build_s3"] if objectstore.store_of(self.data_dir) is not None else []
+        return ["build", *target, "--vars", json.dumps(self.dbt_vars(), sort_keys=True)]
 
 
 @contextmanager
@@ -248,6 +251,7 @@ def _prepare(plan: BuildPlan, batch: Sequence[date], dates: Sequence[date]) -> N
     ``dates``."""
     con = duckdb.connect(str(plan.database))
     try:
+        objectstore.register(con, plan.data_dir)
         for schema in (SOURCE_SCHEMA, META_SCHEMA):
             con.execute(f"create schema if not exists {schema}")
         con.execute(f"create or replace table {META_SCHEMA}.refresh_dates (snapshot_date date primary key)")
@@ -263,6 +267,7 @@ def _finish(plan: BuildPlan) -> None:
     """Record what the copy was built from, narrow its sources to the latest date and checkpoint it."""
     con = duckdb.connect(str(plan.database))
     try:
+        objectstore.register(con, plan.data_dir)
         con.begin()
         for schema in (SOURCE_SCHEMA, META_SCHEMA):
             con.execute(f"create schema if not exists {schema}")
@@ -325,6 +330,9 @@ def warehouse_build(
         (build_dir / "tmp").mkdir(parents=True)
         database = build_dir / DATABASE_FILE
         current = database_path(data_dir)
+        store = objectstore.store_of(data_dir)
+        if store is not None:  # build on a local copy of the store's warehouse
+            objectstore.pull(store, DATABASE_FILE, current)
         recorded: dict[date, str] = {}
         reason = "asked for"
         if not full_refresh:
@@ -369,6 +377,8 @@ def warehouse_build(
         yield plan
         _finish(plan)
         _publish(database, current)
+        if store is not None:
+            objectstore.push(store, current, DATABASE_FILE)
         shutil.rmtree(build_dir, ignore_errors=True)
 
 
@@ -495,7 +505,7 @@ def build_warehouse(
 
 def default_data_dir() -> Path:
     """``$JOOR_DATA_DIR``, else ``./data``, as the CLI and the Dagster resources read it."""
-    return Path(os.environ.get("JOOR_DATA_DIR", "").strip() or "data")
+    return objectstore.local_data_dir(os.environ.get("JOOR_DATA_DIR", "").strip() or "data")
 
 
 def read(name: str, data_dir: Path | None = None) -> pd.DataFrame:
@@ -511,6 +521,7 @@ def read(name: str, data_dir: Path | None = None) -> pd.DataFrame:
     if name in TABLES:
         con = duckdb.connect()
         try:
+            objectstore.register(con, data_dir)
             sql = source_view_sql(data_dir, name, published_dates(data_dir, name))
             con.execute(f"create schema {SOURCE_SCHEMA}")
             con.execute(sql)
@@ -519,10 +530,14 @@ def read(name: str, data_dir: Path | None = None) -> pd.DataFrame:
             con.close()
         return arrow.to_pandas(types_mapper=pd.ArrowDtype)
     path = database_path(data_dir)
+    store = objectstore.store_of(data_dir)
+    if store is not None:
+        objectstore.pull(store, DATABASE_FILE, path)
     if not path.is_file():
         raise WarehouseError(f"no warehouse at {path}: run the pipeline first (`joor-pipeline run`)")
     con = duckdb.connect(str(path), read_only=True)
     try:
+        objectstore.register(con, data_dir)
         found = con.execute(
             "select schema_name, table_name from duckdb_tables() where table_name = ?"
             " and schema_name in ('main', 'staging')"

@@ -27,7 +27,7 @@ from joor_pipeline.assets.resources import resources_from_values
 from joor_pipeline.config import raise_problems, read_setting
 from joor_pipeline.definitions import JOB_NAME, build_defs
 from joor_pipeline.joor.errors import ConfigError, JoorError
-from joor_pipeline.storage.raw import MANIFEST_NAME, raw_snapshot_dir
+from joor_pipeline.storage.raw import raw_snapshot_exists
 
 #: How long a run waits for another process that is creating the same fresh ``DAGSTER_HOME``.
 INSTANCE_WAIT_SECONDS: Final = 60.0
@@ -255,7 +255,7 @@ def run_range(start: date, end: date, environ: Mapping[str, str], *, debug: bool
     data_dir = read_setting(environ, "JOOR_DATA_DIR", problems)  # a range never fetches: no JOOR account needed
     raise_problems(problems)
     days = [start + timedelta(days=n) for n in range((end - start).days + 1)]
-    missing = [d.isoformat() for d in days if not (raw_snapshot_dir(data_dir, d) / MANIFEST_NAME).is_file()]
+    missing = [d.isoformat() for d in days if not raw_snapshot_exists(data_dir, d)]
     if missing:
         raise RangeRefused(
             f"no raw snapshot kept for {', '.join(missing)} in {data_dir}: a range only re-flattens kept snapshots "

@@ -35,7 +35,7 @@ import json
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 
 from joor_pipeline.flatten import TABLES, FlattenStats
 from joor_pipeline.joor.errors import JoorError
+from joor_pipeline.storage import objectstore
 from joor_pipeline.storage.parts import PART_FILE, flatten_part, partition_path
 from joor_pipeline.storage.publish import Publication, publication, write_durably
 from joor_pipeline.storage.raw import read_raw_snapshot
@@ -202,9 +203,15 @@ def partition_files_under(root: Path, table: str, snapshot_date: date) -> list[P
     return files
 
 
-def published_files(data_dir: Path, table: str, snapshot_date: date) -> list[Path]:
-    """Exactly the files of one published partition, in row order (never a stray file, never a stale list)."""
-    return partition_files_under(data_dir / PARQUET_DIR, table, snapshot_date)
+def published_files(data_dir: Path, table: str, snapshot_date: date) -> list[Path | str]:
+    """Exactly the files of one published partition, in row order (never a stray file, never a stale list).
+
+    With an object-store data directory, their ``s3://`` URLs, from the partition's manifest in the store.
+    """
+    store = objectstore.store_of(data_dir)
+    if store is not None:
+        return [*(objectstore.published_uris(store, partition_target(table, snapshot_date)) or [])]
+    return [*partition_files_under(data_dir / PARQUET_DIR, table, snapshot_date)]
 
 
 #: The name this had before partitions carried manifests; the same function.
@@ -219,6 +226,11 @@ def _is_published(directory: Path) -> bool:
 
 def published_dates(data_dir: Path, table: str = "connections") -> list[date]:
     """Dates with a published partition of ``table``, oldest first."""
+    store = objectstore.store_of(data_dir)
+    if store is not None:
+        parent = partition_target(table, date.min).parent
+        names = objectstore.published_targets(store, parent, _PARTITION_DIR)
+        return sorted(date.fromisoformat(name.removeprefix("snapshot_date=")) for name in names)
     table_dir = data_dir / PARQUET_DIR / table
     if not table_dir.is_dir():
         return []
@@ -236,6 +248,10 @@ def publication_id(data_dir: Path, snapshot_date: date) -> str | None:
     All ten tables of a snapshot are published together and carry the same id; the connections table's is
     returned. A partition from before manifests existed gets an id from its files' modification times.
     """
+    store = objectstore.store_of(data_dir)
+    if store is not None:
+        found = objectstore.read_manifest(store, partition_target("connections", snapshot_date))
+        return None if found is None or not found.get("publication_id") else str(found["publication_id"])
     directory = partition_dir(data_dir, "connections", snapshot_date)
     manifest = _read_partition_manifest(directory)
     if manifest is not None:
@@ -247,14 +263,14 @@ def publication_id(data_dir: Path, snapshot_date: date) -> str | None:
     return "legacy-" + str(max(path.stat().st_mtime_ns for path in legacy))
 
 
-def partition_rows(files: list[Path]) -> int:
+def partition_rows(files: Sequence[Path | str]) -> int:
     """Rows in some Parquet files (from their footers); a damaged file is named, with the way out."""
     rows = 0
     for path in files:
         try:
-            rows += pq.ParquetFile(path).metadata.num_rows
+            rows += objectstore.parquet_file(path).metadata.num_rows
         except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-            raise DamagedPartition(f"{path} cannot be read ({exc}); {_way_out(path.parent)}") from None
+            raise DamagedPartition(f"{path} cannot be read ({exc}); {_way_out(Path(path).parent)}") from None
     return rows
 
 

@@ -62,9 +62,11 @@ from types import FrameType
 from typing import IO, Any, Final
 
 from joor_pipeline.joor.errors import JoorError
+from joor_pipeline.storage import objectstore
 from joor_pipeline.storage.locks import (
     WORK_DIR,
     SnapshotBusy,
+    held_lease,
     holds_snapshot_lock,
     release,
     snapshot_lock,
@@ -73,6 +75,7 @@ from joor_pipeline.storage.locks import (
 )
 
 log = logging.getLogger(__name__)
+store_of = objectstore.store_of
 
 STAGING_DIR: Final = WORK_DIR / "staging"
 QUARANTINE_DIR: Final = WORK_DIR / "quarantine"
@@ -195,6 +198,8 @@ class Publication:
     root: Path
     _owner: IO[bytes] | None = field(default=None, repr=False)
     state: str = "staging"  # -> published | quarantined | discarded
+    #: On an object store: each target's manifest ETag when staging began (the compare-and-swap's condition).
+    base_etags: dict[str, str | None] | None = None
 
     def staged(self, target: Path) -> Path:
         """The staging copy of ``target`` (a path relative to the data directory); its parent exists."""
@@ -209,6 +214,14 @@ class Publication:
         missing = [str(t) for t in targets if not (self.root / NEW / t).is_dir()]
         if missing:
             raise PublishError(f"nothing staged for {', '.join(missing)}")
+        store = store_of(self.data_dir)
+        if store is not None:
+            with _signals_deferred():
+                objectstore.publish(store, self, targets, held_lease(self.data_dir, self.snapshot_date))
+                self.state = "published"
+            if self.kind == "parquet":
+                shutil.rmtree(quarantine_dir(self.data_dir, self.snapshot_date), ignore_errors=True)
+            return
         _fsync_tree(self.root / NEW)
         journal = {
             "publication_id": self.id,
@@ -324,8 +337,13 @@ def publication(data_dir: Path, snapshot_date: date, kind: str) -> Iterator[Publ
     """
     with snapshot_lock(data_dir, snapshot_date), sigterm_as_exit():
         recover(data_dir)
+        store = store_of(data_dir)
+        bases = None
+        if store is not None:
+            objectstore.recover(store, data_dir, snapshot_date)
+            bases = objectstore.base_etags(store, objectstore.kind_targets(kind, snapshot_date))
         publication_id, root, owner = _new_owner(data_dir)
-        pub = Publication(data_dir, snapshot_date, kind, publication_id, root, owner)
+        pub = Publication(data_dir, snapshot_date, kind, publication_id, root, owner, base_etags=bases)
         try:
             yield pub
         finally:
@@ -336,7 +354,7 @@ def publication(data_dir: Path, snapshot_date: date, kind: str) -> Iterator[Publ
 
 
 @contextmanager
-def _date_lock_if_free(data_dir: Path, snapshot_date: date) -> Iterator[bool]:
+def date_lock_if_free(data_dir: Path, snapshot_date: date) -> Iterator[bool]:
     if holds_snapshot_lock(data_dir, snapshot_date):
         yield True
         return
@@ -353,7 +371,7 @@ def _roll_forward(data_dir: Path, root: Path) -> bool:
     """Finish a journaled publication; False when its date is locked by a live run (left for that run)."""
     journal = json.loads((root / JOURNAL_FILE).read_text(encoding="utf-8"))
     snapshot_date = date.fromisoformat(journal["snapshot_date"])
-    with _date_lock_if_free(data_dir, snapshot_date) as locked:
+    with date_lock_if_free(data_dir, snapshot_date) as locked:
         if not locked:
             return False
         with _signals_deferred():
