@@ -258,7 +258,8 @@ class ObjectStore:
 
     def list(self, rel_prefix: Path | PurePosixPath | str) -> list[str]:
         """Relative paths of the objects under a folder (for writers' clean-up only: readers use manifests)."""
-        start = self.key(rel_prefix) + "/"
+        base = self.key(rel_prefix).rstrip("/")
+        start = f"{base}/" if base else ""
         found: list[str] = []
         token: str | None = None
         while True:
