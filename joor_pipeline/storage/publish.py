@@ -32,16 +32,17 @@ staging whose owner file is no longer flocked belongs to a dead process; a journ
 SIGTERM during staging is turned into a normal exit (``SystemExit``), so the ``finally`` blocks delete the
 staging; during the switch, SIGTERM and SIGINT wait until it is done.
 
-**On an object store** (issue 12: no rename, but conditional writes) the same interface and journal hold; only
-the three storage primitives change. Staged files are written once under unique names (the publication id in
-the name) straight under the partition prefix, where nothing refers to them yet. A target is switched by
-replacing its ``_manifest.json`` with a compare-and-swap (``If-Match`` the ETag read when staging began, or
-``If-None-Match: *`` for a new partition): readers resolve a partition through its manifest
+**On an object store** (``JOOR_DATA_DIR=s3://...``, :mod:`~joor_pipeline.storage.objectstore`) the same
+interface holds and staging stays on local scratch; only :meth:`Publication.publish`, :func:`publication`'s
+recovery and the date lock branch there. Staged files are uploaded once under unique names (the publication id
+in the name) beside the live ones, where nothing refers to them yet. A target is switched by replacing its
+``_manifest.json`` with a compare-and-swap (``If-Match`` the ETag read when staging began, or ``If-None-Match:
+*`` for a new partition): readers resolve a partition through its manifest
 (:func:`~joor_pipeline.storage.parquet.published_files`), never by listing, so the manifest *is* the pointer.
 The journal is an object created with ``If-None-Match: *`` before the first swap; roll forward re-applies the
 swaps whose manifest does not carry the publication id yet. "Old data moved aside" becomes "old files no
-longer referenced", deleted after a grace period for readers still holding the previous manifest. The owner
-flock becomes a lease object with an expiry that the live writer renews.
+longer referenced", deleted right after the swap (a reader still holding the previous manifest gets a clear
+not-found). The owner flock becomes a lease object with an expiry that the live writer renews.
 """
 
 from __future__ import annotations
