@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 from joor_pipeline.flatten.schema import TABLES, arrow_schema
 from joor_pipeline.joor.errors import JoorError
 from joor_pipeline.storage import objectstore
+from joor_pipeline.storage.locks import SnapshotBusy
 from joor_pipeline.storage.parquet import PARQUET_DIR, publication_id, published_dates, published_files
 
 if TYPE_CHECKING:
@@ -227,6 +228,29 @@ def _exclusive(path: Path, timeout: float | None) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextmanager
+def _store_build_lease(data_dir: Path, timeout: float | None) -> Iterator[None]:
+    """On an object store, one build at a time across machines too: a lease object beside the local lock."""
+    store = objectstore.store_of(data_dir)
+    if store is None:
+        yield
+        return
+    rel = (work_dir(data_dir) / "build.lock").relative_to(data_dir).as_posix()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            lease = objectstore.acquire_lease(store, rel, "the warehouse build")
+            break
+        except SnapshotBusy as busy:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WarehouseError(str(busy)) from None
+            time.sleep(1.0)
+    try:
+        yield
+    finally:
+        lease.release()
+
+
 def _recorded(database: Path) -> tuple[dict[date, str], str | None]:
     """The publications a warehouse was built from, and the dbt project hash that built it."""
     con = duckdb.connect(str(database))
@@ -316,7 +340,7 @@ def warehouse_build(
     """
     data_dir = data_dir.resolve()
     work = work_dir(data_dir)
-    with _exclusive(work / "build.lock", lock_timeout):
+    with _exclusive(work / "build.lock", lock_timeout), _store_build_lease(data_dir, lock_timeout):
         dates = published_dates(data_dir)
         if not dates:
             raise WarehouseError(

@@ -121,6 +121,16 @@ def _referenced_only(bucket: Bucket, day: date) -> None:
         assert present == expected, target
 
 
+def test_other_schemes_and_bad_urls_are_one_clear_error(tmp_path: Path) -> None:
+    from joor_pipeline.config import ConfigError
+
+    for url, said in (("gs://bucket/x", "only s3:// object stores"), ("s3://B_ad/x", "not a valid s3://")):
+        with pytest.raises(ConfigError, match=f"JOOR_DATA_DIR: .*{said}"):
+            check_data_dir(Path(url))
+    assert objectstore.parse_store_url("s3://bucket/a/b/") == "s3://bucket/a/b"
+    assert objectstore.parse_store_url(str(tmp_path)) is None
+
+
 # ---- the store, the compare-and-swap publication, the readers ----------------------------------------------------
 
 

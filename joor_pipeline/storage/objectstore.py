@@ -87,18 +87,18 @@ def parse_store_url(text: str) -> str | None:
     """
     found = _URL.match(text)
     if found is None:
+        if text.startswith("s3:"):
+            raise StoreError(f"{text!r} is not a valid s3://bucket/prefix URL (bucket: 3-63 of a-z 0-9 . -)")
         other = _OTHER_URL.match(text)
         if other is not None and len(other.group(1)) > 1:  # "C:/..." is a Windows drive, not a scheme
             raise StoreError(
-                f"JOOR_DATA_DIR {text!r}: only s3:// object stores are supported (S3 or an S3-compatible endpoint "
-                f"given by AWS_ENDPOINT_URL), not {other.group(1)}://"
+                f"{text!r}: only s3:// object stores are supported (S3 or an S3-compatible endpoint given by "
+                f"AWS_ENDPOINT_URL), not {other.group(1)}://"
             )
-        if text.startswith("s3:"):
-            raise StoreError(f"JOOR_DATA_DIR {text!r} is not a valid s3://bucket/prefix URL")
         return None
     prefix = (found.group(2) or "").strip("/")
     if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
-        raise StoreError(f"JOOR_DATA_DIR {text!r} has an empty, '.' or '..' path segment")
+        raise StoreError(f"{text!r} has an empty, '.' or '..' path segment")
     return f"s3://{found.group(1)}/{prefix}".rstrip("/")
 
 
