@@ -125,6 +125,7 @@ def _check_fetch_date(snapshot_date: date, allow_backdated: bool) -> None:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     from joor_pipeline.pipeline import connect, fetch_snapshot
+    from joor_pipeline.storage.objectstore import shown
 
     settings = _settings(args)
     _check_fetch_date(args.date, args.allow_backdated)
@@ -147,7 +148,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         )
     progress.done()
     print(
-        f"landed {report.connections} connections in {report.pages} pages at {report.path} "
+        f"landed {report.connections} connections in {report.pages} pages at {shown(settings.data_dir, report.path)} "
         f"({report.duration_seconds:.1f}s, {report.stats.requests} requests, {report.stats.retries} retries)"
     )
     return 0

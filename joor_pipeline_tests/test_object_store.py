@@ -337,3 +337,37 @@ def test_a_flatten_killed_mid_upload_or_mid_swap_is_exactly_old_or_new_and_recov
 
     # The next ordinary run goes through.
     assert flatten_snapshot(s3.data_dir, DAY, workers=1).rows["connections"] == 230
+
+
+def test_a_fetch_killed_before_or_after_its_commit_point_leaves_the_old_pages_or_is_completed(s3: Bucket) -> None:
+    land(s3.data_dir, DAY, generate_connections(150, seed=1))
+    env = {**s3.env, "JOOR_ENVIRONMENT": "builtin", "JOOR_SANDBOX_CONNECTIONS": "250"}
+    command = [sys.executable, "-c", KILLER, "fetch", "--date", DAY.isoformat(), "--allow-backdated"]
+    command += ["--data-dir", s3.url]
+
+    def fetch(put: int) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            command, env={**env, "KILL_AT_PUT": str(put)}, capture_output=True, text=True, timeout=300
+        )
+
+    counted = fetch(0)
+    assert counted.returncode == 0, counted.stderr
+    assert SECRET not in counted.stdout + counted.stderr
+    pages = read_manifest(s3.data_dir, DAY)["page_count"]
+    total = int(counted.stderr.rsplit("puts=", 1)[1].split()[0])
+    # Every page, the staged manifest, the journal (the commit point), then the manifest swap: written last.
+    journal = pages + 2
+    assert total == journal + 1
+
+    for put in (1, journal, total):
+        baseline = read_manifest(s3.data_dir, DAY)["publication_id"]
+        killed = fetch(put)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        # Until the swap, readers see the previous snapshot, whole (every page it lists is there and matches).
+        assert read_manifest(s3.data_dir, DAY)["publication_id"] == baseline
+        assert sum(len(c) for _entry, c, _log in iter_raw_pages(s3.data_dir, DAY)) == 250
+        _recover(s3)
+        after = read_manifest(s3.data_dir, DAY)["publication_id"]
+        assert (after == baseline) == (put <= journal), put
+        _referenced_only(s3, DAY)
+        assert staging_leftovers(s3.data_dir) == []

@@ -17,7 +17,7 @@ from joor_pipeline.flatten import TABLES
 from joor_pipeline.flatten.schema import REQ_IF_STATE_COUNTRY, REQ_YES
 from joor_pipeline.pipeline import fetch_snapshot
 from joor_pipeline.quality import CHECKS, CheckOutcome, check_partition
-from joor_pipeline.storage.objectstore import parquet_file
+from joor_pipeline.storage.objectstore import parquet_file, shown
 from joor_pipeline.storage.parquet import published_files, stage_snapshot
 from joor_pipeline.storage.raw import raw_snapshot_exists, read_manifest
 
@@ -98,7 +98,9 @@ def joor_raw_connections(
             "fetching connections from %s (%s, %s)", settings.target, settings.api_version, settings.format
         )
         report = fetch_snapshot(client, data_dir, snapshot_date, progress=progress)
-    context.log.info("landed %d connections in %d pages at %s", report.connections, report.pages, report.path)
+    context.log.info(
+        "landed %d connections in %d pages at %s", report.connections, report.pages, shown(data_dir, report.path)
+    )
     return dg.MaterializeResult(metadata={**_manifest_metadata(report.manifest), "reused_existing_snapshot": False})
 
 
@@ -268,7 +270,7 @@ def joor_tables(context: dg.AssetExecutionContext, storage: DataDirResource) -> 
             metadata={
                 "dagster/row_count": report.rows[table],
                 "dagster/column_schema": _column_schema(table),
-                "path": dg.MetadataValue.path(str(report.paths[table])),
+                "path": dg.MetadataValue.path(shown(data_dir, report.paths[table])),
                 "publication_id": report.publication_id,
                 "preview": dg.MetadataValue.md(_preview(data)),
                 "unknown_fields": sum(unknown.values()),

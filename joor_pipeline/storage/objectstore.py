@@ -731,3 +731,14 @@ def push(store: ObjectStore, local: Path, rel: Path | PurePosixPath | str) -> No
     with open(local, "rb") as handle:
         response = store._call("put_object", rel, Key=store.key(rel), Body=handle)
     local.with_name(local.name + ".etag").write_text(str(response["ETag"]), encoding="utf-8")
+
+
+def shown(data_dir: Path, path: Path) -> str:
+    """Where a published path under ``data_dir`` is, for messages: its ``s3://`` URL on a store."""
+    store = store_of(data_dir)
+    if store is None:
+        return str(path)
+    try:
+        return store.uri(path.relative_to(data_dir))
+    except ValueError:
+        return str(path)
