@@ -247,6 +247,20 @@ def test_run_fetches_flattens_checks_and_builds_on_the_bucket(s3: Bucket, monkey
     assert con.execute("select count(*) from read_parquet($1)", [files]).fetchone() == (140,)
     con.close()
 
+    # The other machine adds a date: its build starts from the bucket's warehouse (incremental, one date) and
+    # publishes it back; the first machine's next read gets the new object.
+    from joor_pipeline.warehouse import DATABASE_FILE, build_warehouse, database_path
+
+    earlier = date(2026, 1, 5)
+    land(other, earlier, generate_connections(60, seed=3))
+    flatten_snapshot(other, earlier, workers=1)
+    report = build_warehouse(other)
+    assert (report.full_refresh, report.refresh_dates) == (False, [earlier])
+    assert objectstore.pull(s3.store, DATABASE_FILE, database_path(s3.data_dir))
+    con = duckdb.connect(str(database_path(s3.data_dir)), read_only=True)
+    assert con.execute("select count(*) from joor_meta.publications").fetchone() == (2,)
+    con.close()
+
 
 # ---- killed mid-write ----------------------------------------------------------------------------------------------
 
