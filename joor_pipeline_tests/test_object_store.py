@@ -385,3 +385,17 @@ def test_a_fetch_killed_before_or_after_its_commit_point_leaves_the_old_pages_or
         assert (after == baseline) == (put <= journal), put
         _referenced_only(s3, DAY)
         assert staging_leftovers(s3.data_dir) == []
+
+
+def test_a_missing_bucket_is_one_line_naming_it_and_no_secret(s3: Bucket, monkeypatch, capsys, tmp_path) -> None:
+    from joor_pipeline.cli import main
+
+    monkeypatch.setenv("JOOR_ENVIRONMENT", "builtin")
+    monkeypatch.setenv("JOOR_SANDBOX_CONNECTIONS", "5")
+    monkeypatch.setenv("JOOR_WORK_DIR", str(tmp_path / "elsewhere"))
+    missing = f"s3://no-such-{uuid.uuid4().hex[:8]}/data"
+    assert main(["fetch", "--data-dir", missing]) == 1
+    captured = capsys.readouterr()
+    error = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and missing.split("/")[2] in error[0] and "NoSuchBucket" in error[0], captured.err
+    assert SECRET not in captured.out + captured.err
