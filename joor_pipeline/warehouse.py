@@ -344,7 +344,7 @@ def warehouse_build(
         dates = published_dates(data_dir)
         if not dates:
             raise WarehouseError(
-                f"no published snapshot under {data_dir / PARQUET_DIR}: flatten one first "
+                f"no published snapshot under {objectstore.shown(data_dir, data_dir / PARQUET_DIR)}: flatten one first "
                 "(materialize the ten table assets, or `joor-pipeline run`)"
             )
         published = {day: publication_id(data_dir, day) or "" for day in dates}
