@@ -147,6 +147,7 @@ def _check_fetch_date(snapshot_date: date, allow_backdated: bool) -> None:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     from joor_pipeline.pipeline import connect, fetch_snapshot
+    from joor_pipeline.storage.objectstore import shown
 
     account = _one_account(args, _environ(args))
     settings = _settings(args, account)
@@ -173,7 +174,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         )
     progress.done()
     print(
-        f"landed {report.connections} connections in {report.pages} pages at {report.path} "
+        f"landed {report.connections} connections in {report.pages} pages at {shown(settings.data_dir, report.path)} "
         f"({report.duration_seconds:.1f}s, {report.stats.requests} requests, {report.stats.retries} retries)"
     )
     return 0
@@ -273,7 +274,7 @@ def _print_run(summary: RunSummary, *, debug: bool) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from joor_pipeline.storage.raw import MANIFEST_NAME, raw_snapshot_dir
+    from joor_pipeline.storage.raw import raw_snapshot_exists
 
     if args.from_date or args.to_date:
         return _run_range(args)
@@ -281,7 +282,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     env, data_dir = _run_environ(args, builtin=False, accounts=accounts)
     _check_run_date(args.date)
     for account in accounts:
-        kept = (raw_snapshot_dir(data_dir, args.date, account=account) / MANIFEST_NAME).is_file()
+        kept = raw_snapshot_exists(data_dir, args.date, account=account)
         if args.date < _today() and not kept and not args.allow_backdated:
             # The fetch asset refuses the same; saying it here spares a failed run and names the CLI's option.
             of = f" of account {account}" if len(accounts) > 1 else ""

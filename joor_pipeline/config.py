@@ -236,9 +236,29 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         "data_dir",
         "path",
         Path("data"),
-        "where raw pages, Parquet and joor.duckdb live (a writable directory)",
+        "where raw pages, Parquet and joor.duckdb live: a writable directory, or s3://bucket/prefix (object store)",
         default_text="./data",
         resource="storage",
+    ),
+    Setting(
+        "JOOR_WORK_DIR",
+        "work_dir",
+        "path",
+        None,
+        "with an s3:// JOOR_DATA_DIR: the local scratch directory for staging, the flatten and the dbt build",
+        default_text="a folder per URL under ~/.cache/joor-pipeline",
+        resource=None,
+    ),
+    Setting(
+        "JOOR_STORE_LEASE_SECONDS",
+        "store_lease_seconds",
+        "float",
+        60.0,
+        "with an s3:// JOOR_DATA_DIR: life of a date's lock object, renewed every third of it by its live writer",
+        low=1,
+        high=3600,
+        unit="s",
+        resource=None,
     ),
     Setting(
         "JOOR_FLATTEN_WORKERS",
@@ -370,10 +390,27 @@ class JoorSettings:
 
 #: Settings read by :func:`load_settings` into :class:`JoorSettings` (the rest are read where they are used).
 JOOR_SETTINGS_FIELDS: Final = tuple(
-    s for s in SETTINGS if s.name not in ("JOOR_FLATTEN_WORKERS", "JOOR_FIRST_SNAPSHOT_DATE", "JOOR_ACCOUNTS_FILE")
+    s
+    for s in SETTINGS
+    # Read where they are used (storage.objectstore reads the two object-store ones from the environment).
+    if s.name
+    not in (
+        "JOOR_FLATTEN_WORKERS",
+        "JOOR_FIRST_SNAPSHOT_DATE",
+        "JOOR_ACCOUNTS_FILE",
+        "JOOR_WORK_DIR",
+        "JOOR_STORE_LEASE_SECONDS",
+    )
 )
 #: Settings of the whole deployment, never of one account: an accounts file may not set them.
-DEPLOYMENT_VARS: Final = ("JOOR_ACCOUNTS_FILE", "JOOR_DATA_DIR", "JOOR_FLATTEN_WORKERS", "JOOR_FIRST_SNAPSHOT_DATE")
+DEPLOYMENT_VARS: Final = (
+    "JOOR_ACCOUNTS_FILE",
+    "JOOR_DATA_DIR",
+    "JOOR_FLATTEN_WORKERS",
+    "JOOR_FIRST_SNAPSHOT_DATE",
+    "JOOR_WORK_DIR",
+    "JOOR_STORE_LEASE_SECONDS",
+)
 #: The settings an ``[accounts.<name>]`` table may hold, by key (a secret by the name of its variable: ``<key>_env``).
 ACCOUNT_SETTINGS: Final = {s.field: s for s in SETTINGS if s.name not in DEPLOYMENT_VARS}
 
@@ -664,7 +701,19 @@ def configuration_problem(env: Mapping[str, str]) -> str | None:
 
 
 def check_data_dir(path: Path, name: str = "JOOR_DATA_DIR") -> Path:
-    """``path`` made absolute, or a ConfigError if it cannot hold data: a file, or not writable (checked, not made)."""
+    """``path`` made absolute, or a ConfigError if it cannot hold data: a file, or not writable (checked, not made).
+
+    An ``s3://bucket/prefix`` URL gives its local work directory instead (``JOOR_WORK_DIR``), bound to the URL:
+    see :mod:`joor_pipeline.storage.objectstore`.
+    """
+    from joor_pipeline.storage.objectstore import StoreError, bind, parse_store_url
+
+    try:
+        url = parse_store_url(str(path))
+        if url is not None:
+            return check_data_dir(bind(url), "JOOR_WORK_DIR")
+    except StoreError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
     path = path.expanduser().absolute()
     existing = path
     while not existing.exists() and existing != existing.parent:

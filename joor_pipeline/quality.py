@@ -23,6 +23,7 @@ import duckdb
 
 from joor_pipeline.config import DEFAULT_ACCOUNT
 from joor_pipeline.flatten import TABLES
+from joor_pipeline.storage import objectstore
 from joor_pipeline.storage.parquet import StagedFlatten, partition_rows, published_dates, published_files
 from joor_pipeline.storage.recount import RawRecount, raw_recount
 from joor_pipeline.warehouse import SOURCE_SCHEMA, files_view_sql, rule_issues_sql
@@ -116,7 +117,7 @@ class CheckOutcome:
 
 
 def partition_issues(
-    data_dir: Path, files: Mapping[str, Sequence[Path]], snapshot_date: date, rules: Collection[str] | None = None
+    data_dir: Path, files: Mapping[str, Sequence[Path | str]], snapshot_date: date, rules: Collection[str] | None = None
 ) -> list[Issue]:
     """Every rule of ``data_quality_issues`` (or only ``rules``) that a record of one partition breaks, given each
     table's ``files`` (a staged flatten's, or the published ones); ``data_dir`` holds the contract files the views
@@ -124,6 +125,7 @@ def partition_issues(
     branches asked for: the audit before publishing asks for the blocking ones alone."""
     con = duckdb.connect()
     try:
+        objectstore.register(con, data_dir)
         con.execute("set TimeZone = 'UTC'")
         con.execute(f"create schema {SOURCE_SCHEMA}")
         for table in TABLES:
@@ -166,7 +168,7 @@ def _examples(issues: list[Issue]) -> str:
 
 def check_partition(
     data_dir: Path,
-    files: Mapping[str, Sequence[Path]],
+    files: Mapping[str, Sequence[Path | str]],
     snapshot_date: date,
     recount: RawRecount | None = None,
     checks: Sequence[tuple[str, Check]] = CHECKS,
@@ -229,7 +231,7 @@ def check_partition(
     return outcomes
 
 
-def parquet_counts(files: Mapping[str, Sequence[Path]]) -> dict[str, int]:
+def parquet_counts(files: Mapping[str, Sequence[Path | str]]) -> dict[str, int]:
     """Rows each table holds, given each table's files (e.g. a staged flatten's, or ``published_files``)."""
     return {table: partition_rows(list(files[table])) for table in TABLES}
 

@@ -42,6 +42,8 @@ import pyarrow.parquet as pq
 
 from joor_pipeline.flatten.schema import TABLES, arrow_schema
 from joor_pipeline.joor.errors import JoorError
+from joor_pipeline.storage import objectstore
+from joor_pipeline.storage.locks import SnapshotBusy
 from joor_pipeline.storage.migrate import migrate_legacy_layout
 from joor_pipeline.storage.parquet import PARQUET_DIR, publication_id, published_files, published_partitions
 
@@ -143,7 +145,7 @@ def source_view_sql(data_dir: Path, table: str, partitions: Sequence[Partition])
     return files_view_sql(data_dir, table, files)
 
 
-def files_view_sql(data_dir: Path, table: str, files: Sequence[Path]) -> str:
+def files_view_sql(data_dir: Path, table: str, files: Sequence[Path | str]) -> str:
     """A ``published.<table>`` view: the contract file, then exactly ``files`` (e.g. a staged partition's).
 
     The file paths come from the publish manifests, never from user text; they are the one place a value is
@@ -221,7 +223,9 @@ class BuildPlan:
 
     def dbt_args(self) -> list[str]:
         """``dbt build`` on this plan's copy (the project and profile dirs are the package's)."""
-        return ["build", "--vars", json.dumps(self.dbt_vars(), sort_keys=True)]
+        # On an object store, the profile's build_s3 target registers s3fs with dbt-duckdb's connection.
+        target = ["--target", "build_s3"] if objectstore.store_of(self.data_dir) is not None else []
+        return ["build", *target, "--vars", json.dumps(self.dbt_vars(), sort_keys=True)]
 
 
 @contextmanager
@@ -241,6 +245,29 @@ def _exclusive(path: Path, timeout: float | None) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _store_build_lease(data_dir: Path, timeout: float | None) -> Iterator[None]:
+    """On an object store, one build at a time across machines too: a lease object beside the local lock."""
+    store = objectstore.store_of(data_dir)
+    if store is None:
+        yield
+        return
+    rel = (work_dir(data_dir) / "build.lock").relative_to(data_dir).as_posix()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            lease = objectstore.acquire_lease(store, rel, "the warehouse build")
+            break
+        except SnapshotBusy as busy:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WarehouseError(str(busy)) from None
+            time.sleep(1.0)
+    try:
+        yield
+    finally:
+        lease.release()
 
 
 def _recorded(database: Path) -> tuple[dict[Partition, str], str | None]:
@@ -266,6 +293,7 @@ def _prepare(plan: BuildPlan, batch: Sequence[Partition], partitions: Sequence[P
     ``partitions``."""
     con = duckdb.connect(str(plan.database))
     try:
+        objectstore.register(con, plan.data_dir)
         for schema in (SOURCE_SCHEMA, META_SCHEMA):
             con.execute(f"create schema if not exists {schema}")
         con.execute(
@@ -284,6 +312,7 @@ def _finish(plan: BuildPlan) -> None:
     """Record what the copy was built from, narrow its sources to the latest date and checkpoint it."""
     con = duckdb.connect(str(plan.database))
     try:
+        objectstore.register(con, plan.data_dir)
         con.begin()
         for schema in (SOURCE_SCHEMA, META_SCHEMA):
             con.execute(f"create schema if not exists {schema}")
@@ -336,11 +365,11 @@ def warehouse_build(
     data_dir = data_dir.resolve()
     work = work_dir(data_dir)
     migrate_legacy_layout(data_dir)
-    with _exclusive(work / "build.lock", lock_timeout):
+    with _exclusive(work / "build.lock", lock_timeout), _store_build_lease(data_dir, lock_timeout):
         partitions = published_partitions(data_dir)
         if not partitions:
             raise WarehouseError(
-                f"no published snapshot under {data_dir / PARQUET_DIR}: flatten one first "
+                f"no published snapshot under {objectstore.shown(data_dir, data_dir / PARQUET_DIR)}: flatten one first "
                 "(materialize the ten table assets, or `joor-pipeline run`)"
             )
         published = {key: publication_id(data_dir, key[1], account=key[0]) or "" for key in partitions}
@@ -353,6 +382,9 @@ def warehouse_build(
         (build_dir / "tmp").mkdir(parents=True)
         database = build_dir / DATABASE_FILE
         current = database_path(data_dir)
+        store = objectstore.store_of(data_dir)
+        if store is not None:  # build on a local copy of the store's warehouse
+            objectstore.pull(store, DATABASE_FILE, current)
         recorded: dict[Partition, str] = {}
         reason = "asked for"
         if not full_refresh:
@@ -397,6 +429,8 @@ def warehouse_build(
         yield plan
         _finish(plan)
         _publish(database, current)
+        if store is not None:
+            objectstore.push(store, current, DATABASE_FILE)
         shutil.rmtree(build_dir, ignore_errors=True)
 
 
@@ -528,7 +562,7 @@ def build_warehouse(
 
 def default_data_dir() -> Path:
     """``$JOOR_DATA_DIR``, else ``./data``, as the CLI and the Dagster resources read it."""
-    return Path(os.environ.get("JOOR_DATA_DIR", "").strip() or "data")
+    return objectstore.local_data_dir(os.environ.get("JOOR_DATA_DIR", "").strip() or "data")
 
 
 def read(name: str, data_dir: Path | None = None) -> pd.DataFrame:
@@ -544,6 +578,7 @@ def read(name: str, data_dir: Path | None = None) -> pd.DataFrame:
     if name in TABLES:
         con = duckdb.connect()
         try:
+            objectstore.register(con, data_dir)
             sql = source_view_sql(data_dir, name, published_partitions(data_dir, name))
             con.execute(f"create schema {SOURCE_SCHEMA}")
             con.execute(sql)
@@ -552,10 +587,14 @@ def read(name: str, data_dir: Path | None = None) -> pd.DataFrame:
             con.close()
         return arrow.to_pandas(types_mapper=pd.ArrowDtype)
     path = database_path(data_dir)
+    store = objectstore.store_of(data_dir)
+    if store is not None:
+        objectstore.pull(store, DATABASE_FILE, path)
     if not path.is_file():
         raise WarehouseError(f"no warehouse at {path}: run the pipeline first (`joor-pipeline run`)")
     con = duckdb.connect(str(path), read_only=True)
     try:
+        objectstore.register(con, data_dir)
         found = con.execute(
             "select schema_name, table_name from duckdb_tables() where table_name = ?"
             " and schema_name in ('main', 'staging')"

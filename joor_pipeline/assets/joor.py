@@ -1,14 +1,13 @@
 """JOOR assets: the raw snapshot, the ten Parquet tables and their checks (wiring only; the work is in the library)."""
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Final
 
 import dagster as dg
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import Field
 
 from joor_pipeline.assets.logs import forward_logs
@@ -19,8 +18,9 @@ from joor_pipeline.flatten.schema import REQ_IF_STATE_COUNTRY, REQ_YES
 from joor_pipeline.pipeline import fetch_snapshot
 from joor_pipeline.quality import CHECKS, CheckOutcome, check_partition
 from joor_pipeline.storage.locks import of_account
+from joor_pipeline.storage.objectstore import parquet_file, shown
 from joor_pipeline.storage.parquet import published_files, stage_snapshot
-from joor_pipeline.storage.raw import MANIFEST_NAME, raw_snapshot_dir, read_manifest
+from joor_pipeline.storage.raw import raw_snapshot_exists, read_manifest
 
 RAW_ASSET: Final = "joor_raw_connections"
 PREVIEW_ROWS: Final = 5
@@ -62,7 +62,7 @@ def joor_raw_connections(
     account, snapshot_date = _partition(context)
     data_dir = storage.path
     today = datetime.now(UTC).date()
-    existing = (raw_snapshot_dir(data_dir, snapshot_date, account=account) / MANIFEST_NAME).is_file()
+    existing = raw_snapshot_exists(data_dir, snapshot_date, account=account)
     if snapshot_date < today and not config.refetch:
         if existing:
             manifest = read_manifest(data_dir, snapshot_date, account=account)
@@ -107,7 +107,9 @@ def joor_raw_connections(
             settings.format,
         )
         report = fetch_snapshot(client, data_dir, snapshot_date, progress=progress, account=account)
-    context.log.info("landed %d connections in %d pages at %s", report.connections, report.pages, report.path)
+    context.log.info(
+        "landed %d connections in %d pages at %s", report.connections, report.pages, shown(data_dir, report.path)
+    )
     return dg.MaterializeResult(metadata={**_manifest_metadata(report.manifest), "reused_existing_snapshot": False})
 
 
@@ -174,14 +176,14 @@ def _column_schema(table: str) -> dg.TableSchema:
     )
 
 
-def _first_rows(files: list[Path]) -> pa.Table:
+def _first_rows(files: Sequence[Path | str]) -> pa.Table:
     """The first rows of a partition for its preview, read without loading the whole table."""
     for path in files:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=PREVIEW_ROWS)
+        batches = parquet_file(path).iter_batches(batch_size=PREVIEW_ROWS)
         first = next(batches, None)
         if first is not None and first.num_rows:
             return pa.Table.from_batches([first])
-    return pq.ParquetFile(files[0]).schema_arrow.empty_table()
+    return parquet_file(files[0]).schema_arrow.empty_table()
 
 
 def _preview(table: pa.Table) -> str:
@@ -283,7 +285,7 @@ def joor_tables(context: dg.AssetExecutionContext, storage: DataDirResource) -> 
             metadata={
                 "dagster/row_count": report.rows[table],
                 "dagster/column_schema": _column_schema(table),
-                "path": dg.MetadataValue.path(str(report.paths[table])),
+                "path": dg.MetadataValue.path(shown(data_dir, report.paths[table])),
                 "publication_id": report.publication_id,
                 "preview": dg.MetadataValue.md(_preview(data)),
                 "unknown_fields": sum(unknown.values()),

@@ -28,7 +28,7 @@ from joor_pipeline.assets.resources import resources_from_values
 from joor_pipeline.config import DEFAULT_ACCOUNT, raise_problems, read_setting
 from joor_pipeline.definitions import JOB_NAME, build_defs
 from joor_pipeline.joor.errors import ConfigError, JoorError
-from joor_pipeline.storage.raw import MANIFEST_NAME, raw_snapshot_dir
+from joor_pipeline.storage.raw import raw_snapshot_exists
 
 #: How long a run waits for another process that is creating the same fresh ``DAGSTER_HOME``.
 INSTANCE_WAIT_SECONDS: Final = 60.0
@@ -278,7 +278,7 @@ def run_range(
         f"{d.isoformat()} (account {account})" if len(accounts) > 1 else d.isoformat()
         for account in accounts
         for d in days
-        if not (raw_snapshot_dir(data_dir, d, account=account) / MANIFEST_NAME).is_file()
+        if not raw_snapshot_exists(data_dir, d, account=account)
     ]
     if missing:
         raise RangeRefused(

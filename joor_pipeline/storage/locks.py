@@ -24,7 +24,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Any, Final
 
 from joor_pipeline.config import DEFAULT_ACCOUNT
 from joor_pipeline.joor.errors import JoorError
@@ -43,6 +43,8 @@ class SnapshotBusy(JoorError):
 class _Held:
     handle: IO[bytes]
     depth: int
+    #: With an object-store data directory, the date's lease object (see storage.objectstore), held with the flock.
+    lease: Any = None
 
 
 # (resolved lock path) -> the open, locked file of this process; closed in forked children.
@@ -158,7 +160,12 @@ def snapshot_lock(data_dir: Path, snapshot_date: date, *, account: str = DEFAULT
                 f"it (lock {path}); wait for it to finish, then try again"
             )
         write_holder(handle)
-        held = _Held(handle, 1)
+        try:
+            lease = _store_lease(data_dir, snapshot_date, account)
+        except BaseException:
+            release(handle)
+            raise
+        held = _Held(handle, 1, lease)
         with _guard:
             _held[path] = held
     try:
@@ -170,4 +177,26 @@ def snapshot_lock(data_dir: Path, snapshot_date: date, *, account: str = DEFAULT
             if last:
                 del _held[path]
         if last:
-            release(held.handle)
+            try:
+                if held.lease is not None:
+                    held.lease.release()
+            finally:
+                release(held.handle)
+
+
+def _store_lease(data_dir: Path, snapshot_date: date, account: str) -> Any:
+    """On an object store, the date's lease object at the lock path (SnapshotBusy when live elsewhere)."""
+    from joor_pipeline.storage.objectstore import acquire_lease, store_of
+
+    store = store_of(data_dir)
+    if store is None:
+        return None
+    rel = snapshot_lock_path(data_dir, snapshot_date, account=account).relative_to(data_dir).as_posix()
+    return acquire_lease(store, rel, f"snapshot {snapshot_date.isoformat()}{of_account(account)}")
+
+
+def held_lease(data_dir: Path, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> Any:
+    """The store lease this process holds for ``snapshot_date`` (None on local disk or when not held)."""
+    with _guard:
+        held = _held.get(snapshot_lock_path(data_dir, snapshot_date, account=account).resolve())
+    return None if held is None else held.lease

@@ -36,17 +36,18 @@ import json
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
 import pyarrow.parquet as pq
 
 from joor_pipeline.flatten import TABLES, FlattenStats
 from joor_pipeline.joor.errors import JoorError
+from joor_pipeline.storage import objectstore
 from joor_pipeline.storage.locks import DEFAULT_ACCOUNT, account_key, of_account
 from joor_pipeline.storage.parts import PART_FILE, flatten_part, partition_path
 from joor_pipeline.storage.publish import Publication, publication, write_durably
@@ -211,9 +212,17 @@ def partition_files_under(root: Path, table: str, snapshot_date: date, *, accoun
     return files
 
 
-def published_files(data_dir: Path, table: str, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> list[Path]:
-    """Exactly the files of one published partition, in row order (never a stray file, never a stale list)."""
-    return partition_files_under(data_dir / PARQUET_DIR, table, snapshot_date, account=account)
+def published_files(
+    data_dir: Path, table: str, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT
+) -> list[Path | str]:
+    """Exactly the files of one published partition, in row order (never a stray file, never a stale list).
+
+    With an object-store data directory, their ``s3://`` URLs, from the partition's manifest in the store.
+    """
+    store = objectstore.store_of(data_dir)
+    if store is not None:
+        return [*(objectstore.published_uris(store, partition_target(table, snapshot_date, account=account)) or [])]
+    return [*partition_files_under(data_dir / PARQUET_DIR, table, snapshot_date, account=account)]
 
 
 #: The name this had before partitions carried manifests; the same function.
@@ -228,6 +237,9 @@ def _is_published(directory: Path) -> bool:
 
 def published_accounts(data_dir: Path, table: str = "connections") -> list[str]:
     """Accounts with a directory under ``table`` (published partitions or not), sorted."""
+    store = objectstore.store_of(data_dir)
+    if store is not None:
+        return sorted({account for account, _day in published_partitions(data_dir, table)})
     table_dir = data_dir / PARQUET_DIR / table
     if not table_dir.is_dir():
         return []
@@ -237,6 +249,17 @@ def published_accounts(data_dir: Path, table: str = "connections") -> list[str]:
 
 def published_partitions(data_dir: Path, table: str = "connections") -> list[tuple[str, date]]:
     """Every published (account, snapshot date) of ``table``, sorted."""
+    store = objectstore.store_of(data_dir)
+    if store is not None:  # one listing of the table's prefix: account=A/snapshot_date=D/_manifest.json
+        found = set()
+        for rel in store.list(PARQUET_DIR / table):
+            parts = PurePosixPath(rel).parts
+            if len(parts) < 3 or parts[-1] != PARTITION_MANIFEST:
+                continue
+            account, day = _ACCOUNT_DIR.fullmatch(parts[-3]), _PARTITION_DIR.fullmatch(parts[-2])
+            if account and day and PurePosixPath(*parts[:-3]) == PurePosixPath(PARQUET_DIR / table):
+                found.add((account.group(1), date.fromisoformat(day.group(1))))
+        return sorted(found)
     return [
         (account, day)
         for account in published_accounts(data_dir, table)
@@ -246,6 +269,11 @@ def published_partitions(data_dir: Path, table: str = "connections") -> list[tup
 
 def published_dates(data_dir: Path, table: str = "connections", *, account: str = DEFAULT_ACCOUNT) -> list[date]:
     """Dates with a published partition of ``table`` for ``account``, oldest first."""
+    store = objectstore.store_of(data_dir)
+    if store is not None:
+        parent = partition_target(table, date.min, account=account).parent
+        names = objectstore.published_targets(store, parent, _PARTITION_DIR)
+        return sorted(date.fromisoformat(name.removeprefix("snapshot_date=")) for name in names)
     table_dir = data_dir / PARQUET_DIR / table / account_key(account)
     if not table_dir.is_dir():
         return []
@@ -263,6 +291,10 @@ def publication_id(data_dir: Path, snapshot_date: date, *, account: str = DEFAUL
     All ten tables of a snapshot are published together and carry the same id; the connections table's is
     returned. A partition from before manifests existed gets an id from its files' modification times.
     """
+    store = objectstore.store_of(data_dir)
+    if store is not None:
+        found = objectstore.read_manifest(store, partition_target("connections", snapshot_date, account=account))
+        return None if found is None or not found.get("publication_id") else str(found["publication_id"])
     directory = partition_dir(data_dir, "connections", snapshot_date, account=account)
     manifest = _read_partition_manifest(directory)
     if manifest is not None:
@@ -274,14 +306,14 @@ def publication_id(data_dir: Path, snapshot_date: date, *, account: str = DEFAUL
     return "legacy-" + str(max(path.stat().st_mtime_ns for path in legacy))
 
 
-def partition_rows(files: list[Path]) -> int:
+def partition_rows(files: Sequence[Path | str]) -> int:
     """Rows in some Parquet files (from their footers); a damaged file is named, with the way out."""
     rows = 0
     for path in files:
         try:
-            rows += pq.ParquetFile(path).metadata.num_rows
+            rows += objectstore.parquet_file(path).metadata.num_rows
         except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-            raise DamagedPartition(f"{path} cannot be read ({exc}); {_way_out(path.parent)}") from None
+            raise DamagedPartition(f"{path} cannot be read ({exc}); {_way_out(Path(path).parent)}") from None
     return rows
 
 

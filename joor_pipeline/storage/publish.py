@@ -32,16 +32,17 @@ staging whose owner file is no longer flocked belongs to a dead process; a journ
 SIGTERM during staging is turned into a normal exit (``SystemExit``), so the ``finally`` blocks delete the
 staging; during the switch, SIGTERM and SIGINT wait until it is done.
 
-**On an object store** (issue 12: no rename, but conditional writes) the same interface and journal hold; only
-the three storage primitives change. Staged files are written once under unique names (the publication id in
-the name) straight under the partition prefix, where nothing refers to them yet. A target is switched by
-replacing its ``_manifest.json`` with a compare-and-swap (``If-Match`` the ETag read when staging began, or
-``If-None-Match: *`` for a new partition): readers resolve a partition through its manifest
+**On an object store** (``JOOR_DATA_DIR=s3://...``, :mod:`~joor_pipeline.storage.objectstore`) the same
+interface holds and staging stays on local scratch; only :meth:`Publication.publish`, :func:`publication`'s
+recovery and the date lock branch there. Staged files are uploaded once under unique names (the publication id
+in the name) beside the live ones, where nothing refers to them yet. A target is switched by replacing its
+``_manifest.json`` with a compare-and-swap (``If-Match`` the ETag read when staging began, or ``If-None-Match:
+*`` for a new partition): readers resolve a partition through its manifest
 (:func:`~joor_pipeline.storage.parquet.published_files`), never by listing, so the manifest *is* the pointer.
 The journal is an object created with ``If-None-Match: *`` before the first swap; roll forward re-applies the
 swaps whose manifest does not carry the publication id yet. "Old data moved aside" becomes "old files no
-longer referenced", deleted after a grace period for readers still holding the previous manifest. The owner
-flock becomes a lease object with an expiry that the live writer renews.
+longer referenced", deleted right after the swap (a reader still holding the previous manifest gets a clear
+not-found). The owner flock becomes a lease object with an expiry that the live writer renews.
 """
 
 from __future__ import annotations
@@ -62,11 +63,13 @@ from types import FrameType
 from typing import IO, Any, Final
 
 from joor_pipeline.joor.errors import JoorError
+from joor_pipeline.storage import objectstore
 from joor_pipeline.storage.locks import (
     DEFAULT_ACCOUNT,
     WORK_DIR,
     SnapshotBusy,
     account_key,
+    held_lease,
     holds_snapshot_lock,
     release,
     snapshot_lock,
@@ -76,6 +79,7 @@ from joor_pipeline.storage.locks import (
 from joor_pipeline.storage.migrate import migrate_legacy_layout
 
 log = logging.getLogger(__name__)
+store_of = objectstore.store_of
 
 STAGING_DIR: Final = WORK_DIR / "staging"
 QUARANTINE_DIR: Final = WORK_DIR / "quarantine"
@@ -199,6 +203,8 @@ class Publication:
     _owner: IO[bytes] | None = field(default=None, repr=False)
     state: str = "staging"  # -> published | quarantined | discarded
     account: str = DEFAULT_ACCOUNT
+    #: On an object store: each target's manifest ETag when staging began (the compare-and-swap's condition).
+    base_etags: dict[str, str | None] | None = None
 
     def staged(self, target: Path) -> Path:
         """The staging copy of ``target`` (a path relative to the data directory); its parent exists."""
@@ -213,6 +219,16 @@ class Publication:
         missing = [str(t) for t in targets if not (self.root / NEW / t).is_dir()]
         if missing:
             raise PublishError(f"nothing staged for {', '.join(missing)}")
+        store = store_of(self.data_dir)
+        if store is not None:
+            with _signals_deferred():
+                objectstore.publish(
+                    store, self, targets, held_lease(self.data_dir, self.snapshot_date, account=self.account)
+                )
+                self.state = "published"
+            if self.kind == "parquet":
+                shutil.rmtree(quarantine_dir(self.data_dir, self.snapshot_date), ignore_errors=True)
+            return
         _fsync_tree(self.root / NEW)
         journal = {
             "publication_id": self.id,
@@ -332,8 +348,13 @@ def publication(
     with snapshot_lock(data_dir, snapshot_date, account=account), sigterm_as_exit():
         recover(data_dir)
         migrate_legacy_layout(data_dir)  # data written before accounts existed -> account=default
+        store = store_of(data_dir)
+        bases = None
+        if store is not None:
+            objectstore.recover(store, data_dir, snapshot_date, account)
+            bases = objectstore.base_etags(store, objectstore.kind_targets(kind, snapshot_date, account))
         publication_id, root, owner = _new_owner(data_dir)
-        pub = Publication(data_dir, snapshot_date, kind, publication_id, root, owner, account=account)
+        pub = Publication(data_dir, snapshot_date, kind, publication_id, root, owner, account=account, base_etags=bases)
         try:
             yield pub
         finally:
@@ -344,7 +365,7 @@ def publication(
 
 
 @contextmanager
-def _date_lock_if_free(data_dir: Path, snapshot_date: date, account: str) -> Iterator[bool]:
+def date_lock_if_free(data_dir: Path, snapshot_date: date, account: str = DEFAULT_ACCOUNT) -> Iterator[bool]:
     if holds_snapshot_lock(data_dir, snapshot_date, account=account):
         yield True
         return
@@ -362,7 +383,7 @@ def _roll_forward(data_dir: Path, root: Path) -> bool:
     journal = json.loads((root / JOURNAL_FILE).read_text(encoding="utf-8"))
     snapshot_date = date.fromisoformat(journal["snapshot_date"])
     account = journal.get("account", DEFAULT_ACCOUNT)
-    with _date_lock_if_free(data_dir, snapshot_date, account) as locked:
+    with date_lock_if_free(data_dir, snapshot_date, account) as locked:
         if not locked:
             return False
         with _signals_deferred():

@@ -25,6 +25,7 @@ from typing import Any, Final
 
 from joor_pipeline.joor.errors import PayloadError
 from joor_pipeline.joor.parse import Canonical, parse_page
+from joor_pipeline.storage import objectstore
 from joor_pipeline.storage.locks import DEFAULT_ACCOUNT, account_key
 from joor_pipeline.storage.publish import Publication, publication, write_durably
 
@@ -127,8 +128,30 @@ def open_raw_snapshot(
         yield RawSnapshotWriter(data_dir, snapshot_date, fmt, pages, pub, account=account)
 
 
+def raw_snapshot_exists(data_dir: Path, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> bool:
+    """True when a complete raw snapshot of ``snapshot_date`` is published (its manifest exists)."""
+    store = objectstore.store_of(data_dir)
+    if store is not None:
+        return store.exists(raw_snapshot_target(snapshot_date, account=account) / MANIFEST_NAME)
+    return (raw_snapshot_dir(data_dir, snapshot_date, account=account) / MANIFEST_NAME).is_file()
+
+
 def read_manifest(data_dir: Path, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> dict[str, Any]:
     """The manifest of a complete raw snapshot; a clear error when there is none."""
+    store = objectstore.store_of(data_dir)
+    if store is not None:
+        target = raw_snapshot_target(snapshot_date, account=account)
+        try:
+            found = objectstore.read_manifest(store, target)
+        except objectstore.StoreError as exc:
+            raise SnapshotNotFound(str(exc)) from None
+        if found is None:
+            raise SnapshotNotFound(
+                f"no raw snapshot for {snapshot_date.isoformat()} at {store.uri(target)}; run "
+                f"`joor-pipeline fetch{f' --account {account}' if account != DEFAULT_ACCOUNT else ''} "
+                f"--date {snapshot_date.isoformat()}` first"
+            )
+        return found
     directory = raw_snapshot_dir(data_dir, snapshot_date, account=account)
     path = directory / MANIFEST_NAME
     if not path.is_file():
@@ -200,6 +223,11 @@ def read_raw_snapshot(data_dir: Path, snapshot_date: date, *, account: str = DEF
                 log_id=log_id if isinstance(log_id, str) and log_id else None,
                 sha256=sha if isinstance(sha, str) and sha else None,
             )
+        )
+    store = objectstore.store_of(data_dir)
+    if store is not None:  # the pages the manifest lists, downloaded into the local work directory
+        raw_dir = objectstore.cached_pages(
+            store, data_dir, raw_snapshot_target(snapshot_date, account=account), manifest
         )
     return RawSnapshot(raw_dir, fmt, entries)
 
