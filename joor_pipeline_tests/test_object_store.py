@@ -153,7 +153,7 @@ def test_raw_and_parquet_are_published_by_manifest_swap_and_read_back(s3: Bucket
     _referenced_only(s3, DAY)
 
     # A file dropped into the partition by hand is never read: readers go through the manifest.
-    s3.store.put(PurePosixPath("parquet/connections/snapshot_date=2026-11-02/part-00009.parquet"), b"junk")
+    s3.store.put(PurePosixPath("parquet/connections/account=default/snapshot_date=2026-11-02/part-00009.parquet"), b"junk")
     assert partition_rows(published_files(s3.data_dir, "connections", DAY)) == 150
 
     # Re-land and re-flatten: new ids, the old objects deleted after the swap.
@@ -173,7 +173,7 @@ def test_a_manifest_changed_since_staging_began_is_refused(s3: Bucket) -> None:
 
     def meddle(staged) -> list[str]:
         # Another writer (one ignoring the lease) replaces a manifest while this flatten is staged.
-        target = Path(f"parquet/doors/snapshot_date={DAY}")
+        target = Path(f"parquet/doors/account=default/snapshot_date={DAY}")
         manifest = objectstore.read_manifest(s3.store, target)
         assert manifest is not None
         s3.store.put(PurePosixPath(target) / "_manifest.json", json.dumps({**manifest, "meddled": True}).encode())
@@ -186,7 +186,7 @@ def test_a_manifest_changed_since_staging_began_is_refused(s3: Bucket) -> None:
 
 
 def test_the_date_lease_is_exclusive_and_taken_over_once_expired(s3: Bucket) -> None:
-    rel = "_work/locks/snapshot_date=2026-11-02.lock"
+    rel = "_work/locks/account=default/snapshot_date=2026-11-02.lock"
     s3.store.put(
         rel, json.dumps({"pid": 4242, "host": "elsewhere", "command": "x", "expires_at": time.time() + 600}).encode()
     )
@@ -218,7 +218,7 @@ def test_run_fetches_flattens_checks_and_builds_on_the_bucket(s3: Bucket, monkey
     keys = s3.objects()
     assert "joor.duckdb" in keys
     today = published_dates(s3.data_dir)[-1]
-    assert all(f"parquet/{table}/snapshot_date={today}/_manifest.json" in keys for table in TABLES)
+    assert all(f"parquet/{table}/account=default/snapshot_date={today}/_manifest.json" in keys for table in TABLES)
     assert not [key for key in keys if key.startswith("_work/journals/") or key.startswith("_work/locks/")]
     _referenced_only(s3, today)
     for key in keys:  # no credential in any object written (lease holders, manifests, the warehouse)
@@ -298,7 +298,7 @@ def _state(s3: Bucket) -> dict[str, str | None]:
     for table in TABLES:
         files = published_files(s3.data_dir, table, DAY)
         partition_rows(files)  # every file the manifest lists exists and is whole
-        manifest = objectstore.read_manifest(s3.store, Path(f"parquet/{table}/snapshot_date={DAY}"))
+        manifest = objectstore.read_manifest(s3.store, Path(f"parquet/{table}/account=default/snapshot_date={DAY}"))
         state[table] = None if manifest is None else manifest["publication_id"]
     return state
 
