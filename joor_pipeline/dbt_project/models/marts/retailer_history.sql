@@ -5,6 +5,17 @@
 -- (where it was replaced, or where the retailer was first missing); null while the version is current.
 -- Derived from the compact fingerprints (int_retailer_fingerprints), never from the snapshots themselves, so the
 -- history is the same whatever order the snapshots were built in. change_hash is the fingerprint, in hex.
+-- Incremental: versions closed before the first snapshot date of a build stay as they are; the versions still
+-- open at that date are recomputed from the fingerprints of the dates from it on, each continuing from one
+-- observation standing for what it had seen before (a daily build reads one day of fingerprints). A date that
+-- arrives out of order, earlier than the latest, makes the build recompute every version open at that date.
+{%- set key = joor_retailer_key() | join(', ') %}
+{{ config(
+    materialized='incremental',
+    incremental_strategy='append',
+    pre_hook="{{ joor_history_reopen() }}",
+    post_hook="{{ joor_history_drop_reopened() }}",
+) }}
 with snapshots as (
     select
         snapshot_date,
@@ -12,14 +23,76 @@ with snapshots as (
     from {{ ref('int_snapshots') }}
 ),
 
+{% if is_incremental() %}
+first_refresh as (
+    select
+        first_date.snapshot_date,
+        (select max(snapshot_date) from snapshots where snapshots.snapshot_date < first_date.snapshot_date)
+            as previous_snapshot_date
+    from (select {{ joor_first_refresh_date() }} as snapshot_date) as first_date
+),
+
+-- each reopened version that began before the first refresh date, as one observation: it was seen in every
+-- snapshot from valid_from to its last sighting before that date, so only that last sighting matters next
+seeds as (
+    select
+        {{ key }},
+        case
+            when reopened.last_seen_snapshot_date < first_refresh.snapshot_date
+                then reopened.last_seen_snapshot_date
+            else first_refresh.previous_snapshot_date
+        end as snapshot_date,
+        ('0x' || reopened.change_hash)::ubigint as change_hash,
+        reopened.valid_from as seed_valid_from
+    from joor_meta.retailer_history_reopened as reopened
+    cross join first_refresh
+    where reopened.valid_from < first_refresh.snapshot_date
+),
+
+fingerprints as (
+    select
+        {{ key }},
+        snapshot_date,
+        change_hash,
+        null::date as seed_valid_from
+    from {{ ref('int_retailer_fingerprints') }}
+    where snapshot_date >= (select snapshot_date from first_refresh)
+
+    union all by name
+
+    select * from seeds
+),
+{% else %}
+fingerprints as (
+    select
+        {{ key }},
+        snapshot_date,
+        change_hash,
+        null::date as seed_valid_from
+    from {{ ref('int_retailer_fingerprints') }}
+),
+{% endif %}
+
 observations as (
     select
-        fingerprints.snapshot_date,
-        fingerprints.customer_account_id,
-        fingerprints.change_hash,
+        fingerprints.*,
         snapshots.snapshot_number
-    from {{ ref('int_retailer_fingerprints') }} as fingerprints
+    from fingerprints
     inner join snapshots using (snapshot_date)
+),
+
+-- the versions each retailer keeps (closed before the first refresh date) are numbered first
+kept_versions as (
+{% if is_incremental() %}
+    select
+        {{ key }},
+        max(kept.version_number) as versions
+    from {{ this }} as kept
+    inner join (select distinct {{ key }} from observations) as touched using ({{ key }})
+    group by {{ key }}
+{% else %}
+    select {{ key }}, 0 as versions from observations where false
+{% endif %}
 ),
 
 version_starts as (
@@ -32,18 +105,19 @@ version_starts as (
             else lag(change_hash) over retailer <> change_hash
         end as starts_version
     from observations
-    window retailer as (partition by customer_account_id order by snapshot_number)
+    window retailer as (partition by {{ key }} order by snapshot_number)
 ),
 
 numbered as (
     select
-        customer_account_id,
+        {{ key }},
         snapshot_date,
         snapshot_number,
         change_hash,
+        seed_valid_from,
         cast(
             sum(starts_version::integer) over (
-                partition by customer_account_id order by snapshot_number rows unbounded preceding
+                partition by {{ key }} order by snapshot_number rows unbounded preceding
             ) as integer
         ) as version_number
     from version_starts
@@ -51,18 +125,18 @@ numbered as (
 
 versions as (
     select
-        customer_account_id,
+        {{ key }},
         version_number,
-        min(snapshot_date) as valid_from,
+        coalesce(min(seed_valid_from), min(snapshot_date)) as valid_from,
         max(snapshot_number) as last_snapshot_number,
         any_value(change_hash) as change_hash
     from numbered
-    group by customer_account_id, version_number
+    group by {{ key }}, version_number
 )
 
 select
-    versions.customer_account_id,
-    versions.version_number,
+    {{ key }},
+    cast(coalesce(kept_versions.versions, 0) + versions.version_number as integer) as version_number,
     versions.valid_from,
     next_snapshot.snapshot_date as valid_to,
     next_snapshot.snapshot_date is null as is_current,
@@ -83,9 +157,7 @@ select
     contents.sales_rep_code,
     contents.connection_modified
 from versions
+left join kept_versions using ({{ key }})
 inner join snapshots as last_snapshot on last_snapshot.snapshot_number = versions.last_snapshot_number
 left join snapshots as next_snapshot on next_snapshot.snapshot_number = versions.last_snapshot_number + 1
-inner join {{ ref('int_retailer_contents') }} as contents
-    on contents.customer_account_id = versions.customer_account_id
-    and contents.change_hash = versions.change_hash
-order by versions.customer_account_id, versions.valid_from
+inner join {{ ref('int_retailer_contents') }} as contents using ({{ key }}, change_hash)
