@@ -3,7 +3,9 @@
 Warehouse growth: daily snapshots of N retailers (default 20,000), about 2% of them changing a day (their alias,
 and for half of those a shipping city), generated directly as published Parquet (no fetch). After 1, 30, 90, 180
 and 365 days kept, the daily build (the day's new date only) is timed in a fresh process; then a full refresh at
-the last checkpoint. Between checkpoints the history is built in untimed catch-up builds every 30 days.
+the last checkpoint. Between checkpoints the history is built in untimed catch-up builds every 30 days. The
+first build creates the models from nothing; the build timed at 1 day is the next one, an incremental build of
+that date republished, as the daily builds at the later checkpoints are incremental.
 
 Daily run: fetch (the sandbox in a process of its own), flatten, checks (the per-partition table checks) and
 models (the dbt build), each timed, at N connections.
@@ -116,12 +118,17 @@ def cmd_parse(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     import dbt.cli.main  # noqa: F401  (imported before the clock starts: once per process in a real run)
 
-    from joor_pipeline.warehouse import build_warehouse, database_path
+    from joor_pipeline.warehouse import build_warehouse, database_path, work_dir
 
     started = time.perf_counter()
     report = build_warehouse(args.data_dir, full_refresh=args.full_refresh)
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # dbt's timing of each node, kept per build beside the data directory (where a build's time goes)
+    kept = args.data_dir.resolve().parent / "run-results"
+    kept.mkdir(exist_ok=True)
+    run_results = work_dir(args.data_dir.resolve()) / "dbt-target" / "run_results.json"
+    shutil.copyfile(run_results, kept / f"{args.data_dir.name}-{time.strftime('%H%M%S')}.json")
     print(
         json.dumps(
             {
@@ -153,6 +160,11 @@ def growth(args: argparse.Namespace) -> dict[str, Any]:
         history.write(data_dir, FIRST_DAY + timedelta(days=day - 1))
         generate_seconds += time.perf_counter() - clock
         if day in checkpoints:
+            if day == 1:
+                # The first build creates every model from nothing (cheaper than an incremental one): untimed.
+                # The daily build timed at 1 day kept is then an incremental build of that date, republished.
+                build_child(data_dir, full_refresh=False)
+                republish_latest(data_dir)
             result = build_child(data_dir, full_refresh=False)
             rows.append({"days": day, **result})
             print(f"day {day}: daily build {result['seconds']:.1f} s, {result['peak_rss'] / 2**20:.0f} MB", flush=True)
@@ -175,7 +187,7 @@ def republish_latest(data_dir: Path) -> None:
         os.replace(scratch, path)
 
 
-def back_to_back(args: argparse.Namespace, repeat: int = 2) -> dict[str, Any]:
+def back_to_back(args: argparse.Namespace, repeat: int = 5) -> dict[str, Any]:
     """The daily build with 1 day kept and with all days kept, measured alternately under the same load."""
     one_day = args.workdir / "one-day"
     shutil.rmtree(one_day, ignore_errors=True)
@@ -201,11 +213,10 @@ def daily_run(args: argparse.Namespace) -> dict[str, Any]:
 
     dbt_import = time.perf_counter() - clock
     from bench.sandbox_process import SandboxProcess
-    from joor_pipeline.assets.joor import evaluate_checks
-    from joor_pipeline.assets.resources import DataDirResource
     from joor_pipeline.config import load_settings
     from joor_pipeline.pipeline import connect, fetch_snapshot
-    from joor_pipeline.storage.parquet import flatten_snapshot
+    from joor_pipeline.quality import check_partition
+    from joor_pipeline.storage.parquet import stage_snapshot
     from joor_pipeline.warehouse import build_warehouse
 
     data_dir = args.workdir / "daily"
@@ -220,12 +231,17 @@ def daily_run(args: argparse.Namespace) -> dict[str, Any]:
         with connect(settings) as client:
             fetch_snapshot(client, data_dir, today)
         steps["fetch"] = time.perf_counter() - clock
+    # As the joor_tables asset does: flatten into staging, run every table check there, then publish.
     clock = time.perf_counter()
-    flatten_snapshot(data_dir, today)
-    steps["flatten"] = time.perf_counter() - clock
-    clock = time.perf_counter()
-    results = list(evaluate_checks(DataDirResource(data_dir=str(data_dir)), today))
-    steps["checks (70 + 2 table checks)"] = time.perf_counter() - clock
+    with stage_snapshot(data_dir, today) as staged:
+        steps["flatten (into staging)"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        files = {table: staged.files(table) for table in TABLES}
+        results = check_partition(data_dir, files, today, staged.raw_recount)
+        steps["checks (70 + 2 table checks)"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        staged.publish()
+    steps["publish"] = time.perf_counter() - clock
     from joor_pipeline.warehouse import BuildPlan, run_dbt, work_dir
 
     clock = time.perf_counter()
@@ -236,6 +252,14 @@ def daily_run(args: argparse.Namespace) -> dict[str, Any]:
     clock = time.perf_counter()
     build_warehouse(data_dir)
     steps["models (dbt build)"] = time.perf_counter() - clock
+    # The same date flattened and published again: the build the next run makes, incremental on one date with a
+    # warehouse to update (as every daily run after the first).
+    with stage_snapshot(data_dir, today) as staged:
+        staged.publish()
+    clock = time.perf_counter()
+    report = build_warehouse(data_dir)
+    assert report.refresh_dates == [today] and not report.full_refresh, report
+    steps["models, the next run (incremental dbt build of 1 date)"] = time.perf_counter() - clock
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"steps": steps, "checks": len(results), "peak_rss": peak}
 
@@ -332,6 +356,13 @@ def render(results: dict[str, Any], args: argparse.Namespace, minutes: float) ->
             "to import dbt once per process.",
             "",
         ]
+        incremental = steps.get("models, the next run (incremental dbt build of 1 date)")
+        if incremental is not None:
+            later = steps["checks (70 + 2 table checks)"] + incremental
+            lines += [
+                f"On the next run (incremental models): {later:.1f} s ({'met' if later <= 9 else '**not met**'}).",
+                "",
+            ]
     lines.append(END)
     return "\n".join(lines) + "\n"
 

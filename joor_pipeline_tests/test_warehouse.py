@@ -9,6 +9,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -16,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from joor_pipeline.flatten.schema import TABLES
+from joor_pipeline.storage.parquet import published_dates
 from joor_pipeline.warehouse import (
     ANALYST_MODELS,
     DBT_PROJECT_DIR,
@@ -78,22 +80,64 @@ def test_out_of_order_dates_and_a_republished_date_give_the_full_refresh_tables(
     assert sorted(history) == [(D1, D2), (D3, None)]  # gone on D2, back on D3: a new version
 
 
-@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def withdraw(data_dir: Path, snapshot_date: date) -> None:
+    """Remove every table's partition of one date, as if it had never been published."""
+    for table in TABLES:
+        shutil.rmtree(partition_path(parquet_root(data_dir), table, snapshot_date).parent, ignore_errors=True)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    plan=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 5)), min_size=1, max_size=4),
+    plan=st.lists(st.tuples(st.integers(0, 4), st.integers(-1, 5)), min_size=1, max_size=5),
 )
 def test_any_order_of_incremental_builds_gives_the_tables_of_a_full_refresh(
     tmp_path_factory: pytest.TempPathFactory, plan: list[tuple[int, int]]
 ) -> None:
-    """Each step (re)publishes one date with some content, then builds; the end state equals a full refresh."""
+    """Each step (re)publishes one date with some content (-1: withdraws it), then builds; the end state equals a
+    full refresh. Dates come in any order, a past date may be re-flattened or withdrawn, retailer 1002 is missing
+    from content 2 (it disappears and comes back), and a retailer's content may go back to an earlier one."""
     data_dir = tmp_path_factory.mktemp("incremental")
-    dates = [D1, D2, D3, D4]
+    dates = [D1, D2, D3, D4, D4 + timedelta(days=1)]
     for index, content in plan:
-        write_snapshot(parquet_root(data_dir), dates[index], retailers(content, size=3))
-        build_warehouse(data_dir)
+        if content < 0:
+            withdraw(data_dir, dates[index])
+        else:
+            write_snapshot(parquet_root(data_dir), dates[index], retailers(content, size=3))
+        if published_dates(data_dir):  # (with nothing published, a build is refused)
+            build_warehouse(data_dir)
+    if not published_dates(data_dir):
+        return
     incremental = tables(data_dir)
     build_warehouse(data_dir, full_refresh=True)
     assert tables(data_dir) == incremental
+
+
+def test_a_daily_build_keeps_closed_versions_and_an_earlier_date_reopens_them(tmp_path: Path) -> None:
+    """retailer_history is incremental: a build of a new latest date recomputes only the open versions, one of an
+    earlier date (out of order) every version open at that date; both end as a full refresh would."""
+    root = parquet_root(tmp_path)
+    for day, snapshot_date in ((1, D1), (2, D2), (3, D3)):
+        write_snapshot(root, snapshot_date, retailers(day))
+        build_warehouse(tmp_path)
+    # Mark the closed versions in place: a build that recomputed them would write their real name back.
+    with duckdb.connect(str(database_path(tmp_path))) as con:
+        con.execute("update retailer_history set customer_name = 'kept as built' where valid_to is not null")
+    closed = query(tmp_path, "select count(*) from retailer_history where customer_name = 'kept as built'")[0][0]
+    assert closed == 4  # 1000 on D1 and D2, 1001 on D1, 1002 on D1 (missing on D2)
+
+    write_snapshot(root, D4, retailers(4))
+    assert build_warehouse(tmp_path).refresh_dates == [D4]
+    kept = query(tmp_path, "select count(*) from retailer_history where customer_name = 'kept as built'")[0][0]
+    assert kept == closed  # the daily build left every closed version as it was
+
+    write_snapshot(root, D2, retailers(4))  # D2 re-flattened, earlier than the latest: 1002 is back in it
+    assert build_warehouse(tmp_path).refresh_dates == [D2]
+    assert query(tmp_path, "select count(*) from retailer_history where customer_name = 'kept as built'") == [(0,)]
+    history = query(tmp_path, "select valid_from, valid_to from retailer_history where customer_account_id = 1002")
+    assert sorted(history, key=repr) == [(D1, D2), (D2, None)]  # D2 now holds 1002, with D3's content
+    incremental = tables(tmp_path)
+    build_warehouse(tmp_path, full_refresh=True)
+    assert tables(tmp_path) == incremental
 
 
 def test_a_reader_holding_the_warehouse_open_never_fails_a_build_and_keeps_its_view(tmp_path: Path) -> None:
