@@ -23,6 +23,7 @@ gets one error within a bounded time, and nothing of the flatten is published.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.abc
 import multiprocessing
 import multiprocessing.queues
@@ -112,8 +113,10 @@ def _describe(index: int, entries: Sequence[RawPageEntry]) -> str:
 
 # ---- inside a worker ---------------------------------------------------------------------------------------
 
-# Messages from a task to the parent: (task index, kind, payload): its pid, or the connection counts of pages.
-_STARTED, _PAGES = "started", "pages"
+# Messages to the parent: (task index, kind, payload): from a task, its pid or the connection counts of pages;
+# from the parent's own pool thread, that the task's future is done (so the parent wakes at once, not at its next
+# poll: the last task's result would otherwise wait up to _POLL_SECONDS).
+_STARTED, _PAGES, _DONE = "started", "pages", "done"
 _Message = tuple[int, str, list[int]]
 _messages: multiprocessing.queues.Queue[_Message] | None = None
 
@@ -230,6 +233,8 @@ def flatten_parallel(
             )
             for index, run in enumerate(runs)
         ]
+        for task in tasks:
+            task.future.add_done_callback(functools.partial(_wake, messages, task.index))
         last_heard = now
         while True:
             _raise_failure(tasks)
@@ -244,7 +249,7 @@ def flatten_parallel(
             last_heard = task.last_heard = time.monotonic()
             if kind == _STARTED:
                 task.pid = payload[0]
-            else:
+            elif kind == _PAGES:
                 task.pages_left -= len(payload)
                 for count in payload:
                     on_page(count)
@@ -257,6 +262,12 @@ def flatten_parallel(
         pool.shutdown(wait=True, cancel_futures=True)
         messages.close()
         messages.join_thread()
+
+
+def _wake(messages: multiprocessing.queues.Queue[_Message], index: int, _future: Future[WorkerReport]) -> None:
+    """Tell the parent's loop that task ``index`` is done (called in the pool's thread, or at once if it is)."""
+    with contextlib.suppress(ValueError, OSError):  # the queue is closed: the flatten is over already
+        messages.put((index, _DONE, []))
 
 
 def _raise_failure(tasks: list[_Task]) -> None:
