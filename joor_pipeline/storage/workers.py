@@ -23,7 +23,6 @@ gets one error within a bounded time, and nothing of the flatten is published.
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib.abc
 import multiprocessing
 import multiprocessing.queues
@@ -33,7 +32,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import date
@@ -113,10 +112,8 @@ def _describe(index: int, entries: Sequence[RawPageEntry]) -> str:
 
 # ---- inside a worker ---------------------------------------------------------------------------------------
 
-# Messages to the parent: (task index, kind, payload): from a task, its pid or the connection counts of pages;
-# from the parent's own pool thread, that the task's future is done (so the parent wakes at once, not at its next
-# poll: the last task's result would otherwise wait up to _POLL_SECONDS).
-_STARTED, _PAGES, _DONE = "started", "pages", "done"
+# Messages from a task to the parent: (task index, kind, payload): its pid, or the connection counts of pages.
+_STARTED, _PAGES = "started", "pages"
 _Message = tuple[int, str, list[int]]
 _messages: multiprocessing.queues.Queue[_Message] | None = None
 
@@ -233,13 +230,18 @@ def flatten_parallel(
             )
             for index, run in enumerate(runs)
         ]
-        for task in tasks:
-            task.future.add_done_callback(functools.partial(_wake, messages, task.index))
         last_heard = now
         while True:
             _raise_failure(tasks)
             if all(task.finished for task in tasks):
                 break
+            if not any(task.pages_left for task in tasks):
+                # Every page is reported, so no message will come: what is left are results, which come through
+                # the futures. Waiting on those (not on the queue until its next poll) spares up to _POLL_SECONDS.
+                running = [task.future for task in tasks if not task.future.done()]
+                if not wait(running, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED).done:
+                    _raise_stall(tasks, stall_seconds, last_heard)
+                continue
             try:
                 index, kind, payload = messages.get(timeout=_POLL_SECONDS)
             except queue.Empty:
@@ -249,7 +251,7 @@ def flatten_parallel(
             last_heard = task.last_heard = time.monotonic()
             if kind == _STARTED:
                 task.pid = payload[0]
-            elif kind == _PAGES:
+            else:
                 task.pages_left -= len(payload)
                 for count in payload:
                     on_page(count)
@@ -262,12 +264,6 @@ def flatten_parallel(
         pool.shutdown(wait=True, cancel_futures=True)
         messages.close()
         messages.join_thread()
-
-
-def _wake(messages: multiprocessing.queues.Queue[_Message], index: int, _future: Future[WorkerReport]) -> None:
-    """Tell the parent's loop that task ``index`` is done (called in the pool's thread, or at once if it is)."""
-    with contextlib.suppress(ValueError, OSError):  # the queue is closed: the flatten is over already
-        messages.put((index, _DONE, []))
 
 
 def _raise_failure(tasks: list[_Task]) -> None:
