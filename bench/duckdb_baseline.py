@@ -14,6 +14,7 @@ ever formatted into SQL.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
@@ -95,3 +96,19 @@ def flatten_with_duckdb(page_files: Sequence[Path], out_dir: Path) -> dict[str, 
             con.sql(query).write_parquet(str(path), compression="zstd")
             written[table] = path
     return written
+
+
+def main(argv: list[str]) -> int:
+    """``python -m bench.duckdb_baseline RAW_SNAPSHOT_DIR OUT_DIR``: the script a user would write, as a whole
+    process (interpreter start and ``import duckdb`` included): the five tables from the JSON pages."""
+    if len(argv) != 2:
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    raw_dir, out_dir = Path(argv[0]), Path(argv[1])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    flatten_with_duckdb(sorted(raw_dir.glob("page-*.json")), out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -191,7 +191,9 @@ def cmd_flatten(args: argparse.Namespace) -> int:
     if workers != 1:
         from joor_pipeline.storage.forkserver import start_forkserver
 
-        start_forkserver()  # its imports run while this process makes its own
+        # Its imports run while this process makes its own; this module too, which the workers would each import
+        # again otherwise (they run the joor-pipeline script as they start).
+        start_forkserver(__name__)
     from joor_pipeline.quality import blocking_failures
     from joor_pipeline.storage.parquet import flatten_snapshot
 

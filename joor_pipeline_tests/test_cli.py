@@ -265,3 +265,26 @@ def test_flatten_needs_no_joor_account_but_checks_its_own_settings(
     clean_env.setenv("JOOR_DATA_DIR", "")
     assert main(["flatten", "--date", "2026-01-01", "--data-dir", str(tmp_path)]) == 2
     assert "JOOR_FLATTEN_WORKERS must be a whole number from 1 to 256" in one_error_line(capsys.readouterr().err)
+
+
+def test_the_flatten_command_imports_no_dagster_pandas_or_dbt_and_its_workers_do_not_rerun_it(tmp_path: Path) -> None:
+    """The installed ``joor-pipeline flatten`` with two workers, every process's imports logged
+    (``PYTHONPROFILEIMPORTTIME`` reaches the forkserver and the workers): none imports Dagster, pandas or dbt, and
+    the command's own module is imported twice, by the command and by the forkserver, not once more by every
+    worker as it runs the joor-pipeline script again (multiprocessing's ``__mp_main__``)."""
+    from joor_pipeline.sandbox.data import generate_connections
+    from joor_pipeline_tests.raw_fixtures import land
+
+    day = "2026-01-05"
+    land(tmp_path, datetime.fromisoformat(day).date(), generate_connections(2000, seed=3))
+    done = cli(
+        "flatten", "--date", day, "--data-dir", str(tmp_path),
+        env={"JOOR_FLATTEN_WORKERS": "2", "PYTHONPROFILEIMPORTTIME": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "by 2 processes" in done.stdout
+    imported = [line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")]
+    assert "pyarrow" in imported  # the log is there
+    heavy = {name for name in imported if name.split(".")[0] in {"dagster", "dbt"} or name.startswith("pandas.")}
+    assert sorted(heavy) == []  # (a worker's refused attempt at pandas shows as "pandas" alone)
+    assert imported.count("joor_pipeline.cli") == 2

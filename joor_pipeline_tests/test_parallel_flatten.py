@@ -204,6 +204,20 @@ def test_a_rerun_with_the_same_workers_writes_byte_identical_files(tmp_path: Pat
     assert partition_bytes(tmp_path, DAY) == before
 
 
+def test_the_parent_hears_of_a_finished_worker_at_once_not_at_its_next_poll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last worker's result reaches the parent through its future, not its queue of page reports: the pool
+    wakes the parent when a future is done. With the parent's poll stretched to 10 minutes, a flatten that waited
+    for its next poll would take that long."""
+    land(tmp_path, DAY, generate_connections(1000, seed=2))
+    monkeypatch.setattr(workers, "_POLL_SECONDS", 600.0)
+    clock = time.monotonic()
+    report = flatten_snapshot(tmp_path, DAY, workers=2)
+    assert report.workers == 2 and report.connections == 1000
+    assert time.monotonic() - clock < 120
+
+
 def test_the_default_uses_the_cores_but_not_for_a_small_snapshot() -> None:
     cores = len(os.sched_getaffinity(0))
     assert flatten_workers(None, 1) == 1

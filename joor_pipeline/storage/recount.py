@@ -66,12 +66,21 @@ def _add(counts: dict[str, int], table: str, key: str, value: Any) -> None:
 def _count(counts: dict[str, int], connection: dict[str, Any]) -> None:
     """Add one connection and the items of its lists to ``counts``."""
     counts["connections"] += 1
+    get = connection.get
     for key, table in _TOP_LISTS:
-        _add(counts, table, key, connection.get(key))
+        value = get(key)
+        if type(value) is list:  # the common case inline: this runs for every list of every connection
+            counts[table] += len(value)
+        elif value is not None:
+            _add(counts, table, key, value)
     for group, key, table in _GROUP_LISTS:
-        node = connection.get(group)
+        node = get(group)
         if isinstance(node, dict):
-            _add(counts, table, key, node.get(key))
+            value = node.get(key)
+            if type(value) is list:
+                counts[table] += len(value)
+            elif value is not None:
+                _add(counts, table, key, value)
 
 
 @dataclass(frozen=True)

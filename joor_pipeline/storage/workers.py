@@ -32,7 +32,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import date
@@ -238,6 +238,13 @@ def flatten_parallel(
             _raise_failure(tasks)
             if all(task.finished for task in tasks):
                 break
+            if not any(task.pages_left for task in tasks):
+                # Every page is reported, so no message will come: what is left are results, which come through
+                # the futures. Waiting on those (not on the queue until its next poll) spares up to _POLL_SECONDS.
+                running = [task.future for task in tasks if not task.future.done()]
+                if not wait(running, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED).done:
+                    _raise_stall(tasks, stall_seconds, last_heard)
+                continue
             try:
                 index, kind, payload = messages.get(timeout=_POLL_SECONDS)
             except queue.Empty:
