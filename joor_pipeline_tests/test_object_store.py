@@ -153,7 +153,9 @@ def test_raw_and_parquet_are_published_by_manifest_swap_and_read_back(s3: Bucket
     _referenced_only(s3, DAY)
 
     # A file dropped into the partition by hand is never read: readers go through the manifest.
-    s3.store.put(PurePosixPath("parquet/connections/account=default/snapshot_date=2026-11-02/part-00009.parquet"), b"junk")
+    s3.store.put(
+        PurePosixPath("parquet/connections/account=default/snapshot_date=2026-11-02/part-00009.parquet"), b"junk"
+    )
     assert partition_rows(published_files(s3.data_dir, "connections", DAY)) == 150
 
     # Re-land and re-flatten: new ids, the old objects deleted after the swap.
