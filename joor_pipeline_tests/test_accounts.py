@@ -184,6 +184,22 @@ def test_two_accounts_land_flatten_and_build_side_by_side_with_keys_unique_withi
         rows = con.execute("select account, count(*) from dim_retailers group by 1 order by 1").fetchall()
         assert rows == [("brand_a", 25), ("brand_b", 22)]
 
+    # A date of one account that arrives out of order (before its latest): the incremental history of both
+    # accounts is still exactly what a full refresh computes.
+    earlier = date(2026, 3, 1)
+    land(tmp_path, earlier, generate_connections(24, seed=2), account="brand_b")
+    flatten_snapshot(tmp_path, earlier, account="brand_b")
+    assert build_warehouse(tmp_path).refresh_partitions == [("brand_b", earlier)]
+    history_sql = "select * from retailer_history order by all"
+    with duckdb.connect(str(database_path(tmp_path)), read_only=True) as con:
+        incremental = con.execute(history_sql).fetchall()
+    build_warehouse(tmp_path, full_refresh=True)
+    with duckdb.connect(str(database_path(tmp_path)), read_only=True) as con:
+        assert con.execute(history_sql).fetchall() == incremental
+        assert con.execute(
+            "select account, count(*) from retailer_history where valid_from = ? group by 1", [earlier]
+        ).fetchall() == [("brand_b", 24)]
+
 
 # --- the migration of the single-account layout -----------------------------------------------------------------
 

@@ -5,9 +5,11 @@
 {{ return(['account', 'customer_account_id']) }}
 {%- endmacro %}
 
-{#- The first snapshot date this build processes; 9999-12-31 when it processes none (then nothing is reopened). -#}
+{#- The first snapshot date this build processes, over every account; 9999-12-31 when it processes none (then
+    nothing is reopened). One date for all accounts: an account with nothing to refresh recomputes the versions open
+    at it from its own fingerprints, the same result (see first_refresh in the model). -#}
 {% macro joor_first_refresh_date() -%}
-(select coalesce(min(snapshot_date), date '9999-12-31') from {{ joor_refresh_dates() }} as refresh_dates)
+(select coalesce(min(snapshot_date), date '9999-12-31') from joor_meta.refresh_dates)
 {%- endmacro %}
 
 {#- The versions a build may change: every version still open at the first date it processes (current, or closed

@@ -53,7 +53,7 @@ seeds as (
         ('0x' || reopened.change_hash)::ubigint as change_hash,
         reopened.valid_from as seed_valid_from
     from joor_meta.retailer_history_reopened as reopened
-    inner join first_refresh on first_refresh.account = reopened.account
+    inner join first_refresh using (account)
     where reopened.valid_from < first_refresh.snapshot_date
 ),
 
