@@ -34,6 +34,7 @@ from typing import Any, Final
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from joor_pipeline.joor.parse import MAX_DEPTH, deep_text, leaf_text
 
@@ -243,16 +244,20 @@ _NUMBER_CHARS: Final = str.maketrans("", "", "0123456789+-.eE")
 
 
 def _fast_strings(values: Sequence[Any]) -> pa.Array | None:
-    if "" in values:
-        if not _TEXT_TYPES.issuperset(map(type, values)):
-            return None
-        return pa.array([v or None for v in values], type=pa.string())
-    # No "" to null: Arrow converts as is, and refuses a number, a boolean, an object or a list (the parsers
+    # Arrow converts text and None as is, and refuses a number, a boolean, an object or a list (the parsers
     # give no other types; bytes, which Arrow would take, never come out of them).
     try:
-        return pa.array(values, type=pa.string())
+        array = pa.array(values, type=pa.string())
     except (pa.ArrowTypeError, pa.ArrowInvalid):
         return None
+    if "" in values:
+        return _empty_as_null(array)
+    return array
+
+
+def _empty_as_null(array: pa.Array) -> pa.Array:
+    """A string array with each ``""`` made null."""
+    return pc.if_else(pc.equal(array, ""), pa.scalar(None, pa.string()), array)
 
 
 def _fast_ints(values: Sequence[Any]) -> pa.Array | None:
@@ -263,7 +268,10 @@ def _fast_ints(values: Sequence[Any]) -> pa.Array | None:
             return pa.array(values, type=pa.int64())
         return None
     if not types <= _TEXT_TYPES:
-        return _mixed_ints(values) if types <= _MIXED_INT_TYPES else None
+        if not types <= _MIXED_INT_TYPES:
+            return None
+        by_text = _mixed_ints_by_text(values)
+        return _mixed_ints(values) if by_text is None else by_text
     texts = [v for v in values if v]
     if not texts:
         return pa.nulls(len(values), type=pa.int64())
@@ -275,6 +283,26 @@ def _fast_ints(values: Sequence[Any]) -> pa.Array | None:
         return None
     try:
         return pa.array([v or None for v in values], type=pa.string()).cast(pa.int64())
+    except pa.ArrowInvalid:
+        return None
+
+
+def _mixed_ints_by_text(values: Sequence[Any]) -> pa.Array | None:
+    """Native ints mixed with plain decimal text, every value spelled as text and the column cast at once: the
+    all-text path's rule, with ``None`` spelled "None" (only when no value is the text "None" itself)."""
+    texts = list(map(str, values))
+    nones = values.count(None)
+    if texts.count("None") != nones:
+        return None
+    joined = "".join(texts).replace("-", "")
+    if nones:
+        joined = joined.replace("None", "")
+    if not (joined.isascii() and joined.isdigit()) or max(map(len, texts)) > 18:
+        return None
+    array = pa.array(texts, type=pa.string())
+    empty = pc.or_(pc.equal(array, "None"), pc.equal(array, "")) if nones else pc.equal(array, "")
+    try:
+        return pc.if_else(empty, pa.scalar(None, pa.string()), array).cast(pa.int64())
     except pa.ArrowInvalid:
         return None
 
