@@ -14,16 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from joor_pipeline.flatten import TABLES, FlattenStats, arrow_schema, flatten_page, flatten_pages
-from joor_pipeline.flatten import flatten as flatten_module
 from joor_pipeline.flatten.coerce import INVALID, account_id_key, coerce_column, coerce_value
 from joor_pipeline.flatten.schema import BOOL, FLOAT64, INT64, STRING, TIMESTAMP_UTC
 from joor_pipeline.joor.errors import PayloadError
 from joor_pipeline.joor.parse import leaf_text, parse_page
 from joor_pipeline.quality import published_counts, raw_recount
 from joor_pipeline.sandbox.data import generate_connections, load_seed_connection
-from joor_pipeline.storage import recount as recount_module
 from joor_pipeline.storage.parquet import flatten_snapshot
-from joor_pipeline.storage.recount import RawTally
 from joor_pipeline_tests.raw_fixtures import land
 
 SETTINGS = settings(
@@ -287,63 +284,6 @@ def test_pages_flattened_together_give_the_rows_of_page_after_page(
     for name in TABLES:
         expected = pa.concat_tables(batch.tables[name] for batch in one_by_one)
         assert together.tables[name].equals(expected), name
-
-
-def _both_ways(runs: list[tuple[list[Any], int, str | None]]) -> tuple[Any, Any]:
-    """flatten_pages as it runs (a clean page read list by list) and with every page read connection by
-    connection (the path that flags and counts everything), from the same pages."""
-    day = date(2024, 1, 1)
-    fast = flatten_pages(runs, snapshot_date=day, seen_account_ids=set())
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(flatten_module, "_clean_lists", lambda connections: None)
-        slow = flatten_pages(runs, snapshot_date=day, seen_account_ids=set())
-    return fast, slow
-
-
-def _assert_same(fast: Any, slow: Any) -> None:
-    assert fast.stats == slow.stats
-    # The CLI prints these counters: the same order too.
-    assert list(fast.stats.unknown_fields.items()) == list(slow.stats.unknown_fields.items())
-    assert list(fast.stats.coercion_problems.items()) == list(slow.stats.coercion_problems.items())
-    assert fast.repeated_ids == slow.repeated_ids
-    for name in TABLES:
-        assert fast.tables[name].equals(slow.tables[name]), name
-
-
-@SETTINGS
-@given(mutator=mutators, pages=st.lists(picks, min_size=1, max_size=4), clean=st.lists(st.booleans(), min_size=4))
-def test_a_clean_page_read_list_by_list_gives_the_rows_of_connection_by_connection(
-    mutator: Mutator, pages: list[list[int]], clean: list[bool]
-) -> None:
-    """The page-at-once path (taken when a page's lists are all clean) and the connection-by-connection path
-    give the same tables, stats and repeats; pages mix untouched ones (clean, with repeats) and mutated ones."""
-    runs = [
-        ([json.loads(json.dumps(BASES[i])) if clean[n] else mutator(BASES[i], []) for i in picks], n, f"L{n}")
-        for n, picks in enumerate(pages)
-    ]
-    fast, slow = _both_ways(runs)
-    _assert_same(fast, slow)
-    tally, one_by_one = RawTally(), RawTally()
-    for connections, _page, _log_id in runs:
-        tally.add(connections)
-        for connection in connections:
-            key = account_id_key(connection.get("customer_account_id"))
-            if key is not None:
-                if key in one_by_one.seen:
-                    continue
-                one_by_one.seen.add(key)
-            recount_module._count(one_by_one.counts, connection)
-    assert tally.counts == one_by_one.counts
-
-
-def test_generated_pages_take_the_page_at_once_path_and_give_the_same_rows() -> None:
-    connections = generate_connections(300, seed=5)
-    assert flatten_module._clean_lists(connections) is not None
-    # A repeat inside the page and a repeat of the previous page: ids seen before are skipped on both paths.
-    runs = [(connections[:150], 1, "A"), ([*connections[150:], connections[160], connections[3]], 2, "B")]
-    fast, slow = _both_ways(runs)
-    assert fast.stats.duplicate_connections == 2
-    _assert_same(fast, slow)
 
 
 def test_a_connection_that_is_not_an_object_names_its_own_page_among_several() -> None:

@@ -268,10 +268,7 @@ def _fast_ints(values: Sequence[Any]) -> pa.Array | None:
             return pa.array(values, type=pa.int64())
         return None
     if not types <= _TEXT_TYPES:
-        if not types <= _MIXED_INT_TYPES:
-            return None
-        by_text = _mixed_ints_by_text(values)
-        return _mixed_ints(values) if by_text is None else by_text
+        return _mixed_ints(values) if types <= _MIXED_INT_TYPES else None
     texts = [v for v in values if v]
     if not texts:
         return pa.nulls(len(values), type=pa.int64())
@@ -283,26 +280,6 @@ def _fast_ints(values: Sequence[Any]) -> pa.Array | None:
         return None
     try:
         return pa.array([v or None for v in values], type=pa.string()).cast(pa.int64())
-    except pa.ArrowInvalid:
-        return None
-
-
-def _mixed_ints_by_text(values: Sequence[Any]) -> pa.Array | None:
-    """Native ints mixed with plain decimal text, every value spelled as text and the column cast at once: the
-    all-text path's rule, with ``None`` spelled "None" (only when no value is the text "None" itself)."""
-    texts = list(map(str, values))
-    nones = values.count(None)
-    if texts.count("None") != nones:
-        return None
-    joined = "".join(texts).replace("-", "")
-    if nones:
-        joined = joined.replace("None", "")
-    if not (joined.isascii() and joined.isdigit()) or max(map(len, texts)) > 18:
-        return None
-    array = pa.array(texts, type=pa.string())
-    empty = pc.or_(pc.equal(array, "None"), pc.equal(array, "")) if nones else pc.equal(array, "")
-    try:
-        return pc.if_else(empty, pa.scalar(None, pa.string()), array).cast(pa.int64())
     except pa.ArrowInvalid:
         return None
 

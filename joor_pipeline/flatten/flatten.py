@@ -22,7 +22,6 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from itertools import accumulate, chain, repeat
 from operator import itemgetter
 from typing import Any, Final
 
@@ -275,51 +274,6 @@ class _Rows:
         self.ordinals.extend(range(len(items)))
 
 
-#: One list of a page, from :func:`_clean_lists`: its length in each connection, and the row tuples of all its
-#: items, connection after connection.
-_CleanList = tuple[list[int], list[tuple[Any, ...]]]
-_DICT_ONLY: Final = frozenset({dict})
-_LIST_OR_NONE: Final = frozenset({list, type(None)})
-
-
-def _clean_lists(connections: Sequence[Any]) -> list[_CleanList] | None:
-    """Every JOOR list of a page read at once, when the whole page is clean; else None (then the page is read
-    connection by connection, which handles, flags and counts everything else).
-
-    Clean: every connection an object, every group an object holding only its lists, every list a list or
-    absent, every item an object with exactly its reader's fields. That is what JOOR sends, and then nothing is
-    flagged or counted: the rows are the same tuples, in the same order, as :meth:`_Rows.add_items` makes, but
-    each check and conversion is one C-level pass over the page instead of a Python step per item.
-    """
-    if not _DICT_ONLY.issuperset(map(type, connections)):
-        return None
-    containers: dict[str | None, list[Any]] = {None: list(connections)}
-    for group, list_keys, _indexes in _GROUPS:
-        if group is not None:
-            nodes = [connection.get(group) for connection in connections]
-            if not _DICT_ONLY.issuperset(map(type, nodes)) or not list_keys.issuperset(set().union(*nodes)):
-                return None
-            containers[group] = nodes
-    out: list[_CleanList] = []
-    for reader, key in zip(_LISTS, _LIST_KEYS, strict=True):
-        path = reader.list_source.path
-        raws = [node.get(key) for node in containers[path[0] if len(path) > 1 else None]]
-        if not _LIST_OR_NONE.issuperset(map(type, raws)):
-            return None
-        if None in raws:
-            raws = [[] if raw is None else raw for raw in raws]
-        items = list(chain.from_iterable(raws))
-        if items:
-            if not _DICT_ONLY.issuperset(map(type, items)) or set(map(len, items)) != {reader.width}:
-                return None
-            try:
-                items = list(map(reader.getter, items))
-            except KeyError:  # as many keys as fields, but not these: the slow path sorts them out
-                return None
-        out.append((list(map(len, raws)), items))
-    return out
-
-
 class _PageFlattener:
     """The state of flattening one page, or a run of pages flattened together."""
 
@@ -346,74 +300,20 @@ class _PageFlattener:
         """Flatten one page's connections (a connection that is not an object is a PayloadError)."""
         self.stats.connections += len(connections)
         kept = len(self.ids)
-        lists = _clean_lists(connections)
-        if lists is not None:
-            # Every list of the page is clean: the connections one by one (dedup, their own row), then each
-            # list for the whole page at once (:func:`_clean_lists`).
-            if not self._add_clean_connections(connections):
-                owners: list[int] = []
-                for index, connection in enumerate(connections):
-                    if self.add(connection, lists_too=False):
-                        owners.append(index)
-            else:
-                owners = list(range(len(connections)))
-            self._add_clean_lists(lists, owners, len(connections), kept)
-        else:
-            for index, connection in enumerate(connections):
-                if type(connection) is not dict:
-                    raise PayloadError(
-                        f"connection #{index} is a {type(connection).__name__}, not an object",
-                        source=f"page {source_page}",
-                        log_id=log_id,
-                    )
-                self.add(connection)
+        for index, connection in enumerate(connections):
+            if type(connection) is not dict:
+                raise PayloadError(
+                    f"connection #{index} is a {type(connection).__name__}, not an object",
+                    source=f"page {source_page}",
+                    log_id=log_id,
+                )
+            self.add(connection)
         kept = len(self.ids) - kept
         self.pages.extend([source_page] * kept)
         self.log_ids.extend([log_id] * kept)
 
-    def _add_clean_connections(self, connections: Sequence[Item]) -> bool:
-        """The rows of a page's connections at once, when each has a valid id not seen before and no unknown
-        field (nothing to flag, count or skip); False (and nothing added) otherwise."""
-        ids = list(map(account_id_key, [connection.get("customer_account_id") for connection in connections]))
-        reader = self.connections.reader
-        if (
-            None in ids
-            or len(set(ids)) != len(ids)
-            or not self.seen.isdisjoint(ids)
-            or not reader.accepted.issuperset(set().union(*connections))
-        ):
-            return False
-        start = len(self.ids)
-        self.seen.update(ids)  # type: ignore[arg-type]  # None is not among them
-        self.ids.extend(ids)
-        fields = reader.fields
-        self.connections.rows.extend([tuple(map(connection.get, fields)) for connection in connections])
-        self.connections.owners.extend(range(start, start + len(ids)))
-        return True
-
-    def _add_clean_lists(self, lists: list[_CleanList], kept: list[int], total: int, first_owner: int) -> None:
-        """Append the rows of every list of a page, from :func:`_clean_lists`, for the connections ``kept``
-        (their indexes in the page; the others were repeats), owned from ``first_owner`` on."""
-        every = len(kept) == total
-        for rows, (lengths, items) in zip(self.lists, lists, strict=True):
-            if not items:
-                continue
-            if not every:
-                # Repeats were skipped: keep the items of the kept connections only.
-                starts = list(accumulate(lengths, initial=0))
-                items = [row for index in kept for row in items[starts[index] : starts[index + 1]]]
-                lengths = [lengths[index] for index in kept]
-            rows.rows.extend(items)
-            rows.owners.extend(
-                chain.from_iterable(map(repeat, range(first_owner, first_owner + len(lengths)), lengths))
-            )
-            rows.ordinals.extend(chain.from_iterable(map(range, lengths)))
-
-    def add(self, connection: Item, *, lists_too: bool = True) -> bool:
-        """Flatten one connection, unless its customer_account_id was seen already (then False).
-
-        ``lists_too=False`` writes its own row only: its lists are added page by page (:meth:`_add_clean_lists`).
-        """
+    def add(self, connection: Item) -> None:
+        """Flatten one connection, unless its customer_account_id was seen already."""
         raw_id = connection.get("customer_account_id")
         account_id = account_id_key(raw_id)
         owner = len(self.ids)
@@ -424,14 +324,12 @@ class _PageFlattener:
         elif account_id in self.seen:
             self.stats.duplicate_connections += 1
             self.repeated.append(account_id)
-            return False
+            return
         else:
             self.seen.add(account_id)
         self.ids.append(account_id)
         self.connections.add(connection, self.stats)
         self.connections.owners.append(owner)
-        if not lists_too:
-            return True
 
         for group, list_keys, indexes in _GROUPS:
             container: Any = connection
@@ -456,7 +354,6 @@ class _PageFlattener:
                         continue
                 if items:
                     rows.add_items(items, owner, self.stats)
-        return True
 
     def tables(self, snapshot_date: date, account: str = DEFAULT_ACCOUNT) -> dict[str, pa.Table]:
         """The ten Arrow tables of everything added."""
@@ -556,7 +453,7 @@ def _build(
 
 
 def _concat(chunks: list[list[Any]]) -> list[Any]:
-    return chunks[0] if len(chunks) == 1 else list(chain.from_iterable(chunks))
+    return chunks[0] if len(chunks) == 1 else [value for chunk in chunks for value in chunk]
 
 
 def _column_values(
@@ -571,7 +468,7 @@ def _column_values(
             chunks.append((None,) * count)
     if len(chunks) == 1:
         return chunks[0]
-    return list(chain.from_iterable(chunks))
+    return [value for chunk in chunks for value in chunk]
 
 
 def _json_column(rows: dict[int, dict[str, Any]], n: int) -> pa.Array:

@@ -83,29 +83,6 @@ def _count(counts: dict[str, int], connection: dict[str, Any]) -> None:
                 _add(counts, table, key, value)
 
 
-_LIST_OR_NONE: Final = frozenset({list, type(None)})
-_DICT_ONLY: Final = frozenset({dict})
-
-
-def _count_page(counts: dict[str, int], connections: list[dict[str, Any]]) -> None:
-    """:func:`_count` for each of ``connections``; a list at a time over the whole page when every group is an
-    object and every list a list or absent (as JOOR sends them), connection by connection otherwise."""
-    groups: dict[str, list[Any]] = {group: [c.get(group) for c in connections] for group, _key, _table in _GROUP_LISTS}
-    if not all(_DICT_ONLY.issuperset(map(type, nodes)) for nodes in groups.values()):
-        for connection in connections:
-            _count(counts, connection)
-        return
-    columns = [(table, [c.get(key) for c in connections]) for key, table in _TOP_LISTS]
-    columns += [(table, [node.get(key) for node in groups[group]]) for group, key, table in _GROUP_LISTS]
-    if not all(_LIST_OR_NONE.issuperset(map(type, values)) for _table, values in columns):
-        for connection in connections:
-            _count(counts, connection)
-        return
-    counts["connections"] += len(connections)
-    for table, values in columns:
-        counts[table] += sum(map(len, filter(None, values)))
-
-
 @dataclass(frozen=True)
 class RawRecount:
     """What the raw pages say the tables should hold."""
@@ -130,7 +107,6 @@ class RawTally:
     def add(self, connections: Iterable[dict[str, Any]]) -> None:
         """Count one page's connections (as parsed from the raw page)."""
         counts, seen = self.counts, self.seen
-        kept: list[dict[str, Any]] = []
         for connection in connections:
             key = account_id_key(connection.get("customer_account_id"))
             if key is not None:
@@ -138,8 +114,7 @@ class RawTally:
                     self.repeated.add(key)
                     continue
                 seen.add(key)
-            kept.append(connection)
-        _count_page(counts, kept)
+            _count(counts, connection)
 
     def sent(self) -> SentTally:
         """What a worker sends home: the counts, and its ids as one int64 array (8 bytes each, not a set)."""
