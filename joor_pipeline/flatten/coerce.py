@@ -34,6 +34,7 @@ from typing import Any, Final
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from joor_pipeline.joor.parse import MAX_DEPTH, deep_text, leaf_text
 
@@ -243,16 +244,20 @@ _NUMBER_CHARS: Final = str.maketrans("", "", "0123456789+-.eE")
 
 
 def _fast_strings(values: Sequence[Any]) -> pa.Array | None:
-    if "" in values:
-        if not _TEXT_TYPES.issuperset(map(type, values)):
-            return None
-        return pa.array([v or None for v in values], type=pa.string())
-    # No "" to null: Arrow converts as is, and refuses a number, a boolean, an object or a list (the parsers
+    # Arrow converts text and None as is, and refuses a number, a boolean, an object or a list (the parsers
     # give no other types; bytes, which Arrow would take, never come out of them).
     try:
-        return pa.array(values, type=pa.string())
+        array = pa.array(values, type=pa.string())
     except (pa.ArrowTypeError, pa.ArrowInvalid):
         return None
+    if "" in values:
+        return _empty_as_null(array)
+    return array
+
+
+def _empty_as_null(array: pa.Array) -> pa.Array:
+    """A string array with each ``""`` made null."""
+    return pc.if_else(pc.equal(array, ""), pa.scalar(None, pa.string()), array)
 
 
 def _fast_ints(values: Sequence[Any]) -> pa.Array | None:
