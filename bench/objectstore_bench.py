@@ -14,27 +14,21 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
 from bench.snapshots import PROJECT_ROOT, SNAPSHOT_DATE, ensure_snapshots, snapshot_data_dir
+from joor_pipeline_tests.s3_emulator import moto_s3_server
 
 BEGIN: Final = "<!-- objectstore bench: python -m bench.objectstore_bench -->"
 END: Final = "<!-- /objectstore bench -->"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _land_in_store(source: Path, data_dir: Path) -> None:
@@ -70,30 +64,17 @@ def main(argv: list[str] | None = None) -> int:
         print(message, file=sys.stderr, flush=True)
 
     ensure_snapshots(args.workdir, sizes, ["json"], args.seed, log)
-    port = _free_port()
     scratch = Path(tempfile.mkdtemp(prefix="joor-objstore-bench-"))
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="bench",
-        AWS_SECRET_ACCESS_KEY="bench",  # noqa: S106 - the emulator accepts any
-        AWS_REGION="us-east-1",
-        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
-    )
     rows = []
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("moto's S3 server did not start") from None
-                time.sleep(0.1)
+    with ExitStack() as stack:
+        stack.callback(shutil.rmtree, scratch, True)
+        endpoint = stack.enter_context(moto_s3_server(scratch / "moto.log"))
+        os.environ.update(
+            AWS_ACCESS_KEY_ID="bench",
+            AWS_SECRET_ACCESS_KEY="bench",  # noqa: S106 - the emulator accepts any
+            AWS_REGION="us-east-1",
+            AWS_ENDPOINT_URL=endpoint,
+        )
         from joor_pipeline.storage.objectstore import CACHE_DIR, ObjectStore, bind
         from joor_pipeline.storage.parquet import flatten_snapshot
 
@@ -120,10 +101,6 @@ def main(argv: list[str] | None = None) -> int:
             local_s, s3_s = statistics.median(times["local"]), statistics.median(times["s3"])
             ratios = sorted(b / a for a, b in zip(times["local"], times["s3"], strict=True))
             rows.append((n, report.pages, local_s, s3_s, statistics.median(ratios), ratios[0], ratios[-1]))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        shutil.rmtree(scratch, ignore_errors=True)
 
     lines = [
         BEGIN,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,41 +37,20 @@ from joor_pipeline.storage.parquet import (
 from joor_pipeline.storage.publish import PublishError, recover
 from joor_pipeline.storage.raw import iter_raw_pages, raw_snapshot_exists, read_manifest
 from joor_pipeline_tests.raw_fixtures import land, staging_leftovers
+from joor_pipeline_tests.s3_emulator import EmulatorDidNotStart, moto_s3_server
 
 DAY = date(2026, 11, 2)
 SECRET = "s3cr3t-value-never-shown"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """moto's S3 emulator as a real HTTP server on loopback, for the module."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("moto") / "server.log"
-    with open(log, "wb") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out
-        )
-    endpoint = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"moto's S3 server did not start: {log.read_text(errors='replace')[-2000:]}")
-                time.sleep(0.1)
-        yield endpoint
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+        with moto_s3_server(tmp_path_factory.mktemp("moto") / "server.log") as endpoint:
+            yield endpoint
+    except EmulatorDidNotStart as exc:
+        pytest.fail(str(exc))
 
 
 @dataclass

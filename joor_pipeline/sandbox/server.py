@@ -283,6 +283,14 @@ class Sandbox:
                 return candidate
         return self
 
+    def _v2_token_matches(self, credential: str) -> bool:
+        """A v2 ``OAuth2 <base64 of the token>`` credential is this account's token (compared in constant time)."""
+        try:
+            decoded = base64.b64decode(credential, validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        return hmac.compare_digest(decoded, self.config.api_token.encode("utf-8"))
+
     def _claims(self, authorization: str | None, form: Mapping[str, str] | None) -> bool:
         if form is not None:
             return _same(form.get("client_id", ""), self.config.client_id) & _same(
@@ -291,11 +299,7 @@ class Sandbox:
         scheme, _, credential = (authorization or "").strip().partition(" ")
         credential = credential.strip()
         if scheme.lower() == "oauth2":
-            try:
-                decoded = base64.b64decode(credential, validate=True)
-            except (binascii.Error, ValueError):
-                return False
-            return hmac.compare_digest(decoded, self.config.api_token.encode("utf-8"))
+            return self._v2_token_matches(credential)
         if scheme.lower() == "bearer":
             with self._lock:
                 return credential in self._tokens
@@ -308,11 +312,7 @@ class Sandbox:
         scheme, _, credential = authorization.strip().partition(" ")
         credential = credential.strip()
         if scheme.lower() == "oauth2":
-            try:
-                decoded = base64.b64decode(credential, validate=True)
-            except (binascii.Error, ValueError):
-                return False
-            return hmac.compare_digest(decoded, self.config.api_token.encode("utf-8"))
+            return self._v2_token_matches(credential)
         if scheme.lower() == "bearer":
             if account is None or not _same(account, self.config.account_id):
                 return False
