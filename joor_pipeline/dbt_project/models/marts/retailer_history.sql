@@ -57,6 +57,8 @@ seeds as (
     where reopened.valid_from < first_refresh.snapshot_date
 ),
 
+{% endif %}
+-- a full build reads every fingerprint; an incremental one those from its first date on, plus the seeds
 fingerprints as (
     select
         {{ key }},
@@ -64,22 +66,14 @@ fingerprints as (
         change_hash,
         null::date as seed_valid_from
     from {{ ref('int_retailer_fingerprints') }}
+{% if is_incremental() %}
     where snapshot_date >= {{ joor_first_refresh_date() }}
 
     union all by name
 
     select * from seeds
-),
-{% else %}
-fingerprints as (
-    select
-        {{ key }},
-        snapshot_date,
-        change_hash,
-        null::date as seed_valid_from
-    from {{ ref('int_retailer_fingerprints') }}
-),
 {% endif %}
+),
 
 observations as (
     select
