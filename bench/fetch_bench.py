@@ -27,7 +27,7 @@ from typing import Any, Final
 
 from bench.sandbox_process import SandboxProcess
 from bench.snapshots import SNAPSHOT_DATE
-from joor_pipeline.config import JoorSettings, load_settings
+from joor_pipeline.config import SETTINGS, JoorSettings, load_settings
 from joor_pipeline.joor.client import JoorClient
 from joor_pipeline.pipeline import fetch_snapshot
 
@@ -40,8 +40,9 @@ ROUND_TRIP_SAMPLES: Final = 7
 RATE_CREDITS: Final = 50
 RATE_WINDOW: Final = 2.0
 RATE_WINDOWS: Final = 5
-#: Metering off in the latency bench: the client still needs a budget, so it gets one it never reaches.
-UNMETERED_CREDITS: Final = 1_000_000_000
+#: Metering off in the latency bench: the client still needs a budget, so it gets the largest its setting takes
+#: (100,000 credits a window, far beyond the bench's pages); a larger one is refused as a bad setting.
+UNMETERED_CREDITS: Final = next(s.high for s in SETTINGS if s.name == "JOOR_RATE_LIMIT_CREDITS")
 
 
 @dataclass(frozen=True)

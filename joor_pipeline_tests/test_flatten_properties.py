@@ -15,12 +15,14 @@ from hypothesis import strategies as st
 
 from joor_pipeline.flatten import TABLES, FlattenStats, arrow_schema, flatten_page, flatten_pages
 from joor_pipeline.flatten.coerce import INVALID, account_id_key, coerce_column, coerce_value
+from joor_pipeline.flatten.flatten import decode_records, is_record
 from joor_pipeline.flatten.schema import BOOL, FLOAT64, INT64, STRING, TIMESTAMP_UTC
 from joor_pipeline.joor.errors import PayloadError
 from joor_pipeline.joor.parse import leaf_text, parse_page
 from joor_pipeline.quality import published_counts, raw_recount
 from joor_pipeline.sandbox.data import generate_connections, load_seed_connection
 from joor_pipeline.storage.parquet import flatten_snapshot
+from joor_pipeline.storage.recount import RawTally
 from joor_pipeline_tests.raw_fixtures import land
 
 SETTINGS = settings(
@@ -254,6 +256,95 @@ def test_json_fast_path_flattens_exactly_like_the_canonical_form(mutator: Mutato
     assert slow.stats == fast.stats
     for name in TABLES:
         assert fast.tables[name].equals(slow.tables[name]), name
+
+
+class SameShapes(Mutator):
+    """The Mutator's odd leaves and missing fields, but no unknown key and no list or group replaced: the pages
+    msgspec decodes into records (the flatten's fast path) rather than declines."""
+
+    def __call__(self, value: Any, injected: list[tuple[str, str]], table: str = "connections") -> Any:
+        if isinstance(value, dict):
+            out = {}
+            for key, child in value.items():
+                if self.rng.randrange(40) == 0 and not isinstance(child, list | dict):
+                    continue  # a leaf field is missing
+                out[key] = self(child, injected, _table_of(table, key))
+            return out
+        if isinstance(value, list):
+            return [self(item, injected, table) for item in value]
+        return self.value() if self.rng.randrange(12) == 0 else value
+
+
+same_shapes = st.builds(
+    SameShapes,
+    st.integers(0, 2**32),
+    st.lists(json_values, min_size=1, max_size=8),
+    st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=3),
+)
+
+
+@SETTINGS
+@given(mutator=st.one_of(same_shapes, mutators), picks=picks)
+def test_records_flatten_and_count_exactly_like_dicts(mutator: Mutator, picks: list[int]) -> None:
+    """A JSON page decoded into records (msgspec, the fast path) gives the same response block, the same tables,
+    stats and raw tally as the same page parsed into dicts; a page the records cannot take is parsed into
+    dicts all the same, and a body the parser refuses is refused either way."""
+    connections = [mutator(BASES[i], []) for i in picks]
+    # Repeats now and then (BASES is small), and ids spelled as the mutator's odd leaves: the dedup on both paths.
+    body = json.dumps({"response": {"code": 0, "log_id": "L"}, "connections": connections}).encode()
+    try:
+        dicts = parse_page(body, "json", source="p", canonical=False)
+    except PayloadError as exc:
+        with pytest.raises(PayloadError) as refused:
+            parse_page(body, "json", source="p", canonical=False, records=decode_records)
+        assert str(refused.value) == str(exc)
+        return
+    typed = parse_page(body, "json", source="p", canonical=False, records=decode_records)
+    assert typed.response == dicts.response
+    if isinstance(mutator, SameShapes) and typed.connections:
+        assert is_record(typed.connections[0])  # the fast path was taken
+    common = {"snapshot_date": date(2024, 1, 1), "source_page": 0, "log_id": "L"}
+    fast = flatten_page(typed.connections, **common)
+    slow = flatten_page(dicts.connections, **common)
+    assert fast.stats == slow.stats
+    assert fast.repeated_ids == slow.repeated_ids
+    for name in TABLES:
+        assert fast.tables[name].equals(slow.tables[name]), name
+    fast_tally, slow_tally = RawTally(), RawTally()
+    fast_tally.add(typed.connections)
+    slow_tally.add(dicts.connections)
+    assert fast_tally == slow_tally
+
+
+def test_records_take_only_the_clean_shape() -> None:
+    """What makes msgspec decline a page (it is then parsed into dicts): each shape the dict path reads with a rule
+    of its own."""
+    clean = generate_connections(2, seed=4)
+
+    def body(connections: list[dict[str, Any]]) -> bytes:
+        return json.dumps({"response": {"code": 0}, "connections": connections}).encode()
+
+    decoded = decode_records(body(clean))
+    assert decoded is not None and all(is_record(c) for c in decoded[1])
+    assert decode_records(body([{**clean[0], "zz_new": 1}])) is None  # an unknown field
+    variants = {
+        "an unknown field in an item": lambda c: c["doors"][0].update(zz_new=1),
+        "a list spelled as one object": lambda c: c.update(doors=c["doors"][0]),
+        "a list spelled as an empty string": lambda c: c.update(doors=""),
+        "an item that is not an object": lambda c: c["doors"].append("oops"),
+        "a group that is not an object": lambda c: c.update(billing=[]),
+        "a value nested past the recursion limit": lambda c: c.update(customer_name="DEEP"),
+    }
+    for what, spoil in variants.items():
+        connection = json.loads(json.dumps(clean[0]))
+        spoil(connection)
+        assert decode_records(body([connection]).replace(b'"DEEP"', b"[" * 1500 + b"]" * 1500)) is None, what
+    # Lists and groups that are missing or null are no lists at all, as on the dict path.
+    connection = json.loads(json.dumps(clean[0]))
+    connection.pop("doors")
+    connection["billing"] = None
+    decoded = decode_records(body([connection]))
+    assert decoded is not None and decoded[1][0].doors is None
 
 
 @SETTINGS

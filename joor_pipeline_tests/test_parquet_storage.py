@@ -18,6 +18,7 @@ from joor_pipeline.flatten import TABLES, arrow_schema
 from joor_pipeline.joor.errors import PayloadError
 from joor_pipeline.joor.parse import parse_page
 from joor_pipeline.sandbox.data import generate_connections
+from joor_pipeline.storage import parts
 from joor_pipeline.storage.parquet import (
     PARQUET_DIR,
     flatten_snapshot,
@@ -137,6 +138,55 @@ def test_a_rerun_writes_byte_identical_files(tmp_path: Path) -> None:
     assert first.rows == second.rows and first.paths == second.paths
     assert all((path / "part-00000.parquet").is_file() for path in second.paths.values())
     assert staging_leftovers(tmp_path) == []
+
+
+def _counting_decoder(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Count the pages the typed decoder is asked to decode, and whether it took each (True) or declined."""
+    calls: list[bool] = []
+    real = parts.decode_records
+
+    def counting(body: bytes) -> Any:
+        decoded = real(body)
+        calls.append(decoded is not None)
+        return decoded
+
+    monkeypatch.setattr(parts, "decode_records", counting)
+    return calls
+
+
+def test_clean_pages_are_decoded_into_records_and_write_what_dicts_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flatten's fast path (a clean JSON page decoded straight into records) changes no byte of the output,
+    nor the stats: the same snapshot flattened with it and without it, a page that is not clean among them."""
+    connections = generate_connections(450, seed=5)
+    connections[150]["zz_field_joor_added"] = "x"  # page 1 is parsed into dicts: the field goes to extra
+    for data_dir in (tmp_path / "records", tmp_path / "dicts"):
+        land(data_dir, DAY, connections)
+    calls = _counting_decoder(monkeypatch)
+    with_records = flatten_snapshot(tmp_path / "records", DAY, workers=1)
+    assert calls == [True, False, True, True, True]
+    monkeypatch.setattr(parts, "MAX_DECLINED", 0)  # never tried: every page parsed into dicts
+    without = flatten_snapshot(tmp_path / "dicts", DAY, workers=1)
+    assert len(calls) == 5
+    assert partition_bytes(tmp_path / "records", DAY) == partition_bytes(tmp_path / "dicts", DAY)
+    assert with_records.stats == without.stats
+    assert with_records.stats.unknown_fields == {"connections.zz_field_joor_added": 1}
+
+
+def test_a_worker_stops_trying_records_after_a_few_pages_that_are_not_clean(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A field JOOR adds reaches every page: the typed decoder declines the first few, then is not asked again,
+    so the pages are not decoded twice for the rest of the run."""
+    connections = generate_connections(600, seed=5)
+    for connection in connections:
+        connection["zz_field_joor_added"] = 1
+    land(tmp_path, DAY, connections)
+    calls = _counting_decoder(monkeypatch)
+    report = flatten_snapshot(tmp_path, DAY, workers=1)
+    assert calls == [False] * parts.MAX_DECLINED
+    assert report.connections == 600 and report.stats.unknown_fields == {"connections.zz_field_joor_added": 600}
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import pyexpat
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 from xml.etree.ElementTree import Element, ParseError, TreeBuilder, XMLParser
@@ -320,15 +321,19 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _load_json(body: bytes, source: str) -> Any:
+def _has_long_number(body: bytes) -> bool:
+    return _LONG_RUN in body.translate(_DIGITS_AS_ZERO)
+
+
+def _load_json(body: bytes, source: str, long_number: bool) -> Any:
     """The parsed body, every integer exact.
 
     orjson is fast but reads an integer outside 64 bits as a float (``1.2345678901234568e+29``), losing the
-    digits JOOR sent. A body with a run of 19 digits anywhere (rare: ids are far shorter) is parsed by the
-    standard library's json instead, which keeps every integer exact and rejects what orjson rejects: NaN and
-    Infinity, and nesting past its recursion limit.
+    digits JOOR sent. A body with a run of 19 digits anywhere (``long_number``; rare: ids are far shorter) is
+    parsed by the standard library's json instead, which keeps every integer exact and rejects what orjson
+    rejects: NaN and Infinity, and nesting past its recursion limit.
     """
-    if _LONG_RUN not in body.translate(_DIGITS_AS_ZERO):
+    if not long_number:
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -341,14 +346,31 @@ def _load_json(body: bytes, source: str) -> Any:
         raise PayloadError(f"invalid JSON ({exc})", source=source) from None
 
 
-def parse_json(body: bytes, *, source: str = "<response>", canonical: bool = True) -> Page:
+#: Decodes a clean page into the response block and records, or declines (None): the flatten's fast path.
+RecordDecoder = Callable[[bytes], "tuple[Any, list[Any]] | None"]
+
+
+def parse_json(
+    body: bytes, *, source: str = "<response>", canonical: bool = True, records: RecordDecoder | None = None
+) -> Page:
     """Parse a JSON envelope, with or without an outer ``connections`` wrapper.
 
     ``canonical=False`` leaves each connection as JSON gave it (native numbers and booleans, lists in any of
     the spellings :func:`as_list` reads): the flattener reads both forms to identical rows, and skipping the
     walk that spells every leaf as text makes a large snapshot flatten several times faster.
+
+    ``records`` (with ``canonical=False``) first tries the flatten's typed decoder
+    (:func:`~joor_pipeline.flatten.flatten.decode_records`): a clean page comes back as records, anything else
+    (including every body msgspec refuses) is parsed here as usual. msgspec reads every value as this function
+    does: integers exact at any size up to Python's digit limit (as the standard library's json, and as orjson
+    below 19 digits), floats correctly rounded, and it refuses what both refuse (property-tested).
     """
-    doc = _load_json(body, source)
+    if records is not None and not canonical:
+        decoded = records(body)
+        if decoded is not None:
+            raw_response, connections = decoded
+            return Page(_response_block(raw_response, source), connections)
+    doc = _load_json(body, source, _has_long_number(body))
     if not isinstance(doc, dict):
         raise PayloadError(f"top level is a {type(doc).__name__}, not an object", source=source)
     if "response" not in doc and isinstance(doc.get("connections"), dict):
@@ -382,10 +404,18 @@ def parse_xml(body: bytes, *, source: str = "<response>") -> Page:
     return Page(response, _connections(connections, response, source))
 
 
-def parse_page(body: bytes, fmt: str, *, source: str = "<response>", canonical: bool = True) -> Page:
-    """Parse one response body of the given format (``json`` or ``xml``); see :func:`parse_json` for ``canonical``."""
+def parse_page(
+    body: bytes,
+    fmt: str,
+    *,
+    source: str = "<response>",
+    canonical: bool = True,
+    records: RecordDecoder | None = None,
+) -> Page:
+    """Parse one response body of the given format (``json`` or ``xml``); see :func:`parse_json` for ``canonical``
+    and ``records`` (JSON only)."""
     if fmt == "json":
-        return parse_json(body, source=source, canonical=canonical)
+        return parse_json(body, source=source, canonical=canonical, records=records)
     if fmt == "xml":
         return parse_xml(body, source=source)
     raise ValueError(f"unknown format {fmt!r}; expected 'json' or 'xml'")

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from joor_pipeline.flatten import TABLES, FlattenStats, arrow_schema, conflicting_repeats, flatten_pages
+from joor_pipeline.flatten.flatten import decode_records, is_record
 from joor_pipeline.joor.parse import Canonical
 from joor_pipeline.storage.locks import DEFAULT_ACCOUNT, account_key
 from joor_pipeline.storage.raw import RawPageEntry, RawSnapshot, read_page
@@ -41,6 +42,8 @@ USE_DICTIONARY: Final = False
 #: Pages are flattened together until they hold this many connections: fewer, larger Arrow conversions are
 #: about a fifth faster than one page of 100 at a time, and a batch of 500 parsed connections is still small.
 BATCH_CONNECTIONS: Final = 500
+#: Pages a worker's typed decoder may decline (they are then decoded again, into dicts) before it stops trying.
+MAX_DECLINED: Final = 3
 #: Free-text columns get no min/max statistics: nothing prunes on an address's min and max, and computing them
 #: is a fifth of the write. Ids, numbers, dates, booleans and the customer_code keep theirs.
 STATISTICS_TEXT_COLUMNS: Final = frozenset({"customer_code"})
@@ -152,6 +155,7 @@ def flatten_part(
     writers = _TableWriters(root, snapshot_date, part, account)
     pending: list[tuple[list[Canonical], int, str | None]] = []
     repeated: set[int] = set()
+    declined = 0
 
     def flush() -> None:
         batch = flatten_pages(pending, snapshot_date=snapshot_date, seen_account_ids=result.kept, account=account)
@@ -166,7 +170,12 @@ def flatten_part(
     try:
         with _gc_paused():
             for entry in entries:
-                connections, log_id = read_page(snapshot.directory, entry, snapshot.format)
+                # Clean JSON pages are decoded straight into records; after a few pages that are not (a field
+                # JOOR added, say), the rest go straight to the dict parser rather than be decoded twice.
+                records = decode_records if declined < MAX_DECLINED else None
+                connections, log_id = read_page(snapshot.directory, entry, snapshot.format, records=records)
+                if records is not None and connections and not is_record(connections[0]):
+                    declined += 1
                 if tally is not None:
                     tally.add(connections)
                 pending.append((connections, entry.page, log_id))

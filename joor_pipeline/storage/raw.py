@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from joor_pipeline.joor.errors import PayloadError
-from joor_pipeline.joor.parse import Canonical, parse_page
+from joor_pipeline.joor.parse import Canonical, RecordDecoder, parse_page
 from joor_pipeline.storage import objectstore
 from joor_pipeline.storage.locks import DEFAULT_ACCOUNT, account_key
 from joor_pipeline.storage.publish import Publication, publication, write_durably
@@ -232,8 +232,11 @@ def read_raw_snapshot(data_dir: Path, snapshot_date: date, *, account: str = DEF
     return RawSnapshot(raw_dir, fmt, entries)
 
 
-def read_page(raw_dir: Path, entry: RawPageEntry, fmt: str) -> tuple[list[Canonical], str | None]:
-    """One landed page's connections and log_id; a PayloadError names the file and its log_id."""
+def read_page(
+    raw_dir: Path, entry: RawPageEntry, fmt: str, *, records: RecordDecoder | None = None
+) -> tuple[list[Canonical], str | None]:
+    """One landed page's connections and log_id; a PayloadError names the file and its log_id. With ``records``, a
+    clean JSON page's connections come as records (see :func:`~joor_pipeline.joor.parse.parse_json`)."""
     path = raw_dir / entry.file
     try:
         body = path.read_bytes()
@@ -244,7 +247,7 @@ def read_page(raw_dir: Path, entry: RawPageEntry, fmt: str) -> tuple[list[Canoni
     if entry.sha256 is not None and hashlib.sha256(body).hexdigest() != entry.sha256:
         raise PayloadError("page differs from the sha256 in the manifest", source=str(path), log_id=entry.log_id)
     try:
-        page = parse_page(body, fmt, source=str(path), canonical=False)
+        page = parse_page(body, fmt, source=str(path), canonical=False, records=records)
     except PayloadError as exc:
         if exc.log_id is None and entry.log_id is not None:
             # The body carried no log_id (it may not even parse); the fetch recorded one in the manifest.

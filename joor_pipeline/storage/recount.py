@@ -16,9 +16,10 @@ Two ways to count, with the same code:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Final
 
@@ -83,6 +84,25 @@ def _count(counts: dict[str, int], connection: dict[str, Any]) -> None:
                 _add(counts, table, key, value)
 
 
+#: The same lists, read by attribute from connections decoded as records (lists of objects, or None).
+_RECORD_TOP_LISTS: Final = tuple((attrgetter(key), table) for key, table in _TOP_LISTS)
+_RECORD_GROUP_LISTS: Final = tuple(
+    (attrgetter(group), tuple((attrgetter(key), table) for g, key, table in _GROUP_LISTS if g == group))
+    for group in dict.fromkeys(group for group, _key, _table in _GROUP_LISTS)
+)
+
+
+def _count_records(counts: dict[str, int], records: list[Any]) -> None:
+    """:func:`_count` of each of ``records`` (connections decoded as records), a list at a time."""
+    counts["connections"] += len(records)
+    for get, table in _RECORD_TOP_LISTS:
+        counts[table] += sum(map(len, filter(None, map(get, records))))
+    for get_group, members in _RECORD_GROUP_LISTS:
+        groups = list(filter(None, map(get_group, records)))
+        for get, table in members:
+            counts[table] += sum(map(len, filter(None, map(get, groups))))
+
+
 @dataclass(frozen=True)
 class RawRecount:
     """What the raw pages say the tables should hold."""
@@ -104,9 +124,21 @@ class RawTally:
     #: Ids seen again after their first connection.
     repeated: set[int] = field(default_factory=set)
 
-    def add(self, connections: Iterable[dict[str, Any]]) -> None:
-        """Count one page's connections (as parsed from the raw page)."""
+    def add(self, connections: Sequence[Any]) -> None:
+        """Count one page's connections (as parsed from the raw page: dicts, or records)."""
         counts, seen = self.counts, self.seen
+        if connections and type(connections[0]) is not dict:
+            kept = []
+            for record in connections:
+                key = account_id_key(record.customer_account_id)
+                if key is not None:
+                    if key in seen:
+                        self.repeated.add(key)
+                        continue
+                    seen.add(key)
+                kept.append(record)
+            _count_records(counts, kept)
+            return
         for connection in connections:
             key = account_id_key(connection.get("customer_account_id"))
             if key is not None:
