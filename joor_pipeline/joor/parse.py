@@ -321,19 +321,15 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _has_long_number(body: bytes) -> bool:
-    return _LONG_RUN in body.translate(_DIGITS_AS_ZERO)
-
-
-def _load_json(body: bytes, source: str, long_number: bool) -> Any:
+def _load_json(body: bytes, source: str) -> Any:
     """The parsed body, every integer exact.
 
     orjson is fast but reads an integer outside 64 bits as a float (``1.2345678901234568e+29``), losing the
-    digits JOOR sent. A body with a run of 19 digits anywhere (``long_number``; rare: ids are far shorter) is
-    parsed by the standard library's json instead, which keeps every integer exact and rejects what orjson
-    rejects: NaN and Infinity, and nesting past its recursion limit.
+    digits JOOR sent. A body with a run of 19 digits anywhere (rare: ids are far shorter) is parsed by the
+    standard library's json instead, which keeps every integer exact and rejects what orjson rejects: NaN and
+    Infinity, and nesting past its recursion limit.
     """
-    if not long_number:
+    if _LONG_RUN not in body.translate(_DIGITS_AS_ZERO):
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -370,7 +366,7 @@ def parse_json(
         if decoded is not None:
             raw_response, connections = decoded
             return Page(_response_block(raw_response, source), connections)
-    doc = _load_json(body, source, _has_long_number(body))
+    doc = _load_json(body, source)
     if not isinstance(doc, dict):
         raise PayloadError(f"top level is a {type(doc).__name__}, not an object", source=source)
     if "response" not in doc and isinstance(doc.get("connections"), dict):

@@ -92,6 +92,13 @@ _RECORD_GROUP_LISTS: Final = tuple(
 )
 
 
+_record_id: Final = attrgetter("customer_account_id")
+
+
+def _dict_id(connection: dict[str, Any]) -> Any:
+    return connection.get("customer_account_id")
+
+
 def _count_records(counts: dict[str, int], records: list[Any]) -> None:
     """:func:`_count` of each of ``records`` (connections decoded as records), a list at a time."""
     counts["connections"] += len(records)
@@ -126,27 +133,23 @@ class RawTally:
 
     def add(self, connections: Sequence[Any]) -> None:
         """Count one page's connections (as parsed from the raw page: dicts, or records)."""
-        counts, seen = self.counts, self.seen
-        if connections and type(connections[0]) is not dict:
-            kept = []
-            for record in connections:
-                key = account_id_key(record.customer_account_id)
-                if key is not None:
-                    if key in seen:
-                        self.repeated.add(key)
-                        continue
-                    seen.add(key)
-                kept.append(record)
-            _count_records(counts, kept)
-            return
+        records = bool(connections) and type(connections[0]) is not dict
+        raw_id = _record_id if records else _dict_id
+        seen = self.seen
+        kept = []
         for connection in connections:
-            key = account_id_key(connection.get("customer_account_id"))
+            key = account_id_key(raw_id(connection))
             if key is not None:
                 if key in seen:
                     self.repeated.add(key)
                     continue
                 seen.add(key)
-            _count(counts, connection)
+            kept.append(connection)
+        if records:
+            _count_records(self.counts, kept)
+        else:
+            for connection in kept:
+                _count(self.counts, connection)
 
     def sent(self) -> SentTally:
         """What a worker sends home: the counts, and its ids as one int64 array (8 bytes each, not a set)."""
