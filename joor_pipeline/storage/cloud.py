@@ -318,15 +318,26 @@ def _obstore_store(url: CloudURL, bucket: str, options: Mapping[str, Any]) -> An
 # ---- errors --------------------------------------------------------------------------------------------------
 
 _QUERY: Final = re.compile(r"\?[^\s\"'<>]*")
+_CODE: Final = re.compile(r"<Code>([^<]{1,100})</Code>")
+_MESSAGE: Final = re.compile(r"<Message>([^<]{1,300})</Message>")
+#: How S3 (and S3-compatible services), Azure and GCS say that the bucket or container is missing.
+_NO_BUCKET: Final = re.compile(r"NoSuchBucket|ContainerNotFound|bucket does not exist", re.IGNORECASE)
 
 
 def _reason(exc: BaseException, secrets: Iterable[str]) -> str:
-    """The service's reason in one line, without query strings (SAS tokens travel there) or secret values."""
-    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-    text = _QUERY.sub("?…", first)[:300]
+    """The service's reason in one line: its error code and message when it sent one (S3, Azure and GCS answer
+    in XML), else the first line of the client's; without query strings (SAS tokens travel there) or secrets."""
+    text = str(exc)
+    code = _CODE.search(text)
+    if code is not None:
+        message = _MESSAGE.search(text)
+        first = code.group(1) + (f": {message.group(1).splitlines()[0].strip()}" if message else "")
+    else:
+        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    first = _QUERY.sub("?…", first)[:300]
     for secret in secrets:
-        text = text.replace(secret, "***")
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        first = first.replace(secret, "***")
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 class _Errors:
@@ -334,6 +345,8 @@ class _Errors:
 
     def __init__(self, store: CloudStore, operation: str, key: str, *, conflict: bool = False) -> None:
         self.store, self.operation, self.key, self.conflict = store, operation, key, conflict
+        #: Only reads say "no such object" with FileNotFoundError (read() and version() turn it into None).
+        self.reading = operation in ("read", "head", "download", "delete")
 
     def __enter__(self) -> None:
         return None
@@ -343,12 +356,17 @@ class _Errors:
             return
         from obstore import exceptions as errors
 
-        where = self.store.uri(self.key)
+        where = self.store.uri(self.key) if self.key else self.store.url
+        if _NO_BUCKET.search(str(exc)):
+            kind = "container" if self.store.cloud.scheme == "az" else "bucket"
+            raise StoreError(
+                f"{self.operation} {where} failed: the {kind} {self.store.cloud.bucket!r} does not exist"
+            ) from None
         if self.conflict and isinstance(exc, errors.AlreadyExistsError | errors.PreconditionError):
             raise Conflict(f"{where}: {'exists already' if isinstance(exc, errors.AlreadyExistsError) else 'changed'}")
         if self.conflict and isinstance(exc, FileNotFoundError):
             raise Conflict(f"{where}: gone (deleted since its version was read)")
-        if isinstance(exc, FileNotFoundError):
+        if isinstance(exc, FileNotFoundError) and self.reading:
             raise FileNotFoundError(where) from None
         raise StoreError(f"{self.operation} {where} failed: {_reason(exc, self.store._secrets)}") from None
 
@@ -439,7 +457,7 @@ class CloudStore:
         relative = prefix.strip("/")
         query = self.path(relative) if relative else self.cloud.prefix
         keys: list[str] = []
-        with _Errors(self, "list", relative or "."):
+        with _Errors(self, "list", relative):
             for chunk in self._obstore.list(self.store, prefix=query or None, chunk_size=1000):
                 keys.extend(str(meta["path"])[len(root) :] for meta in chunk)
         return sorted(keys)

@@ -180,9 +180,7 @@ def acquire(store: Store, key: str, what: str, seconds: float = DEFAULT_LEASE_SE
         except Conflict:
             continue  # another process took it over, or its holder renewed it: look again
         if info is None:
-            log.warning(
-                "took over the lease object %s, which is not a lease (unreadable: %d bytes)", store.uri(key), len(data)
-            )
+            log.warning("took over %s: not a lease object (unreadable, %d bytes)", store.uri(key), len(data))
         else:
             log.warning(
                 "took over the expired lease %s of pid %s on %s (expired %s)",
