@@ -358,9 +358,9 @@ class _Errors:
 
         where = self.store.uri(self.key) if self.key else self.store.url
         if _NO_BUCKET.search(str(exc)):
-            kind = "container" if self.store.cloud.scheme == "az" else "bucket"
+            noun = "container" if self.store.cloud.scheme == "az" else "bucket"
             raise StoreError(
-                f"{self.operation} {where} failed: the {kind} {self.store.cloud.bucket!r} does not exist"
+                f"{self.operation} {where} failed: the {noun} {self.store.cloud.bucket!r} does not exist"
             ) from None
         if self.conflict and isinstance(exc, errors.AlreadyExistsError | errors.PreconditionError):
             raise Conflict(f"{where}: {'exists already' if isinstance(exc, errors.AlreadyExistsError) else 'changed'}")
