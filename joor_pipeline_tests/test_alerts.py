@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -522,3 +523,111 @@ def test_the_freshness_check_runs_from_the_ui_too(tmp_path: Path) -> None:
 def test_render_names_what_is_known_and_nothing_else() -> None:
     rendered = render(Alert("run failed", "boom", run_id="r1"), None)
     assert rendered.text == "joor-pipeline: run failed\ncause: boom\nrun: r1"
+
+
+# ---- the real daemon -------------------------------------------------------------------------------------------
+
+
+def _ticks(instance: dg.DagsterInstance, name: str) -> list:
+    for state in instance.all_instigator_state():
+        if state.instigator_name == name:
+            return list(instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=100))
+    return []
+
+
+@pytest.mark.deployment
+def test_the_daemon_alerts_a_launched_run_and_leaves_the_cli_run_to_the_cli(tmp_path: Path, monkeypatch) -> None:
+    """`dagster-daemon run` on a SQLite DAGSTER_HOME: a run launched through the code location fails and its sensor
+    alerts it once; a failing `joor-pipeline run` on the same instance alerts itself and is not alerted again; the
+    freshness sensor records the tables' check result."""
+    from joor_pipeline_tests.deployment import service, venv_script, wait_for
+
+    root = Path(__file__).resolve().parents[1]
+    home, data = tmp_path / "home", tmp_path / "data"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(
+        (root / "dagster_home.example" / "dagster.sqlite.yaml").read_text(encoding="utf-8"), encoding="utf-8"
+    )
+    with webhook_receiver() as hook:
+        env = {
+            "PATH": f"{Path(venv_script('dagster')).parent}:/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "DAGSTER_HOME": str(home),
+            "JOOR_DATA_DIR": str(data),  # and no JOOR account: a launched run fails at the fetch
+            **channels(hook.url),
+        }
+        with (
+            service(
+                "dagster-daemon",
+                [venv_script("dagster-daemon"), "run", "-w", "workspace.yaml"],
+                env,
+                root,
+                tmp_path / "daemon.log",
+            ) as daemon,
+            dg.DagsterInstance.from_config(str(home)) as instance,
+        ):
+
+            def started() -> bool | None:
+                daemon.check_alive()
+                return True if _ticks(instance, "joor_run_failure_alerts") else None
+
+            wait_for("the failure sensor's first tick", started, timeout=300)
+            launched = subprocess.run(
+                [
+                    venv_script("dagster"),
+                    "job",
+                    "launch",
+                    "-w",
+                    "workspace.yaml",
+                    "-j",
+                    JOB_NAME,
+                    "--tags",
+                    json.dumps(
+                        {
+                            "dagster/partition": f"default|{TODAY}",
+                            "dagster/partition/account": "default",
+                            "dagster/partition/date": TODAY.isoformat(),
+                        }
+                    ),
+                ],
+                cwd=root,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert launched.returncode == 0, launched.stderr[-2000:]
+            with closed_port() as joor:
+                for name, value in {
+                    **env,
+                    "JOOR_BASE_URL": f"http://127.0.0.1:{joor}",
+                    "JOOR_API_TOKEN": TOKEN,
+                    "JOOR_MAX_ATTEMPTS": "1",
+                }.items():
+                    monkeypatch.setenv(name, value)
+                assert main(["run"]) == 1
+
+            def alerted() -> dg.DagsterRun | None:
+                daemon.check_alive()
+                runs = [r for r in instance.get_runs() if ALERT_TAG not in r.tags]
+                return runs[0] if runs and ALERTED_TAG in runs[0].tags else None
+
+            run = wait_for("the launched run's alert", alerted, timeout=300)
+            ended = max(r.end_time or 0 for r in instance.get_run_records())
+
+            def ticked_after_both() -> bool | None:
+                done = [t for t in _ticks(instance, "joor_run_failure_alerts") if t.timestamp > ended + 1]
+                return True if any(t.status.value in ("SKIPPED", "SUCCESS") for t in done) else None
+
+            wait_for("a failure-sensor tick after both runs ended", ticked_after_both, timeout=300)
+            freshness = wait_for(
+                "the freshness check result",
+                lambda: instance.get_latest_asset_check_evaluation_record(FRESHNESS_CHECK_KEYS[0]),
+                timeout=300,
+            )
+    launched_by = sorted(fields_of(post.json["text"])["launched by"] for post in hook.posts)
+    assert len(launched_by) == 2 and launched_by[0].startswith("joor-pipeline run on ")
+    assert launched_by[1] == "the UI or the GraphQL API"
+    assert run.tags[ALERTED_TAG] == "webhook sent" and run.status == dg.DagsterRunStatus.FAILURE
+    assert freshness.status.value == "FAILED"
+    assert freshness.event.dagster_event.event_specific_data.description == "stale: default: nothing published yet"  # type: ignore[union-attr]
