@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from joor_pipeline import __version__
-from joor_pipeline.alerts import alert_for_failed_run, load_alert_settings
 from joor_pipeline.config import (
     BUILTIN,
     DEFAULT_ACCOUNT,
@@ -293,6 +292,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"no raw snapshot{of} is kept for {args.date} and JOOR serves only the current state; "
                 "add --allow-backdated to store today's connections under it"
             )
+    from joor_pipeline.alerts import alert_for_failed_run, load_alert_settings
+
     load_alert_settings(env)  # a wrong alert setting is exit 2 before the run, not a lost alert after it
     from joor_pipeline.assets.run import run_graph
 
@@ -324,6 +325,8 @@ def _run_range(args: argparse.Namespace) -> int:
     raise_problems(problems)
     env["JOOR_DATA_DIR"] = str(_data_dir(args, data_dir))
     accounts = tuple(_accounts(args, env))
+    from joor_pipeline.alerts import alert_for_failed_run, load_alert_settings
+
     load_alert_settings(env)
     from joor_pipeline.assets.run import run_range
 
