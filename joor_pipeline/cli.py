@@ -292,6 +292,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"no raw snapshot{of} is kept for {args.date} and JOOR serves only the current state; "
                 "add --allow-backdated to store today's connections under it"
             )
+    from joor_pipeline.alerts import alert_for_failed_run, load_alert_settings
+
+    load_alert_settings(env)  # a wrong alert setting is exit 2 before the run, not a lost alert after it
     from joor_pipeline.assets.run import run_graph
 
     failed = []
@@ -299,6 +302,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if len(accounts) > 1:
             print(f"account {account}:", flush=True)
         summary = run_graph(args.date, env, allow_backdated=args.allow_backdated, debug=args.debug, account=account)
+        alert_for_failed_run(summary, env)  # the in-process run's one alert (the daemon's sensor skips it)
         _print_run(summary, debug=args.debug)
         if not summary.success:
             failed.append(account)
@@ -321,9 +325,13 @@ def _run_range(args: argparse.Namespace) -> int:
     raise_problems(problems)
     env["JOOR_DATA_DIR"] = str(_data_dir(args, data_dir))
     accounts = tuple(_accounts(args, env))
+    from joor_pipeline.alerts import alert_for_failed_run, load_alert_settings
+
+    load_alert_settings(env)
     from joor_pipeline.assets.run import run_range
 
     summary = run_range(args.from_date, args.to_date, env, debug=args.debug, accounts=accounts)
+    alert_for_failed_run(summary, env)
     _print_run(summary, debug=args.debug)
     return 0 if summary.success else EXIT_ERROR
 

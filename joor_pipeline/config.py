@@ -297,7 +297,144 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         low=0,
         high=2**32 - 1,
     ),
+    # ---- alerts and freshness (read where they are used: joor_pipeline.alerts, assets/sensors.py) ----
+    Setting(
+        "JOOR_ALERT_WEBHOOK_URL",
+        "alert_webhook_url",
+        "secret",
+        None,
+        "incoming-webhook URL (Slack, Teams, ...) that gets one JSON POST per alert; it holds its own secret",
+        default_text="none: no webhook alerts",
+        resource=None,
+    ),
+    Setting(
+        "JOOR_ALERT_WEBHOOK_FORMAT",
+        "alert_webhook_format",
+        "choice",
+        "text",
+        'the JSON posted: text is {"text": ...} (Slack, Teams incoming webhook); adaptive-card is an Adaptive Card '
+        "message (a Teams Workflows webhook)",
+        choices=("text", "adaptive-card"),
+        resource=None,
+    ),
+    Setting(
+        "JOOR_ALERT_SMTP_HOST",
+        "alert_smtp_host",
+        "text",
+        None,
+        "mail server that sends alerts by email (with JOOR_ALERT_SMTP_FROM and JOOR_ALERT_SMTP_TO)",
+        default_text="none: no email alerts",
+        resource=None,
+    ),
+    Setting(
+        "JOOR_ALERT_SMTP_PORT",
+        "alert_smtp_port",
+        "int",
+        None,
+        "the mail server's port",
+        default_text="587 (starttls), 465 (ssl), 25 (none)",
+        low=1,
+        high=65_535,
+        resource=None,
+    ),
+    Setting(
+        "JOOR_ALERT_SMTP_SECURITY",
+        "alert_smtp_security",
+        "choice",
+        "starttls",
+        "how the mail connection is encrypted: starttls (upgrade a plain connection), ssl (TLS from the start) or "
+        "none (an unencrypted relay on a trusted network; no login then)",
+        choices=("starttls", "ssl", "none"),
+        resource=None,
+    ),
+    Setting(
+        "JOOR_ALERT_SMTP_USER",
+        "alert_smtp_user",
+        "text",
+        None,
+        "user name to log in to the mail server",
+        default_text="none: no login",
+        resource=None,
+    ),
+    Setting(
+        "JOOR_ALERT_SMTP_PASSWORD",
+        "alert_smtp_password",
+        "secret",
+        None,
+        "password to log in to the mail server",
+        resource=None,
+    ),
+    Setting(
+        "JOOR_ALERT_SMTP_FROM",
+        "alert_smtp_from",
+        "text",
+        None,
+        "sender address of alert emails",
+        resource=None,
+    ),
+    Setting(
+        "JOOR_ALERT_SMTP_TO",
+        "alert_smtp_to",
+        "text",
+        None,
+        "recipients of alert emails, comma-separated",
+        resource=None,
+    ),
+    Setting(
+        "JOOR_ALERT_TIMEOUT",
+        "alert_timeout",
+        "float",
+        5.0,
+        "time one alert may take to send (channels send at once; one that fails or times out is logged, and never "
+        "fails or holds up the run)",
+        low=0.1,
+        high=60,
+        unit="s",
+        resource=None,
+    ),
+    Setting(
+        "JOOR_ALERT_WARNINGS",
+        "alert_warnings",
+        "choice",
+        "off",
+        "on: a run whose warning checks failed alerts too (a failed run always alerts)",
+        choices=("off", "on"),
+        resource=None,
+    ),
+    Setting(
+        "JOOR_ALERT_FRESHNESS",
+        "alert_freshness",
+        "choice",
+        "off",
+        "on: an account whose tables go stale (see JOOR_FRESHNESS_HOURS) alerts once, until it is fresh again",
+        choices=("off", "on"),
+        resource=None,
+    ),
+    Setting(
+        "JOOR_UI_URL",
+        "ui_url",
+        "url",
+        None,
+        "the Dagster webserver's address as its users open it, e.g. https://dagster.example.com; alerts link to "
+        "the run there",
+        default_text="none: alerts carry the run id, no link",
+        resource=None,
+    ),
+    Setting(
+        "JOOR_FRESHNESS_HOURS",
+        "freshness_hours",
+        "float",
+        26.0,
+        "the freshness check fails for an account whose last publication of its tables is older than this",
+        low=0.1,
+        high=8_760,
+        unit="h",
+        resource=None,
+    ),
 )
+
+#: The alert and freshness settings: of the whole deployment, read by :mod:`joor_pipeline.alerts` and the sensors.
+ALERT_VARS: Final = tuple(s.name for s in SETTINGS if s.name.startswith(("JOOR_ALERT_", "JOOR_FRESHNESS_")))
 
 BY_NAME: Final[dict[str, Setting]] = {s.name: s for s in SETTINGS}
 #: Every variable with its one-line meaning.
@@ -400,6 +537,8 @@ JOOR_SETTINGS_FIELDS: Final = tuple(
         "JOOR_ACCOUNTS_FILE",
         "JOOR_WORK_DIR",
         "JOOR_STORE_LEASE_SECONDS",
+        "JOOR_UI_URL",
+        *ALERT_VARS,
     )
 )
 #: Settings of the whole deployment, never of one account: an accounts file may not set them.
@@ -410,6 +549,8 @@ DEPLOYMENT_VARS: Final = (
     "JOOR_FIRST_SNAPSHOT_DATE",
     "JOOR_WORK_DIR",
     "JOOR_STORE_LEASE_SECONDS",
+    "JOOR_UI_URL",
+    *ALERT_VARS,
 )
 #: The settings an ``[accounts.<name>]`` table may hold, by key (a secret by the name of its variable: ``<key>_env``).
 ACCOUNT_SETTINGS: Final = {s.field: s for s in SETTINGS if s.name not in DEPLOYMENT_VARS}

@@ -11,6 +11,12 @@ from joor_pipeline.assets.joor import joor_raw_connections, joor_tables
 from joor_pipeline.assets.models import joor_models
 from joor_pipeline.assets.partitions import ACCOUNTS, partition_key
 from joor_pipeline.assets.resources import resources_from_env
+from joor_pipeline.assets.sensors import (
+    FRESHNESS_CHECK_KEYS,
+    build_alert_sensors,
+    build_freshness_checks,
+    build_freshness_sensor,
+)
 from joor_pipeline.config import configuration_problem
 
 JOB_NAME = "joor_daily"
@@ -18,7 +24,8 @@ JOB_NAME = "joor_daily"
 #: Fetch, flatten, check and model one day's snapshot.
 joor_daily_job = dg.define_asset_job(
     JOB_NAME,
-    selection=dg.AssetSelection.all(),
+    # The freshness checks are the joor_freshness sensor's, not a run's.
+    selection=dg.AssetSelection.all() - dg.AssetSelection.checks(*FRESHNESS_CHECK_KEYS),
     description="Fetch today's JOOR connections, flatten them to Parquet, check them and rebuild the models.",
 )
 
@@ -67,8 +74,10 @@ def build_defs(
     environ = os.environ if environ is None else environ
     return dg.Definitions(
         assets=[_fetch_asset(configuration_problem(environ)), joor_tables, joor_models],
+        asset_checks=[build_freshness_checks(environ=environ)],
         jobs=[joor_daily_job],
         schedules=[joor_daily_schedule],
+        sensors=[*build_alert_sensors(environ), build_freshness_sensor(environ=environ)],
         resources=dict(resources) if resources is not None else resources_from_env(environ),
         loggers=dict(loggers) if loggers is not None else None,
     )

@@ -83,7 +83,15 @@ def test_definitions_load_every_asset_check_schedule_and_resource() -> None:
         key.asset_key.to_user_string() == "dim_retailers" and key.name.startswith("unique_combination_dim_retailers")
         for key in dbt_checks
     )
-    assert len(list(graph.asset_check_keys)) == 7 * len(TABLES) + 2 + len(dbt_checks)
+    # + each table's freshness check (unpartitioned: freshness is of the present, evaluated by its sensor)
+    assert len(list(graph.asset_check_keys)) == 7 * len(TABLES) + 2 + len(dbt_checks) + len(TABLES)
+    steps = {node.name for node in defs.resolve_job_def("joor_daily").nodes_in_topological_order}
+    assert "joor_tables" in steps and "joor_freshness_checks" not in steps
+    assert {s.name for s in defs.sensors or []} == {
+        "joor_run_failure_alerts",
+        "joor_check_warning_alerts",
+        "joor_freshness",
+    }
     # lineage reads end to end: each staging model reads its table asset
     assert graph.get(dg.AssetKey(["staging", "stg_connections"])).parent_keys == {dg.AssetKey("connections")}
     assert defs.resolve_job_def("joor_daily") is not None

@@ -21,6 +21,7 @@ from typing import Any, Final
 
 import dagster as dg
 
+from joor_pipeline.alerts import ALERT_TAG, IN_PROCESS
 from joor_pipeline.assets.joor import joor_raw_connections, joor_tables
 from joor_pipeline.assets.models import joor_models
 from joor_pipeline.assets.partitions import partition_key as multi_key
@@ -51,6 +52,8 @@ telemetry:
 #: The longest root-cause line printed (the whole error is in the run's event log).
 MAX_CAUSE_CHARS: Final = 2000
 
+#: Dagster's run tags of a multi-dimensional partition: ``dagster/partition/<dimension>``.
+PARTITION_TAG: Final = "dagster/partition"
 #: Tag on every run of ``joor-pipeline run --from D1 --to D2``.
 RANGE_TAG: Final = "joor/range"
 
@@ -77,6 +80,12 @@ class RunSummary:
     failure: str | None = None
     #: The failed step's whole error, tracebacks included (printed under ``--debug``).
     failure_detail: str | None = None
+    #: The failed step and its root-cause line apart (``failure`` is "step: cause"), and the run's partition: what
+    #: an alert names (``alerts.alert_for_failed_run``).
+    step: str | None = None
+    cause: str | None = None
+    account: str | None = None
+    snapshot_date: str | None = None
 
     @property
     def failed_checks(self) -> list[CheckOutcome]:
@@ -215,6 +224,7 @@ def run_graph(
             instance=instance,
             run_config=run_config,
             raise_on_error=False,
+            tags={ALERT_TAG: IN_PROCESS},  # the CLI alerts its failure; the daemon's sensor skips it
         )
     return _summarize(result)
 
@@ -222,6 +232,8 @@ def run_graph(
 def _summarize(result: dg.ExecuteInProcessResult) -> RunSummary:
     """Rows per asset, every check and the first failure of one in-process run."""
     summary = RunSummary(run_id=result.run_id, success=result.success)
+    tags = result.dagster_run.tags
+    summary.account, summary.snapshot_date = tags.get(f"{PARTITION_TAG}/account"), tags.get(f"{PARTITION_TAG}/date")
     for event in result.all_events:
         if event.event_type_value == "ASSET_MATERIALIZATION":
             materialization = event.event_specific_data.materialization  # type: ignore[union-attr]
@@ -244,6 +256,7 @@ def _summarize(result: dg.ExecuteInProcessResult) -> RunSummary:
             line, detail = _failure(event)
             summary.failure = f"{event.step_key}: {line}"
             summary.failure_detail = detail
+            summary.step, summary.cause = event.step_key, line
     if not summary.success and summary.failure is None:
         blocking = [f"{c.asset}.{c.check}" for c in summary.failed_checks if c.severity == "ERROR"]
         summary.failure = "run failed" + (f": blocking checks failed: {', '.join(blocking)}" if blocking else "")
@@ -304,7 +317,7 @@ def run_range(
                 instance=instance,
                 resources=resources,
                 raise_on_error=False,
-                tags={RANGE_TAG: f"{start.isoformat()}..{end.isoformat()}"},
+                tags={RANGE_TAG: f"{start.isoformat()}..{end.isoformat()}", ALERT_TAG: IN_PROCESS},
                 run_config=run_config,
             )
             summary = _summarize(result)
@@ -314,6 +327,8 @@ def run_range(
             if not summary.success:
                 combined.success = False
                 combined.failure = f"{partition_key or 'models'}: {summary.failure}"
+                combined.step, combined.cause = summary.step, summary.cause
+                combined.account, combined.snapshot_date = summary.account, summary.snapshot_date
                 break
     combined.run_id = ", ".join(run_ids)
     return combined
