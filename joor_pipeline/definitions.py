@@ -7,6 +7,7 @@ from typing import Any
 
 import dagster as dg
 
+from joor_pipeline.assets.check import joor_connection_check_job
 from joor_pipeline.assets.joor import joor_raw_connections, joor_tables
 from joor_pipeline.assets.models import joor_models
 from joor_pipeline.assets.partitions import ACCOUNTS, partition_key
@@ -67,7 +68,7 @@ def build_defs(
     environ = os.environ if environ is None else environ
     return dg.Definitions(
         assets=[_fetch_asset(configuration_problem(environ)), joor_tables, joor_models],
-        jobs=[joor_daily_job],
+        jobs=[joor_daily_job, joor_connection_check_job],
         schedules=[joor_daily_schedule],
         resources=dict(resources) if resources is not None else resources_from_env(environ),
         loggers=dict(loggers) if loggers is not None else None,
