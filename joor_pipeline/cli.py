@@ -173,9 +173,10 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             account=account,
         )
     progress.done()
+    walks = f", {report.walks} walks of the list: it shifted during the first" if report.walks > 1 else ""
     print(
         f"landed {report.connections} connections in {report.pages} pages at {shown(settings.data_dir, report.path)} "
-        f"({report.duration_seconds:.1f}s, {report.stats.requests} requests, {report.stats.retries} retries)"
+        f"({report.duration_seconds:.1f}s, {report.stats.requests} requests, {report.stats.retries} retries{walks})"
     )
     return 0
 

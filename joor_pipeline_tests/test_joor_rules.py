@@ -154,7 +154,12 @@ ONE_PAGE = {"code": 0, "comment": "", "start_from": 0, "next_start": 0, "count":
 def test_a_secret_echoed_in_a_rate_limit_header_is_masked(tmp_path: Path) -> None:
     token = "tok-SECRET-echo-7d1e"
     encoded = base64.b64encode(token.encode()).decode()
-    hostile = {"X-RateLimit-Note": f"for {token}", "X-Throttling-Key": encoded, "X-RateLimit-Remaining": "9"}
+    hostile = {
+        "X-RateLimit-Note": f"for {token}",
+        "X-Throttling-Key": encoded,
+        "X-RateLimit-Remaining": "9",
+        "RateLimit-Cut": "y" * 190 + token,  # a value cut at 200 characters keeps no part of the secret
+    }
     hostile |= {f"X-RateLimit-Filler-{i}": "x" * 500 for i in range(40)}
     server = _ScriptedJoor(hostile, ONE_PAGE)
     try:
@@ -168,6 +173,7 @@ def test_a_secret_echoed_in_a_rate_limit_header_is_masked(tmp_path: Path) -> Non
     assert token not in text and encoded not in text
     assert recorded["X-RateLimit-Note"] == "for ********"
     assert recorded["X-Throttling-Key"] == "********"
+    assert recorded["RateLimit-Cut"] == "y" * 190 + "********" and token[:4] not in text
     assert len(recorded) == MAX_RATE_LIMIT_HEADERS
     assert max(len(v) for v in recorded.values()) <= 200
 

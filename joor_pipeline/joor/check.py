@@ -134,7 +134,7 @@ class ConnectionCheck:
             f"  JOOR            {self.base_url} (JOOR_ENVIRONMENT {self.environment}, API {self.api_version}, "
             f"{auth}, format {self.format})",
         ]
-        if self.total is not None or self.log_id is not None:
+        if self.ok:
             total = f"{self.total:,}" if self.total is not None else "not reported"
             trip = f" in {duration(self.round_trip)}" if self.round_trip is not None else ""
             out.append(

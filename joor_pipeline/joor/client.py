@@ -43,6 +43,7 @@ from joor_pipeline.joor.errors import (
     RetriesExhausted,
 )
 from joor_pipeline.joor.pacing import (
+    RATE_LIMIT_PREFIXES,
     BudgetHint,
     Cancelled,
     CreditPacer,
@@ -351,7 +352,9 @@ class JoorClient:
                 last_transport_error = None
                 with self._stats_lock:
                     self.stats.bytes_received += len(response.content)
-                hint = self._record_rate_limit(response)
+                # The API's own headers only: the v4 token endpoint is another host, whose headers may speak of
+                # another budget.
+                hint = self._record_rate_limit(response) if authenticate else BudgetHint()
                 request_url = response.url
                 status = response.status_code
                 if status != 429:
@@ -412,16 +415,22 @@ class JoorClient:
 
     def _record_rate_limit(self, response: Reply) -> BudgetHint:
         """Record the answer's rate-limit headers (secrets masked); what they say of the budget."""
-        raw = response.headers.raw
-        found = rate_limit_headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw)
-        if not found:
+        pairs = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in response.headers.raw
+            if name.lower().startswith(RATE_LIMIT_PREFIXES_BYTES)
+        ]
+        if not pairs:
             return BudgetHint()
         secrets = self._secret_values()
-        for name, value in found.items():
+
+        def masked(value: str) -> str:
+            # Before any value is cut short, so no part of a secret survives a cut.
             for secret in secrets:
-                if secret in value:
-                    value = value.replace(secret, "********")
-            found[name] = value
+                value = value.replace(secret, "********")
+            return value
+
+        found = rate_limit_headers((name, masked(value)) for name, value in pairs)
         with self._stats_lock:
             self.stats.rate_limit_headers.update(found)
         return budget_hint(found)
@@ -698,6 +707,7 @@ def _planned_offsets(first: FetchedPage, next_start: int | None) -> range:
     return range(next_start, total, step)
 
 
+RATE_LIMIT_PREFIXES_BYTES: Final = tuple(prefix.encode() for prefix in RATE_LIMIT_PREFIXES)
 #: The media types that carry each format (JOOR's XML may come as text/xml).
 ACCEPTED_MEDIA: Final = {"json": frozenset({"application/json"}), "xml": frozenset({"application/xml", "text/xml"})}
 

@@ -255,6 +255,12 @@ class Sandbox:
             self.stats.max_concurrent = in_flight
             self._competitor_at = None
 
+    def reset_window(self) -> None:
+        """Forget the account's rate-limit window: the next request opens a fresh one (a benchmark's next run)."""
+        with self._lock:
+            self._window_start = None
+            self._window_used = 0
+
     def close(self) -> None:
         """Stop serving, hang up on idle keep-alive connections and release the port."""
         if self._closed or not hasattr(self, "_server"):
