@@ -105,7 +105,6 @@ class WalkTally:
     ids: set[int] = field(default_factory=set)
     #: Connections without a usable id: the flatten keeps each of them, so each counts as distinct.
     without_id: int = 0
-    rows: int = 0
     repeated: int = 0
     reported_total: int | None = None
     #: (page index, log_id) of the pages that repeated connections landed before, and of the last page.
@@ -122,7 +121,6 @@ class WalkTally:
                 repeats += 1
             else:
                 self.ids.add(key)
-        self.rows += len(fetched.page.connections)
         self.repeated += repeats
         if repeats:
             self.repeating_pages.append((fetched.index, fetched.log_id))
