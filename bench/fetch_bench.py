@@ -36,6 +36,8 @@ LATENCY_MS: Final = 20.0
 #: Fetch sizes above this are capped: a sandbox of 200,000 connections needs ~17 s and ~1.8 GB just to start.
 FETCH_MAX_N: Final = 20_000
 CONCURRENCY_LEVELS: Final = (1, 4, 8)
+#: ``JOOR_CONCURRENCY``'s default until it became 1 (JOOR's one-request-at-a-time etiquette, issue 17).
+OLD_DEFAULT_CONCURRENCY: Final = 4
 ROUND_TRIP_SAMPLES: Final = 7
 RATE_CREDITS: Final = 50
 RATE_WINDOW: Final = 2.0
@@ -244,15 +246,24 @@ def run_rate_limit_bench(
 ) -> list[RateLimitCase]:
     """Fetch ``RATE_WINDOWS`` budgets' worth of pages under the limit; a fresh sandbox (and window) per run.
 
-    Sequentially, and at the settings' default concurrency when the option exists.
+    Sequentially, and at the settings' default concurrency and the old default (4) when the option exists.
     """
     n = RATE_CREDITS * RATE_WINDOWS * PAGE_SIZE
     cases: dict[int | None, RateLimitCase] = {}
     if default is None:
         cases[None] = RateLimitCase(None, "sequential (no concurrency option)", RATE_CREDITS, RATE_WINDOW)
     else:
-        cases[1] = RateLimitCase(1, "concurrency 1", RATE_CREDITS, RATE_WINDOW)
-        cases[None] = RateLimitCase(None, f"default concurrency ({default})", RATE_CREDITS, RATE_WINDOW)
+        label = "concurrency 1" + (" (the default)" if default == 1 else "")
+        cases[1] = RateLimitCase(1, label, RATE_CREDITS, RATE_WINDOW)
+        if default != 1:
+            cases[None] = RateLimitCase(None, f"default concurrency ({default})", RATE_CREDITS, RATE_WINDOW)
+        if default != OLD_DEFAULT_CONCURRENCY:
+            cases[OLD_DEFAULT_CONCURRENCY] = RateLimitCase(
+                OLD_DEFAULT_CONCURRENCY,
+                f"concurrency {OLD_DEFAULT_CONCURRENCY} (the default before issue 17)",
+                RATE_CREDITS,
+                RATE_WINDOW,
+            )
     levels = list(cases)
     log(
         f"rate limit: {RATE_CREDITS} credits per {RATE_WINDOW:g} s on both ends, {n:,} connections "

@@ -30,6 +30,9 @@ def _serve(pipe: Connection, config: dict[str, Any], latency_ms: float) -> None:
             elif command == "reset":
                 sandbox.reset_stats()
                 pipe.send(None)
+            elif command == "new_window":
+                sandbox.reset_window()
+                pipe.send(None)
             else:
                 break
 
@@ -77,6 +80,11 @@ class SandboxProcess:
     def reset(self) -> None:
         """Zero the counters (the rate-limit window is not reset: use a fresh sandbox for that)."""
         self._pipe.send("reset")
+        self._pipe.recv()
+
+    def new_window(self) -> None:
+        """Start the account's next rate-limit window afresh (its credits whole again), without a new sandbox."""
+        self._pipe.send("new_window")
         self._pipe.recv()
 
     def close(self) -> None:

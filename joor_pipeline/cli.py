@@ -173,11 +173,39 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             account=account,
         )
     progress.done()
+    walks = f", {report.walks} walks of the list: it shifted during the first" if report.walks > 1 else ""
     print(
         f"landed {report.connections} connections in {report.pages} pages at {shown(settings.data_dir, report.path)} "
-        f"({report.duration_seconds:.1f}s, {report.stats.requests} requests, {report.stats.retries} retries)"
+        f"({report.duration_seconds:.1f}s, {report.stats.requests} requests, {report.stats.retries} retries{walks})"
     )
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """``check``: the connection test of each account (or ``--account``'s), reading and writing no data."""
+    from joor_pipeline.config import accounts_file
+    from joor_pipeline.joor.check import CHECK_RETRY, check_connection
+    from joor_pipeline.pipeline import connect
+
+    env = _environ(args)
+    accounts = _accounts(args, env)
+    # Every account's settings are checked before the first request: a configuration problem is exit 2.
+    settings = {account: load_account(env, account) for account in accounts}
+    in_file = accounts_file(env) is not None
+    failed: list[str] = []
+    for account, account_settings in settings.items():
+        with connect(account_settings, retry=CHECK_RETRY) as client:
+            found = check_connection(client, account=account, in_accounts_file=in_file)
+        print("\n".join(found.lines()), flush=True)
+        if found.problem:
+            failed.append(f"account {account}: {found.problem}" if len(accounts) > 1 else found.problem)
+    if failed:
+        raise CheckFailed("; ".join(failed))
+    return 0
+
+
+class CheckFailed(Exception):
+    """The connection test found a problem (exit 1): the line says what to do."""
 
 
 def cmd_flatten(args: argparse.Namespace) -> int:
@@ -283,6 +311,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     accounts = _accounts(args, _environ(args))
     env, data_dir = _run_environ(args, builtin=False, accounts=accounts)
     _check_run_date(args.date)
+    if args.refetch and args.date < _today() and not args.allow_backdated:
+        raise UsageError(
+            f"--refetch fetches today's JOOR state, and {args.date} is in the past; add --allow-backdated to store "
+            "it under that date anyway"
+        )
     for account in accounts:
         kept = raw_snapshot_exists(data_dir, args.date, account=account)
         if args.date < _today() and not kept and not args.allow_backdated:
@@ -301,7 +334,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     for account in accounts:  # one after the other: each account's run fetches with its own credit budget
         if len(accounts) > 1:
             print(f"account {account}:", flush=True)
-        summary = run_graph(args.date, env, allow_backdated=args.allow_backdated, debug=args.debug, account=account)
+        summary = run_graph(
+            args.date,
+            env,
+            allow_backdated=args.allow_backdated,
+            debug=args.debug,
+            account=account,
+            refetch=args.refetch,
+        )
         alert_for_failed_run(summary, env)  # the in-process run's one alert (the daemon's sensor skips it)
         _print_run(summary, debug=args.debug)
         if not summary.success:
@@ -314,8 +354,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_range(args: argparse.Namespace) -> int:
     """``run --from D1 --to D2``: re-flatten the kept raw snapshots, then build the models once. It never talks to
     JOOR, so it needs no JOOR account: only the data directory and the flatten's settings."""
-    if not (args.from_date and args.to_date) or args.allow_backdated:
-        raise UsageError("--from and --to go together, and never with --allow-backdated (a range never fetches)")
+    if not (args.from_date and args.to_date) or args.allow_backdated or args.refetch:
+        raise UsageError(
+            "--from and --to go together, and never with --allow-backdated or --refetch (a range never fetches)"
+        )
     _check_run_date(args.from_date)
     _check_run_date(args.to_date)
     env = _environ(args)
@@ -381,6 +423,8 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         rate_limit_window=args.rate_limit_window,
         token_ttl=args.token_ttl,
         faults=faults,
+        require_content_type=not args.lenient_content_type,
+        rate_limit_header_prefix=args.rate_limit_headers,
     )
     serve_forever(config)
     return 0
@@ -441,6 +485,14 @@ def build_parser() -> argparse.ArgumentParser:
     _account_option(fetch, "the only one; required when several are configured")
     _backdated_option(fetch)
 
+    check = add(
+        "check",
+        cmd_check,
+        "test the connection to JOOR in at most 4 requests (token included): credentials, the list endpoint, JOOR's "
+        "total, rate-limit headers, and how long a full fetch would take; writes nothing",
+    )
+    _account_option(check, "every configured account")
+
     flatten = add("flatten", cmd_flatten, "flatten one raw snapshot into the ten Parquet tables (atomically)")
     _snapshot_options(flatten)
     _account_option(flatten, "the only one; required when several are configured")
@@ -449,6 +501,11 @@ def build_parser() -> argparse.ArgumentParser:
     _snapshot_options(run)
     _account_option(run, "every configured account, one after the other")
     _backdated_option(run)
+    run.add_argument(
+        "--refetch",
+        action="store_true",
+        help="fetch again although a raw snapshot of the date is kept (otherwise reused: no JOOR credits spent)",
+    )
     run.add_argument("--from", dest="from_date", type=_date, help="re-flatten and check the kept raw snapshots from")
     run.add_argument(
         "--to", dest="to_date", type=_date, help="... to this date (inclusive), then build the models once"
@@ -472,6 +529,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate-limit-window", type=float, default=300.0, help="seconds in a rate-limit window (default 300)"
     )
     sandbox.add_argument("--token-ttl", type=int, default=36000, help="lifetime of v4 access tokens in seconds")
+    sandbox.add_argument(
+        "--rate-limit-headers",
+        metavar="PREFIX",
+        help="send PREFIX-Limit, PREFIX-Remaining and PREFIX-Reset on metered answers, e.g. X-RateLimit "
+        "(default: none)",
+    )
+    sandbox.add_argument(
+        "--lenient-content-type",
+        action="store_true",
+        help="answer calls without a Content-Type too (JOOR does not process them: refused by default)",
+    )
     sandbox.add_argument("--latency-ms", type=float, default=0.0, help="fault: added latency per request")
     sandbox.add_argument("--error-rate", type=float, default=0.0, help="fault: share of requests answered 5xx")
     sandbox.add_argument("--drop-rate", type=float, default=0.0, help="fault: share of connections dropped")

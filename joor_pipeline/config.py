@@ -207,8 +207,9 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         "JOOR_CONCURRENCY",
         "concurrency",
         "int",
-        4,
-        "list pages in flight at once when JOOR reports the total; 1 walks page by page",
+        1,
+        "list pages in flight at once when JOOR reports the total; 1, JOOR's etiquette, waits for each answer "
+        "before the next request (see The real JOOR API)",
         low=1,
         high=64,
     ),
@@ -506,8 +507,9 @@ class JoorSettings:
     max_attempts: int = 6
     max_response_mb: float = 64.0
     max_pages: int = 10_000
-    #: List pages in flight at once once the first page tells how many connections there are (1: one at a time).
-    concurrency: int = 4
+    #: List pages in flight at once once the first page tells how many connections there are (1: one at a time,
+    #: as JOOR's best practices ask).
+    concurrency: int = 1
     #: True when ``JOOR_ENVIRONMENT=builtin``: the caller starts the built-in sandbox and fills in its URLs.
     builtin_sandbox: bool = False
     sandbox_connections: int = 500

@@ -7,6 +7,7 @@ from typing import Any
 
 import dagster as dg
 
+from joor_pipeline.assets.check import joor_connection_check_job
 from joor_pipeline.assets.joor import joor_raw_connections, joor_tables
 from joor_pipeline.assets.models import joor_models
 from joor_pipeline.assets.partitions import ACCOUNTS, partition_key
@@ -75,7 +76,7 @@ def build_defs(
     return dg.Definitions(
         assets=[_fetch_asset(configuration_problem(environ)), joor_tables, joor_models],
         asset_checks=[build_freshness_checks(environ=environ)],
-        jobs=[joor_daily_job],
+        jobs=[joor_daily_job, joor_connection_check_job],
         schedules=[joor_daily_schedule],
         sensors=[*build_alert_sensors(environ), build_freshness_sensor(environ=environ)],
         resources=dict(resources) if resources is not None else resources_from_env(environ),

@@ -12,11 +12,12 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from joor_pipeline import __version__
 from joor_pipeline.config import DEFAULT_ACCOUNT, JoorSettings, Secret
-from joor_pipeline.joor.client import ClientStats, JoorClient
+from joor_pipeline.joor.client import ClientStats, FetchedPage, JoorClient
+from joor_pipeline.joor.errors import IncompleteSnapshot
 from joor_pipeline.storage.raw import open_raw_snapshot, raw_snapshot_dir
 
 log = logging.getLogger(__name__)
@@ -80,10 +81,84 @@ class FetchReport:
     stats: ClientStats
     manifest: dict[str, Any] = field(repr=False)
     account: str = DEFAULT_ACCOUNT
+    #: Walks of the list it took (2 when the first landed short of JOOR's total).
+    walks: int = 1
 
     @property
     def duration_seconds(self) -> float:
         return (self.finished_at - self.started_at).total_seconds()
+
+
+#: Walks of the list one fetch may make: the first, and one more when the first landed short of JOOR's total.
+MAX_WALKS: Final = 2
+#: Pages named in the error of a walk that landed short (each with its log_id); the rest are counted.
+PAGES_NAMED: Final = 10
+
+
+@dataclass
+class WalkTally:
+    """What one walk of the list landed: distinct connections (by ``customer_account_id``, the flatten's key),
+    repeats, and JOOR's total as its last page reported it."""
+
+    #: The dedup key of a ``customer_account_id``: the flatten's own (``flatten.coerce.account_id_key``).
+    key: Callable[[Any], int | None]
+    ids: set[int] = field(default_factory=set)
+    #: Connections without a usable id: the flatten keeps each of them, so each counts as distinct.
+    without_id: int = 0
+    repeated: int = 0
+    reported_total: int | None = None
+    #: (page index, log_id) of the pages that repeated connections landed before, and of the last page.
+    repeating_pages: list[tuple[int, str | None]] = field(default_factory=list)
+    last_page: tuple[int, str | None] = (0, None)
+
+    def add(self, fetched: FetchedPage) -> None:
+        repeats = 0
+        for connection in fetched.page.connections:
+            key = self.key(connection.get("customer_account_id")) if isinstance(connection, dict) else None
+            if key is None:
+                self.without_id += 1
+            elif key in self.ids:
+                repeats += 1
+            else:
+                self.ids.add(key)
+        self.repeated += repeats
+        if repeats:
+            self.repeating_pages.append((fetched.index, fetched.log_id))
+        self.reported_total = fetched.page.response.count
+        self.last_page = (fetched.index, fetched.log_id)
+
+    @property
+    def distinct(self) -> int:
+        return len(self.ids) + self.without_id
+
+    @property
+    def shortfall(self) -> int:
+        """Connections JOOR reports that this walk did not land (0 when JOOR reports no total)."""
+        return 0 if self.reported_total is None else max(0, self.reported_total - self.distinct)
+
+    def describe(self) -> str:
+        """The walk in one clause: what landed against JOOR's total, and which pages to ask JOOR about."""
+
+        def named(pages: list[tuple[int, str | None]]) -> str:
+            shown = ", ".join(f"{index} (log_id {log_id or 'none'})" for index, log_id in pages[:PAGES_NAMED])
+            more = len(pages) - PAGES_NAMED
+            return shown + (f" and {more} more" if more > 0 else "")
+
+        text = (
+            f"{self.distinct:,} distinct connection(s) in {self.last_page[0] + 1:,} page(s) against JOOR's total of "
+            f"{self.reported_total:,} ({self.shortfall:,} short"
+        )
+        if self.repeated:
+            text += f"; {self.repeated:,} repeated across pages, on page(s) {named(self.repeating_pages)}"
+        return text + f"; last page {named([self.last_page])})"
+
+
+class _ShortWalk(Exception):
+    """One walk landed fewer connections than JOOR's total (internal: the fetch walks again or refuses)."""
+
+    def __init__(self, tally: WalkTally) -> None:
+        self.tally = tally
+        super().__init__(tally.describe())
 
 
 def fetch_snapshot(
@@ -100,20 +175,78 @@ def fetch_snapshot(
 
     ``concurrency`` (default: the client's settings) is how many list pages may be in flight at once. Each wait
     for JOOR's rate limit is logged (so a Dagster run shows it, see ``assets/logs.py``) and told to ``on_wait``.
+
+    **A walk is complete or refused.** After the last page, the distinct connections landed (by
+    ``customer_account_id``) are compared with JOOR's total (the last page's ``response.count``). Fewer means
+    the list shifted during the walk (a retailer connected ahead of the cursor, so a page repeated connections
+    of the one before): the list is walked once more, with the same client, so the same credit budget and
+    pacing. Short again, the fetch fails with :class:`IncompleteSnapshot` naming the shortfall, the pages and
+    their ``log_id`` s, and publishes nothing. Repeats in a walk that is complete are kept (the flatten keeps
+    each connection once and counts the repeats). A retailer that disconnects mid-walk shifts the rest of the
+    list forward, unseen by offset paging: the count drops with it, so no comparison can see the connection
+    skipped; the next day's snapshot has it again.
     """
     settings = client.settings
     # The client never runs more requests at once than its connection pool holds; the manifest says what ran.
     concurrency = min(settings.concurrency if concurrency is None else concurrency, client.max_connections)
     started_at = datetime.now(UTC)
     clock = time.monotonic()
-    connections = 0
-    log_ids: list[str] = []
 
     def waiting(reason: str, seconds: float) -> None:
         log.info("waiting %.0fs for %s", seconds, reason)
         if on_wait is not None:
             on_wait(reason, seconds)
 
+    earlier: list[str] = []
+    for walk in range(1, MAX_WALKS + 1):
+        try:
+            return _walk(
+                client,
+                data_dir,
+                snapshot_date,
+                account=account,
+                concurrency=concurrency,
+                progress=progress,
+                waiting=waiting,
+                fetch_started=(started_at, clock),
+                walk=walk,
+            )
+        except _ShortWalk as short:
+            earlier.append(f"walk {walk}: {short.tally.describe()}")
+            if walk < MAX_WALKS:
+                log.warning(
+                    "the walk of the connection list landed %s: the list shifted while it was walked (retailers "
+                    "connecting or disconnecting); walking it once more",
+                    short.tally.describe(),
+                )
+    raise IncompleteSnapshot(
+        f"the connection list came back short on each of {MAX_WALKS} walks, so nothing was kept: {'; '.join(earlier)}. "
+        "Either the list kept shifting while it was walked (retailers connecting or disconnecting) or JOOR repeats "
+        "connections across pages; run the fetch again later, and if it stays short, give JOOR support the log_ids"
+    )
+
+
+def _walk(
+    client: JoorClient,
+    data_dir: Path,
+    snapshot_date: date,
+    *,
+    account: str,
+    concurrency: int,
+    progress: FetchProgress | None,
+    waiting: FetchWait,
+    fetch_started: tuple[datetime, float],
+    walk: int,
+) -> FetchReport:
+    """One walk of the list, landed and published; :class:`_ShortWalk` (nothing kept) when it lands short."""
+    # Imported here: the flatten package brings pyarrow, which `check` and the client never need.
+    from joor_pipeline.flatten.coerce import account_id_key
+
+    settings = client.settings
+    started_at, clock = fetch_started
+    connections = 0
+    log_ids: list[str] = []
+    tally = WalkTally(account_id_key)
     # closing(): a failure while landing stops the page requests still in flight before the snapshot is discarded.
     pages = closing(client.iter_connection_pages(concurrency=concurrency, canonical=False, on_wait=waiting))
     raw = open_raw_snapshot(data_dir, snapshot_date, settings.format, account=account)
@@ -128,11 +261,20 @@ def fetch_snapshot(
                 start_from=fetched.start_from,
                 url=fetched.url,
             )
+            tally.add(fetched)
             connections += count
             if fetched.log_id:
                 log_ids.append(fetched.log_id)
             if progress is not None:
                 progress(len(writer.pages), connections)
+        if tally.shortfall:
+            # Raised inside the block: the staged pages are discarded, the published snapshot stays as it was.
+            raise _ShortWalk(tally)
+        if tally.reported_total is None:
+            log.warning(
+                "JOOR reported no total (response.count) on the connection list: the walk cannot be checked for "
+                "completeness"
+            )
         finished_at = datetime.now(UTC)
         stats = client.stats
         manifest = writer.commit(
@@ -147,6 +289,12 @@ def fetch_snapshot(
                 "requests": stats.requests,
                 "retries": stats.retries,
                 "throttled": stats.throttled,
+                "walks": walk,
+                "reported_total": tally.reported_total,
+                "distinct_connections": tally.distinct,
+                "repeated_connections": tally.repeated,
+                # Names and last values as JOOR sent them (a secret of the client masked): never a credential.
+                "rate_limit_headers": dict(stats.rate_limit_headers),
                 "joor_pipeline_version": __version__,
             }
         )
@@ -164,4 +312,5 @@ def fetch_snapshot(
         stats=stats,
         manifest=manifest,
         account=account,
+        walks=walk,
     )

@@ -387,7 +387,7 @@ def test_one_sandbox_serves_several_accounts_with_their_own_data_and_budgets() -
 
         def page(token: str) -> httpx.Response:
             auth = "OAuth2 " + base64.b64encode(token.encode()).decode()
-            headers = {"Authorization": auth, "Accept": "application/json"}
+            headers = {"Authorization": auth, "Accept": "application/json", "Content-Type": "application/json"}
             return httpx.get(f"{a.base_url}/v2/connection/", headers=headers, timeout=10)
 
         first_a, first_b = page("token-a").json(), page("token-b").json()
@@ -404,7 +404,11 @@ def test_one_sandbox_serves_several_accounts_with_their_own_data_and_budgets() -
         form |= {"username": "user-b", "password": other.password}
         token = httpx.post(f"{a.base_url}/auth/", files={k: (None, v) for k, v in form.items()}, timeout=10)
         assert token.status_code == 200 and b.stats.tokens_issued == 1 and a.stats.tokens_issued == 0
-        bearer = {"Authorization": f"Bearer {token.json()['access_token']}", "Accept": "application/json"}
+        bearer = {
+            "Authorization": f"Bearer {token.json()['access_token']}",
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+        }
         listed = httpx.get(f"{a.base_url}/v2/connection/", params={"account": "555"}, headers=bearer, timeout=10)
         assert listed.status_code == 200 and len(listed.json()["connections"]) == 3
 

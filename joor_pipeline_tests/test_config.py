@@ -64,7 +64,7 @@ def test_builtin_sandbox_only_when_asked() -> None:
 def test_v2_production_hosts() -> None:
     s = load_settings(TOKEN)
     assert s.base_url == HOSTS["production"]["base_url"] == "https://api.jooraccess.com"
-    assert (s.max_response_mb, s.max_pages, s.timeout, s.concurrency) == (64.0, 10_000, 30.0, 4)
+    assert (s.max_response_mb, s.max_pages, s.timeout, s.concurrency) == (64.0, 10_000, 30.0, 1)
 
 
 def test_v4_sandbox_hosts() -> None:

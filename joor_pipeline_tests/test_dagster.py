@@ -283,25 +283,37 @@ def test_past_partition_without_raw_snapshot_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "raw").exists()
 
 
-def test_todays_partition_fetches_and_a_kept_past_snapshot_is_reused(tmp_path: Path) -> None:
-    today = datetime.now(UTC).date()
-    with run_sandbox(connections=5, rate_limit_credits=0) as sb:
-        fetched = dg.materialize(
-            [joor_raw_connections], partition_key=f"default|{today.isoformat()}", resources=resources(sb, tmp_path)
+def test_a_kept_snapshot_is_reused_today_too_unless_refetch(tmp_path: Path) -> None:
+    """A second run of today spends no credits (issue 17); ``refetch: true`` fetches again; a past date's kept
+    snapshot is reused as before. The fetch's metadata carries JOOR's rate-limit headers and total."""
+    today = f"default|{datetime.now(UTC).date().isoformat()}"
+    refetch = {"ops": {"joor_raw_connections": {"config": {"refetch": True}}}}
+
+    def fetch(partition: str, **kwargs) -> dict:
+        result = dg.materialize(
+            [joor_raw_connections], partition_key=partition, resources=resources(sb, tmp_path), **kwargs
         )
-        assert (
-            fetched.asset_materializations_for_node("joor_raw_connections")[0]
-            .metadata["reused_existing_snapshot"]
-            .value
-            is False
-        )
-        land(tmp_path, date.fromisoformat(DAY1), [load_seed_connection()])
+        return result.asset_materializations_for_node("joor_raw_connections")[0].metadata
+
+    with run_sandbox(connections=5, rate_limit_credits=300, rate_limit_header_prefix="X-RateLimit") as sb:
+        first = fetch(today)
+        assert first["reused_existing_snapshot"].value is False
+        assert first["joor_reported_total"].value == 5
+        assert set(first["rate_limit_headers"].value) == {
+            "X-RateLimit-Limit",
+            "X-RateLimit-Remaining",
+            "X-RateLimit-Reset",
+        }
         requests = sb.stats.requests
-        kept = dg.materialize([joor_raw_connections], partition_key=P1, resources=resources(sb, tmp_path))
+        assert fetch(today)["reused_existing_snapshot"].value is True
         assert sb.stats.requests == requests
-    meta = kept.asset_materializations_for_node("joor_raw_connections")[0].metadata
-    assert meta["reused_existing_snapshot"].value is True
-    assert meta["connections"].value == 1
+        assert fetch(today, run_config=refetch)["reused_existing_snapshot"].value is False
+        assert sb.stats.requests == requests + 1
+        land(tmp_path, date.fromisoformat(DAY1), [load_seed_connection()])
+        kept = fetch(P1)
+        assert sb.stats.requests == requests + 1
+    assert kept["reused_existing_snapshot"].value is True
+    assert kept["connections"].value == 1
 
 
 def _bad_connections() -> list[dict]:
@@ -408,12 +420,20 @@ def test_cli_run_records_in_dagster_home(tmp_path: Path, monkeypatch, capsys) ->
         monkeypatch.setenv("JOOR_BASE_URL", sb.base_url)
         monkeypatch.setenv("JOOR_API_TOKEN", sb.config.api_token)
         code = main(["run", "--date", DAY1, "--data-dir", str(tmp_path / "data"), "--allow-backdated"])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    assert "connections                   30 rows" in out
+        out = capsys.readouterr().out
+        assert code == 0, out
+        assert "connections                   30 rows" in out
+        # --refetch reaches the fetch asset: the kept snapshot is fetched again, not reused (JOOR failing now, the
+        # run stops at the fetch, and the kept snapshot stays).
+        requests = sb.stats.requests
+        sb.faults.error_code = 17
+        args = ["run", "--date", DAY1, "--data-dir", str(tmp_path / "data"), "--allow-backdated", "--refetch"]
+        assert main(args) == 1
+        assert sb.stats.requests == requests + 1
+        assert "response.code 17" in capsys.readouterr().err
     with dg.DagsterInstance.from_config(str(home)) as instance:
         runs = instance.get_runs()
-        assert len(runs) == 1 and runs[0].tags.get("dagster/partition/date") == DAY1
+        assert len(runs) == 2 and {run.tags.get("dagster/partition/date") for run in runs} == {DAY1}
         assert runs[0].tags.get("dagster/partition/account") == "default"
 
 

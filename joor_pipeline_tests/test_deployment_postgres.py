@@ -62,6 +62,14 @@ FETCH_LATENCY_MS: Final = 400
 #: and on a small shared machine it saves a process start per step.
 RUN_CONFIG: Final = {"execution": {"config": {"in_process": {}}}}
 
+
+def backfill_config(today: date) -> dict[str, Any]:
+    """The backfill's run config: in process, and today named in ``backdated_dates``, so that a test crossing
+    midnight UTC still fetches it (today's snapshot is not landed beforehand: it would be reused, not fetched)."""
+    fetch = {"joor_raw_connections": {"config": {"backdated_dates": [today.isoformat()]}}}
+    return {**RUN_CONFIG, "ops": fetch}
+
+
 FETCH_STEP: Final = RAW_ASSET
 MODELS_STEP: Final = "joor_models"
 TERMINAL_BACKFILL: Final = {"COMPLETED_SUCCESS", "COMPLETED_FAILED", "COMPLETED", "FAILED", "CANCELED"}
@@ -207,8 +215,7 @@ def land_snapshot(joor_env: dict[str, str], account: str, snapshot_date: date) -
 
     JOOR serves only the current state, so a backfill of a past date re-flattens the snapshot kept from that day;
     landing it beforehand is what makes the past date of the backfill legitimate, with no ``allow_backdated``.
-    Today's snapshot is landed too, so a test that crosses midnight UTC still has one; on the current day the
-    run fetches again anyway (and does, in this test).
+    Today's is not landed: a kept snapshot is reused, and today's runs must fetch (see :func:`backfill_config`).
     """
     settings = load_account(joor_env, account)
     assert not settings.builtin_sandbox, "the deployment must talk to the sandbox it was given, not the built-in one"
@@ -252,8 +259,7 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
         data_dir.mkdir()
         joor_env = joor_environment(sandboxes, data_dir)
         for account in ACCOUNTS:
-            for snapshot_date in backfill_dates():
-                land_snapshot(joor_env, account, snapshot_date)
+            land_snapshot(joor_env, account, backfill_dates()[0])
         # From here on each page takes a while, so a fetch step lasts long enough to collide with another run's.
         for sandbox in sandboxes.values():
             sandbox.faults = Faults(latency_ms=FETCH_LATENCY_MS)
@@ -320,7 +326,7 @@ def _location_loaded(graphql: GraphQL, webserver: ServiceProcess) -> tuple[str, 
     return None
 
 
-def _launch_backfill(deployed: Deployment, keys: list[str]) -> str:
+def _launch_backfill(deployed: Deployment, keys: list[str], today: date) -> str:
     params = {
         "selector": {
             "partitionSetName": f"{JOB_NAME}_partition_set",
@@ -330,7 +336,7 @@ def _launch_backfill(deployed: Deployment, keys: list[str]) -> str:
             },
         },
         "partitionNames": keys,
-        "runConfigData": RUN_CONFIG,
+        "runConfigData": backfill_config(today),
         "title": "deployment test",
     }
     result = deployed.graphql(LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
@@ -366,7 +372,7 @@ def test_backfill_through_graphql_on_a_postgres_instance(deployment: Deployment)
     dates = backfill_dates()
     keys = partition_keys(dates)
     started = time.monotonic()
-    backfill_id = _launch_backfill(deployment, keys)
+    backfill_id = _launch_backfill(deployment, keys, dates[-1])
     # Started after the launch, the daemon finds the backfill on its first pass instead of 30 s later.
     assert deployment.start_daemon is not None
     daemon = deployment.start_daemon()

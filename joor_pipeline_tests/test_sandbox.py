@@ -26,8 +26,9 @@ from joor_pipeline_tests.fake_time import FakeTime
 SEEDS = Path(__file__).resolve().parent / "seeds"
 TOKEN = "sandbox-token"
 V2_AUTH = {"Authorization": "OAuth2 " + base64.b64encode(TOKEN.encode()).decode()}
-JSON = {**V2_AUTH, "Accept": "application/json"}
-XML = {**V2_AUTH, "Accept": "application/xml"}
+# JOOR does not process a call without a content type (the sandbox is strict by default): every call sends one.
+JSON = {**V2_AUTH, "Accept": "application/json", "Content-Type": "application/json"}
+XML = {**V2_AUTH, "Accept": "application/xml", "Content-Type": "application/xml"}
 LOG_ID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 GOOD_FORM = {
     "client_id": "sandbox-client",
@@ -88,7 +89,7 @@ def token(client: httpx.Client, sandbox: Sandbox) -> str:
 
 
 def bearer(access_token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {access_token}", "Accept": "application/json"}
+    return {"Authorization": f"Bearer {access_token}", "Accept": "application/json", "Content-Type": "application/json"}
 
 
 # --- data -----------------------------------------------------------------------------------------------------
@@ -275,7 +276,7 @@ def test_other_paths_and_methods(client: httpx.Client, sandbox: Sandbox) -> None
 
 @pytest.mark.parametrize("accept", [None, "*/*", "text/html", "application/*"])
 def test_no_supported_accept_is_406(client: httpx.Client, accept: str | None) -> None:
-    headers = dict(V2_AUTH)
+    headers = {**V2_AUTH, "Content-Type": "application/json"}
     if accept is not None:
         headers["Accept"] = accept
     request = client.build_request("GET", "/v2/connection/", headers=headers)
@@ -289,6 +290,25 @@ def test_no_supported_accept_is_406(client: httpx.Client, accept: str | None) ->
     assert body["comment"] == "Calls made without the content MIME type are not processed"
 
 
+@pytest.mark.parametrize("content_type", [None, "text/plain", "multipart/form-data"])
+@pytest.mark.parametrize("path", ["/v2/connection/", "/v2/connection/24181/", "/v2/connection/customer_code/JBNY/"])
+def test_a_call_without_a_content_type_is_not_processed(
+    client: httpx.Client, sandbox: Sandbox, content_type: str | None, path: str
+) -> None:
+    """JOOR's conventions page: "calls made without the Content MIME Type are not processed" (strict by default)."""
+    headers = {**V2_AUTH, "Accept": "application/json"}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    response = client.get(path, headers=headers)
+    assert response.status_code == 415
+    body = response.json()["response"]
+    assert body["code"] == 415 and body["log_id"]
+    assert body["comment"].startswith("Calls made without the Content MIME Type are not processed")
+    sandbox.config.require_content_type = False
+    assert client.get(path, headers=headers).status_code == 200
+    assert sandbox.stats.credits_used == 1  # the refused call cost nothing
+
+
 @pytest.mark.parametrize(
     ("accept", "params", "expected"),
     [
@@ -299,7 +319,11 @@ def test_no_supported_accept_is_406(client: httpx.Client, accept: str | None) ->
     ],
 )
 def test_format_selection(client: httpx.Client, accept: str, params: dict[str, str], expected: str) -> None:
-    response = client.get("/v2/connection/24181/", params=params, headers={**V2_AUTH, "Accept": accept})
+    response = client.get(
+        "/v2/connection/24181/",
+        params=params,
+        headers={**V2_AUTH, "Accept": accept, "Content-Type": "application/json"},
+    )
     assert response.status_code == 200
     assert response.headers["content-type"] == f"{expected}; charset=utf-8"
 
@@ -318,7 +342,7 @@ def test_format_selection(client: httpx.Client, accept: str, params: dict[str, s
     ],
 )
 def test_bad_credentials_are_401(client: httpx.Client, authorization: str | None) -> None:
-    headers = {"Accept": "application/json"}
+    headers = {"Accept": "application/json", "Content-Type": "application/json"}
     if authorization:
         headers["Authorization"] = authorization
     response = client.get("/v2/connection/", params={"account": "24180"}, headers=headers)
@@ -399,7 +423,7 @@ def test_rate_limit_throttles_past_the_budget_and_recovers() -> None:
     with run_sandbox(connections=3, rate_limit_credits=5, rate_limit_window=300.0, **fake.pair()) as sb:
         with httpx.Client(base_url=sb.base_url, timeout=5) as c:
             # Unauthenticated calls are not metered.
-            assert c.get("/v2/connection/", headers={"Accept": "application/json"}).status_code == 401
+            assert c.get("/v2/connection/", headers={**JSON, "Authorization": "OAuth2 eA=="}).status_code == 401
             assert [c.get("/v2/connection/", headers=JSON).status_code for _ in range(5)] == [200] * 5
             throttled = c.get("/v2/connection/", headers=XML)
             assert throttled.status_code == 429

@@ -33,7 +33,8 @@ class FetchConfig(dg.Config):
     """Run configuration of the raw fetch."""
 
     refetch: bool = False
-    """Fetch again even when a past date already has a raw snapshot (JOOR only serves the current state)."""
+    """Fetch again even when the date already has a raw snapshot (a kept one, today's too, is reused otherwise;
+    JOOR only serves the current state)."""
     allow_backdated: bool = False
     """Allow fetching today's JOOR state into a past date's partition that has no raw snapshot yet: one run of
     one date only, refused inside a backfill (list the dates in backdated_dates there)."""
@@ -63,16 +64,17 @@ def joor_raw_connections(
     data_dir = storage.path
     today = datetime.now(UTC).date()
     existing = raw_snapshot_exists(data_dir, snapshot_date, account=account)
+    # A kept snapshot is reused, today's too (a second run after a model failure spends no credits again).
+    if existing and not config.refetch:
+        manifest = read_manifest(data_dir, snapshot_date, account=account)
+        context.log.info(
+            "kept the raw snapshot of %s of account %s fetched at %s (refetch: true fetches it again)",
+            snapshot_date,
+            account,
+            manifest.get("fetch_started_at"),
+        )
+        return dg.MaterializeResult(metadata={**_manifest_metadata(manifest), "reused_existing_snapshot": True})
     if snapshot_date < today and not config.refetch:
-        if existing:
-            manifest = read_manifest(data_dir, snapshot_date, account=account)
-            context.log.info(
-                "kept the raw snapshot of %s of account %s fetched at %s",
-                snapshot_date,
-                account,
-                manifest.get("fetch_started_at"),
-            )
-            return dg.MaterializeResult(metadata={**_manifest_metadata(manifest), "reused_existing_snapshot": True})
         listed = snapshot_date.isoformat() in config.backdated_dates
         if config.allow_backdated and not listed and BACKFILL_TAG in context.run.tags:
             raise dg.Failure(
@@ -127,6 +129,10 @@ def _manifest_metadata(manifest: dict[str, Any]) -> dict[str, Any]:
         "fetch_seconds": manifest.get("fetch_seconds"),
         "fetched_at": manifest.get("fetch_started_at"),
         "joor_log_ids": dg.MetadataValue.json({"count": len(log_ids), "first": log_ids[:LOG_IDS_SHOWN]}),
+        "joor_reported_total": manifest.get("reported_total"),
+        "walks": manifest.get("walks", 1),
+        # Names and last values of the rate-limit headers JOOR sent (never a secret: masked by the client).
+        "rate_limit_headers": dg.MetadataValue.json(manifest.get("rate_limit_headers", {})),
     }
 
 

@@ -205,9 +205,10 @@ def run_graph(
     allow_backdated: bool = False,
     debug: bool = False,
     account: str = DEFAULT_ACCOUNT,
+    refetch: bool = False,
 ) -> RunSummary:
     """Materialize every asset (and run every check) for ``account``'s ``snapshot_date`` through Dagster, with
-    ``environ``'s settings, leaving ``os.environ`` as it is."""
+    ``environ``'s settings, leaving ``os.environ`` as it is (``refetch``: fetch again over a kept raw snapshot)."""
     defs = build_defs(
         environ,
         resources=resources_from_values(environ),
@@ -215,7 +216,7 @@ def run_graph(
     )
     job = defs.resolve_job_def(JOB_NAME)
     run_config: dict[str, Any] = {
-        "ops": {"joor_raw_connections": {"config": {"allow_backdated": allow_backdated}}},
+        "ops": {"joor_raw_connections": {"config": {"allow_backdated": allow_backdated, "refetch": refetch}}},
         "loggers": {"console": {"config": {"log_level": "DEBUG"} if debug else {}}},
     }
     with open_instance(environ) as instance:

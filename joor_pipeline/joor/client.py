@@ -7,6 +7,11 @@ pacer, the v4 token and the counters are all safe to use concurrently.
 Every request is bounded in time and memory whatever the server does (see :mod:`.transport`: ``JOOR_TIMEOUT``
 for the whole request, ``JOOR_MAX_RESPONSE_MB`` for its body). A snapshot is bounded too: at most
 ``JOOR_MAX_PAGES`` pages, and a cursor that skips connections is an error.
+
+JOOR's documented conventions are followed on every request: ``Accept`` and ``Content-Type`` both name the format
+asked for, GETs included (JOOR's conventions page: "calls made without the Content MIME Type are not processed");
+the v4 token request keeps its multipart form, whose own content type carries the boundary. The rate-limit
+headers of every answer are recorded (:attr:`ClientStats.rate_limit_headers`) and handed to the pacer.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Final
@@ -37,7 +42,15 @@ from joor_pipeline.joor.errors import (
     PayloadError,
     RetriesExhausted,
 )
-from joor_pipeline.joor.pacing import Cancelled, CreditPacer, OnWait
+from joor_pipeline.joor.pacing import (
+    RATE_LIMIT_PREFIXES,
+    BudgetHint,
+    Cancelled,
+    CreditPacer,
+    OnWait,
+    budget_hint,
+    rate_limit_headers,
+)
 from joor_pipeline.joor.parse import Canonical, Page, parse_page
 from joor_pipeline.joor.shapes import MEDIA_TYPES
 from joor_pipeline.joor.transport import Reply, deadline_transport, exchange, redact_url
@@ -93,6 +106,9 @@ class ClientStats:
     transport_errors: int = 0
     token_requests: int = 0
     bytes_received: int = 0
+    #: The rate-limit headers JOOR sent (``X-RateLimit-*``, ``RateLimit-*``, ``X-Throttling-*``): each name as sent,
+    #: with its last value (a value holding a secret of this client is masked).
+    rate_limit_headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -282,6 +298,7 @@ class JoorClient:
         hears of every wait for rate-limit credits (see :class:`CreditPacer`).
         """
         started: float | None = None
+        last_transport_error: httpx.TransportError | None = None
         reauthenticated = False
         attempt = 0
         throttled = 0
@@ -298,6 +315,9 @@ class JoorClient:
                 # The retry budget runs from the first send: waiting for this pipeline's own credits is not retrying.
                 started = self._clock()
             headers = {"Accept": self._media_type}
+            if files is None:
+                # JOOR does not process a call without a content type, GETs included; a multipart body brings its own.
+                headers["Content-Type"] = self._media_type
             query = dict(params or {})
             token: Secret | None = None
             if authenticate:
@@ -323,15 +343,23 @@ class JoorClient:
                 # overloaded server may well answer in time on the next try, and every try is itself bounded.
                 with self._stats_lock:
                     self.stats.transport_errors += 1
+                last_transport_error = exc
                 attempt += 1
                 problem = f"{type(exc).__name__}: {exc}"
                 request_url = redact_url(self._http.build_request(method, url, params=query or None).url)
                 delay = self.retry.backoff(attempt, self._rng)
             else:
+                last_transport_error = None
                 with self._stats_lock:
                     self.stats.bytes_received += len(response.content)
+                # The API's own headers only: the v4 token endpoint is another host, whose headers may speak of
+                # another budget.
+                hint = self._record_rate_limit(response) if authenticate else BudgetHint()
                 request_url = response.url
                 status = response.status_code
+                if status != 429:
+                    # A 429 is the pacer's business through exhausted() below, with JOOR's Retry-After.
+                    self.pacer.observe(hint, window)
                 if status == 401 and v4 and not reauthenticated:
                     # The token may have been revoked or expired early: one fresh token, one more try.
                     reauthenticated = True
@@ -341,6 +369,9 @@ class JoorClient:
                 if status not in RETRY_STATUSES:
                     return response
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                if retry_after is None and status == 429:
+                    # No Retry-After: a reset time among the rate-limit headers says the same.
+                    retry_after = hint.reset_after
                 if status == 429:
                     with self._stats_lock:
                         self.stats.throttled += 1
@@ -359,11 +390,12 @@ class JoorClient:
             if attempt >= self.retry.max_attempts or elapsed + delay > self.retry_budget:
                 tries = attempt + throttled
                 of_which = f" ({throttled} answered 429)" if throttled else ""
+                # The transport error behind the last try stays reachable (TLS, DNS), never in the message's place.
                 raise RetriesExhausted(
                     f"{method} {request_url} failed after {tries} attempt(s){of_which} in {elapsed:.1f}s "
                     f"(retry budget {self.retry_budget:g}s, {self.retry.max_attempts} tries on errors); "
                     f"last error: {problem}"
-                )
+                ) from last_transport_error
             with self._stats_lock:
                 self.stats.retries += 1
             if refused:
@@ -380,6 +412,47 @@ class JoorClient:
                 delay,
             )
             self._sleep(delay)
+
+    def _record_rate_limit(self, response: Reply) -> BudgetHint:
+        """Record the answer's rate-limit headers (secrets masked); what they say of the budget."""
+        pairs = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in response.headers.raw
+            if name.lower().startswith(RATE_LIMIT_PREFIXES_BYTES)
+        ]
+        if not pairs:
+            return BudgetHint()
+        secrets = self._secret_values()
+
+        def masked(value: str) -> str:
+            # Before any value is cut short, so no part of a secret survives a cut.
+            for secret in secrets:
+                value = value.replace(secret, "********")
+            return value
+
+        found = rate_limit_headers((name, masked(value)) for name, value in pairs)
+        with self._stats_lock:
+            self.stats.rate_limit_headers.update(found)
+        return budget_hint(found)
+
+    def _secret_values(self) -> list[str]:
+        """Every secret this client holds, as it could appear in text (the v2 token base64-encoded too)."""
+        s = self.settings
+        values = [secret.reveal() for secret in (s.api_token, s.client_secret, s.password) if secret]
+        if s.api_token:
+            values.append(base64.b64encode(s.api_token.reveal().encode()).decode())
+        token = self._token.value
+        if token:
+            values.append(token.reveal())
+        return [v for v in values if len(v) >= 4]
+
+    def get(self, path: str, params: dict[str, Any] | None = None, *, cancel: threading.Event | None = None) -> Reply:
+        """One authenticated, paced GET with the retry policy's retries; the answer whatever its status.
+
+        For callers that judge the answer themselves (``joor-pipeline check``); the pages of a fetch go through
+        :meth:`iter_connection_pages`.
+        """
+        return self._send("GET", path, params=params, cancel=cancel)
 
     def _get_page(
         self,
@@ -409,7 +482,18 @@ class JoorClient:
             if status == 404:
                 raise NotFoundError("not found", **kwargs)  # type: ignore[arg-type]
             raise JoorApiError("JOOR request failed", **kwargs)  # type: ignore[arg-type]
-        page = parse_page(response.content, self.settings.format, source=url, canonical=canonical)
+        try:
+            page = parse_page(response.content, self.settings.format, source=url, canonical=canonical)
+        except PayloadError as exc:
+            answered = media_type(response.headers.get("Content-Type"))
+            if answered and answered not in ACCEPTED_MEDIA[self.settings.format]:
+                raise PayloadError(
+                    f"{exc.message}; JOOR answered Content-Type {answered} to a request for {self._media_type} "
+                    f"(JOOR_FORMAT={self.settings.format})",
+                    source=exc.source,
+                    log_id=exc.log_id,
+                ) from None
+            raise
         if page.response.code != 0:
             raise JoorApiError(
                 "JOOR answered with an error",
@@ -621,6 +705,16 @@ def _planned_offsets(first: FetchedPage, next_start: int | None) -> range:
     if next_start is None or step == 0 or next_start != first.start_from + step or total is None:
         return range(0)
     return range(next_start, total, step)
+
+
+RATE_LIMIT_PREFIXES_BYTES: Final = tuple(prefix.encode() for prefix in RATE_LIMIT_PREFIXES)
+#: The media types that carry each format (JOOR's XML may come as text/xml).
+ACCEPTED_MEDIA: Final = {"json": frozenset({"application/json"}), "xml": frozenset({"application/xml", "text/xml"})}
+
+
+def media_type(content_type: str | None) -> str:
+    """The media type of a Content-Type header, lower-cased, without parameters ("" when absent)."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
 
 
 def _check(cancel: threading.Event | None) -> None:

@@ -9,6 +9,7 @@ The hierarchy::
     │   └── AuthError        credentials refused (HTTP 401/403 or the token endpoint said no)
     ├── NotFoundError        the connection asked for does not exist (HTTP 404)
     ├── PaginationError      next_start did not advance, skipped ahead, or ran past JOOR_MAX_PAGES
+    │   └── IncompleteSnapshot  two walks of the list each landed fewer connections than JOOR reports
     ├── ResponseTooLarge     a body larger than JOOR_MAX_RESPONSE_MB (never retried: the page would be as large)
     └── RetriesExhausted     429 / 5xx / transport errors (the JOOR_TIMEOUT deadline too) outlasted the retry budget
 
@@ -86,6 +87,10 @@ class NotFoundError(JoorApiError):
 
 class PaginationError(JoorError):
     """The list endpoint's cursor did not advance, skipped connections, or would not end."""
+
+
+class IncompleteSnapshot(PaginationError):
+    """The list shifted under both walks of a fetch: fewer distinct connections landed than JOOR's total."""
 
 
 class ResponseTooLarge(JoorError):

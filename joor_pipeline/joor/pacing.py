@@ -17,14 +17,23 @@ syncs, scripts) spend the same credits, so ``credits`` is this pipeline's *share
 the others spend more than theirs, JOOR answers 429; :meth:`CreditPacer.exhausted` then takes the whole account as
 spent until JOOR's window ends (its Retry-After, never longer than one window), and every request waits for that.
 Each wait is announced once through the caller's ``on_wait(reason, seconds)``, so a user sees why the fetch stalls.
+
+JOOR's rate-limit page says every response carries headers to help monitor the budget, without naming them. The
+client records whatever arrives under the usual families (:func:`rate_limit_headers`); where they tell the credits
+left or the time until the window resets (:func:`budget_hint`), :meth:`CreditPacer.observe` follows them instead of
+this side's estimate: JOOR's count includes the other integrations' spending, which no estimate here can see.
 """
 
 from __future__ import annotations
 
+import email.utils
+import math
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Final
 
 #: The longest single sleep while a cancellable caller waits, so a cancelled fetch stops waiting promptly.
@@ -35,6 +44,86 @@ MIN_THROTTLE_WAIT: Final = 1.0
 
 OnWait = Callable[[str, float], None]
 """Told ``(reason, seconds)`` when a request is about to wait that long for rate-limit credits."""
+
+
+#: Lower-cased name prefixes of the rate-limit headers recorded: ``X-RateLimit-*``, ``RateLimit-*`` (and the IETF
+#: draft's ``RateLimit`` / ``RateLimit-Policy``), ``X-Throttling-*`` (JOOR's 429 carries ``X-Throttling-Account-Id``).
+RATE_LIMIT_PREFIXES: Final = ("x-ratelimit", "ratelimit", "x-throttling-")
+#: At most this many rate-limit headers are recorded, each value cut to this length: a hostile server cannot grow
+#: the manifest or the Dagster metadata through them.
+MAX_RATE_LIMIT_HEADERS: Final = 32
+MAX_RATE_LIMIT_VALUE: Final = 200
+#: A reset value at least this large is a Unix time (GitHub's style), not seconds from now (the IETF draft's).
+EPOCH_THRESHOLD: Final = 1_000_000_000
+_NUMBER = re.compile(r"\s*(\d+(?:\.\d+)?)\s*$")
+#: ``remaining=12`` / ``r=12`` and ``reset=30`` / ``t=30`` inside a structured ``RateLimit`` header (IETF drafts).
+_FIELD_REMAINING = re.compile(r"(?:^|[;,\s])(?:remaining|r)\s*=\s*(\d+)", re.IGNORECASE)
+_FIELD_RESET = re.compile(r"(?:^|[;,\s])(?:reset|t)\s*=\s*(\d+)", re.IGNORECASE)
+
+
+def rate_limit_headers(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The rate-limit headers among ``pairs`` (names as sent), values cut short; at most
+    :data:`MAX_RATE_LIMIT_HEADERS`. The caller masks any secret (the client does)."""
+    found: dict[str, str] = {}
+    for name, value in pairs:
+        if not name.lower().startswith(RATE_LIMIT_PREFIXES):
+            continue
+        if name not in found and len(found) >= MAX_RATE_LIMIT_HEADERS:
+            continue
+        value = " ".join(value.split())
+        found[name] = value if len(value) <= MAX_RATE_LIMIT_VALUE else value[: MAX_RATE_LIMIT_VALUE - 1] + "…"
+    return found
+
+
+@dataclass(frozen=True)
+class BudgetHint:
+    """What rate-limit headers say of the account's budget: credits left, seconds until the window resets."""
+
+    remaining: int | None = None
+    reset_after: float | None = None
+
+
+def budget_hint(headers: Mapping[str, str], *, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> BudgetHint:
+    """Credits left and seconds to the reset, from recorded rate-limit headers (:func:`rate_limit_headers`).
+
+    A name ending in ``-remaining`` gives the credits left (the smallest, when several windows are told), one
+    ending in ``-reset`` the reset: seconds from now, a Unix time, or an HTTP date (the largest, when several).
+    A structured ``RateLimit`` header (``remaining=..., reset=...`` or ``r=..;t=..``) counts too. Anything else,
+    or a value that does not read as a number, is ignored: names and meanings are not documented by JOOR.
+    """
+    remaining: list[int] = []
+    resets: list[float] = []
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in ("ratelimit", "x-ratelimit"):
+            if match := _FIELD_REMAINING.search(value):
+                remaining.append(int(match.group(1)))
+            if match := _FIELD_RESET.search(value):
+                resets.append(float(match.group(1)))
+        elif lower.endswith("-remaining"):
+            if match := _NUMBER.match(value):
+                remaining.append(int(float(match.group(1))))
+        elif lower.endswith("-reset"):
+            seconds = _reset_seconds(value, now)
+            if seconds is not None:
+                resets.append(seconds)
+    return BudgetHint(min(remaining) if remaining else None, max(resets) if resets else None)
+
+
+def _reset_seconds(value: str, now: Callable[[], datetime]) -> float | None:
+    match = _NUMBER.match(value)
+    if match:
+        number = float(match.group(1))
+        if number >= EPOCH_THRESHOLD:
+            number -= now().timestamp()
+        return max(0.0, number) if math.isfinite(number) else None
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now()).total_seconds())
 
 
 class Cancelled(Exception):
@@ -48,6 +137,8 @@ class PacerStats:
     credits_used: int = 0
     windows: int = 0
     waited_seconds: float = 0.0
+    #: Answers whose rate-limit headers (credits left, reset time) the pacer followed.
+    header_updates: int = 0
 
 
 class CreditPacer:
@@ -151,6 +242,32 @@ class CreditPacer:
             self._sleep(left if cancel is None else min(CANCEL_CHECK_SECONDS, left))
             now = self._clock()
         return now - started
+
+    def observe(self, hint: BudgetHint, window_number: int | None = None) -> None:
+        """JOOR's own word on the budget, from an answer's rate-limit headers: follow it instead of the estimate.
+
+        Credits left lower this pipeline's share when the account has less left than the share (other
+        integrations spent the rest); they never raise it, so the share stays the most this pipeline spends. A
+        reset time replaces the estimated end of the window (with the margin, as for an estimated end: whole
+        seconds of a header are no sharper than that), and is never longer than one window. An answer to a
+        request that took its credits (``window_number``) before the current window opened speaks of a window
+        already over: ignored. So is everything while a 429's wait is under way: JOOR's Retry-After rules then.
+        """
+        if hint.remaining is None and hint.reset_after is None:
+            return
+        with self._lock:
+            if self._window_end is None or self._throttled:
+                return
+            if window_number is not None and window_number < self.window_number:
+                return
+            now = self._clock()
+            if hint.reset_after is not None:
+                reset = min(hint.reset_after, self.window)
+                self._window_end = now + reset + self.margin
+                self._last_call = now + reset - self.margin
+            if hint.remaining is not None:
+                self._used = min(self.credits, max(self._used, self.credits - max(0, hint.remaining)))
+            self.stats.header_updates += 1
 
     def exhausted(self, retry_after: float | None, window_number: int | None = None) -> float:
         """JOOR said 429: take the whole account as spent until its window resets; the seconds until then.

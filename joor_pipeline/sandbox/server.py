@@ -2,12 +2,16 @@
 
 It answers the way JOOR documents (and, where JOOR is silent, the way the project's notes assume): an envelope
 with a ``response`` block on every v2 answer, content negotiation that refuses requests without a supported
-``Accept``, OAuth2 (v2 token) or Bearer + ``account`` (v4) authentication, and a per-account fixed window of
-credits past which it answers 429. Faults (latency, scripted or random 5xx/429, dropped and truncated
-responses, non-advancing or skipping cursors, JOOR-level error codes, another integration spending the
-account's credits) let clients prove their retry and paging logic against real sockets. The metering runs on an
-injectable clock, so a test can wait out a 300 s window without sleeping. The server is the stdlib's
-``ThreadingHTTPServer``; nothing here imports Dagster.
+``Accept``, and (strict, by default) a v2 call without a ``Content-Type`` naming JSON or XML refused as JOOR's
+conventions page says ("calls made without the Content MIME Type are not processed"); OAuth2 (v2 token) or
+Bearer + ``account`` (v4) authentication; a per-account fixed window of credits past which it answers 429, and,
+when asked, rate-limit headers on every metered answer (``<prefix>-Limit``, ``-Remaining``, ``-Reset``: JOOR's
+own names are not documented). The list's ``response.count`` is the account's total. Faults (latency, scripted
+or random 5xx/429, dropped and truncated responses, non-advancing or skipping cursors, pages overlapping the
+previous one, a list that shifts mid-walk as retailers connect or disconnect, JOOR-level error codes, another
+integration spending the account's credits) let clients prove their retry and paging logic against real
+sockets. The metering runs on an injectable clock, so a test can wait out a 300 s window without sleeping. The
+server is the stdlib's ``ThreadingHTTPServer``; nothing here imports Dagster.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -43,7 +48,13 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from joor_pipeline.sandbox.data import generate_connections
 from joor_pipeline.sandbox.render import JSON_CONTENT_TYPE, XML_CONTENT_TYPE, render, render_json
 
-SCRIPT_ENTRIES: Final = frozenset({"500", "502", "503", "429", "drop", "truncate", "garbage", "ok"})
+#: ``wrong_format`` answers in the other format than the one asked; ``other_envelope`` answers 200 with JSON that
+#: is not JOOR's v2 envelope (v4's ``{"data": [], "errors": []}``).
+SCRIPT_ENTRIES: Final = frozenset(
+    {"500", "502", "503", "429", "drop", "truncate", "garbage", "wrong_format", "other_envelope", "ok"}
+)
+#: Requests remembered by :attr:`Sandbox.recent`.
+RECENT_REQUESTS: Final = 1000
 RANDOM_ERROR_STATUSES: Final = (503, 500, 502)
 GARBAGE_BODY: Final = b"upstream hiccup: <<this is neither JSON nor XML"
 MAX_BODY_BYTES: Final = 1 << 20
@@ -52,6 +63,8 @@ REFRESH_EXPIRES_IN: Final = 1800
 _DIGITS = re.compile(r"\d+")
 _SIGNED_DIGITS = re.compile(r"-?\d+")
 _STATUS_ENTRY = re.compile(r"[45]\d\d")
+#: The media types a v2 call's Content-Type may name (JOOR's XML also goes as text/xml).
+CONTENT_TYPES: Final = frozenset({"application/json", "application/xml", "text/xml"})
 
 
 @dataclass
@@ -70,6 +83,16 @@ class Faults:
     error_code: int | None = None
     #: Another integration of the same account spending this many credits per second, as far as the window allows.
     competing_rate: float = 0.0
+    #: next_start falls this many connections short of the page's end: the next page repeats them, nothing is lost.
+    cursor_lag: int = 0
+    #: Every list page after the first starts this many connections before its ``start_from`` (next_start and
+    #: count unchanged): pages repeat connections of the page before, and as many are never served.
+    page_overlap: int = 0
+    #: A shifting list: each walk of the list (a request at ``start_from`` 0 begins one) takes the next entry, and
+    #: once ``list_shift_after`` pages of that walk are served, that many retailers connect (a positive entry:
+    #: new connections at the head of the list) or disconnect (a negative one: removed from its head).
+    list_shifts: list[int] = field(default_factory=list)
+    list_shift_after: int = 1
 
     def __post_init__(self) -> None:
         unknown = [entry for entry in self.script if not _valid_script_entry(entry)]
@@ -103,6 +126,22 @@ class SandboxConfig:
     default_page_size: int = 50
     max_page_size: int = 1000
     faults: Faults = field(default_factory=Faults)
+    #: Refuse a v2 call whose Content-Type is not JSON or XML, as JOOR documents; False accepts any.
+    require_content_type: bool = True
+    #: With metering on, send ``<prefix>-Limit``, ``<prefix>-Remaining`` and ``<prefix>-Reset`` (seconds until
+    #: the window resets) on every metered answer, e.g. ``"X-RateLimit"``; None sends none. JOOR says its
+    #: answers carry such headers but not their names.
+    rate_limit_header_prefix: str | None = None
+
+
+@dataclass(frozen=True)
+class SeenRequest:
+    """One request as the sandbox received it: what a test checks a client sends."""
+
+    method: str
+    path: str
+    accept: str | None
+    content_type: str | None
 
 
 @dataclass
@@ -149,6 +188,8 @@ class Sandbox:
             connections if connections is not None else generate_connections(config.connections, config.seed)
         )
         self.stats = SandboxStats()
+        #: The last requests received (method, path, Accept, Content-Type), oldest first.
+        self.recent: deque[SeenRequest] = deque(maxlen=RECENT_REQUESTS)
         self._lock = threading.Lock()
         self._by_code = {str(c["customer_code"]): c for c in self.connections}
         self._by_id = {_id_key(c["customer_account_id"]): c for c in self.connections}
@@ -160,6 +201,10 @@ class Sandbox:
         self._competitor_carry = 0.0
         self._fault_rng = random.Random(config.seed)
         self._log_rng = random.Random(f"log_id:{config.seed}")
+        # The shifting-list fault: pages served in the current walk, the shift still due in it, retailers added.
+        self._walk_pages = 0
+        self._due_shift = 0
+        self._connected = 0
         self._closed = False
         self.accounts = [Sandbox(extra, clock=clock, sleep=sleep, _serve=False) for extra in accounts]
         if not _serve:  # another account of a sandbox that serves it
@@ -210,6 +255,12 @@ class Sandbox:
             self.stats.max_concurrent = in_flight
             self._competitor_at = None
 
+    def reset_window(self) -> None:
+        """Forget the account's rate-limit window: the next request opens a fresh one (a benchmark's next run)."""
+        with self._lock:
+            self._window_start = None
+            self._window_used = 0
+
     def close(self) -> None:
         """Stop serving, hang up on idle keep-alive connections and release the port."""
         if self._closed or not hasattr(self, "_server"):
@@ -230,8 +281,10 @@ class Sandbox:
 
     # --- bookkeeping used by the handler threads -------------------------------------------------------------
 
-    def _enter(self) -> None:
+    def _enter(self, seen: SeenRequest | None = None) -> None:
         with self._lock:
+            if seen is not None:
+                self.recent.append(seen)
             self.stats.requests += 1
             self.stats.in_flight += 1
             self.stats.max_concurrent = max(self.stats.max_concurrent, self.stats.in_flight)
@@ -337,6 +390,59 @@ class Sandbox:
             self._window_used += cost
             self.stats.credits_used += cost
             return None
+
+    def _budget_headers(self) -> dict[str, str]:
+        """The rate-limit headers of a metered answer (none unless ``rate_limit_header_prefix`` is set)."""
+        config = self.config
+        prefix = config.rate_limit_header_prefix
+        if not prefix or config.rate_limit_credits <= 0:
+            return {}
+        now = self._clock()
+        with self._lock:
+            self._open_window(now)
+            assert self._window_start is not None
+            left = max(0, config.rate_limit_credits - self._window_used)
+            reset = max(0.0, self._window_start + config.rate_limit_window - now)
+        return {
+            f"{prefix}-Limit": str(config.rate_limit_credits),
+            f"{prefix}-Remaining": str(left),
+            f"{prefix}-Reset": str(math.ceil(reset)),
+        }
+
+    def _list_slice(self, start_from: int, count: int) -> tuple[list[dict[str, Any]], int]:
+        """The connections one list page serves and the account's total, the list faults applied."""
+        faults = self.config.faults
+        with self._lock:
+            if start_from == 0:
+                self._walk_pages = 0
+                self._due_shift = faults.list_shifts.pop(0) if faults.list_shifts else 0
+            if self._due_shift and self._walk_pages >= faults.list_shift_after:
+                self._shift(self._due_shift)
+                self._due_shift = 0
+            self._walk_pages += 1
+            first = max(0, start_from - faults.page_overlap) if start_from > 0 else 0
+            return self.connections[first : first + count], len(self.connections)
+
+    def _shift(self, delta: int) -> None:
+        """Retailers connect (``delta`` > 0, at the head of the list) or disconnect (< 0, from its head)."""
+        if delta < 0:
+            gone = self.connections[:-delta]
+            del self.connections[:-delta]
+            for connection in gone:
+                self._by_code.pop(str(connection["customer_code"]), None)
+                self._by_id.pop(_id_key(connection["customer_account_id"]), None)
+            return
+        template = self.connections or [generate_connections(1, self.config.seed)[0]]
+        joined = []
+        for _ in range(delta):
+            self._connected += 1
+            connection = dict(template[self._connected % len(template)])
+            connection["customer_account_id"] = 900_000_000 + self._connected
+            connection["customer_code"] = f"JOINED-{self._connected}"
+            joined.append(connection)
+            self._by_code[connection["customer_code"]] = connection
+            self._by_id[_id_key(connection["customer_account_id"])] = connection
+        self.connections[:0] = joined
 
     def _open_window(self, now: float) -> None:
         """JOOR's fixed window: it starts with the first request after the previous one ended."""
@@ -488,10 +594,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         primary = self.server.sandbox
         sandbox = primary._tenant(self.headers.get("Authorization"), None) if primary.accounts else primary
-        sandbox._enter()
+        seen = SeenRequest(self.command, self.path, self.headers.get("Accept"), self.headers.get("Content-Type"))
+        sandbox._enter(seen)
         try:
             self._truncate = False
             self._format: str | None = None
+            self._rate_headers: dict[str, str] = {}
             body = self._read_body()
             if body is None:
                 return
@@ -502,7 +610,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if routed is not sandbox:
                     sandbox._leave()
                     sandbox = routed
-                    sandbox._enter()
+                    sandbox._enter(seen)
             self._handle(sandbox, body)
         finally:
             sandbox._leave()
@@ -550,7 +658,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
+        for name, value in {**self._rate_headers, **(headers or {})}.items():
             self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
@@ -609,6 +717,12 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "truncate":
             self._truncate = True
             return False
+        if fault == "wrong_format":
+            self._format = "json" if self._format == "xml" else "xml"
+            return False
+        if fault == "other_envelope":
+            self._send_json(HTTPStatus.OK, {"data": [], "errors": []})
+            return True
         if fault == "garbage":
             content_type = XML_CONTENT_TYPE if self._format == "xml" and not auth_endpoint else JSON_CONTENT_TYPE
             self._send(HTTPStatus.OK, GARBAGE_BODY, content_type)
@@ -659,10 +773,21 @@ class _Handler(BaseHTTPRequestHandler):
                 },
             )
             return
+        if config.require_content_type and _media(self.headers.get("Content-Type")) not in CONTENT_TYPES:
+            # JOOR's conventions page: "Calls made without the Content MIME Type are not processed". The status
+            # JOOR uses is not documented; 415 is HTTP's for it.
+            self._send_error_envelope(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                415,
+                "Calls made without the Content MIME Type are not processed: send Content-Type: application/json "
+                "or application/xml",
+            )
+            return
         if not sandbox._authenticate(self.headers.get("Authorization"), query.get("account")):
             self._send_error_envelope(HTTPStatus.UNAUTHORIZED, 401, "Invalid authentication credentials")
             return
         seconds_left = sandbox._spend(1)
+        self._rate_headers = sandbox._budget_headers()
         if seconds_left is not None:
             self._send_error_envelope(
                 HTTPStatus.TOO_MANY_REQUESTS,
@@ -702,8 +827,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._joor_error(sandbox, config.faults.error_code)
             return
         count = min(count, config.max_page_size)
-        total = len(sandbox.connections)
-        page = sandbox.connections[start_from : start_from + count]
+        page, total = sandbox._list_slice(start_from, count)
         end = start_from + len(page)
         next_start = end if page and end < total else 0
         if config.faults.stuck_pagination and start_from > 0:
@@ -711,6 +835,8 @@ class _Handler(BaseHTTPRequestHandler):
             next_start = start_from
         elif config.faults.pagination_gap and next_start:
             next_start += config.faults.pagination_gap
+        elif config.faults.cursor_lag and next_start:
+            next_start = max(start_from + 1, next_start - config.faults.cursor_lag)
         document = _page_document(start_from, next_start, str(total), sandbox._log_id(), page)
         self._send_envelope(HTTPStatus.OK, document)
 
@@ -743,6 +869,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._oauth_error(HTTPStatus.UNAUTHORIZED, "invalid_grant", "Invalid user credentials")
             return
         seconds_left = sandbox._spend(5)
+        self._rate_headers = sandbox._budget_headers()
         if seconds_left is not None:
             self._send_json(
                 HTTPStatus.TOO_MANY_REQUESTS,
@@ -754,6 +881,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _oauth_error(self, status: int, error: str, description: str) -> None:
         self._send_json(status, {"error": error, "error_description": description})
+
+
+def _media(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
 
 
 def _phrase(status: int) -> str:
