@@ -40,7 +40,7 @@ import duckdb
 
 from joor_pipeline.flatten.dictionary import column_description
 from joor_pipeline.flatten.schema import TABLES
-from joor_pipeline.joor.errors import ConfigError
+from joor_pipeline.joor.errors import ConfigError, JoorError
 from joor_pipeline.storage import objectstore
 from joor_pipeline.warehouse import (
     CATALOG,
@@ -233,10 +233,15 @@ class Session:
 
     def execute(self, statement: duckdb.Statement) -> duckdb.DuckDBPyConnection:
         """Run one statement on the newest build and the tables as published now."""
-        if not self.in_transaction:  # inside the user's transaction: the build it began on
-            self.refresh_warehouse()
-        # the tables it names, and those read before (a view the user made over them reads them again)
-        self.refresh_tables(referenced_tables(statement.query) | self.files.keys())
+        try:
+            if not self.in_transaction:  # inside the user's transaction: the build it began on
+                self.refresh_warehouse()
+            # the tables it names, and those read before (a view the user made over them reads them again)
+            self.refresh_tables(referenced_tables(statement.query) | self.files.keys())
+        except JoorError as error:  # a damaged partition, the store out of reach: named, with the way out
+            raise SqlFailed(str(error)) from None
+        except duckdb.Error as error:
+            raise SqlFailed(f"the published warehouse could not be attached: {one_line(error)}") from None
         try:
             cursor = self.con.execute(statement)
             if statement.type == duckdb.StatementType.TRANSACTION:

@@ -269,6 +269,21 @@ def test_sql_schema_shows_every_column_with_its_description(built: Path) -> None
     assert by_name["customer_name"]["description"] == "The retailer's name on JOOR. (JOOR: customer_name)"
 
 
+def test_sql_names_a_damaged_partition_and_the_way_out(built: Path) -> None:
+    from joor_pipeline.storage.parquet import write_partition_manifest
+
+    part = parquet_root(built) / "doors" / "account=default" / f"snapshot_date={D1}" / "part-00000.parquet"
+    write_partition_manifest(part.parent, "doors", D1, "p1")
+    part.write_bytes(part.read_bytes()[:100])  # truncated after it was published
+    ran = sql("--data-dir", str(built), "--format", "csv", "select 1 as ok; select count(*) from tables.doors")
+    assert ran.returncode == 1 and ran.stdout == "ok\n1\n"
+    [error] = ran.stderr.splitlines()
+    assert error.startswith(f"error: {part} is damaged: 100 bytes where "), error
+    assert error.endswith(f"joor-pipeline flatten --date {D1}"), error
+    fine = sql("--data-dir", str(built), "--format", "csv", "select count(*) as n from tables.buyers")
+    assert (fine.returncode, fine.stdout) == (0, "n\n2\n")
+
+
 def test_sql_without_a_warehouse_still_reads_the_tables(tmp_path: Path) -> None:
     write_snapshot(parquet_root(tmp_path), D1, [clean_retailer(1, "ONE")])
     tables = sql("--data-dir", str(tmp_path), "--format", "csv", "select customer_code from tables.connections")
