@@ -36,11 +36,13 @@ bench: setup
 	$(RUN) python -m bench.warehouse_growth
 
 docs: setup
-	@# dbt docs for the warehouse (offline): then open data/_work/warehouse/docs/index.html, or serve it
-	$(RUN) python -c "from joor_pipeline.warehouse import default_data_dir, generate_docs; print(generate_docs(default_data_dir()) / 'index.html')"
+	@# dbt docs for the warehouse (offline): one page that opens from disk, data/_work/warehouse/docs/static_index.html
+	$(RUN) python -c "from joor_pipeline.warehouse import default_data_dir, generate_docs; print(generate_docs(default_data_dir()))"
 
 dictionary: setup
 	$(RUN) python -m joor_pipeline.flatten.dictionary
+	@# the dbt yml: the sources from the data contract, every model column's entry (runs the models on no data)
+	$(RUN) python -m joor_pipeline.column_docs
 	$(RUN) python -m joor_pipeline.warehouse
 
 ui: setup

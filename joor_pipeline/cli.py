@@ -396,11 +396,18 @@ files:
   duckdb       {data_dir}/joor.duckdb
 next:
   make ui      # the Dagster UI at http://127.0.0.1:3000 (assets, checks, backfills, schedule)
-  uv run python -c "import duckdb; print(duckdb.connect('{data_dir}/joor.duckdb', read_only=True)\\
-    .sql('select * from payment_terms'))"
+  uv run joor-pipeline sql --data-dir {data_dir} "select * from payment_terms"   # or no query: a prompt
   uv run joor-pipeline --help"""
     )
     return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from joor_pipeline.sql import run_sql
+
+    given = args.data_dir or os.environ.get("JOOR_DATA_DIR", "").strip() or None
+    option = "--data-dir" if args.data_dir else "JOOR_DATA_DIR"
+    return run_sql(args.query, data_dir=given, option=option, fmt=args.format)
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
@@ -513,6 +520,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = add("demo", cmd_demo, "run the whole graph on the built-in sandbox for today and summarise it")
     _snapshot_options(demo)
+
+    sql = add(
+        "sql",
+        cmd_sql,
+        "SQL on the models and the ten tables, read-only: a query, or a prompt (statements from stdin when piped)",
+    )
+    sql.add_argument(
+        "query",
+        nargs="?",
+        help="the SQL to run (several statements: separate them with ';'); without it, a prompt (.help inside)",
+    )
+    sql.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output (default: table)")
+    sql.add_argument("--data-dir", help="overrides JOOR_DATA_DIR (a directory or an s3:// URL)")
+    sql.epilog = (
+        "Names: the models of the newest published joor.duckdb by name (dim_retailers, retailer_history,\n"
+        "payment_terms, discount_summary, retailer_addresses, data_quality_issues), the staging ones as\n"
+        "staging.stg_<table>; the ten Parquet tables as tables.<name> (tables.connections, tables.addresses,\n"
+        "tables.payment_methods, tables.shipping_methods, tables.discounts, tables.doors, tables.price_types,\n"
+        "tables.buyers, tables.warehouses, tables.tax_ids): every published snapshot of every account.\n"
+        "Each statement reads the newest build and partitions published by then; nothing is written and no run\n"
+        "waits for it. Examples:\n"
+        '  joor-pipeline sql "select * from payment_terms"\n'
+        "  joor-pipeline sql --format csv \"select * from tables.addresses where country = 'US'\" > us.csv\n"
+        "  joor-pipeline sql < report.sql\n\n" + _env_help()
+    )
 
     sandbox = add("sandbox", cmd_sandbox, "serve the JOOR sandbox (an emulator of JOOR's API) until interrupted")
     sandbox.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")

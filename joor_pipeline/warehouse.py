@@ -3,8 +3,10 @@
 A build never writes the warehouse that analysts have open. It copies ``joor.duckdb`` into
 ``$JOOR_DATA_DIR/_work/warehouse/build/joor.duckdb`` (the file keeps its name because dbt-duckdb names the catalog
 after it, and views refer to ``joor.<schema>.<name>``), lets dbt run there, checkpoints it and renames it over
-``joor.duckdb``. A reader's open read-only connection keeps the file it opened; a new connection sees the new
-build; a failed build leaves the published warehouse exactly as it was. Builds are serialised by a lock file.
+``joor.duckdb``. A reader's open connection keeps the file it opened; a new reader (:func:`read`, ``joor-pipeline
+sql``, an in-memory connection that attaches the file) sees the new build, but not a new connection to the file's
+path in a process that still has one open (DuckDB's instance cache: see "reading" below). A failed build leaves
+the published warehouse exactly as it was. Builds are serialised by a lock file.
 
 Incremental by partition, an (account, snapshot date) pair: the warehouse records, per published partition, the
 ``publication_id`` it was built from (``joor_meta.publications``). A build processes exactly the partitions whose
@@ -40,6 +42,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from joor_pipeline.flatten.dictionary import duckdb_type
 from joor_pipeline.flatten.schema import TABLES, arrow_schema
 from joor_pipeline.joor.errors import JoorError
 from joor_pipeline.storage import objectstore
@@ -152,16 +155,28 @@ def files_view_sql(data_dir: Path, table: str, files: Sequence[Path | str]) -> s
     written into SQL, as quoted literals. The ``account=`` and ``snapshot_date=`` directories are authoritative
     (a file written before the ``account`` column existed takes its account from its directory).
     """
-    contract = _sql_string(str(contract_file(data_dir, table)))
-    body = f"select * from read_parquet({contract})"
-    if files:
-        listed = ", ".join(_sql_string(str(f)) for f in files)
-        body += (
-            "\nunion all by name\n"
-            "select * replace (cast(account as varchar) as account, cast(snapshot_date as date) as snapshot_date)\n"
-            f"from read_parquet([{listed}], hive_partitioning = true, union_by_name = true)"
-        )
-    return f"create or replace view {SOURCE_SCHEMA}.{_identifier(table)} as\n{body}"
+    contract = f"select * from read_parquet({_sql_string(str(contract_file(data_dir, table)))})"
+    return f"create or replace view {SOURCE_SCHEMA}.{_identifier(table)} as\n{files_select(contract, files)}"
+
+
+def files_select(contract: str, files: Sequence[Path | str]) -> str:
+    """``contract`` (a query giving the contract's columns, typed and in order), then the rows of exactly
+    ``files``, by column name."""
+    if not files:
+        return contract
+    listed = ", ".join(_sql_string(str(f)) for f in files)
+    return (
+        f"{contract}\nunion all by name\n"
+        "select * replace (cast(account as varchar) as account, cast(snapshot_date as date) as snapshot_date)\n"
+        f"from read_parquet([{listed}], hive_partitioning = true, union_by_name = true)"
+    )
+
+
+def contract_select(table: str) -> str:
+    """A query of no rows with ``table``'s contract columns, typed and in order (written nowhere, unlike
+    :func:`contract_file`: readers may have no right to write in the data directory)."""
+    columns = ", ".join(f"cast(null as {duckdb_type(c)}) as {_identifier(c.name)}" for c in TABLES[table].columns)
+    return f"select {columns} where false"
 
 
 @dataclass
@@ -560,57 +575,175 @@ def build_warehouse(
     return BuildReport(plan.refresh_partitions, plan.full_refresh, plan.reason, time.monotonic() - plan.started)
 
 
+def model_columns(scratch: Path) -> dict[str, list[tuple[str, str]]]:
+    """Every model's columns, ``(name, DuckDB type)`` in order, by model name: the dbt project run on no data in
+    ``scratch`` (a directory of its own; nothing is published). What the generated column docs are checked
+    against."""
+    scratch = scratch.resolve()
+    build_dir = work_dir(scratch) / "build"
+    (build_dir / "tmp").mkdir(parents=True, exist_ok=True)
+    plan = BuildPlan(
+        data_dir=scratch,
+        database=build_dir / DATABASE_FILE,
+        target_dir=work_dir(scratch) / "dbt-target",
+        temp_dir=build_dir / "tmp",
+        memory_limit=DEFAULT_MEMORY_LIMIT,
+        full_refresh=True,
+        reason="no data: the models' columns",
+        published={},
+        refresh_partitions=[],
+        latest_dates={},
+    )
+    _prepare(plan, [], [])
+    run_dbt(["run", "--vars", json.dumps(plan.dbt_vars(), sort_keys=True)], plan.target_dir)
+    con = reader_connection(scratch)
+    try:
+        attach_warehouse(con, plan.database)
+        rows = con.execute(
+            "select table_name, column_name, data_type from duckdb_columns() where database_name = $db"
+            " and list_contains($schemas, schema_name) order by table_name, column_index",
+            {"db": CATALOG, "schemas": list(MODEL_SCHEMAS)},
+        ).fetchall()
+    finally:
+        con.close()
+    found: dict[str, list[tuple[str, str]]] = {}
+    for model, column, data_type in rows:
+        found.setdefault(model, []).append((column, data_type))
+    return found
+
+
 def default_data_dir() -> Path:
     """``$JOOR_DATA_DIR``, else ``./data``, as the CLI and the Dagster resources read it."""
     return objectstore.local_data_dir(os.environ.get("JOOR_DATA_DIR", "").strip() or "data")
 
 
-def read(name: str, data_dir: Path | None = None) -> pd.DataFrame:
-    """Any model of ``joor.duckdb`` (e.g. ``"dim_retailers"``) or any of the ten Parquet tables (every published
-    snapshot), as a pandas DataFrame with Arrow-backed dtypes.
+# ---- reading: always the newest published build ------------------------------------------------------------------
+#
+# DuckDB keeps one database instance per file in each process (its instance cache): ``duckdb.connect(path)`` while
+# any connection to that file is still open in the process returns a connection to the instance already open, and
+# that instance still reads the file it opened, the build before the last rename (a ``config`` that differs is
+# refused rather than opening the new file). Readers here therefore never connect to the warehouse's path: each
+# opens an in-memory database (never cached) and ATTACHes the published file read-only, which opens it as it is
+# now. Such a reader keeps the build it attached, whole, until it is closed; a build never waits for it.
 
-    Opens the warehouse read-only, so it never blocks a build (a build replaces the file, it never writes the
-    one you read) and never sees a half-built warehouse.
-    """
-    import pandas as pd
+#: The warehouse's catalog in a reader's connection: the name dbt-duckdb gave it (its views refer to it).
+CATALOG: Final = "joor"
+#: The catalog of the ten Parquet tables in a reader's connection: ``tables.connections``, ``tables.addresses``...
+TABLES_CATALOG: Final = "tables"
+#: The schemas of the warehouse that hold models (``joor_meta`` and ``published`` are the build's own).
+MODEL_SCHEMAS: Final = ("main", "staging")
 
-    data_dir = (data_dir or default_data_dir()).resolve()
-    if name in TABLES:
-        con = duckdb.connect()
-        try:
-            objectstore.register(con, data_dir)
-            sql = source_view_sql(data_dir, name, published_partitions(data_dir, name))
-            con.execute(f"create schema {SOURCE_SCHEMA}")
-            con.execute(sql)
-            arrow = con.sql(f"select * from {SOURCE_SCHEMA}.{_identifier(name)}").to_arrow_table()
-        finally:
-            con.close()
-        return arrow.to_pandas(types_mapper=pd.ArrowDtype)
+
+def reader_data_dir(data_dir: Path | str | None = None) -> Path:
+    """The local data directory a reader reads: ``data_dir`` (a path or an ``s3://`` URL), else ``$JOOR_DATA_DIR``
+    (default ``./data``). An ``s3://`` URL gives its local work directory (``JOOR_WORK_DIR``), bound to the URL."""
+    if data_dir is None:
+        return default_data_dir().resolve()
+    return objectstore.local_data_dir(str(data_dir)).resolve()
+
+
+def published_database(data_dir: Path) -> Path | None:
+    """The newest published warehouse as a local file (on an object store, downloaded when it changed); None when
+    none is published yet."""
     path = database_path(data_dir)
     store = objectstore.store_of(data_dir)
     if store is not None:
         objectstore.pull(store, DATABASE_FILE, path)
-    if not path.is_file():
-        raise WarehouseError(f"no warehouse at {path}: run the pipeline first (`joor-pipeline run`)")
-    con = duckdb.connect(str(path), read_only=True)
+    return path if path.is_file() else None
+
+
+def reader_connection(data_dir: Path) -> duckdb.DuckDBPyConnection:
+    """A new in-memory DuckDB connection (a database instance of its own) that can read the data directory's
+    published files, in UTC."""
+    con = duckdb.connect()
     try:
-        objectstore.register(con, data_dir)
-        found = con.execute(
-            "select schema_name, table_name from duckdb_tables() where table_name = ?"
-            " and schema_name in ('main', 'staging')"
-            " union all select schema_name, view_name from duckdb_views() where view_name = ?"
-            " and schema_name in ('main', 'staging') order by 1",
-            [name, name],
-        ).fetchone()
-        if found is None:
-            known = sorted([*TABLES, *ANALYST_MODELS])
-            raise WarehouseError(f"no model or table named {name!r} in {path}; try one of: {', '.join(known)}")
-        schema, relation = found
         con.execute("set TimeZone = 'UTC'")
-        arrow = con.sql(f"select * from {_identifier(schema)}.{_identifier(relation)}").to_arrow_table()
+        objectstore.register(con, data_dir)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def attach_warehouse(con: duckdb.DuckDBPyConnection, database: Path) -> None:
+    """Attach a published warehouse file to ``con`` read-only, as ``joor``, and make it the default catalog (so
+    ``dim_retailers`` and ``staging.stg_connections`` resolve as in the file)."""
+    con.execute(f"attach {_sql_string(str(database))} as {CATALOG} (read_only)")
+    con.execute(f"use {CATALOG}")
+
+
+def table_files(data_dir: Path, table: str) -> list[Path | str]:
+    """Exactly the files of every published partition of ``table``, as their manifests list them."""
+    return [
+        path
+        for account, day in published_partitions(data_dir, table)
+        for path in published_files(data_dir, table, day, account=account)
+    ]
+
+
+def table_select(table: str, files: Sequence[Path | str]) -> str:
+    """A query of ``table``'s rows in ``files`` (see :func:`table_files`) under its contract columns."""
+    return files_select(contract_select(table), files)
+
+
+def read(name: str, data_dir: Path | str | None = None) -> pd.DataFrame:
+    """Any model of ``joor.duckdb`` (e.g. ``"dim_retailers"``) or any of the ten Parquet tables (every published
+    snapshot), as a pandas DataFrame with Arrow-backed dtypes.
+
+    ``data_dir`` is a path or an ``s3://`` URL (default ``$JOOR_DATA_DIR``, else ``./data``). Every call reads the
+    newest published build and the partitions published by then (see above: never a cached instance), read-only,
+    so it never blocks a build and never sees a half-built warehouse or a partition being written.
+    """
+    import pandas as pd
+
+    directory = reader_data_dir(data_dir)
+    arrow = _read_table(directory, name) if name in TABLES else _read_model(directory, name)
+    return arrow.to_pandas(types_mapper=pd.ArrowDtype)
+
+
+def _read_table(data_dir: Path, table: str) -> pa.Table:
+    for attempt in (1, 2):
+        files = table_files(data_dir, table)
+        if not files:
+            raise WarehouseError(
+                f"nothing is published for {table} under {objectstore.shown(data_dir, data_dir / PARQUET_DIR)}: run "
+                "the pipeline first (`joor-pipeline run`), or point JOOR_DATA_DIR (or data_dir=) at the data directory"
+            )
+        con = reader_connection(data_dir)
+        try:
+            return con.sql(table_select(table, files)).to_arrow_table()
+        except duckdb.IOException as error:
+            # A publication replaced a partition between the read of its manifest and of its files (the old files
+            # go once the new manifest is in place): read the manifests again, once.
+            if attempt == 2:
+                raise WarehouseError(f"{table} could not be read: {' '.join(str(error).split())}") from None
+        finally:
+            con.close()
+    raise AssertionError("unreachable")
+
+
+def _read_model(data_dir: Path, name: str) -> pa.Table:
+    database = published_database(data_dir)
+    if database is None:
+        shown = objectstore.shown(data_dir, database_path(data_dir))
+        raise WarehouseError(f"no warehouse at {shown}: run the pipeline first (`joor-pipeline run`)")
+    con = reader_connection(data_dir)
+    try:
+        attach_warehouse(con, database)
+        found = con.execute(
+            "select schema_name, table_name from duckdb_tables() where database_name = $db and table_name = $name"
+            " and list_contains($schemas, schema_name)"
+            " union all select schema_name, view_name from duckdb_views() where database_name = $db"
+            " and view_name = $name and list_contains($schemas, schema_name) order by 1",
+            {"db": CATALOG, "name": name, "schemas": list(MODEL_SCHEMAS)},
+        ).fetchall()
+        if not found:
+            known = sorted([*TABLES, *ANALYST_MODELS])
+            raise WarehouseError(f"no model or table named {name!r} in {database}; try one of: {', '.join(known)}")
+        [(schema, relation), *_] = found
+        return con.sql(f"select * from {CATALOG}.{_identifier(schema)}.{_identifier(relation)}").to_arrow_table()
     finally:
         con.close()
-    return arrow.to_pandas(types_mapper=pd.ArrowDtype)
 
 
 def rule_issues_sql(relations: Mapping[str, str]) -> str:
@@ -626,26 +759,34 @@ def rule_issues_sql(relations: Mapping[str, str]) -> str:
     return str(template.module.joor_quality_rules(dict(relations)))  # type: ignore[attr-defined]
 
 
+#: The dbt docs page that opens from disk: ``index.html`` with the manifest and the catalog inlined (``--static``).
+STATIC_DOCS_PAGE: Final = "static_index.html"
+
+
 def generate_docs(data_dir: Path) -> Path:
-    """``dbt docs generate`` (offline) for the published warehouse; returns the directory holding ``index.html``.
+    """``dbt docs generate --static`` (offline) for the published warehouse; returns the page that opens from disk
+    (``static_index.html``: dbt's ``index.html`` with the manifest and the catalog inlined, so a browser needs no
+    server; the ``index.html`` beside it loads ``manifest.json`` and ``catalog.json`` and needs one).
 
     dbt-duckdb opens its database read-write, so the catalog is read from a private copy: the published file
     stays free for readers and builds.
     """
     data_dir = data_dir.resolve()
-    current = database_path(data_dir)
-    if not current.is_file():
-        raise WarehouseError(f"no warehouse at {current}: run the pipeline first (`joor-pipeline run`)")
+    current = published_database(data_dir)
+    if current is None:
+        shown = objectstore.shown(data_dir, database_path(data_dir))
+        raise WarehouseError(f"no warehouse at {shown}: run the pipeline first (`joor-pipeline run`)")
     target = work_dir(data_dir) / "docs"
     scratch = work_dir(data_dir) / "docs-build"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     try:
         shutil.copyfile(current, scratch / DATABASE_FILE)
-        run_dbt(["docs", "generate", "--vars", json.dumps({"database": str(scratch / DATABASE_FILE)})], target)
+        variables = json.dumps({"database": str(scratch / DATABASE_FILE)})
+        run_dbt(["docs", "generate", "--static", "--vars", variables], target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return target
+    return target / STATIC_DOCS_PAGE
 
 
 MODELS_SECTION_BEGIN: Final = "<!-- models: generated by python -m joor_pipeline.warehouse from the dbt manifest -->"
@@ -692,6 +833,27 @@ def models_markdown() -> str:
             f"| `{node['name']}` | `{node['schema']}` | {node['config']['materialized']} | {description} "
             f"| {', '.join(sorted(tests.get(node['unique_id'], []))) or '—'} |"
         )
+    lines += [
+        "",
+        "### The models' columns",
+        "",
+        "A column a model passes through has the description of the table or model column it comes from (named",
+        "under *from*); the others are described in the model's `_models.yml` (see `joor_pipeline/column_docs.py`).",
+    ]
+    for node in models:
+        lines += [
+            "",
+            f"#### `{node['name']}`",
+            "",
+            "| column | type | description | from |",
+            "| --- | --- | --- | --- |",
+        ]
+        for name, column in node["columns"].items():
+            origin = (column.get("meta") or {}).get("description_from")
+            description = column.get("description", "").replace("|", "\\|")
+            lines.append(
+                f"| `{name}` | {column.get('data_type') or ''} | {description} | {f'`{origin}`' if origin else '—'} |"
+            )
     lines += ["", MODELS_SECTION_END]
     return "\n".join(lines) + "\n"
 

@@ -269,12 +269,19 @@ def test_a_second_build_waits_for_the_first(tmp_path: Path) -> None:
         build_warehouse(tmp_path, lock_timeout=0.3)
 
 
-def test_dbt_docs_generate_offline(tmp_path: Path) -> None:
+def test_dbt_docs_generate_offline_one_page_that_opens_from_disk(tmp_path: Path) -> None:
+    """`make docs`: dbt's static page, with the manifest and the catalog inlined (a browser opening the file from
+    disk may not fetch manifest.json beside it), every column's description in it."""
     write_snapshot(parquet_root(tmp_path), D1, retailers(1))
     build_warehouse(tmp_path)
-    target = generate_docs(tmp_path)
-    assert (target / "index.html").is_file()
-    assert "dim_retailers" in (target / "catalog.json").read_text()
+    page = generate_docs(tmp_path)
+    assert page.name == "static_index.html"
+    text = page.read_text(encoding="utf-8")
+    assert "MANIFEST.JSON INLINE DATA" not in text and "CATALOG.JSON INLINE DATA" not in text
+    assert "https://schemas.getdbt.com/dbt/manifest/" in text and "https://schemas.getdbt.com/dbt/catalog/" in text
+    assert '"model.joor.dim_retailers"' in text
+    assert "The retailer's name on JOOR." in text  # a column description, from the data contract
+    assert (page.parent / "catalog.json").is_file()  # the served index.html's data, beside it
     assert not (DBT_PROJECT_DIR / "target").exists()
 
 

@@ -14,6 +14,7 @@ from joor_pipeline.assets.logs import forward_logs
 from joor_pipeline.assets.partitions import partition_of, snapshot_partitions
 from joor_pipeline.assets.resources import DataDirResource, JoorApiResource
 from joor_pipeline.flatten import TABLES
+from joor_pipeline.flatten.dictionary import column_description
 from joor_pipeline.flatten.schema import REQ_IF_STATE_COUNTRY, REQ_YES
 from joor_pipeline.pipeline import fetch_snapshot
 from joor_pipeline.quality import CHECKS, CheckOutcome, check_partition
@@ -171,7 +172,7 @@ def _column_schema(table: str) -> dg.TableSchema:
             dg.TableColumn(
                 name=column.name,
                 type=str(column.type),
-                description=column.description + (f" (JOOR: {', '.join(column.sources)})" if column.sources else ""),
+                description=column_description(column),
                 constraints=dg.TableColumnConstraints(
                     nullable=column.nullable,
                     other=[f"JOOR REQ {column.required}"] if column.required in (REQ_YES, REQ_IF_STATE_COUNTRY) else [],

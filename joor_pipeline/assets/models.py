@@ -19,13 +19,14 @@ from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, dbt_
 from dagster_dbt.asset_utils import get_asset_check_key_for_test
 
 from joor_pipeline.assets.resources import DataDirResource
-from joor_pipeline.storage.objectstore import register as register_store
 from joor_pipeline.warehouse import (
     DBT_PROJECT_DIR,
     DbtFailed,
     WarehouseError,
+    attach_warehouse,
     database_path,
     manifest_path,
+    reader_connection,
     run_dbt,
     warehouse_build,
 )
@@ -46,8 +47,11 @@ class JoorDbtTranslator(DagsterDbtTranslator):
 TRANSLATOR: Final = JoorDbtTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True))
 
 
-def _model_metadata(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> dict[str, Any]:
-    """Row count, column schema and a preview of one built model."""
+def _model_metadata(
+    con: duckdb.DuckDBPyConnection, schema: str, name: str, descriptions: Mapping[str, str]
+) -> dict[str, Any]:
+    """Row count, column schema (with each column's description from the dbt project) and a preview of one built
+    model."""
     relation = f'"{schema}"."{name}"'
     columns = con.execute(
         "select column_name, data_type, is_nullable from duckdb_columns() where schema_name = ? and table_name = ? "
@@ -67,7 +71,12 @@ def _model_metadata(con: duckdb.DuckDBPyConnection, schema: str, name: str) -> d
         "dagster/row_count": int(counted[0]) if counted else 0,
         "dagster/column_schema": dg.TableSchema(
             columns=[
-                dg.TableColumn(name=c, type=t, constraints=dg.TableColumnConstraints(nullable=bool(n)))
+                dg.TableColumn(
+                    name=c,
+                    type=t,
+                    description=descriptions.get(c) or None,
+                    constraints=dg.TableColumnConstraints(nullable=bool(n)),
+                )
                 for c, t, n in columns
             ]
         ),
@@ -116,7 +125,8 @@ def _events(
             node = manifest["nodes"][unique_id]
             key = TRANSLATOR.get_asset_spec(manifest, unique_id, None).key
             if key in context.selected_asset_keys:
-                metadata = _model_metadata(con, node["schema"], node["alias"] or node["name"])
+                descriptions = {column: entry.get("description", "") for column, entry in node["columns"].items()}
+                metadata = _model_metadata(con, node["schema"], node["alias"] or node["name"], descriptions)
                 yield dg.MaterializeResult(asset_key=key, metadata={**metadata, **extra})
 
 
@@ -143,9 +153,9 @@ def joor_models(context: dg.AssetExecutionContext, storage: DataDirResource) -> 
         raise dg.Failure(description=str(failed)) from None
     except WarehouseError as error:
         raise dg.Failure(description=str(error)) from None
-    con = duckdb.connect(str(database_path(storage.path)), read_only=True)
+    con = reader_connection(storage.path)  # the build just published, never a cached instance of an older one
     try:
-        register_store(con, storage.path)
+        attach_warehouse(con, database_path(storage.path))
         extra = {"refreshed_partitions": len(plan.refresh_partitions), "build": plan.reason}
         yield from _events(context, manifest, results, con, extra)
     finally:

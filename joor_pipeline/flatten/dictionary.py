@@ -100,10 +100,20 @@ A value that cannot be read never drops its row or stops a run: the column is nu
 """
 
 
-def _type(column: Column) -> str:
+def duckdb_type(column: Column) -> str:
+    """The DuckDB type a column reads as (``VARCHAR``, ``BIGINT``, ``TIMESTAMP WITH TIME ZONE``...)."""
     arrow = str(column.type)
-    duckdb = _DUCKDB_TYPES.get(arrow, arrow.upper())
-    return f"`{arrow}` ({duckdb})"
+    return _DUCKDB_TYPES.get(arrow, arrow.upper())
+
+
+def column_description(column: Column) -> str:
+    """A column's description wherever it is shown (dbt docs, Dagster's column schemas): its meaning, then the JOOR
+    field(s) it is read from."""
+    return column.description + (f" (JOOR: {', '.join(column.sources)})" if column.sources else "")
+
+
+def _type(column: Column) -> str:
+    return f"`{column.type}` ({duckdb_type(column)})"
 
 
 def _fields(names: Sequence[str]) -> str:
