@@ -312,6 +312,8 @@ def _run_range(args: argparse.Namespace) -> int:
     JOOR, so it needs no JOOR account: only the data directory and the flatten's settings."""
     if not (args.from_date and args.to_date) or args.allow_backdated:
         raise UsageError("--from and --to go together, and never with --allow-backdated (a range never fetches)")
+    if args.to_date < args.from_date:
+        raise UsageError(f"--to {args.to_date} is before --from {args.from_date}")
     _check_run_date(args.from_date)
     _check_run_date(args.to_date)
     env = _environ(args)

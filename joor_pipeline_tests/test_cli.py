@@ -171,6 +171,32 @@ def test_dates_that_cannot_be_fetched_are_one_line(clean_env: pytest.MonkeyPatch
     assert "not a date in YYYY-MM-DD form" in capsys.readouterr().err
 
 
+def test_a_range_that_ends_before_it_starts_is_a_usage_error_before_dagster_loads(tmp_path: Path) -> None:
+    """`run --from D --to D-1` (issue 19): exit 2 and one line, without importing Dagster or writing anything."""
+    day = TODAY - timedelta(days=3)
+    code = (
+        "import sys\n"
+        "from joor_pipeline.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "print('dagster' in sys.modules, file=sys.stderr)\n"
+        "sys.exit(code)\n"
+    )
+    args = ["run", "--from", day.isoformat(), "--to", (day - timedelta(days=1)).isoformat()]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path / "home")}
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args, "--data-dir", str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert done.returncode == 2, done.stderr
+    error, imported = done.stderr.strip().splitlines()
+    assert one_error_line(error) == f"error: --to {day - timedelta(days=1)} is before --from {day}"
+    assert imported == "False"
+    assert not (tmp_path / "data").exists() and not (tmp_path / "home").exists()
+
+
 # ---- errors that are not configuration ---------------------------------------------------------------------------
 
 
