@@ -67,9 +67,10 @@ def die_with_parent() -> None:
 
 
 def _is_the_forkserver() -> bool:
-    """True in the forkserver process itself, which multiprocessing runs as a ``-c`` command of its own and which
-    imports this module (:data:`PRELOAD`) before it forks a worker."""
-    return bool(sys.orig_argv) and sys.orig_argv[-1].startswith("from multiprocessing.forkserver import main")
+    """True in the flatten's forkserver itself: multiprocessing runs it as a ``-c`` command of its own, naming the
+    modules to preload (:data:`PRELOAD`, which imports this one) before it forks a worker."""
+    command = sys.orig_argv[-1] if sys.orig_argv else ""
+    return command.startswith("from multiprocessing.forkserver import main") and repr(PRELOAD[0]) in command
 
 
 if _is_the_forkserver():
