@@ -358,6 +358,8 @@ def _run_range(args: argparse.Namespace) -> int:
         raise UsageError(
             "--from and --to go together, and never with --allow-backdated or --refetch (a range never fetches)"
         )
+    if args.to_date < args.from_date:
+        raise UsageError(f"--to {args.to_date} is before --from {args.from_date}")
     _check_run_date(args.from_date)
     _check_run_date(args.to_date)
     env = _environ(args)

@@ -20,7 +20,9 @@ import math
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import MISSING, dataclass, field, fields, replace
 from datetime import date
 from pathlib import Path
@@ -559,13 +561,99 @@ ACCOUNT_SETTINGS: Final = {s.field: s for s in SETTINGS if s.name not in DEPLOYM
 
 
 def redact_url_text(text: str) -> str:
-    """``text`` with anything between ``//`` and the last ``@`` masked: user info never prints, even unparsed."""
-    return re.sub(r"(?<=//).*@", "***@", text)
+    """``text`` with anything between ``//`` and the last ``@`` masked, and a URL's whole query and fragment: user
+    info and query strings (where tokens get pasted) never print, even unparsed."""
+    text = re.sub(r"(?<=//).*@", "***@", text)
+    if "//" in text:
+        text = re.sub(r"([?#]).*", r"\1***", text, count=1, flags=re.DOTALL)
+    return text
 
 
-def _shown(raw: str) -> str:
-    """A bad value as an error quotes it: cut short, so one line stays one line."""
-    return repr(raw if len(raw) <= 40 else raw[:37] + "...")
+#: The environments whose secrets the configuration errors being built must not show, beside ``os.environ``
+#: (set by the functions that read settings or the accounts file: see :func:`_knowing`).
+_ENVIRONMENTS: ContextVar[tuple[Mapping[str, str], ...]] = ContextVar("joor_config_environments", default=())
+#: A secret shorter than this is masked only where a value is exactly it (one or two characters occur by chance in
+#: any text); a value shorter than this is not searched for inside the secrets.
+_MIN_SECRET_CHARS: Final = 4
+#: The name a variable takes in an accounts file's ``*_env`` key.
+_VARIABLE_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@contextmanager
+def _knowing(env: Mapping[str, str]) -> Iterator[None]:
+    """Within the block, every value an error quotes is masked against ``env``'s secrets too (see :func:`_shown`)."""
+    token = _ENVIRONMENTS.set((*_ENVIRONMENTS.get(), env))
+    try:
+        yield
+    finally:
+        _ENVIRONMENTS.reset(token)
+
+
+def _read_accounts_text(path: Path) -> str:
+    """An accounts file's text; a UTF-8 byte order mark (Windows editors write one) is not part of it."""
+    return path.read_text(encoding="utf-8-sig")
+
+
+def secret_values(env: Mapping[str, str]) -> dict[str, str]:
+    """Every secret ``env`` holds, by value, each with what holds it: the secret settings' values
+    (``JOOR_API_TOKEN``, ...); the value of every ``*_env`` key of the accounts file it names (a variable's name,
+    or a secret pasted there by mistake); and the value of every variable those keys name. Never raises: a file
+    that cannot be read names no secret (its own error says why)."""
+    found: dict[str, str] = {}
+    for name in sorted(SECRET_VARS):
+        value = _clean(env, name)
+        if value:
+            found.setdefault(value, name)
+    path = accounts_file(env)
+    if path is None:
+        return found
+    import tomllib
+
+    try:
+        accounts = tomllib.loads(_read_accounts_text(path)).get("accounts")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return found
+    tables = [table for table in accounts.values() if isinstance(table, dict)] if isinstance(accounts, dict) else []
+    for table in tables:
+        for key, named in table.items():
+            if not key.endswith("_env") or not isinstance(named, str) or not named.strip():
+                continue
+            found.setdefault(named.strip(), f"{key} in {path}")
+            value = _clean(env, named) if _VARIABLE_NAME.fullmatch(named) else None
+            if value:
+                found.setdefault(value, f"the variable {key} names in {path}")
+    return found
+
+
+def _secret_holder(raw: str) -> str | None:
+    """What holds the secret that ``raw`` contains (or is a piece of), if it holds one this process knows."""
+    text = raw.strip()
+    if not text:
+        return None
+    for env in (*_ENVIRONMENTS.get(), os.environ):
+        for secret, holder in secret_values(env).items():
+            if secret == text or (len(secret) >= _MIN_SECRET_CHARS and secret in text):
+                return holder
+            if len(text) >= _MIN_SECRET_CHARS and text in secret:
+                return holder
+    return None
+
+
+def _shown(raw: str, *, whole: bool = False) -> str:
+    """A value as a configuration error quotes it: the one masking rule every quoted value goes through.
+
+    A value that holds a secret this process knows (see :func:`secret_values`: those of the environment being
+    read, and of ``os.environ``), or a piece of one, is not shown at all, wherever it was pasted; in a URL the
+    user info and the whole query and fragment are masked (:func:`redact_url_text`); the rest is quoted and cut
+    short, so one line stays one line (``whole``: a path, shown as it is, unquoted).
+    """
+    holder = _secret_holder(raw)
+    if holder is not None:
+        return f"<not shown: it holds a secret, the value of {holder}>"
+    text = redact_url_text(raw)
+    if whole:
+        return text
+    return repr(text if len(text) <= 40 else text[:37] + "...")
 
 
 def _clean(env: Mapping[str, str], name: str) -> str | None:
@@ -577,7 +665,7 @@ def _clean(env: Mapping[str, str], name: str) -> str | None:
 
 
 def _parse_url(setting: Setting, raw: str) -> tuple[str | None, str | None]:
-    shown = _shown(redact_url_text(raw))
+    shown = _shown(raw)
     if "@" in raw.split("?", 1)[0].split("#", 1)[0]:
         return None, f"{setting.name} must not carry a user name or password (user:password@), got {shown}"
     try:
@@ -634,7 +722,8 @@ def read_setting(env: Mapping[str, str], name: str, problems: list[str]) -> Any:
     raw = _clean(env, name)
     if raw is None:
         return setting.default
-    value, problem = _parse(setting, raw)
+    with _knowing(env):
+        value, problem = _parse(setting, raw)
     if problem:
         problems.append(problem)
         return setting.default
@@ -713,14 +802,13 @@ def _account_message(message: str, where: str) -> str:
 
 def _account_env(env: Mapping[str, str], path: Path, name: str, table: object) -> dict[str, str]:
     """The ``JOOR_*`` variables one ``[accounts.<name>]`` table stands for, secrets read from their variables."""
-    where = f"{path} [accounts.{name}]"
     if not ACCOUNT_NAME.fullmatch(name):
         raise ConfigError(
-            f"{path}: account name {_shown(name)} must be 1 to 40 lowercase letters, digits, '_' or '-', "
-            "starting with a letter or digit"
+            f"{_shown(str(path), whole=True)}: account name {_shown(name)} must be 1 to 40 lowercase letters, "
+            "digits, '_' or '-', starting with a letter or digit"
         )
     if not isinstance(table, dict):
-        raise ConfigError(f"{where} must be a table of settings")
+        raise ConfigError(f"{_shown(str(path), whole=True)} [accounts.{name}] must be a table of settings")
     # The deployment-wide settings come from the environment, as without a file.
     account_env = {var: env[var] for var in DEPLOYMENT_VARS if var in env}
     problems: list[str] = []
@@ -733,10 +821,17 @@ def _account_env(env: Mapping[str, str], path: Path, name: str, table: object) -
                 f'with {key}_env = "SOME_VARIABLE"'
             )
         elif key.endswith("_env") and setting is not None and setting.secret:
-            if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
-                problems.append(f"{key} must be the name of an environment variable, got {_shown(str(value))}")
+            # Never echo the value either: the secret itself gets pasted here too, and may look like a name.
+            if not isinstance(value, str) or not _VARIABLE_NAME.fullmatch(value):
+                problems.append(
+                    f"{key} must be the name of an environment variable (letters, digits and '_'); its value is "
+                    "not shown, in case it is the secret itself"
+                )
             elif not env.get(value, "").strip():
-                problems.append(f"{key} names {value}, which is not set")
+                problems.append(
+                    f"{key} names an environment variable that is not set (the name is not shown, in case it is "
+                    "the secret itself)"
+                )
             else:
                 account_env[setting.name] = env[value]
         elif key in ACCOUNT_SETTINGS:
@@ -751,7 +846,7 @@ def _account_env(env: Mapping[str, str], path: Path, name: str, table: object) -
             allowed = sorted(k + ("_env" if s.secret else "") for k, s in ACCOUNT_SETTINGS.items())
             problems.append(f"unknown key {_shown(key)}; allowed: {', '.join(allowed)}")
     if problems:
-        raise ConfigError(f"{where}: " + "; ".join(problems))
+        raise ConfigError(f"{_shown(str(path), whole=True)} [accounts.{name}]: " + "; ".join(problems))
     return account_env
 
 
@@ -772,35 +867,52 @@ def account_environments(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
         return {DEFAULT_ACCOUNT: dict(env)}
     import tomllib
 
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"JOOR_ACCOUNTS_FILE {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"JOOR_ACCOUNTS_FILE {path} cannot be read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"JOOR_ACCOUNTS_FILE {path} is not valid TOML: {exc}") from None
-    unknown = sorted(set(document) - {"accounts"})
-    if unknown:
-        raise ConfigError(f"{path}: only [accounts.<name>] tables belong here, found {', '.join(unknown)}")
-    accounts = document.get("accounts")
-    if not isinstance(accounts, dict) or not accounts:
-        raise ConfigError(f"{path} lists no account: add an [accounts.<name>] table for each JOOR account")
-    return {name: _account_env(env, path, name, table) for name, table in accounts.items()}
+    with _knowing(env):
+        try:
+            document = tomllib.loads(_read_accounts_text(path))
+        except FileNotFoundError:
+            raise ConfigError(f"JOOR_ACCOUNTS_FILE {_shown(str(path), whole=True)} does not exist") from None
+        except OSError as exc:
+            shown = _shown(str(path), whole=True)
+            raise ConfigError(f"JOOR_ACCOUNTS_FILE {shown} cannot be read: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            shown = _shown(str(path), whole=True)
+            raise ConfigError(
+                f"JOOR_ACCOUNTS_FILE {shown} is not UTF-8 text (byte {exc.start}): save it as UTF-8"
+            ) from None
+        except tomllib.TOMLDecodeError as exc:
+            shown = _shown(str(path), whole=True)
+            raise ConfigError(f"JOOR_ACCOUNTS_FILE {shown} is not valid TOML: {exc}") from None
+        unknown = sorted(set(document) - {"accounts"})
+        if unknown:
+            found = ", ".join(_shown(key) for key in unknown)
+            raise ConfigError(
+                f"{_shown(str(path), whole=True)}: only [accounts.<name>] tables belong here, found {found}"
+            )
+        accounts = document.get("accounts")
+        if not isinstance(accounts, dict) or not accounts:
+            raise ConfigError(
+                f"{_shown(str(path), whole=True)} lists no account: add an [accounts.<name>] table for each JOOR "
+                "account"
+            )
+        return {name: _account_env(env, path, name, table) for name, table in accounts.items()}
 
 
 def load_accounts(env: Mapping[str, str]) -> dict[str, JoorSettings]:
     """Every configured account's validated settings, by name (see :func:`account_environments`)."""
     path = accounts_file(env)
     found: dict[str, JoorSettings] = {}
-    for name, account_env in account_environments(env).items():
-        if path is None:
-            found[name] = load_settings(account_env)
-            continue
-        try:
-            found[name] = load_settings(account_env)
-        except ConfigError as exc:
-            raise ConfigError(_account_message(str(exc), f"{path} [accounts.{name}]")) from None
+    # Every account's errors know the whole environment's secrets (another account's token, say), not only its own.
+    with _knowing(env):
+        for name, account_env in account_environments(env).items():
+            if path is None:
+                found[name] = load_settings(account_env)
+                continue
+            try:
+                found[name] = load_settings(account_env)
+            except ConfigError as exc:
+                where = f"{_shown(str(path), whole=True)} [accounts.{name}]"
+                raise ConfigError(_account_message(str(exc), where)) from None
     return found
 
 
@@ -811,16 +923,18 @@ def account_names(env: Mapping[str, str]) -> list[str]:
 
 def load_account(env: Mapping[str, str], account: str) -> JoorSettings:
     """One account's validated settings; a UnknownAccount error listing the configured names."""
-    environments = account_environments(env)
-    if account not in environments:
-        raise UnknownAccount(account, list(environments))
-    path = accounts_file(env)
-    try:
-        return load_settings(environments[account])
-    except ConfigError as exc:
-        if path is None:
-            raise
-        raise ConfigError(_account_message(str(exc), f"{path} [accounts.{account}]")) from None
+    with _knowing(env):
+        environments = account_environments(env)
+        if account not in environments:
+            raise UnknownAccount(account, list(environments))
+        path = accounts_file(env)
+        try:
+            return load_settings(environments[account])
+        except ConfigError as exc:
+            if path is None:
+                raise
+            where = f"{_shown(str(path), whole=True)} [accounts.{account}]"
+            raise ConfigError(_account_message(str(exc), where)) from None
 
 
 class UnknownAccount(ConfigError):

@@ -24,17 +24,19 @@ are set for every build so that it spills to disk instead of growing.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
+import struct
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -84,6 +86,10 @@ _PROJECT_DIRS: Final = ("models", "macros", "tests")
 
 class WarehouseError(JoorError):
     """The warehouse could not be built or read (the message says what and where)."""
+
+
+class WarehouseInUse(WarehouseError):
+    """A read-write session holds the published warehouse: a build stops rather than publish beside its WAL."""
 
 
 def database_path(data_dir: Path) -> Path:
@@ -233,6 +239,8 @@ class BuildPlan:
             try:
                 _prepare(self, batch, sorted(set(batch) & self.published.keys() | self.latest_partitions))
             except duckdb.Error as error:
+                if _no_space(error):
+                    raise _build_failure(error, "while preparing it", self.database.parent) from error
                 raise WarehouseError(f"the published Parquet could not be read: {error}") from error
             yield batch
 
@@ -352,16 +360,161 @@ def _finish(plan: BuildPlan) -> None:
         con.close()
 
 
-def _publish(built: Path, target: Path) -> None:
-    """Rename the checkpointed build over the published warehouse, durably."""
+#: ``struct flock`` on Linux (l_type, l_whence, l_start, l_len, l_pid), for DuckDB's whole-file locks.
+_FLOCK: Final = "hhqqi"
+#: Open-file-description locks (Linux): owned by the file we open, so closing it never drops a lock that a DuckDB
+#: connection of this same process holds on the file (as a POSIX lock would).
+_OFD_LOCKS: Final = hasattr(fcntl, "F_OFD_SETLK")
+#: The errors of a full disk (EFBIG: a file-size limit, which fails a write as a full disk does).
+_NO_SPACE_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+_NO_SPACE_TEXTS: Final = ("No space left on device", "File too large", "Disk quota exceeded")
+
+
+def _writer_of(path: Path) -> int | None:
+    """The PID of the process holding ``path`` open read-write (DuckDB's exclusive lock), or None: none does, or
+    this platform cannot tell (the lock taken by :func:`_no_writer` still finds it)."""
+    if not _OFD_LOCKS:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        query = struct.pack(_FLOCK, fcntl.F_RDLCK, os.SEEK_SET, 0, 0, 0)
+        kind, _whence, _start, _length, pid = struct.unpack(_FLOCK, fcntl.fcntl(fd, fcntl.F_OFD_GETLK, query))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return pid if kind == fcntl.F_WRLCK and pid > 0 else None
+
+
+def _in_use(path: Path, pid: int | None) -> WarehouseInUse:
+    who = "another process"
+    if pid is not None:
+        try:
+            command = " ".join(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0"))
+        except OSError:
+            command = ""
+        command = " ".join(command.split())
+        who = f"PID {pid}" + (f" ({command if len(command) <= 60 else command[:57] + '...'})" if command else "")
+    return WarehouseInUse(
+        f"the warehouse {path} is in use by {who}, a read-write session: nothing was published. Ask its owner to "
+        "close it (analysts open the warehouse read-only: duckdb -readonly), then run again"
+    )
+
+
+def _refuse_writer(path: Path) -> None:
+    """Fail at once, naming the process, when a read-write session holds the published warehouse."""
+    pid = _writer_of(path)
+    if pid is not None:
+        raise _in_use(path, pid)
+
+
+@contextmanager
+def _no_writer(path: Path) -> Iterator[None]:
+    """Hold a shared lock on the published warehouse (if there is one) for the block: read-only readers share it,
+    but a read-write session (DuckDB's exclusive lock) can be neither there (:class:`WarehouseInUse`) nor start."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        yield
+        return
+    try:
+        try:
+            if _OFD_LOCKS:
+                fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack(_FLOCK, fcntl.F_RDLCK, os.SEEK_SET, 0, 0, 0))
+            else:  # pragma: no cover - not Linux
+                fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise _in_use(path, _writer_of(path)) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _set_aside_wal(target: Path, set_aside: Path) -> None:
+    """Move a WAL beside the published warehouse out of the way, with the warehouse it belongs to.
+
+    Called under :func:`_no_writer`, so the read-write session that wrote it is gone (killed, or crashed): its
+    changes are not lost (the pair opens in ``set_aside``), and a new build is never paired with them (DuckDB
+    would replay them into it, and fail every reader with "checkpoint iteration does not match")."""
+    wal = target.with_name(target.name + ".wal")
+    if not wal.exists():
+        return
+    where = set_aside / datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    where.mkdir(parents=True)
+    if target.is_file():
+        try:
+            os.link(target, where / target.name)  # a link: no space taken, and the rename below unlinks only the name
+        except OSError:
+            shutil.copyfile(target, where / target.name)
+    os.replace(wal, where / wal.name)
+    log.warning(
+        "a read-write session of %s that is gone left changes in %s: set aside with the warehouse they belong to in "
+        "%s (open it there to recover them), so the new build is not paired with them",
+        target,
+        wal.name,
+        where,
+    )
+
+
+def _publish(built: Path, target: Path, set_aside: Path) -> None:
+    """Rename the checkpointed build over the published warehouse, durably, never beside a WAL it did not write.
+
+    A read-write session of the published warehouse stops the publication (:class:`WarehouseInUse`); a WAL that a
+    gone session left is set aside first (:func:`_set_aside_wal`). Read-only readers are never disturbed.
+    """
+    if built.with_name(built.name + ".wal").exists():
+        raise WarehouseError(f"the build {built} still has a WAL after its checkpoint: not published")
     with open(built, "rb") as handle:
         os.fsync(handle.fileno())
-    os.replace(built, target)
+    with _no_writer(target):
+        _set_aside_wal(target, set_aside)
+        os.replace(built, target)
     directory = os.open(target.parent, os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def _no_space(error: BaseException) -> bool:
+    """True for the errors of a full disk (or a file-size limit), from the OS or from DuckDB."""
+    if isinstance(error, OSError) and error.errno in _NO_SPACE_ERRNOS:
+        return True
+    return isinstance(error, duckdb.Error) and any(text in str(error) for text in _NO_SPACE_TEXTS)
+
+
+def _build_failure(error: BaseException, doing: str, build_dir: Path) -> WarehouseError:
+    """An OS or DuckDB error of the build as one line; a full disk said as such."""
+    if _no_space(error):
+        reason = next((text for text in _NO_SPACE_TEXTS if text in str(error)), None)
+        if reason is None and isinstance(error, OSError):
+            reason = error.strerror
+        return WarehouseError(
+            f"the warehouse build ran out of disk space {doing} ({reason}, in {build_dir}): the published warehouse "
+            "is unchanged and the partial build was removed; free some space and run again"
+        )
+    text = " ".join(str(error).split())
+    return WarehouseError(
+        f"the warehouse build failed {doing}: {type(error).__name__}: {text}; the published warehouse is unchanged"
+    )
+
+
+@contextmanager
+def _removed_on_failure(build_dir: Path, doing: str) -> Iterator[None]:
+    """Remove the partial build when the block fails (it may hold the last free bytes), and say an OS or DuckDB
+    error in one line (:func:`_build_failure`)."""
+    try:
+        yield
+    except BaseException as error:
+        shutil.rmtree(build_dir, ignore_errors=True)
+        if isinstance(error, OSError | duckdb.Error):
+            raise _build_failure(error, doing, build_dir) from error
+        raise
 
 
 @contextmanager
@@ -392,33 +545,45 @@ def warehouse_build(
         for account, day in partitions:
             latest_dates[account] = max(day, latest_dates.get(account, day))
         build_dir = work / "build"
-        if build_dir.exists():
-            shutil.rmtree(build_dir)
-        (build_dir / "tmp").mkdir(parents=True)
         database = build_dir / DATABASE_FILE
         current = database_path(data_dir)
+        # Refused at once, before any work: what stands where the warehouse belongs, a read-write session of it.
+        if current.is_dir() or (current.exists() and not current.is_file()):
+            kind = "a directory" if current.is_dir() else "not a regular file"
+            raise WarehouseError(
+                f"{current} is {kind}, where the warehouse file belongs: move it away and run again (nothing was built)"
+            )
+        _refuse_writer(current)
+        if build_dir.exists():
+            shutil.rmtree(build_dir)
         store = objectstore.store_of(data_dir)
-        if store is not None:  # build on a local copy of the store's warehouse
-            objectstore.pull(store, DATABASE_FILE, current)
         recorded: dict[Partition, str] = {}
         reason = "asked for"
-        if not full_refresh:
-            if not current.is_file():
-                full_refresh, reason = True, f"no warehouse at {current} yet"
-            else:
-                shutil.copyfile(current, database)
-                try:
-                    recorded, built_by = _recorded(database)
-                except duckdb.Error as error:
-                    full_refresh, reason = True, f"{current} could not be read ({error}); rebuilt from the Parquet"
-                    log.warning("warehouse %s could not be read, rebuilding it from the Parquet: %s", current, error)
+        with _removed_on_failure(build_dir, "while preparing it"):
+            (build_dir / "tmp").mkdir(parents=True)
+            if store is not None:  # build on a local copy of the store's warehouse
+                objectstore.pull(store, DATABASE_FILE, current)
+            if not full_refresh:
+                if not current.is_file():
+                    full_refresh, reason = True, f"no warehouse at {current} yet"
                 else:
-                    if built_by != project_hash():
-                        full_refresh, reason = True, "the dbt project changed since the last build"
-        if full_refresh:
-            for stale in (database, database.with_name(database.name + ".wal")):
-                stale.unlink(missing_ok=True)
-            recorded = {}
+                    shutil.copyfile(current, database)
+                    try:
+                        recorded, built_by = _recorded(database)
+                    except duckdb.Error as error:
+                        if _no_space(error):
+                            raise
+                        full_refresh, reason = True, f"{current} could not be read ({error}); rebuilt from the Parquet"
+                        log.warning(
+                            "warehouse %s could not be read, rebuilding it from the Parquet: %s", current, error
+                        )
+                    else:
+                        if built_by != project_hash():
+                            full_refresh, reason = True, "the dbt project changed since the last build"
+            if full_refresh:
+                for stale in (database, database.with_name(database.name + ".wal")):
+                    stale.unlink(missing_ok=True)
+                recorded = {}
         refresh = sorted(
             {key for key, pid in published.items() if recorded.get(key) != pid} | (recorded.keys() - published.keys())
         )
@@ -441,9 +606,15 @@ def warehouse_build(
             len(partitions),
             plan.reason,
         )
-        yield plan
-        _finish(plan)
-        _publish(database, current)
+        try:
+            yield plan
+        except BaseException:
+            shutil.rmtree(build_dir, ignore_errors=True)  # a failed build leaves no partial file behind
+            raise
+        with _removed_on_failure(build_dir, "while finishing it"):
+            _finish(plan)
+        with _removed_on_failure(build_dir, "while publishing it"):
+            _publish(database, current, work / "set-aside")
         if store is not None:
             objectstore.push(store, current, DATABASE_FILE)
         shutil.rmtree(build_dir, ignore_errors=True)

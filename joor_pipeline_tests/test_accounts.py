@@ -102,7 +102,7 @@ base_url = "http://127.0.0.1:9"
         (f'[accounts.a]\npassword = "{SECRET}"\n', r"\[accounts\.a\]: password holds a secret"),
         (
             '[accounts.a]\napi_token_env = "UNSET_VAR"\n',
-            r"api_token_env names UNSET_VAR, which is not",
+            r"api_token_env names an environment variable that is not set \(the name is not shown",
         ),
         ('[accounts.a]\napi_token_env = "T"\npage_size = 0\n', r"\[accounts\.a\]: page_size must be a whole number"),
         ('[accounts.a]\napi_token_env = "T"\ncolour = "red"\n', r"\[accounts\.a\]: unknown key 'colour'; allowed: "),
@@ -126,6 +126,17 @@ def test_a_bad_accounts_file_is_one_clear_error_naming_file_account_and_key(
     message = str(caught.value)
     assert str(path) in message and "\n" not in message
     assert SECRET not in message  # a secret put in the file by mistake is never echoed
+
+
+def test_an_accounts_file_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    """Windows editors save UTF-8 with a BOM: the file reads as without one (issue 19)."""
+    path = tmp_path / "accounts.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + b'[accounts.brand_a]\napi_token_env = "T"\npage_size = 50\n')
+    accounts = load_accounts({"JOOR_ACCOUNTS_FILE": str(path), "T": "token"})
+    assert list(accounts) == ["brand_a"] and accounts["brand_a"].page_size == 50
+    path.write_bytes('[accounts.a]\napi_token_env = "T"\ncustomer = "Caf\u00e9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"accounts\.toml is not UTF-8 text \(byte \d+\): save it as UTF-8"):
+        load_accounts({"JOOR_ACCOUNTS_FILE": str(path), "T": "token"})
 
 
 def test_a_missing_accounts_file_is_named(tmp_path: Path) -> None:

@@ -171,6 +171,32 @@ def test_dates_that_cannot_be_fetched_are_one_line(clean_env: pytest.MonkeyPatch
     assert "not a date in YYYY-MM-DD form" in capsys.readouterr().err
 
 
+def test_a_range_that_ends_before_it_starts_is_a_usage_error_before_dagster_loads(tmp_path: Path) -> None:
+    """`run --from D --to D-1` (issue 19): exit 2 and one line, without importing Dagster or writing anything."""
+    day = TODAY - timedelta(days=3)
+    code = (
+        "import sys\n"
+        "from joor_pipeline.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "print('dagster' in sys.modules, file=sys.stderr)\n"
+        "sys.exit(code)\n"
+    )
+    args = ["run", "--from", day.isoformat(), "--to", (day - timedelta(days=1)).isoformat()]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path / "home")}
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args, "--data-dir", str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert done.returncode == 2, done.stderr
+    error, imported = done.stderr.strip().splitlines()
+    assert one_error_line(error) == f"error: --to {day - timedelta(days=1)} is before --from {day}"
+    assert imported == "False"
+    assert not (tmp_path / "data").exists() and not (tmp_path / "home").exists()
+
+
 # ---- errors that are not configuration ---------------------------------------------------------------------------
 
 
@@ -254,6 +280,29 @@ def test_installed_command_exit_codes(tmp_path: Path) -> None:
     assert not (tmp_path / "data").exists()
     done = cli("--version")
     assert done.returncode == 0 and "joor-pipeline" in done.stdout
+
+
+def test_a_secret_pasted_anywhere_is_never_echoed(tmp_path: Path) -> None:
+    """Into api_token_env, into another variable, into a URL's query (issue 19): refused, never echoed, --debug too."""
+    token = "tok-7f3a9c-PASTED-d41e88b0c2"
+    accounts = tmp_path / "accounts.toml"
+    accounts.write_text(f'[accounts.a]\napi_token_env = "{token}"\n', encoding="utf-8")
+    data = str(tmp_path / "data")
+    cases = [
+        ({"JOOR_ACCOUNTS_FILE": str(accounts)}, "fetch", "api_token_env must be the name of an environment variable"),
+        ({"JOOR_API_TOKEN": token, "JOOR_PAGE_SIZE": token}, "fetch", "JOOR_PAGE_SIZE must be a whole number"),
+        ({"JOOR_API_TOKEN": token, "JOOR_FLATTEN_WORKERS": token}, "flatten", "JOOR_FLATTEN_WORKERS must be"),
+        ({"JOOR_API_TOKEN": "t", "JOOR_BASE_URL": f"https://api.example/?token={token}"}, "run", "JOOR_BASE_URL"),
+    ]
+    for env, command, message in cases:
+        done = cli(command, "--data-dir", data, env=env)
+        assert done.returncode == 2, done.stderr
+        assert message in one_error_line(done.stderr)
+        assert token[:6] not in done.stdout + done.stderr
+        done = cli("--debug", command, "--data-dir", data, env=env)
+        assert done.returncode == 2 and message in done.stderr.strip().splitlines()[-1]
+        assert token[:6] not in done.stdout + done.stderr
+    assert not (tmp_path / "data").exists()
 
 
 def test_flatten_needs_no_joor_account_but_checks_its_own_settings(

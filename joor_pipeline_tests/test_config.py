@@ -21,7 +21,10 @@ from joor_pipeline.config import (
     first_snapshot_date,
     flatten_workers_setting,
     help_text,
+    load_account,
+    load_accounts,
     load_settings,
+    read_setting,
     readme_table,
     replace_readme_table,
 )
@@ -256,3 +259,97 @@ def test_readme_configuration_table_is_generated_from_the_declaration() -> None:
     assert replace_readme_table(readme) == readme
     for setting in SETTINGS:
         assert f"| `{setting.name}` |" in readme
+
+
+# ---- never echo a secret (issue 19) -------------------------------------------------------------------------------
+
+PASTED = "tok-7f3a9c-PASTED-d41e88b0c2"
+
+
+def config_error(env: dict[str, str]) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_accounts(env)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("key", ["api_token_env", "client_secret_env", "password_env"])
+@pytest.mark.parametrize("value", [PASTED, "PASTED_AS_A_NAME_7f3a9c", f"{PASTED} ", "x" * 200])
+def test_the_value_of_an_env_key_is_never_printed(tmp_path: Path, key: str, value: str) -> None:
+    """A secret pasted where the name of its variable belongs, valid as a name or not, set or not: never echoed."""
+    path = tmp_path / "accounts.toml"
+    path.write_text(f'[accounts.a]\n{key} = "{value}"\n', encoding="utf-8")
+    message = config_error({"JOOR_ACCOUNTS_FILE": str(path)})
+    assert f"{path} [accounts.a]: {key}" in message
+    assert value.strip()[:6] not in message
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("JOOR_PAGE_SIZE", PASTED),
+        ("JOOR_FORMAT", PASTED),
+        ("JOOR_TIMEOUT", f" {PASTED} "),
+        ("JOOR_FIRST_SNAPSHOT_DATE", PASTED),
+        ("JOOR_BASE_URL", f"https://api.example/{PASTED}/v2"),
+        ("JOOR_ENVIRONMENT", f"sandbox-{PASTED}"),  # a value holding the secret
+        ("JOOR_FORMAT", PASTED[:12]),  # a piece of it
+    ],
+)
+@pytest.mark.parametrize("holder", ["JOOR_API_TOKEN", "JOOR_CLIENT_SECRET", "JOOR_PASSWORD"])
+def test_a_secret_pasted_into_another_variable_is_never_printed(name: str, value: str, holder: str) -> None:
+    env = {**V4, "JOOR_API_TOKEN": "tok", holder: PASTED, name: value}
+    problems: list[str] = []
+    read_setting(env, name, problems)
+    try:
+        load_settings(env)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    assert problems and all(name in problem for problem in problems)
+    for problem in problems:
+        assert PASTED[:8] not in problem and PASTED[-8:] not in problem
+        assert "not shown" in problem
+
+
+def test_a_secret_of_another_account_pasted_into_a_setting_is_never_printed(tmp_path: Path) -> None:
+    """Account a's page_size holds account b's token, named only in b's table: the file's secrets are all known."""
+    path = tmp_path / "accounts.toml"
+    path.write_text(
+        '[accounts.a]\napi_token_env = "A_TOKEN"\npage_size = "' + PASTED + '"\n\n'
+        '[accounts.b]\napi_token_env = "B_TOKEN"\n',
+        encoding="utf-8",
+    )
+    env = {"JOOR_ACCOUNTS_FILE": str(path), "A_TOKEN": "token-of-a", "B_TOKEN": PASTED}
+    for message in (config_error(env), str(configuration_problem(env))):
+        assert "[accounts.a]: page_size must be a whole number" in message
+        assert PASTED[:8] not in message and "not shown" in message
+    with pytest.raises(ConfigError) as info:
+        load_account(env, "a")
+    assert PASTED[:8] not in str(info.value)
+
+
+def test_a_secret_in_the_process_environment_is_never_printed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The settings read where they are used (the flatten's) know the process's secrets too."""
+    monkeypatch.setenv("JOOR_API_TOKEN", PASTED)
+    with pytest.raises(ConfigError, match="JOOR_FLATTEN_WORKERS must be a whole number") as info:
+        flatten_workers_setting({"JOOR_FLATTEN_WORKERS": PASTED})
+    assert PASTED[:8] not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"https://api.example/?token={PASTED}",
+        f"https://api.example/?{PASTED}",
+        f"https://api.example/#{PASTED}",
+        f"https://api.example/v2/?access_token={PASTED}",
+        f"http://[::1/?token={PASTED}",  # unparseable, and still masked
+    ],
+)
+def test_a_query_string_in_a_url_is_masked_whole(url: str) -> None:
+    with pytest.raises(ConfigError, match="JOOR_BASE_URL") as info:
+        load_settings({"JOOR_API_TOKEN": "tok", "JOOR_BASE_URL": url})
+    message = str(info.value)
+    assert "?" + PASTED[:1] not in message and "=" + PASTED[:1] not in message and "#" + PASTED[:1] not in message
+    assert PASTED[:3] not in message.replace("JOOR_", "")

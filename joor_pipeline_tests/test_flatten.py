@@ -771,3 +771,25 @@ def test_identical_repeats_still_reconcile(tmp_path: Path) -> None:
     assert report.stats.duplicate_connections == 2 and report.stats.conflicting_duplicates == []
     assert raw_recount(tmp_path, DAY).conflicting_ids == []
     assert raw_counts(tmp_path, DAY) == published_counts(tmp_path, DAY)
+
+
+@pytest.mark.parametrize("fmt", ["json", "xml"])
+def test_an_id_past_64_bits_is_reported_out_of_range_not_missing(tmp_path: Path, fmt: str) -> None:
+    """A 30-digit customer_account_id is present (kept in invalid_values): the blocking check says it is out of
+    range, in JSON and XML alike, and the flatten refuses it naming the value (issue 19)."""
+    from joor_pipeline.quality import blocking_failures
+    from joor_pipeline.storage.parquet import AuditFailed
+    from joor_pipeline_tests.raw_fixtures import land
+
+    big = "123456789012345678901234567890"
+    connections = generate_connections(120, seed=11)
+    connections[30]["customer_account_id"] = "__ID__" if fmt == "json" else big
+    next(c for c in connections[31:] if c.get("doors"))["doors"][0]["door_id"] = "4" * 25
+    land(tmp_path, DAY, connections, fmt, body_of=lambda _i, body: body.replace(b'"__ID__"', big.encode()))
+    with pytest.raises(AuditFailed) as info:
+        flatten_snapshot(tmp_path, DAY, audit=lambda staged: blocking_failures(tmp_path, staged))
+    message = str(info.value)
+    assert "connections.required_fields_present" in message
+    assert f"customer_account_id {big} is out of range (beyond 64 bits; kept in invalid_values)" in message
+    assert "customer_account_id is required but missing" not in message
+    assert f"door_id {'4' * 25} is out of range" in message

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from joor_pipeline.joor.client import JoorClient, RetryPolicy
-from joor_pipeline.joor.errors import PaginationError, ResponseTooLarge, RetriesExhausted
+from joor_pipeline.joor.errors import JoorApiError, PaginationError, PayloadError, ResponseTooLarge, RetriesExhausted
 from joor_pipeline.pipeline import fetch_snapshot
 from joor_pipeline.sandbox import Faults, load_seed_connection, run_sandbox
 from joor_pipeline.storage.raw import raw_snapshot_dir
@@ -295,3 +295,63 @@ def test_a_cursor_falling_short_repeats_rather_than_loses_and_is_kept() -> None:
     assert [p.start_from for p in pages] == [0, 2]
     ids = [c["customer_account_id"] for p in pages for c in p.page.connections]
     assert ids == [str(500 + i) for i in (0, 1, 2, 3, 2, 3, 4, 5)]
+
+
+# ---- absurd numbers and texts in the response block (issue 19) ------------------------------------------------------
+
+
+def serve(body: bytes, content_type: str = "application/json") -> Callable[..., None]:
+    def scenario(server: HostileServer, sock: socket.socket, path: str, stop: threading.Event) -> None:
+        server.send(sock, head(**{"Content-Type": content_type, "Content-Length": str(len(body))}) + body)
+
+    return scenario
+
+
+NINES = "9" * 30
+
+
+@pytest.mark.parametrize("fmt", ["json", "xml"])
+@pytest.mark.parametrize("field", ["count", "next_start", "start_from"])
+def test_a_response_number_past_64_bits_is_one_error_naming_the_page_and_log_id(
+    tmp_path: Path, fmt: str, field: str
+) -> None:
+    seed = {**load_seed_connection(), "customer_account_id": 500}
+    block = {"code": 0, "comment": "", "start_from": 0, "next_start": 1, "count": 300, "log_id": "L0", field: NINES}
+    if fmt == "json":
+        body = json.dumps({"response": block, "connections": [seed]}).replace(f'"{NINES}"', NINES).encode()
+    else:
+        fields = "".join(f"<{k}>{v}</{k}>" for k, v in block.items())
+        one = "<connection><customer_account_id>500</customer_account_id></connection>"
+        body = f"<connections><response>{fields}</response><connections>{one}</connections></connections>".encode()
+    with hostile(serve(body)) as server, JoorClient(settings_for(server, JOOR_FORMAT=fmt), retry=FAST) as client:
+        with pytest.raises(PayloadError) as info:
+            fetch_snapshot(client, tmp_path, DAY)
+    message = str(info.value)
+    assert f"response.{field} {NINES} is out of range" in message
+    assert f"{server.base_url}/v2/connection/?start_from=0&count=100" in message and "(log_id L0)" in message
+    assert "OverflowError" not in message
+    assert_clear(info.value)
+    assert not raw_snapshot_dir(tmp_path, DAY).exists()
+
+
+def test_a_huge_comment_or_value_in_the_response_block_is_quoted_short(tmp_path: Path) -> None:
+    """A 200 with a non-zero response.code and a comment of 100,000 characters: one short line, the size said."""
+    comment = "Z" * 100_000
+    body = json.dumps({"response": {"code": 7, "comment": comment, "log_id": "L" * 5000}, "connections": []})
+    with hostile(serve(body.encode())) as server, JoorClient(settings_for(server), retry=FAST) as client:
+        with pytest.raises(JoorApiError) as info:
+            fetch_snapshot(client, tmp_path, DAY)
+    message = str(info.value)
+    assert "response.code 7" in message and "100,000 characters" in message and "5,000 characters" in message
+    assert f"url {server.base_url}/v2/connection/" in message
+    assert len(message) < 1000
+    assert_clear(info.value)
+
+    for value in ('"' + "x" * 100_000 + '"', "[" + "1," * 50_000 + "1]"):
+        body = '{"response": {"code": 0, "count": ' + value + ', "log_id": "L0"}, "connections": []}'
+        with hostile(serve(body.encode())) as server, JoorClient(settings_for(server), retry=FAST) as client:
+            with pytest.raises(PayloadError, match=r"response\.count is not an integer") as caught:
+                fetch_snapshot(client, tmp_path, DAY)
+        assert len(str(caught.value)) < 1000
+        assert_clear(caught.value)
+    assert not raw_snapshot_dir(tmp_path, DAY).exists()

@@ -6,6 +6,8 @@ import contextlib
 import copy
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -306,6 +308,69 @@ def test_a_worker_failure_stops_the_other_workers_at_once(tmp_path: Path) -> Non
             flatten_snapshot(tmp_path, DAY, workers=2, worker_stall_seconds=600.0)
         assert time.monotonic() - clock < 60
     assert staging_leftovers(tmp_path) == []
+
+
+def process_tree(root: int) -> dict[int, str]:
+    """``root``'s descendants, each with its start time (so that a reused pid is not taken for it)."""
+    children: dict[int, list[int]] = {}
+    started: dict[int, str] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            pid = int(stat.parent.name)
+            children.setdefault(int(fields[1]), []).append(pid)
+            started[pid] = fields[19]
+    found: dict[int, str] = {}
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found[child] = started[child]
+            stack.append(child)
+    return found
+
+
+def still_running(processes: dict[int, str]) -> list[int]:
+    """Those of ``processes`` still alive (a zombie is dead: only its exit status is left)."""
+    running = []
+    for pid, started in processes.items():
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            if fields[0] != "Z" and fields[19] == started:
+                running.append(pid)
+    return running
+
+
+@pytest.mark.parametrize("hold", ["blocked", "stopped"])
+def test_a_kill_9_of_the_flatten_takes_its_forkserver_workers_and_resource_tracker_with_it(
+    tmp_path: Path, hold: str
+) -> None:
+    """kill -9 of `joor-pipeline flatten` while its workers are held, one blocked on a read that never returns or
+    stopped: nothing of it is left running under PID 1 (issue 19)."""
+    land(tmp_path, DAY, generate_connections(1000, seed=2))
+    command = [str(Path(sys.executable).parent / "joor-pipeline"), "flatten", "--date", DAY.isoformat()]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "JOOR_FLATTEN_WORKERS": "2"}
+    tree: dict[int, str] = {}
+    with held_page(tmp_path, 6) as held:
+        flatten = subprocess.Popen(
+            [*command, "--data-dir", str(tmp_path)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            worker = worker_holding(held)  # the workers exist, and one is held: nothing races the kill
+            if hold == "stopped":
+                os.kill(worker, signal.SIGSTOP)
+            tree = process_tree(flatten.pid)
+            assert worker in tree and len(tree) >= 3  # the forkserver, its workers, the resource tracker
+            os.kill(flatten.pid, signal.SIGKILL)
+            flatten.wait(timeout=60)
+            deadline = time.monotonic() + 60
+            while still_running(tree) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert still_running(tree) == []
+        finally:
+            for pid in [flatten.pid, *still_running(tree)]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            flatten.wait(timeout=60)
 
 
 @pytest.mark.parametrize(("fmt", "workers"), [("json", 1), ("json", 2), ("xml", 3)])

@@ -18,6 +18,25 @@ Every message is built from redacted URLs: no token, password or secret ever rea
 
 from __future__ import annotations
 
+from typing import Final
+
+#: The most of a payload's own text (a comment, a log_id, a value) that an error quotes. A hostile or broken
+#: answer must not make an error line of any size, in the terminal or in Dagster's event log.
+MAX_QUOTED_CHARS: Final = 200
+
+
+def quoted(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
+    """Text that came in a payload, as an error quotes it: its repr, cut to ``limit`` characters with its whole
+    length said, so one line stays one line (``repr`` also escapes any line break in it)."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
+def _log_id(log_id: str) -> str:
+    """A log_id as errors name it: as is (JOOR's are short ids), unless it is too long to be one."""
+    return log_id if len(log_id) <= MAX_QUOTED_CHARS and log_id.isprintable() else quoted(log_id)
+
 
 class JoorError(Exception):
     """Base class for everything this package raises on purpose."""
@@ -34,7 +53,7 @@ class PayloadError(JoorError):
         self.message = message
         self.source = source
         self.log_id = log_id
-        where = f"{source}" + (f" (log_id {log_id})" if log_id else "")
+        where = f"{source}" + (f" (log_id {_log_id(log_id)})" if log_id else "")
         super().__init__(f"{message} in {where}")
 
     def __reduce__(self) -> tuple[object, ...]:
@@ -70,9 +89,9 @@ class JoorApiError(JoorError):
         if code is not None:
             parts.append(f"response.code {code}")
         if comment:
-            parts.append(f"comment {comment!r}")
+            parts.append(f"comment {quoted(comment)}")
         if log_id:
-            parts.append(f"log_id {log_id}")
+            parts.append(f"log_id {_log_id(log_id)}")
         parts.append(f"url {url}")
         super().__init__("; ".join(parts))
 

@@ -34,7 +34,7 @@ from xml.etree.ElementTree import Element, ParseError, TreeBuilder, XMLParser
 
 import orjson
 
-from joor_pipeline.joor.errors import PayloadError
+from joor_pipeline.joor.errors import PayloadError, quoted
 from joor_pipeline.joor.shapes import GROUP_TAGS, LIST_ITEM_TAGS
 
 Leaf = str | None
@@ -266,15 +266,28 @@ def _looks_like_list(tag: str, children: list[Element]) -> bool:
     return len(children) > 1 or tag in (first + "s", first + "es") or (tag.endswith("ies") and first == tag[:-3] + "y")
 
 
+#: The response block's integers (code, cursor, count) are 64-bit: anything larger is no JOOR answer, and would
+#: overflow where it is used (``range``, ``len``), far from the page that sent it.
+_RESPONSE_INT_LIMIT: Final = 2**63
+
+
 def _as_int(value: Any, name: str, source: str, log_id: str | None) -> int | None:
     if value is None or value == "":
         return None
-    if isinstance(value, bool):
-        raise PayloadError(f"response.{name} is not an integer: {value!r}", source=source, log_id=log_id)
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        shown = quoted(deep_text(value) if isinstance(value, dict | list) else str(value))
+        raise PayloadError(f"response.{name} is not an integer: {shown}", source=source, log_id=log_id)
     try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise PayloadError(f"response.{name} is not an integer: {value!r}", source=source, log_id=log_id) from None
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise PayloadError(
+            f"response.{name} is not an integer: {quoted(str(value))}", source=source, log_id=log_id
+        ) from None
+    if not -_RESPONSE_INT_LIMIT <= number < _RESPONSE_INT_LIMIT:
+        text = str(number)
+        shown = text if len(text) <= 40 else f"{text[:20]}... ({len(text.lstrip('-')):,} digits)"
+        raise PayloadError(f"response.{name} {shown} is out of range (beyond 64 bits)", source=source, log_id=log_id)
+    return number
 
 
 def _response_block(raw: Any, source: str) -> ResponseBlock:

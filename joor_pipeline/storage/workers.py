@@ -25,11 +25,13 @@ from __future__ import annotations
 import contextlib
 import importlib.abc
 import multiprocessing
+import multiprocessing.connection
 import multiprocessing.queues
 import os
 import queue
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -44,7 +46,7 @@ import pyarrow.compute as pc
 
 from joor_pipeline.flatten import FlattenStats
 from joor_pipeline.joor.errors import JoorError
-from joor_pipeline.storage.forkserver import CAN_PARALLEL, worker_context
+from joor_pipeline.storage.forkserver import CAN_PARALLEL, die_with_parent, worker_context
 from joor_pipeline.storage.locks import DEFAULT_ACCOUNT
 from joor_pipeline.storage.parts import flatten_part
 from joor_pipeline.storage.raw import RawPageEntry, RawSnapshot
@@ -139,6 +141,19 @@ def _init_worker(messages: multiprocessing.queues.Queue[_Message]) -> None:
         sys.meta_path.insert(0, _NoPandas())
     # A Ctrl-C in a terminal reaches the whole process group: the parent stops the workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Never outlive the flatten (a kill -9 of it reaches no handler): SIGKILLed by the kernel when the forkserver
+    # goes (Linux), which goes with the flatten's process; and, wherever the forkserver is, gone as soon as the
+    # flatten's process is: the pipe multiprocessing keeps from it to each worker (its parent's sentinel) ends.
+    die_with_parent()
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent.sentinel,), name="exit-with-flatten", daemon=True).start()
+
+
+def _exit_with(sentinel: int) -> None:
+    """Wait for the flatten's process to end (``sentinel`` readable: its end of the pipe closed), then go at once."""
+    multiprocessing.connection.wait([sentinel])
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _flatten_run(

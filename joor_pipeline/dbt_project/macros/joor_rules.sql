@@ -69,6 +69,24 @@ case when ordinal is null then {{ by_id }} else 'ordinal=' || ordinal end
 {%- endif -%}
 {%- endmacro %}
 
+{#- True when `text` spells a whole number (as the flatten reads one): a whole number the flatten could not type
+    is out of range. -#}
+{% macro joor_whole_number(text) -%}
+coalesce(regexp_full_match(trim({{ text }}), '[+-]?[0-9]+(\.0*)?'), false)
+{%- endmacro %}
+
+{#- The detail of a required column left null: missing, or sent but not typed (its text is in invalid_values, and
+    a whole number there is out of range), so the message never calls a value JOOR sent missing. -#}
+{% macro joor_required_detail(column_name) -%}
+{%- set sent = "invalid_values ->> '" ~ column_name ~ "'" -%}
+case
+    when {{ sent }} is null then '{{ column_name }} is required but missing'
+    else '{{ column_name }} ' || left({{ sent }}, 40) || case when length({{ sent }}) > 40 then '...' else '' end
+        || case when {{ joor_whole_number(sent) }} then ' is out of range (beyond 64 bits; kept in invalid_values)'
+            else ' could not be read as the column''s type (kept in invalid_values)' end
+end
+{%- endmacro %}
+
 {#- Every rule a record breaks; `relations` maps each of the ten table names to a relation (a table, a view, a
     subquery or a read_parquet call) holding the rows to check. One row per (account, snapshot_date, table_name,
     customer_account_id, record_key, rule, column_name).
@@ -200,7 +218,7 @@ column_failures as (
             {%- for table_name, column_name, address_type in required_columns if table_name == rule_table %}
             case when {{ column_name }} is null{% if address_type %} and address_type = '{{ address_type }}'{% endif %}
                 then {'rule': 'required_missing', 'column_name': '{{ column_name }}',
-                    'detail': '{{ column_name }} is required but missing'} end,
+                    'detail': {{ joor_required_detail(column_name) }}} end,
             {%- endfor %}
             {%- for table_name, column_name, max_length in max_lengths if table_name == rule_table %}
             case when length({{ column_name }}) > {{ max_length }}
@@ -339,7 +357,9 @@ drift_issues as (
         column_name,
         case rule
             when 'invalid_value' then 'value ' || left(coalesce((payload -> column_name)::varchar, payload), 200)
-                || ' could not be read as the column''s type'
+                || case when {{ joor_whole_number('payload ->> column_name') }}
+                    then ' is out of the column''s range (beyond 64 bits)'
+                    else ' could not be read as the column''s type' end
             else 'unknown field, value ' || left(coalesce((payload -> column_name)::varchar, payload), 200)
         end as detail
     from drift_entries
