@@ -22,7 +22,6 @@ are set for every build so that it spills to disk instead of growing.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -40,12 +39,18 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from joor_pipeline import layout
+from joor_pipeline.config import check_data_dir
 from joor_pipeline.flatten.schema import TABLES, arrow_schema
 from joor_pipeline.joor.errors import JoorError
-from joor_pipeline.storage import objectstore
-from joor_pipeline.storage.locks import SnapshotBusy
+from joor_pipeline.layout import SnapshotKey
+from joor_pipeline.storage.access import dbt_filesystem, pull, push, register, uri
+from joor_pipeline.storage.durable import move_durably
+from joor_pipeline.storage.factory import store_of
+from joor_pipeline.storage.locks import hold_alone
 from joor_pipeline.storage.migrate import migrate_legacy_layout
-from joor_pipeline.storage.parquet import PARQUET_DIR, publication_id, published_files, published_partitions
+from joor_pipeline.storage.parquet import publication_id, published_files, published_partitions
+from joor_pipeline.storage.store import SnapshotBusy
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -56,8 +61,8 @@ log = logging.getLogger(__name__)
 Partition = tuple[str, date]
 
 DBT_PROJECT_DIR: Final = Path(__file__).resolve().parent / "dbt_project"
-DATABASE_FILE: Final = "joor.duckdb"
-WORK_DIR: Final = Path("_work") / "warehouse"
+DATABASE_FILE: Final = layout.DATABASE
+WORK_DIR: Final = Path(layout.WAREHOUSE_WORK)
 SOURCE_SCHEMA: Final = "published"
 META_SCHEMA: Final = "joor_meta"
 #: The models analysts query, in the main schema of ``joor.duckdb``.
@@ -140,7 +145,9 @@ def contract_file(data_dir: Path, table: str) -> Path:
 def source_view_sql(data_dir: Path, table: str, partitions: Sequence[Partition]) -> str:
     """The ``published.<table>`` view over exactly the published files of ``partitions`` (account, date)."""
     files = [
-        path for account, day in sorted(partitions) for path in published_files(data_dir, table, day, account=account)
+        path
+        for account, day in sorted(partitions)
+        for path in published_files(data_dir, table, SnapshotKey(account, day))
     ]
     return files_view_sql(data_dir, table, files)
 
@@ -200,10 +207,12 @@ class BuildPlan:
     def dbt_vars_for(data_dir: Path, memory_limit: str = DEFAULT_MEMORY_LIMIT) -> dict[str, str]:
         """The profile's variables of every build in ``data_dir``."""
         build_dir = work_dir(data_dir) / "build"
+        filesystem = dbt_filesystem(data_dir)
         return {
             "database": str(build_dir / DATABASE_FILE),
             "memory_limit": memory_limit,
             "temp_directory": str(build_dir / "tmp"),
+            **({"filesystem": filesystem} if filesystem else {}),
         }
 
     def batches(self) -> Iterator[list[Partition]]:
@@ -223,51 +232,20 @@ class BuildPlan:
 
     def dbt_args(self) -> list[str]:
         """``dbt build`` on this plan's copy (the project and profile dirs are the package's)."""
-        # On an object store, the profile's build_s3 target registers s3fs with dbt-duckdb's connection.
-        target = ["--target", "build_s3"] if objectstore.store_of(self.data_dir) is not None else []
+        # On an object store, the profile's build_store target registers its fsspec file system with dbt-duckdb.
+        target = ["--target", "build_store"] if "filesystem" in self.dbt_vars() else []
         return ["build", *target, "--vars", json.dumps(self.dbt_vars(), sort_keys=True)]
 
 
 @contextmanager
-def _exclusive(path: Path, timeout: float | None) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab") as handle:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise WarehouseError(f"another warehouse build held {path} for {timeout} s") from None
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextmanager
-def _store_build_lease(data_dir: Path, timeout: float | None) -> Iterator[None]:
-    """On an object store, one build at a time across machines too: a lease object beside the local lock."""
-    store = objectstore.store_of(data_dir)
-    if store is None:
-        yield
-        return
-    rel = (work_dir(data_dir) / "build.lock").relative_to(data_dir).as_posix()
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        try:
-            lease = objectstore.acquire_lease(store, rel, "the warehouse build")
-            break
-        except SnapshotBusy as busy:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WarehouseError(str(busy)) from None
-            time.sleep(1.0)
+def _build_lock(data_dir: Path, timeout: float | None) -> Iterator[None]:
+    """One build of a data directory at a time (across machines on an object store), waiting up to ``timeout``."""
     try:
-        yield
-    finally:
-        lease.release()
+        with hold_alone(store_of(data_dir), layout.WAREHOUSE_LOCK, "the warehouse build", wait=timeout):
+            yield
+    except SnapshotBusy as busy:
+        where = uri(data_dir, layout.WAREHOUSE_LOCK)
+        raise WarehouseError(f"another warehouse build held {where} for {timeout} s: {busy}") from None
 
 
 def _recorded(database: Path) -> tuple[dict[Partition, str], str | None]:
@@ -293,7 +271,7 @@ def _prepare(plan: BuildPlan, batch: Sequence[Partition], partitions: Sequence[P
     ``partitions``."""
     con = duckdb.connect(str(plan.database))
     try:
-        objectstore.register(con, plan.data_dir)
+        register(con, plan.data_dir)
         for schema in (SOURCE_SCHEMA, META_SCHEMA):
             con.execute(f"create schema if not exists {schema}")
         con.execute(
@@ -312,7 +290,7 @@ def _finish(plan: BuildPlan) -> None:
     """Record what the copy was built from, narrow its sources to the latest date and checkpoint it."""
     con = duckdb.connect(str(plan.database))
     try:
-        objectstore.register(con, plan.data_dir)
+        register(con, plan.data_dir)
         con.begin()
         for schema in (SOURCE_SCHEMA, META_SCHEMA):
             con.execute(f"create schema if not exists {schema}")
@@ -339,14 +317,7 @@ def _finish(plan: BuildPlan) -> None:
 
 def _publish(built: Path, target: Path) -> None:
     """Rename the checkpointed build over the published warehouse, durably."""
-    with open(built, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(built, target)
-    directory = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    move_durably(built, target)
 
 
 @contextmanager
@@ -365,14 +336,14 @@ def warehouse_build(
     data_dir = data_dir.resolve()
     work = work_dir(data_dir)
     migrate_legacy_layout(data_dir)
-    with _exclusive(work / "build.lock", lock_timeout), _store_build_lease(data_dir, lock_timeout):
+    with _build_lock(data_dir, lock_timeout):
         partitions = published_partitions(data_dir)
         if not partitions:
             raise WarehouseError(
-                f"no published snapshot under {objectstore.shown(data_dir, data_dir / PARQUET_DIR)}: flatten one first "
+                f"no published snapshot under {uri(data_dir, layout.PARQUET)}: flatten one first "
                 "(materialize the ten table assets, or `joor-pipeline run`)"
             )
-        published = {key: publication_id(data_dir, key[1], account=key[0]) or "" for key in partitions}
+        published = {key: publication_id(data_dir, SnapshotKey(*key)) or "" for key in partitions}
         latest_dates: dict[str, date] = {}
         for account, day in partitions:
             latest_dates[account] = max(day, latest_dates.get(account, day))
@@ -382,9 +353,7 @@ def warehouse_build(
         (build_dir / "tmp").mkdir(parents=True)
         database = build_dir / DATABASE_FILE
         current = database_path(data_dir)
-        store = objectstore.store_of(data_dir)
-        if store is not None:  # build on a local copy of the store's warehouse
-            objectstore.pull(store, DATABASE_FILE, current)
+        pull(data_dir, DATABASE_FILE, current)  # on an object store, build on a local copy of its warehouse
         recorded: dict[Partition, str] = {}
         reason = "asked for"
         if not full_refresh:
@@ -429,8 +398,7 @@ def warehouse_build(
         yield plan
         _finish(plan)
         _publish(database, current)
-        if store is not None:
-            objectstore.push(store, current, DATABASE_FILE)
+        push(data_dir, current, DATABASE_FILE)
         shutil.rmtree(build_dir, ignore_errors=True)
 
 
@@ -562,7 +530,7 @@ def build_warehouse(
 
 def default_data_dir() -> Path:
     """``$JOOR_DATA_DIR``, else ``./data``, as the CLI and the Dagster resources read it."""
-    return objectstore.local_data_dir(os.environ.get("JOOR_DATA_DIR", "").strip() or "data")
+    return check_data_dir(Path(os.environ.get("JOOR_DATA_DIR", "").strip() or "data"))
 
 
 def read(name: str, data_dir: Path | None = None) -> pd.DataFrame:
@@ -578,7 +546,7 @@ def read(name: str, data_dir: Path | None = None) -> pd.DataFrame:
     if name in TABLES:
         con = duckdb.connect()
         try:
-            objectstore.register(con, data_dir)
+            register(con, data_dir)
             sql = source_view_sql(data_dir, name, published_partitions(data_dir, name))
             con.execute(f"create schema {SOURCE_SCHEMA}")
             con.execute(sql)
@@ -587,14 +555,12 @@ def read(name: str, data_dir: Path | None = None) -> pd.DataFrame:
             con.close()
         return arrow.to_pandas(types_mapper=pd.ArrowDtype)
     path = database_path(data_dir)
-    store = objectstore.store_of(data_dir)
-    if store is not None:
-        objectstore.pull(store, DATABASE_FILE, path)
+    pull(data_dir, DATABASE_FILE, path)
     if not path.is_file():
         raise WarehouseError(f"no warehouse at {path}: run the pipeline first (`joor-pipeline run`)")
     con = duckdb.connect(str(path), read_only=True)
     try:
-        objectstore.register(con, data_dir)
+        register(con, data_dir)
         found = con.execute(
             "select schema_name, table_name from duckdb_tables() where table_name = ?"
             " and schema_name in ('main', 'staging')"

@@ -19,7 +19,7 @@ from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, dbt_
 from dagster_dbt.asset_utils import get_asset_check_key_for_test
 
 from joor_pipeline.assets.resources import DataDirResource
-from joor_pipeline.storage.objectstore import register as register_store
+from joor_pipeline.storage.access import register
 from joor_pipeline.warehouse import (
     DBT_PROJECT_DIR,
     DbtFailed,
@@ -145,7 +145,7 @@ def joor_models(context: dg.AssetExecutionContext, storage: DataDirResource) -> 
         raise dg.Failure(description=str(error)) from None
     con = duckdb.connect(str(database_path(storage.path)), read_only=True)
     try:
-        register_store(con, storage.path)
+        register(con, storage.path)
         extra = {"refreshed_partitions": len(plan.refresh_partitions), "build": plan.reason}
         yield from _events(context, manifest, results, con, extra)
     finally:

@@ -28,7 +28,6 @@ from urllib.parse import quote
 
 import httpx
 
-from joor_pipeline.config import JoorSettings, Secret
 from joor_pipeline.joor.errors import (
     AuthError,
     JoorApiError,
@@ -39,6 +38,7 @@ from joor_pipeline.joor.errors import (
 )
 from joor_pipeline.joor.pacing import Cancelled, CreditPacer, OnWait
 from joor_pipeline.joor.parse import Canonical, Page, parse_page
+from joor_pipeline.joor.settings import JoorSettings, Secret
 from joor_pipeline.joor.shapes import MEDIA_TYPES
 from joor_pipeline.joor.transport import Reply, deadline_transport, exchange, redact_url
 
