@@ -310,7 +310,7 @@ NOT_CONFIGURED: Final = (
 JOOR_SETTINGS_FIELDS: Final = tuple(
     s
     for s in SETTINGS
-    # Read where they are used (storage.objectstore reads the two object-store ones from the environment).
+    # Read where they are used (check_data_dir reads the two object-store ones).
     if s.name
     not in (
         "JOOR_FLATTEN_WORKERS",

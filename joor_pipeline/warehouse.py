@@ -44,10 +44,8 @@ from joor_pipeline.config import check_data_dir
 from joor_pipeline.flatten.schema import TABLES, arrow_schema
 from joor_pipeline.joor.errors import JoorError
 from joor_pipeline.layout import SnapshotKey
-from joor_pipeline.storage.access import dbt_filesystem, pull, push, register, uri
+from joor_pipeline.storage.access import dbt_filesystem, exclusive, pull, push, register, uri
 from joor_pipeline.storage.durable import move_durably
-from joor_pipeline.storage.factory import store_of
-from joor_pipeline.storage.locks import hold_alone
 from joor_pipeline.storage.migrate import migrate_legacy_layout
 from joor_pipeline.storage.parquet import publication_id, published_files, published_partitions
 from joor_pipeline.storage.store import SnapshotBusy
@@ -241,7 +239,7 @@ class BuildPlan:
 def _build_lock(data_dir: Path, timeout: float | None) -> Iterator[None]:
     """One build of a data directory at a time (across machines on an object store), waiting up to ``timeout``."""
     try:
-        with hold_alone(store_of(data_dir), layout.WAREHOUSE_LOCK, "the warehouse build", wait=timeout):
+        with exclusive(data_dir, layout.WAREHOUSE_LOCK, "the warehouse build", wait=timeout):
             yield
     except SnapshotBusy as busy:
         where = uri(data_dir, layout.WAREHOUSE_LOCK)

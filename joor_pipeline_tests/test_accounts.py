@@ -330,6 +330,17 @@ def test_cli_run_without_account_runs_every_account(two_sandboxes, capsys) -> No
     assert "unknown account 'brand_x'; configured: brand_a, brand_b" in capsys.readouterr().err
 
 
+def test_demo_runs_beside_an_accounts_file_that_has_no_default_account(two_sandboxes, tmp_path: Path) -> None:
+    # The demo's one account is `default`, a partition of the definitions only when they load without the file.
+    demo = [sys.executable, "-m", "joor_pipeline.cli", "demo", "--data-dir", str(tmp_path / "demo")]
+    env = {**os.environ, "JOOR_SANDBOX_CONNECTIONS": "20"}
+    done = subprocess.run(demo, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "succeeded" in done.stdout
+    assert [account for account, _day in published_partitions(tmp_path / "demo")] == ["default"]
+    assert not (Path(os.environ["JOOR_DATA_DIR"]) / "parquet").exists()  # the accounts' data is not touched
+
+
 # --- Dagster: the account x date partitions and the schedule ----------------------------------------------------
 
 

@@ -8,14 +8,15 @@ work directory, again only when their version changed.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Final
 
 from joor_pipeline import layout
 from joor_pipeline.storage.factory import store_of, stores
+from joor_pipeline.storage.locks import hold_alone
 from joor_pipeline.storage.store import LocalFiles, Store
 
 if TYPE_CHECKING:
@@ -34,6 +35,14 @@ def register(con: duckdb.DuckDBPyConnection, data_dir: Path) -> None:
 def dbt_filesystem(data_dir: Path) -> str | None:
     """The fsspec protocol dbt-duckdb must register to read the data directory's URIs (None: local paths)."""
     return store_of(data_dir).filesystem
+
+
+@contextmanager
+def exclusive(data_dir: Path, key: str, what: str, *, wait: float | None) -> Iterator[None]:
+    """Hold the data directory's lock ``key`` for the block, alone (a second holder in this process waits too),
+    waiting up to ``wait`` seconds for it (None: as long as it takes); ``SnapshotBusy`` naming the holder then."""
+    with hold_alone(store_of(data_dir), key, what, wait=wait):
+        yield
 
 
 def uri(data_dir: Path, key: str) -> str:

@@ -86,8 +86,9 @@ def _write_manifest(data_dir: Path, folder: Path) -> None:
     warehouse recorded it before)."""
     from joor_pipeline.storage.parquet import partition_manifest
 
-    account, day = layout.partition_of(folder.relative_to(data_dir).as_posix()) or (DEFAULT_ACCOUNT, None)
-    assert day is not None
+    found = layout.partition_of(folder.relative_to(data_dir).as_posix())
+    assert found is not None, folder  # unlisted_partitions gives partition folders only
+    account, day = found
     names = sorted(path.name for path in folder.iterdir() if _LEGACY_PART.fullmatch(path.name))
     publication_id = "legacy-" + str(max((folder / name).stat().st_mtime_ns for name in names))
     manifest = partition_manifest(folder, names, folder.parent.parent.name, SnapshotKey(account, day), publication_id)

@@ -148,14 +148,15 @@ _warned: set[str] = set()
 _warned_guard = threading.Lock()
 
 
-def _listed_partitions(store: Store, prefix: str) -> set[tuple[str, date]]:
-    """(account, date) of every folder under ``prefix`` that holds a manifest; the others are warned about."""
+def _listed_partitions(store: Store, table: str, prefix: str) -> set[tuple[str, date]]:
+    """(account, date) of every partition folder of ``table`` under ``prefix`` that holds a manifest; the others
+    are warned about."""
     published: set[tuple[str, date]] = set()
     other: set[str] = set()
     for key in store.list(prefix):
         folder, _, name = key.rpartition("/")
         found = layout.partition_of(folder)
-        if found is None or not folder.startswith(prefix + "/"):
+        if found is None or folder != layout.table_partition(table, SnapshotKey(*found)):
             continue
         if name == layout.MANIFEST:
             published.add(found)
@@ -179,15 +180,14 @@ def _listed_partitions(store: Store, prefix: str) -> set[tuple[str, date]]:
 def published_partitions(data_dir: Path, table: str = "connections") -> list[tuple[str, date]]:
     """Every published (account, snapshot date) of ``table``, sorted."""
     prefix = layout.table_dir(table)
-    found = _listed_partitions(store_of(data_dir), prefix)
-    return sorted(item for item in found if item is not None)
+    return sorted(_listed_partitions(store_of(data_dir), table, prefix))
 
 
 def published_dates(data_dir: Path, table: str = "connections", *, account: str) -> list[date]:
     """Dates with a published partition of ``table`` for ``account``, oldest first."""
     prefix = f"{layout.table_dir(table)}/{layout.account_dir(layout.check_account(account))}"
     return sorted(
-        day for found_account, day in _listed_partitions(store_of(data_dir), prefix) if found_account == account
+        day for found_account, day in _listed_partitions(store_of(data_dir), table, prefix) if found_account == account
     )
 
 
