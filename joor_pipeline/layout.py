@@ -156,11 +156,6 @@ def partition_of(folder: str) -> tuple[str, date] | None:
         return None
 
 
-def is_date_dir(name: str) -> bool:
-    """True for a ``snapshot_date=YYYY-MM-DD`` directory name."""
-    return _DATE_DIR.fullmatch(name) is not None
-
-
 # ---- work: locks, publications, scratch ----------------------------------------------------------------------
 
 
@@ -190,11 +185,6 @@ def journal_entry(name: str) -> tuple[str, str] | None:
 def damaged(name: str, stamp: str) -> str:
     """Where an object that did not parse is set aside (``stamp`` keeps two of the same name apart)."""
     return f"{DAMAGED}/{stamp}-{name}"
-
-
-def staging(publication_id: str) -> str:
-    """A publication's local staging folder (in the local scratch directory)."""
-    return f"{STAGING}/{publication_id}"
 
 
 def quarantine(key: SnapshotKey) -> str:

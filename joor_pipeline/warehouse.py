@@ -44,7 +44,7 @@ from joor_pipeline.config import check_data_dir
 from joor_pipeline.flatten.schema import TABLES, arrow_schema
 from joor_pipeline.joor.errors import JoorError
 from joor_pipeline.layout import SnapshotKey
-from joor_pipeline.storage.access import dbt_filesystem, exclusive, pull, push, register, uri
+from joor_pipeline.storage.access import exclusive, pull, push, register, uri
 from joor_pipeline.storage.durable import move_durably
 from joor_pipeline.storage.migrate import migrate_legacy_layout
 from joor_pipeline.storage.parquet import publication_id, published_files, published_partitions
@@ -205,12 +205,11 @@ class BuildPlan:
     def dbt_vars_for(data_dir: Path, memory_limit: str = DEFAULT_MEMORY_LIMIT) -> dict[str, str]:
         """The profile's variables of every build in ``data_dir``."""
         build_dir = work_dir(data_dir) / "build"
-        filesystem = dbt_filesystem(data_dir)
         return {
             "database": str(build_dir / DATABASE_FILE),
             "memory_limit": memory_limit,
             "temp_directory": str(build_dir / "tmp"),
-            **({"filesystem": filesystem} if filesystem else {}),
+            "data_dir": str(data_dir),  # the profile's plugin lets dbt's connection read the store's files
         }
 
     def batches(self) -> Iterator[list[Partition]]:
@@ -230,9 +229,7 @@ class BuildPlan:
 
     def dbt_args(self) -> list[str]:
         """``dbt build`` on this plan's copy (the project and profile dirs are the package's)."""
-        # On an object store, the profile's build_store target registers its fsspec file system with dbt-duckdb.
-        target = ["--target", "build_store"] if "filesystem" in self.dbt_vars() else []
-        return ["build", *target, "--vars", json.dumps(self.dbt_vars(), sort_keys=True)]
+        return ["build", "--vars", json.dumps(self.dbt_vars(), sort_keys=True)]
 
 
 @contextmanager

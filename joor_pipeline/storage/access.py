@@ -32,11 +32,6 @@ def register(con: duckdb.DuckDBPyConnection, data_dir: Path) -> None:
     store_of(data_dir).register(con)
 
 
-def dbt_filesystem(data_dir: Path) -> str | None:
-    """The fsspec protocol dbt-duckdb must register to read the data directory's URIs (None: local paths)."""
-    return store_of(data_dir).filesystem
-
-
 @contextmanager
 def exclusive(data_dir: Path, key: str, what: str, *, wait: float | None) -> Iterator[None]:
     """Hold the data directory's lock ``key`` for the block, alone (a second holder in this process waits too),
@@ -71,7 +66,7 @@ def parquet_file(location: str | Path) -> pq.ParquetFile:
 
 def _own_file(store: Store, key: str) -> Path | None:
     """The object's own file when the store keeps its objects as local files."""
-    return store.path(key) if isinstance(store, LocalFiles) else None
+    return store.local_path(key).resolve() if isinstance(store, LocalFiles) else None
 
 
 def pull(data_dir: Path, key: str, local: Path) -> bool:
@@ -79,7 +74,7 @@ def pull(data_dir: Path, key: str, local: Path) -> bool:
     none (then ``local`` is removed too: a stale copy must not stand in for a missing object). Nothing to do when
     ``local`` is the object's own file (local disk)."""
     store = store_of(data_dir)
-    if _own_file(store, key) == local:
+    if _own_file(store, key) == local.resolve():
         return local.is_file()
     tag = local.with_name(local.name + ".version")
     version = store.version(key)
@@ -100,7 +95,7 @@ def push(data_dir: Path, local: Path, key: str) -> None:
     the copy :func:`pull` finds current (unless the store consumed it). Nothing to do when ``local`` is the
     object's own file."""
     store = store_of(data_dir)
-    if _own_file(store, key) == local:
+    if _own_file(store, key) == local.resolve():
         return
     tag = local.with_name(local.name + ".version")
     tag.unlink(missing_ok=True)

@@ -67,8 +67,6 @@ class _Flock:
 class LocalStore:
     """One local directory holding the data (raw/, parquet/, joor.duckdb, _work/)."""
 
-    filesystem: str | None = None
-
     def __init__(self, root: Path) -> None:
         self.root = root.absolute()
         self.url = str(self.root)
@@ -76,7 +74,7 @@ class LocalStore:
     def __repr__(self) -> str:
         return f"LocalStore({self.url!r})"
 
-    def path(self, key: str) -> Path:
+    def local_path(self, key: str) -> Path:
         """The file of ``key`` (checked: relative, no ``.`` or ``..`` segment)."""
         parts = PurePosixPath(key).parts
         if not parts or key.startswith("/") or any(part in (".", "..") for part in parts):
@@ -88,7 +86,7 @@ class LocalStore:
 
     def read(self, key: str) -> tuple[bytes, Version] | None:
         try:
-            data = self.path(key).read_bytes()
+            data = self.local_path(key).read_bytes()
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
@@ -100,14 +98,14 @@ class LocalStore:
         return None if found is None else found[1]
 
     def write(self, key: str, data: bytes) -> Version:
-        write_atomically(self.path(key), data)
+        write_atomically(self.local_path(key), data)
         return digest(data)
 
     def upload(self, key: str, source: Path) -> None:
-        move_durably(source, self.path(key))
+        move_durably(source, self.local_path(key))
 
     def create(self, key: str, data: bytes) -> Version:
-        target = self.path(key)
+        target = self.local_path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         scratch = scratch_name(target)
         try:
@@ -132,7 +130,7 @@ class LocalStore:
             os.close(fd)  # frees the flock
 
     def swap(self, key: str, data: bytes, expected: Version | None) -> Version:
-        target = self.path(key)
+        target = self.local_path(key)
         with self._directory_locked(target.parent):
             current = self.version(key)
             if current != expected:
@@ -142,7 +140,7 @@ class LocalStore:
         return digest(data)
 
     def list(self, prefix: str) -> dict[str, int]:
-        base = self.path(prefix) if prefix else self.root
+        base = self.local_path(prefix) if prefix else self.root
         found: dict[str, int] = {}
         for directory, _dirs, files in os.walk(base):
             for name in files:
@@ -157,7 +155,7 @@ class LocalStore:
     def delete(self, keys: Iterable[str]) -> None:
         parents = set()
         for key in keys:
-            path = self.path(key)
+            path = self.local_path(key)
             path.unlink(missing_ok=True)
             parents.add(path.parent)
         for parent in parents:
@@ -167,14 +165,14 @@ class LocalStore:
     def download(self, key: str, target: Path) -> None:
         scratch = scratch_name(target)
         try:
-            shutil.copyfile(self.path(key), scratch)
+            shutil.copyfile(self.local_path(key), scratch)
             os.replace(scratch, target)
         except BaseException:
             scratch.unlink(missing_ok=True)
             raise
 
     def lock(self, key: str, what: str) -> _Flock:
-        path = self.path(key)
+        path = self.local_path(key)
         handle = try_flock(path)
         if handle is None:
             try:
@@ -202,4 +200,4 @@ class LocalStore:
         """Local paths need nothing."""
 
     def open(self, key: str) -> BinaryIO:
-        return open(self.path(key), "rb")
+        return open(self.local_path(key), "rb")

@@ -17,7 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
-from joor_pipeline.storage.lease import DEFAULT_LEASE_SECONDS, Lease, acquire_lease
+from joor_pipeline.storage.lease import DEFAULT_LEASE_SECONDS, Lease, acquire
 from joor_pipeline.storage.store import Conflict, StoreError, Version
 
 if TYPE_CHECKING:
@@ -47,7 +47,6 @@ class ObjectStore:
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     bucket: str = field(init=False)
     prefix: str = field(init=False)
-    filesystem: str | None = field(default="s3", init=False)
 
     def __post_init__(self) -> None:
         rest = self.url.removeprefix("s3://")
@@ -160,7 +159,7 @@ class ObjectStore:
             raise
 
     def lock(self, key: str, what: str) -> Lease:
-        return acquire_lease(self, key, what, self.lease_seconds)
+        return acquire(self, key, what, self.lease_seconds)
 
     def register(self, con: duckdb.DuckDBPyConnection) -> None:
         con.register_filesystem(self.fs)

@@ -168,8 +168,9 @@ def _listed_partitions(store: Store, table: str, prefix: str) -> set[tuple[str, 
         _warned.update(store.uri(folder) for folder in new)
     if new:
         log.warning(
-            "ignored %d folder(s) without a %s, which are not published data (a copy by hand, or a run of an old "
-            "version: the next fetch, flatten or build migrates data written before manifests existed): %s",
+            "ignored %d folder(s) without a %s: not published data (files copied by hand, a first publication "
+            "still on its way or killed, or data of an older version, which the next fetch, flatten or build "
+            "migrates once): %s",
             len(new),
             layout.MANIFEST,
             ", ".join(store.uri(folder) for folder in new[:5]) + (" ..." if len(new) > 5 else ""),

@@ -6,7 +6,7 @@ ones under names no one else writes, create the journal, swap each target's mani
 once on these primitives; every reader resolves a partition through its manifest with :meth:`Store.read`. No
 module outside ``storage/`` asks which backend it runs on. A backend is opened by
 :func:`~joor_pipeline.storage.factory.open_data_dir` (its URL scheme registered in ``factory.BACKENDS``); an object
-store's :meth:`Store.lock` is :func:`~joor_pipeline.storage.lease.acquire_lease`, written on these primitives too.
+store's :meth:`Store.lock` is :func:`~joor_pipeline.storage.lease.acquire`, written on these primitives too.
 
 Keys are ``/``-separated paths relative to the data directory's root (built by :mod:`joor_pipeline.layout`),
 never absolute, never with ``.`` or ``..`` segments; ``uri(key)`` is always ``f"{url}/{key}"``. A :data:`Version`
@@ -62,7 +62,7 @@ class LocalFiles(Protocol):
     """What a store that keeps its objects as local files offers beside :class:`Store` (the local disk): readers
     that need a local file (DuckDB's warehouse, the flatten's raw pages) use the object's own file, no copy."""
 
-    def path(self, key: str) -> Path:
+    def local_path(self, key: str) -> Path:
         """The object's file."""
 
 
@@ -72,9 +72,6 @@ class Store(Protocol):
 
     #: Where the data lives, for messages: an absolute path or ``s3://bucket/prefix`` (never a credential).
     url: str
-    #: The fsspec protocol that DuckDB reads :meth:`uri` s through once :meth:`register` ed (``"s3"``, ...; for
-    #: dbt-duckdb's ``filesystems``); None when they are local paths.
-    filesystem: str | None
 
     def uri(self, key: str) -> str:
         """The key as DuckDB opens it once :meth:`register` ed: ``f"{url}/{key}"`` (a local path, or ``s3://``,
