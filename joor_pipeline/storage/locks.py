@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -133,13 +133,10 @@ def hold_if_free(store: Store, key: str, what: str) -> Iterator[bool]:
     if holds(store, key):
         yield True
         return
-    try:
-        context = hold(store, key, what)
-        context.__enter__()
-    except SnapshotBusy:
-        yield False
-        return
-    try:
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(hold(store, key, what))
+        except SnapshotBusy:
+            yield False
+            return
         yield True
-    finally:
-        context.__exit__(None, None, None)

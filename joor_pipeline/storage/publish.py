@@ -463,6 +463,18 @@ def _roll_forward(store: Store, journal: dict[str, Any]) -> None:
     _finish(store, journal)
 
 
+def _load_record(store: Store, key: str) -> dict[str, Any] | None:
+    """The journal or pending record at ``key``; None when it is gone, or did not parse (then it is set aside)."""
+    got = store.read(key)
+    if got is None:
+        return None
+    try:
+        return _check_record(_parsed(got[0]))
+    except (ValueError, KeyError, TypeError):
+        set_aside(store, key, got[0], "does not parse as a publication record")
+        return None
+
+
 def recover(data_dir: Path) -> list[str]:
     """Finish or undo the publications of dead writers (see the module docstring); the ids dealt with."""
     store = store_of(data_dir)
@@ -478,36 +490,33 @@ def recover(data_dir: Path) -> list[str]:
             continue
         found.setdefault(entry[0], set()).add(entry[1])
     for publication_id, kinds in sorted(found.items()):
-        record_key = layout.journal(publication_id) if "journal" in kinds else layout.pending(publication_id)
-        got = store.read(record_key)
-        if got is None:
-            continue  # finished meanwhile
-        try:
-            record = _check_record(_parsed(got[0]))
-            snapshot = _record_key(record)
-        except (ValueError, KeyError, TypeError):
-            set_aside(store, record_key, got[0], "does not parse as a publication record")
-            continue
+        record = _load_record(
+            store, layout.journal(publication_id) if "journal" in kinds else layout.pending(publication_id)
+        )
+        if record is None:
+            continue  # finished meanwhile, or set aside
+        snapshot = _record_key(record)
         with hold_if_free(store, layout.lock(snapshot), lock_name(snapshot)) as free:
             if not free:
                 continue  # its writer is alive (or another run recovers it)
-            if store.version(layout.journal(publication_id)) is not None:
-                record = _journal_or(store, publication_id, record)
+            # Read again under the lock: the writer may have reached its commit point, or finished, meanwhile.
+            journal = _load_record(store, layout.journal(publication_id))
+            if journal is not None:
                 try:
-                    _roll_forward(store, record)
+                    _roll_forward(store, journal)
                 except PublishError as exc:
-                    journal = store.read(layout.journal(publication_id))
-                    if journal is not None:
-                        set_aside(store, layout.journal(publication_id), journal[0], f"cannot be completed ({exc})")
+                    got = store.read(layout.journal(publication_id))
+                    if got is not None:
+                        set_aside(store, layout.journal(publication_id), got[0], f"cannot be completed ({exc})")
                     continue
                 log.warning(
                     "recovered the interrupted publication %s of %s (%s) on %s: completed it",
                     publication_id,
                     snapshot,
-                    record.get("kind"),
+                    journal.get("kind"),
                     store.url,
                 )
-                if record.get("kind") == "parquet":
+                if journal.get("kind") == "parquet":
                     shutil.rmtree(quarantine_dir(data_dir, snapshot), ignore_errors=True)
             elif store.version(layout.pending(publication_id)) is not None:
                 _roll_back(store, record)
@@ -524,12 +533,6 @@ def recover(data_dir: Path) -> list[str]:
             if publication_id not in done:
                 done.append(publication_id)
     return done
-
-
-def _journal_or(store: Store, publication_id: str, record: dict[str, Any]) -> dict[str, Any]:
-    got = store.read(layout.journal(publication_id))
-    parsed = _parsed(got[0]) if got else None
-    return parsed if parsed is not None else record
 
 
 def _recover_staging(data_dir: Path) -> list[str]:
