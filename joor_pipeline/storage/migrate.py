@@ -84,7 +84,7 @@ def unlisted_partitions(data_dir: Path) -> list[Path]:
 def _write_manifest(data_dir: Path, folder: Path) -> None:
     """List a pre-manifest partition's files in the manifest it lacks (its id: its files' latest change, as the
     warehouse recorded it before)."""
-    from joor_pipeline.storage.parquet import partition_manifest
+    from joor_pipeline.storage.parquet import partition_manifest  # pyarrow, only when there is one to write
 
     found = layout.partition_of(folder.relative_to(data_dir).as_posix())
     assert found is not None, folder  # unlisted_partitions gives partition folders only
