@@ -29,6 +29,7 @@ from bench.sandbox_process import SandboxProcess
 from bench.snapshots import SNAPSHOT_DATE
 from joor_pipeline.config import SETTINGS, JoorSettings, load_settings
 from joor_pipeline.joor.client import JoorClient
+from joor_pipeline.layout import DEFAULT_ACCOUNT, SnapshotKey
 from joor_pipeline.pipeline import fetch_snapshot
 
 PAGE_SIZE: Final = 100
@@ -172,7 +173,7 @@ def _fetch(settings: JoorSettings, sandbox: SandboxProcess, data_dir: Path, expe
     try:
         with JoorClient(settings) as client:
             clock = time.perf_counter()
-            report = fetch_snapshot(client, data_dir, SNAPSHOT_DATE)
+            report = fetch_snapshot(client, data_dir, SnapshotKey(DEFAULT_ACCOUNT, SNAPSHOT_DATE))
             seconds = time.perf_counter() - clock
             pacer = _as_dict(getattr(client, "pacer", None) and client.pacer.stats)
     finally:

@@ -25,20 +25,21 @@ def main(argv: list[str]) -> int:
         return 2
     data_dir, out_dir, log = (Path(arg) for arg in paths)
     if early:
-        from joor_pipeline.storage.forkserver import start_forkserver
+        from joor_pipeline.flatten.forkserver import start_forkserver
 
         start_forkserver()
     import pyarrow as pa
 
     from bench.snapshots import SNAPSHOT_DATE
-    from joor_pipeline.storage.parquet import flatten_snapshot
+    from joor_pipeline.flatten.runner import flatten_snapshot
+    from joor_pipeline.layout import DEFAULT_ACCOUNT, SnapshotKey
 
     pa.array([0], type=pa.int64())  # pyarrow's lazy pandas import, outside the clock (as in bench.run_one)
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     (out_dir / "raw").symlink_to(data_dir.resolve() / "raw", target_is_directory=True)
     clock = time.perf_counter()
-    flatten_snapshot(out_dir, SNAPSHOT_DATE)
+    flatten_snapshot(out_dir, SnapshotKey(DEFAULT_ACCOUNT, SNAPSHOT_DATE))
     seconds = time.perf_counter() - clock
     with open(log, "a", encoding="utf-8") as fh:
         fh.write(f"{seconds:.4f}\n")

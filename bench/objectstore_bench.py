@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-from bench.snapshots import PROJECT_ROOT, SNAPSHOT_DATE, ensure_snapshots, snapshot_data_dir
+from bench.snapshots import PROJECT_ROOT, SNAPSHOT_KEY, ensure_snapshots, snapshot_data_dir
 from joor_pipeline_tests.s3_emulator import moto_s3_server
 
 BEGIN: Final = "<!-- objectstore bench: python -m bench.objectstore_bench -->"
@@ -33,11 +33,12 @@ END: Final = "<!-- /objectstore bench -->"
 
 def _land_in_store(source: Path, data_dir: Path) -> None:
     """Publish the cached raw snapshot into the store with the fetch's writer (pages, then the manifest)."""
-    from joor_pipeline.storage.raw import open_raw_snapshot, raw_snapshot_dir, read_manifest
+    from joor_pipeline import layout
+    from joor_pipeline.storage.raw import open_raw_snapshot, read_manifest
 
-    manifest = read_manifest(source, SNAPSHOT_DATE)
-    pages_dir = raw_snapshot_dir(source, SNAPSHOT_DATE)
-    with open_raw_snapshot(data_dir, SNAPSHOT_DATE, manifest["format"]) as writer:
+    manifest = read_manifest(source, SNAPSHOT_KEY)
+    pages_dir = source / layout.raw_snapshot(SNAPSHOT_KEY)
+    with open_raw_snapshot(data_dir, SNAPSHOT_KEY, manifest["format"]) as writer:
         for page in manifest["pages"]:
             writer.add_page(
                 page["page"],
@@ -75,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             AWS_REGION="us-east-1",
             AWS_ENDPOINT_URL=endpoint,
         )
-        from joor_pipeline.storage.objectstore import CACHE_DIR, ObjectStore, bind
-        from joor_pipeline.storage.parquet import flatten_snapshot
+        from joor_pipeline.flatten.runner import flatten_snapshot
+        from joor_pipeline.layout import STORE_CACHE
+        from joor_pipeline.storage.factory import open_data_dir
+        from joor_pipeline.storage.objectstore import ObjectStore
 
         for n in sizes:
             source = snapshot_data_dir(args.workdir, n, "json", args.seed)
@@ -85,14 +88,14 @@ def main(argv: list[str] | None = None) -> int:
             bucket = f"bench-{uuid.uuid4().hex[:10]}"
             store = ObjectStore(f"s3://{bucket}/data")
             store.client.create_bucket(Bucket=bucket)
-            remote = bind(store.url, scratch / f"work-{n}")
+            remote = open_data_dir(store.url, work_dir=scratch / f"work-{n}")
             _land_in_store(source, remote)
             times: dict[str, list[float]] = {"local": [], "s3": []}
             for rep in range(args.repeat + 1):  # the first pair warms up (imports, the forkserver), not counted
                 for side, data_dir in (("local", local), ("s3", remote)):
-                    shutil.rmtree(data_dir / CACHE_DIR, ignore_errors=True)
+                    shutil.rmtree(data_dir / STORE_CACHE, ignore_errors=True)
                     clock = time.perf_counter()
-                    report = flatten_snapshot(data_dir, SNAPSHOT_DATE)
+                    report = flatten_snapshot(data_dir, SNAPSHOT_KEY)
                     elapsed = time.perf_counter() - clock
                     assert report.connections == n, (side, report.connections)
                     if rep:

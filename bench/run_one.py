@@ -31,7 +31,8 @@ Work = Callable[[], dict[str, list[Path]]]
 def _ours(data_dir: Path, out_dir: Path) -> Work:
     import pyarrow as pa
 
-    from joor_pipeline.storage.parquet import flatten_snapshot
+    from joor_pipeline.flatten.runner import flatten_snapshot
+    from joor_pipeline.layout import DEFAULT_ACCOUNT, SnapshotKey
 
     # pyarrow imports pandas on its first pa.array() of a Python list (its pandas shim checks the input's type);
     # the flatten's first page would pay that import inside the clock, so pay it here, like every other import.
@@ -40,7 +41,7 @@ def _ours(data_dir: Path, out_dir: Path) -> Work:
     (out_dir / "raw").symlink_to(data_dir.resolve() / "raw", target_is_directory=True)
 
     def work() -> dict[str, list[Path]]:
-        report = flatten_snapshot(out_dir, SNAPSHOT_DATE)
+        report = flatten_snapshot(out_dir, SnapshotKey(DEFAULT_ACCOUNT, SNAPSHOT_DATE))
         # Globbed rather than taken from the report, so a flatten that writes several parts is counted whole.
         return {table: sorted((out_dir / "parquet" / table).rglob("*.parquet")) for table in report.rows}
 

@@ -18,9 +18,11 @@ from datetime import date
 from pathlib import Path
 from typing import Final
 
-from joor_pipeline.storage.raw import MANIFEST_NAME, raw_snapshot_dir
+from joor_pipeline import layout
+from joor_pipeline.layout import DEFAULT_ACCOUNT, SnapshotKey
 
 SNAPSHOT_DATE: Final = date(2026, 1, 5)
+SNAPSHOT_KEY: Final = SnapshotKey(DEFAULT_ACCOUNT, SNAPSHOT_DATE)
 FORMATS: Final = ("json", "xml")
 PROJECT_ROOT: Final = Path(__file__).resolve().parents[1]
 
@@ -32,12 +34,12 @@ def snapshot_data_dir(workdir: Path, n: int, fmt: str, seed: int) -> Path:
 
 def page_files(data_dir: Path, fmt: str) -> list[Path]:
     """The snapshot's page files in page order."""
-    return sorted(raw_snapshot_dir(data_dir, SNAPSHOT_DATE).glob(f"page-*.{fmt}"))
+    return sorted((data_dir / layout.raw_snapshot(SNAPSHOT_KEY)).glob(f"page-*.{fmt}"))
 
 
 def is_complete(data_dir: Path) -> bool:
     """True when the snapshot's manifest exists (it is written last)."""
-    return (raw_snapshot_dir(data_dir, SNAPSHOT_DATE) / MANIFEST_NAME).is_file()
+    return (data_dir / layout.manifest(layout.raw_snapshot(SNAPSHOT_KEY))).is_file()
 
 
 def ensure_snapshots(

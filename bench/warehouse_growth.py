@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -86,6 +87,7 @@ class History:
             path = data_dir / "parquet" / table / "account=default" / day / "part-00000.parquet"
             path.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(dated, path, compression="zstd")
+            publish(path.parent, table, snapshot_date)
 
 
 def build_child(data_dir: Path, full_refresh: bool) -> dict[str, Any]:
@@ -178,13 +180,22 @@ def growth(args: argparse.Namespace) -> dict[str, Any]:
 
 def republish_latest(data_dir: Path) -> None:
     """Publish the latest date again (same rows, new files), so the next build processes exactly that date."""
-    latest = max(p.name for p in (data_dir / "parquet" / "connections").iterdir())
+    latest = max(p.name for p in (data_dir / "parquet" / "connections" / "account=default").iterdir())
     for table in TABLES:
-        path = data_dir / "parquet" / table / latest / "part-00000.parquet"
+        path = data_dir / "parquet" / table / "account=default" / latest / "part-00000.parquet"
         data = pq.read_table(path)
         scratch = path.with_name(".republish.tmp")
         pq.write_table(data, scratch, compression="zstd")
         os.replace(scratch, path)
+        publish(path.parent, table, date.fromisoformat(latest.removeprefix("snapshot_date=")))
+
+
+def publish(directory: Path, table: str, snapshot_date: date) -> None:
+    """Publish a partition folder's part file under a new publication id (its manifest), as a flatten does."""
+    from joor_pipeline.layout import DEFAULT_ACCOUNT, SnapshotKey
+    from joor_pipeline.storage.parquet import write_partition_manifest
+
+    write_partition_manifest(directory, table, SnapshotKey(DEFAULT_ACCOUNT, snapshot_date), uuid.uuid4().hex)
 
 
 def back_to_back(args: argparse.Namespace, repeat: int = 5) -> dict[str, Any]:
@@ -214,9 +225,10 @@ def daily_run(args: argparse.Namespace) -> dict[str, Any]:
     dbt_import = time.perf_counter() - clock
     from bench.sandbox_process import SandboxProcess
     from joor_pipeline.config import load_settings
+    from joor_pipeline.flatten.runner import stage_snapshot
+    from joor_pipeline.layout import DEFAULT_ACCOUNT, SnapshotKey
     from joor_pipeline.pipeline import connect, fetch_snapshot
     from joor_pipeline.quality import check_partition
-    from joor_pipeline.storage.parquet import stage_snapshot
     from joor_pipeline.warehouse import build_warehouse
 
     data_dir = args.workdir / "daily"
@@ -229,15 +241,15 @@ def daily_run(args: argparse.Namespace) -> dict[str, Any]:
         )
         clock = time.perf_counter()
         with connect(settings) as client:
-            fetch_snapshot(client, data_dir, today)
+            fetch_snapshot(client, data_dir, SnapshotKey(DEFAULT_ACCOUNT, today))
         steps["fetch"] = time.perf_counter() - clock
     # As the joor_tables asset does: flatten into staging, run every table check there, then publish.
     clock = time.perf_counter()
-    with stage_snapshot(data_dir, today) as staged:
+    with stage_snapshot(data_dir, SnapshotKey(DEFAULT_ACCOUNT, today)) as staged:
         steps["flatten (into staging)"] = time.perf_counter() - clock
         clock = time.perf_counter()
         files = {table: staged.files(table) for table in TABLES}
-        results = check_partition(data_dir, files, today, staged.raw_recount)
+        results = check_partition(data_dir, files, SnapshotKey(DEFAULT_ACCOUNT, today), staged.raw_recount)
         steps["checks (70 + 2 table checks)"] = time.perf_counter() - clock
         clock = time.perf_counter()
         staged.publish()
@@ -254,7 +266,7 @@ def daily_run(args: argparse.Namespace) -> dict[str, Any]:
     steps["models (dbt build)"] = time.perf_counter() - clock
     # The same date flattened and published again: the build the next run makes, incremental on one date with a
     # warehouse to update (as every daily run after the first).
-    with stage_snapshot(data_dir, today) as staged:
+    with stage_snapshot(data_dir, SnapshotKey(DEFAULT_ACCOUNT, today)) as staged:
         staged.publish()
     clock = time.perf_counter()
     report = build_warehouse(data_dir)

@@ -35,6 +35,7 @@ from joor_pipeline.config import (
     read_setting,
 )
 from joor_pipeline.joor.errors import ConfigError, JoorError
+from joor_pipeline.layout import SnapshotKey
 
 if TYPE_CHECKING:
     from joor_pipeline.assets.run import RunSummary
@@ -106,7 +107,7 @@ def _environ(args: argparse.Namespace) -> dict[str, str]:
 
 def _data_dir(args: argparse.Namespace, path: Path) -> Path:
     """The data directory, absolute, or a ConfigError naming the option or variable that set it."""
-    return check_data_dir(path, "--data-dir" if getattr(args, "data_dir", None) else "JOOR_DATA_DIR")
+    return check_data_dir(path, "--data-dir" if getattr(args, "data_dir", None) else "JOOR_DATA_DIR", _environ(args))
 
 
 def _accounts(args: argparse.Namespace, env: dict[str, str]) -> list[str]:
@@ -135,19 +136,15 @@ def _settings(args: argparse.Namespace, account: str) -> JoorSettings:
 
 def _check_fetch_date(snapshot_date: date, allow_backdated: bool) -> None:
     """Refuse a future date, and a past one unless asked: JOOR serves only the current state."""
-    today = _today()
-    if snapshot_date > today:
-        raise UsageError(f"{snapshot_date} is in the future (today is {today}, UTC); JOOR serves only the present")
-    if snapshot_date < today and not allow_backdated:
-        raise UsageError(
-            f"{snapshot_date} is in the past and JOOR serves only the current state, so this would store today's "
-            "connections under that date; add --allow-backdated to do it anyway"
-        )
+    from joor_pipeline.pipeline import backdating_refusal
+
+    refusal = backdating_refusal(snapshot_date, _today(), allowed=allow_backdated, how_to_allow="add --allow-backdated")
+    if refusal is not None:
+        raise UsageError(refusal)
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     from joor_pipeline.pipeline import connect, fetch_snapshot
-    from joor_pipeline.storage.objectstore import shown
 
     account = _one_account(args, _environ(args))
     settings = _settings(args, account)
@@ -167,15 +164,14 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         report = fetch_snapshot(
             client,
             settings.data_dir,
-            args.date,
+            SnapshotKey(account, args.date),
             progress=lambda pages, conns: progress.update(f"{pages} pages, {conns} connections"),
             on_wait=lambda reason, seconds: progress.update(f"waiting {seconds:.0f}s for {reason}"),
-            account=account,
         )
     progress.done()
     walks = f", {report.walks} walks of the list: it shifted during the first" if report.walks > 1 else ""
     print(
-        f"landed {report.connections} connections in {report.pages} pages at {shown(settings.data_dir, report.path)} "
+        f"landed {report.connections} connections in {report.pages} pages at {report.path} "
         f"({report.duration_seconds:.1f}s, {report.stats.requests} requests, {report.stats.retries} retries{walks})"
     )
     return 0
@@ -217,28 +213,28 @@ def cmd_flatten(args: argparse.Namespace) -> int:
     data_dir = _data_dir(args, data_dir)
     account = _one_account(args, env)
     if workers != 1:
-        from joor_pipeline.storage.forkserver import start_forkserver
+        from joor_pipeline.flatten.forkserver import start_forkserver
 
         # Its imports run while this process makes its own; this module too, which the workers would each import
         # again otherwise (they run the joor-pipeline script as they start).
         start_forkserver(__name__)
+    from joor_pipeline.flatten.runner import flatten_snapshot
     from joor_pipeline.quality import blocking_failures
-    from joor_pipeline.storage.parquet import flatten_snapshot
 
     progress = Progress(f"flatten {args.date}")
     report = flatten_snapshot(
         data_dir,
-        args.date,
+        SnapshotKey(account, args.date),
         progress=lambda done, total, conns: progress.update(f"{done}/{total} pages, {conns} connections"),
         workers=workers,
         audit=lambda staged: blocking_failures(data_dir, staged),
-        account=account,
     )
     progress.done()
     stats = report.stats
     processes = f" by {report.workers} processes" if report.workers > 1 else ""
     print(
-        f"wrote {report.connections} connections of account {account} to {data_dir / 'parquet'}{processes} "
+        f"wrote {report.connections} connections of account {account} to {report.paths['connections']} and the nine "
+        f"other tables{processes} "
         f"in {report.duration_seconds:.1f}s:"
     )
     for table, rows in report.rows.items():
@@ -311,20 +307,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     accounts = _accounts(args, _environ(args))
     env, data_dir = _run_environ(args, builtin=False, accounts=accounts)
     _check_run_date(args.date)
-    if args.refetch and args.date < _today() and not args.allow_backdated:
-        raise UsageError(
-            f"--refetch fetches today's JOOR state, and {args.date} is in the past; add --allow-backdated to store "
-            "it under that date anyway"
+    from joor_pipeline.pipeline import backdating_refusal
+
+    def refusal() -> str | None:
+        return backdating_refusal(
+            args.date, _today(), allowed=args.allow_backdated, how_to_allow="add --allow-backdated"
         )
+
+    why = refusal() if args.refetch else None
+    if why is not None:
+        raise UsageError(f"--refetch fetches today's JOOR state: {why}")
     for account in accounts:
-        kept = raw_snapshot_exists(data_dir, args.date, account=account)
-        if args.date < _today() and not kept and not args.allow_backdated:
-            # The fetch asset refuses the same; saying it here spares a failed run and names the CLI's option.
+        if raw_snapshot_exists(data_dir, SnapshotKey(account, args.date)):
+            continue
+        # The fetch asset refuses the same; saying it here spares a failed run and names the CLI's option.
+        why = refusal()
+        if why is not None:
             of = f" of account {account}" if len(accounts) > 1 else ""
-            raise UsageError(
-                f"no raw snapshot{of} is kept for {args.date} and JOOR serves only the current state; "
-                "add --allow-backdated to store today's connections under it"
-            )
+            raise UsageError(f"no raw snapshot{of} is kept for {args.date}: {why}")
     from joor_pipeline.alerts import alert_for_failed_run, load_alert_settings
 
     load_alert_settings(env)  # a wrong alert setting is exit 2 before the run, not a lost alert after it
@@ -381,6 +381,15 @@ def _run_range(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if os.environ.get("JOOR_ACCOUNTS_FILE", "").strip():
+        # The Dagster partitions are the accounts configured when the definitions load, here those of the file;
+        # the demo's one account, `default`, is a partition only in a process started without it.
+        import subprocess
+
+        argv = ["demo", "--date", args.date.isoformat(), *(["--data-dir", str(args.data_dir)] if args.data_dir else [])]
+        argv += [flag for flag, on in (("--debug", args.debug), ("-v", args.verbose)) if on]
+        child = {name: value for name, value in os.environ.items() if name != "JOOR_ACCOUNTS_FILE"}
+        return subprocess.run([sys.executable, "-m", "joor_pipeline.cli", *argv], env=child, check=False).returncode
     env, data_dir = _run_environ(args, builtin=True)
     _check_run_date(args.date)
     from joor_pipeline.assets.run import run_graph

@@ -23,29 +23,19 @@ import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, fields
 from datetime import date
 from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 from joor_pipeline.joor.errors import ConfigError
-
-HOSTS: Final[dict[str, dict[str, str]]] = {
-    "production": {
-        "base_url": "https://api.jooraccess.com",
-        "auth_url": "https://atlas.jooraccess.com/auth/",
-    },
-    "sandbox": {
-        "base_url": "https://apisandbox.jooraccess.com",
-        "auth_url": "https://atlas-sandbox.jooraccess.com/auth/",
-    },
-}
-
-#: The account of the JOOR_* variables when no accounts file is set, and of data from before accounts existed.
-DEFAULT_ACCOUNT: Final = "default"
-#: What an account name may be: it names directories (``account=<name>``), Dagster partitions and run tags.
-ACCOUNT_NAME: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+from joor_pipeline.joor.settings import HOSTS as HOSTS
+from joor_pipeline.joor.settings import JoorSettings as JoorSettings
+from joor_pipeline.joor.settings import Secret as Secret
+from joor_pipeline.layout import ACCOUNT_NAME as ACCOUNT_NAME
+from joor_pipeline.layout import DEFAULT_ACCOUNT as DEFAULT_ACCOUNT
+from joor_pipeline.storage.factory import open_data_dir
 
 #: The value of ``JOOR_ENVIRONMENT`` that asks for the built-in sandbox.
 BUILTIN: Final = "builtin"
@@ -456,84 +446,11 @@ NOT_CONFIGURED: Final = (
 )
 
 
-class Secret:
-    """A string that does not show itself: repr, str and f-strings print a mask."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        """The secret itself, for the one place that must send it."""
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-
-@dataclass(frozen=True)
-class JoorSettings:
-    """Validated configuration for one JOOR account (or the built-in sandbox).
-
-    Field names and defaults match :data:`SETTINGS` (a test holds them together).
-    """
-
-    api_version: str = "v2"
-    environment: str = "production"
-    base_url: str = HOSTS["production"]["base_url"]
-    auth_url: str = HOSTS["production"]["auth_url"]
-    api_token: Secret | None = None
-    account_id: str | None = None
-    client_id: str | None = None
-    client_secret: Secret | None = None
-    username: str | None = None
-    password: Secret | None = None
-    format: str = "json"
-    page_size: int = 100
-    data_dir: Path = field(default_factory=lambda: Path("data"))
-    rate_limit_credits: int = 300
-    rate_limit_window: float = 300.0
-    timeout: float = 30.0
-    max_attempts: int = 6
-    max_response_mb: float = 64.0
-    max_pages: int = 10_000
-    #: List pages in flight at once once the first page tells how many connections there are (1: one at a time,
-    #: as JOOR's best practices ask).
-    concurrency: int = 1
-    #: True when ``JOOR_ENVIRONMENT=builtin``: the caller starts the built-in sandbox and fills in its URLs.
-    builtin_sandbox: bool = False
-    sandbox_connections: int = 500
-    sandbox_seed: int = 7
-
-    def with_endpoint(self, base_url: str, auth_url: str, **credentials: object) -> JoorSettings:
-        """The same settings aimed at another server (the built-in sandbox once it listens)."""
-        return replace(self, base_url=base_url.rstrip("/"), auth_url=auth_url, **credentials)  # type: ignore[arg-type]
-
-    @property
-    def target(self) -> str:
-        """Where the data comes from, for logs and manifests (never a secret)."""
-        if self.builtin_sandbox:
-            return "built-in sandbox"
-        return f"{self.environment} ({self.base_url})"
-
-
 #: Settings read by :func:`load_settings` into :class:`JoorSettings` (the rest are read where they are used).
 JOOR_SETTINGS_FIELDS: Final = tuple(
     s
     for s in SETTINGS
-    # Read where they are used (storage.objectstore reads the two object-store ones from the environment).
+    # Read where they are used (check_data_dir reads the two object-store ones).
     if s.name
     not in (
         "JOOR_FLATTEN_WORKERS",
@@ -957,31 +874,17 @@ def configuration_problem(env: Mapping[str, str]) -> str | None:
     return None
 
 
-def check_data_dir(path: Path, name: str = "JOOR_DATA_DIR") -> Path:
-    """``path`` made absolute, or a ConfigError if it cannot hold data: a file, or not writable (checked, not made).
-
-    An ``s3://bucket/prefix`` URL gives its local work directory instead (``JOOR_WORK_DIR``), bound to the URL:
-    see :mod:`joor_pipeline.storage.objectstore`.
-    """
-    from joor_pipeline.storage.objectstore import StoreError, bind, parse_store_url
-
-    try:
-        url = parse_store_url(str(path))
-        if url is not None:
-            return check_data_dir(bind(url), "JOOR_WORK_DIR")
-    except StoreError as exc:
-        raise ConfigError(f"{name}: {exc}") from None
-    path = path.expanduser().absolute()
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        where = "is" if existing == path else f"would be under {existing}, which is"
-        raise ConfigError(f"{name} {path} {where} not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        where = "is" if existing == path else f"would be created in {existing}, which is"
-        raise ConfigError(f"{name} {path} {where} not writable")
-    return path
+def check_data_dir(path: Path, name: str = "JOOR_DATA_DIR", env: Mapping[str, str] | None = None) -> Path:
+    """The local directory the data at ``path`` is worked on, its store opened (see
+    :func:`~joor_pipeline.storage.factory.open_data_dir`): the directory itself made absolute, or for a URL its work
+    directory (``JOOR_WORK_DIR``). A ConfigError naming ``name`` if it cannot hold data, or naming the object-store
+    settings of ``env`` (default: the process environment) if they are wrong, whatever the data directory."""
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    work_dir = read_setting(env, "JOOR_WORK_DIR", problems)
+    lease_seconds = read_setting(env, "JOOR_STORE_LEASE_SECONDS", problems)
+    raise_problems(problems)
+    return open_data_dir(path, work_dir=work_dir, lease_seconds=lease_seconds, name=name)
 
 
 # ---- documentation generated from SETTINGS ---------------------------------------------------------------------

@@ -14,16 +14,15 @@ published is not fresh.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from joor_pipeline.config import raise_problems, read_setting
-from joor_pipeline.storage import objectstore
-from joor_pipeline.storage.parquet import partition_dir, partition_files_under, partition_target, published_dates
+from joor_pipeline.layout import SnapshotKey
+from joor_pipeline.storage.parquet import published_dates, published_manifest
 
 #: The table whose manifest dates a publication (all ten are published together).
 DATED_BY: Final = "connections"
@@ -101,38 +100,23 @@ def freshness_limit(environ: Mapping[str, str]) -> timedelta:
     return timedelta(hours=float(hours))
 
 
-def _manifest(data_dir: Path, snapshot_date: date, account: str) -> dict[str, Any] | None:
-    """The published manifest of the dating table's partition (local disk or object store)."""
-    store = objectstore.store_of(data_dir)
-    if store is not None:
-        return objectstore.read_manifest(store, partition_target(DATED_BY, snapshot_date, account=account))
-    path = partition_dir(data_dir, DATED_BY, snapshot_date, account=account) / "_manifest.json"
-    try:
-        found = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    return found if isinstance(found, dict) else None
-
-
 def last_publication(data_dir: Path, account: str) -> Publication | None:
     """The account's newest published snapshot date and when it was published; None when nothing is.
 
-    A partition from before manifests existed is dated by its files' modification time.
+    A manifest that records no publication time (written by hand) counts as published at the epoch: stale.
     """
     dates = published_dates(data_dir, DATED_BY, account=account)
     if not dates:
         return None
     day = dates[-1]
-    manifest = _manifest(data_dir, day, account) or {}
+    manifest = published_manifest(data_dir, DATED_BY, SnapshotKey(account, day)) or {}
     stamp = manifest.get("published_at")
     if isinstance(stamp, str):
         published_at = datetime.fromisoformat(stamp)
         if published_at.tzinfo is None:
             published_at = published_at.replace(tzinfo=UTC)
         return Publication(day, published_at.astimezone(UTC), str(manifest.get("publication_id") or ""))
-    files = partition_files_under(data_dir / "parquet", DATED_BY, day, account=account)
-    newest = max((p.stat().st_mtime for p in files), default=0.0)
-    return Publication(day, datetime.fromtimestamp(newest, UTC), "legacy")
+    return Publication(day, datetime.fromtimestamp(0, UTC), str(manifest.get("publication_id") or ""))
 
 
 def evaluate(data_dir: Path, accounts: Sequence[str], *, now: datetime, limit: timedelta) -> FreshnessReport:

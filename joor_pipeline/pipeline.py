@@ -14,11 +14,13 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from joor_pipeline import __version__
-from joor_pipeline.config import DEFAULT_ACCOUNT, JoorSettings, Secret
+from joor_pipeline import __version__, layout
+from joor_pipeline.config import JoorSettings, Secret
 from joor_pipeline.joor.client import ClientStats, FetchedPage, JoorClient
 from joor_pipeline.joor.errors import IncompleteSnapshot
-from joor_pipeline.storage.raw import open_raw_snapshot, raw_snapshot_dir
+from joor_pipeline.layout import SnapshotKey
+from joor_pipeline.storage.access import uri
+from joor_pipeline.storage.raw import open_raw_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +66,29 @@ def connect(settings: JoorSettings, **client_options: Any) -> Iterator[JoorClien
             yield client
 
 
+def backdating_refusal(snapshot_date: date, today: date, *, allowed: bool, how_to_allow: str) -> str | None:
+    """Why a fetch into ``snapshot_date`` must not run, or None: the one rule of the CLI and the fetch asset.
+
+    JOOR serves only the current state, so a future date is refused, and a past one too unless the caller allowed
+    storing today's connections under it (``how_to_allow`` says how, in the caller's terms).
+    """
+    if snapshot_date > today:
+        return f"{snapshot_date} is in the future (today is {today}, UTC); JOOR serves only the present"
+    if snapshot_date < today and not allowed:
+        return (
+            f"{snapshot_date} is in the past and JOOR serves only the current state, so a fetch now would store "
+            f"today's connections under that date; {how_to_allow} to do it anyway"
+        )
+    return None
+
+
 @dataclass
 class FetchReport:
     """What one fetch landed and how it went."""
 
-    snapshot_date: date
-    path: Path
+    key: SnapshotKey
+    #: Where the raw snapshot is (a local path, or its URL on an object store).
+    path: str
     pages: int
     connections: int
     log_ids: list[str]
@@ -80,9 +99,16 @@ class FetchReport:
     finished_at: datetime
     stats: ClientStats
     manifest: dict[str, Any] = field(repr=False)
-    account: str = DEFAULT_ACCOUNT
     #: Walks of the list it took (2 when the first landed short of JOOR's total).
     walks: int = 1
+
+    @property
+    def snapshot_date(self) -> date:
+        return self.key.snapshot_date
+
+    @property
+    def account(self) -> str:
+        return self.key.account
 
     @property
     def duration_seconds(self) -> float:
@@ -164,14 +190,13 @@ class _ShortWalk(Exception):
 def fetch_snapshot(
     client: JoorClient,
     data_dir: Path,
-    snapshot_date: date,
+    key: SnapshotKey,
     *,
     progress: FetchProgress | None = None,
     concurrency: int | None = None,
     on_wait: FetchWait | None = None,
-    account: str = DEFAULT_ACCOUNT,
 ) -> FetchReport:
-    """Land every connection page for ``snapshot_date``, replacing that snapshot atomically.
+    """Land every connection page of ``key``'s account and date, replacing that snapshot atomically.
 
     ``concurrency`` (default: the client's settings) is how many list pages may be in flight at once. Each wait
     for JOOR's rate limit is logged (so a Dagster run shows it, see ``assets/logs.py``) and told to ``on_wait``.
@@ -203,8 +228,7 @@ def fetch_snapshot(
             return _walk(
                 client,
                 data_dir,
-                snapshot_date,
-                account=account,
+                key,
                 concurrency=concurrency,
                 progress=progress,
                 waiting=waiting,
@@ -229,9 +253,8 @@ def fetch_snapshot(
 def _walk(
     client: JoorClient,
     data_dir: Path,
-    snapshot_date: date,
+    key: SnapshotKey,
     *,
-    account: str,
     concurrency: int,
     progress: FetchProgress | None,
     waiting: FetchWait,
@@ -249,7 +272,7 @@ def _walk(
     tally = WalkTally(account_id_key)
     # closing(): a failure while landing stops the page requests still in flight before the snapshot is discarded.
     pages = closing(client.iter_connection_pages(concurrency=concurrency, canonical=False, on_wait=waiting))
-    raw = open_raw_snapshot(data_dir, snapshot_date, settings.format, account=account)
+    raw = open_raw_snapshot(data_dir, key, settings.format)
     with raw as writer, pages as fetched_pages:
         for fetched in fetched_pages:
             count = len(fetched.page.connections)
@@ -299,8 +322,8 @@ def _walk(
             }
         )
     return FetchReport(
-        snapshot_date=snapshot_date,
-        path=raw_snapshot_dir(data_dir, snapshot_date, account=account),
+        key=key,
+        path=uri(data_dir, layout.raw_snapshot(key)),
         pages=len(writer.pages),
         connections=connections,
         log_ids=log_ids,
@@ -311,6 +334,5 @@ def _walk(
         finished_at=finished_at,
         stats=stats,
         manifest=manifest,
-        account=account,
         walks=walk,
     )

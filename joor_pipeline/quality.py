@@ -7,7 +7,7 @@ Three sources of truth, none restated here:
 - the previous published partition, for row counts that move sharply.
 
 The functions take the files (or the Parquet root) to check, never assume the published paths: the blocking
-checks run on a staged flatten before it is published (write, audit, publish; see ``storage.parquet``).
+checks run on a staged flatten before it is published (write, audit, publish; see ``flatten.runner``).
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ from typing import Any, Final, Literal
 
 import duckdb
 
-from joor_pipeline.config import DEFAULT_ACCOUNT
 from joor_pipeline.flatten import TABLES
-from joor_pipeline.storage import objectstore
-from joor_pipeline.storage.parquet import StagedFlatten, partition_rows, published_dates, published_files
-from joor_pipeline.storage.recount import RawRecount, raw_recount
+from joor_pipeline.flatten.recount import RawRecount, raw_recount
+from joor_pipeline.flatten.runner import StagedFlatten
+from joor_pipeline.layout import SnapshotKey
+from joor_pipeline.storage.access import register
+from joor_pipeline.storage.parquet import partition_rows, published_dates, published_files
 from joor_pipeline.warehouse import SOURCE_SCHEMA, files_view_sql, rule_issues_sql
 
 #: A partition whose connection count moves by more than this share against the previous one is flagged.
@@ -125,7 +126,7 @@ def partition_issues(
     branches asked for: the audit before publishing asks for the blocking ones alone."""
     con = duckdb.connect()
     try:
-        objectstore.register(con, data_dir)
+        register(con, data_dir)
         con.execute("set TimeZone = 'UTC'")
         con.execute(f"create schema {SOURCE_SCHEMA}")
         for table in TABLES:
@@ -141,9 +142,9 @@ def partition_issues(
     return [Issue(*row) for row in rows]
 
 
-def raw_counts(data_dir: Path, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> dict[str, int]:
+def raw_counts(data_dir: Path, key: SnapshotKey) -> dict[str, int]:
     """Rows each table should hold, counted from the raw pages (see :func:`raw_recount`)."""
-    return raw_recount(data_dir, snapshot_date, account=account).counts
+    return raw_recount(data_dir, key).counts
 
 
 def _sample(issues: list[Issue]) -> list[dict[str, Any]]:
@@ -169,11 +170,9 @@ def _examples(issues: list[Issue]) -> str:
 def check_partition(
     data_dir: Path,
     files: Mapping[str, Sequence[Path | str]],
-    snapshot_date: date,
+    key: SnapshotKey,
     recount: RawRecount | None = None,
     checks: Sequence[tuple[str, Check]] = CHECKS,
-    *,
-    account: str = DEFAULT_ACCOUNT,
 ) -> list[CheckOutcome]:
     """Every check on one snapshot's partition, given each table's ``files`` (staged or published). The raw
     snapshot and the previous published partition come from ``data_dir``; ``recount`` is the raw snapshot's,
@@ -181,12 +180,13 @@ def check_partition(
     picks some of :data:`CHECKS` (the audit: :data:`BLOCKING_CHECKS`); only their rules are evaluated."""
     by_check: dict[tuple[str, str], list[Issue]] = {}
     rules = None if checks is CHECKS else {rule for _table, check in checks for rule in check.rules}
+    snapshot_date = key.snapshot_date
     for issue in partition_issues(data_dir, files, snapshot_date, rules):
         for table, check in checks:
             if issue.table_name == table and issue.rule in check.rules:
                 by_check.setdefault((table, check.name), []).append(issue)
     if recount is None:
-        recount = raw_recount(data_dir, snapshot_date, account=account)
+        recount = raw_recount(data_dir, key)
     expected = recount.counts
     actual = parquet_counts(files)
 
@@ -205,11 +205,11 @@ def check_partition(
                 shown = ", ".join(map(str, conflicting[:5]))
                 detail += f"; {len(conflicting)} customer_account_id(s) shared by different connections, e.g. {shown}"
         elif check.name == "row_count_steady":
-            previous = previous_partition(data_dir, table, snapshot_date, account=account)
+            previous = previous_partition(data_dir, table, key)
             if previous is None:
                 passed, metadata = True, {"previous_snapshot": "none"}
             else:
-                before = partition_rows(published_files(data_dir, table, previous, account=account))
+                before = partition_rows(published_files(data_dir, table, SnapshotKey(key.account, previous)))
                 change = (actual[table] - before) / before if before else (0.0 if not actual[table] else 1.0)
                 passed = abs(change) <= SHARP_CHANGE
                 detail = f"{before} rows on {previous}, {actual[table]} now"
@@ -236,24 +236,19 @@ def parquet_counts(files: Mapping[str, Sequence[Path | str]]) -> dict[str, int]:
     return {table: partition_rows(list(files[table])) for table in TABLES}
 
 
-def published_counts(data_dir: Path, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> dict[str, int]:
-    """Rows each table's published partition of ``snapshot_date`` of ``account`` holds."""
-    return parquet_counts({table: published_files(data_dir, table, snapshot_date, account=account) for table in TABLES})
+def published_counts(data_dir: Path, key: SnapshotKey) -> dict[str, int]:
+    """Rows each table's published partition of a snapshot holds."""
+    return parquet_counts({table: published_files(data_dir, table, key) for table in TABLES})
 
 
-def previous_partition(
-    data_dir: Path, table: str, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT
-) -> date | None:
-    """The latest snapshot date before ``snapshot_date`` that ``table`` has a published partition for (same account)."""
-    days = published_dates(data_dir, table, account=account)
-    return max((day for day in days if day < snapshot_date), default=None)
+def previous_partition(data_dir: Path, table: str, key: SnapshotKey) -> date | None:
+    """The latest snapshot date before ``key``'s that ``table`` has a published partition for (same account)."""
+    days = published_dates(data_dir, table, account=key.account)
+    return max((day for day in days if day < key.snapshot_date), default=None)
 
 
 def blocking_failures(data_dir: Path, staged: StagedFlatten) -> list[str]:
     """The failed blocking checks of a staged flatten, in words: the audit of ``flatten_snapshot``."""
     files = {table: staged.files(table) for table in TABLES}
-    report = staged.report
-    outcomes = check_partition(
-        data_dir, files, report.snapshot_date, staged.raw_recount, BLOCKING_CHECKS, account=report.account
-    )
+    outcomes = check_partition(data_dir, files, staged.report.key, staged.raw_recount, BLOCKING_CHECKS)
     return [outcome.describe() for outcome in outcomes if outcome.blocks]

@@ -41,13 +41,14 @@ import duckdb
 from joor_pipeline.flatten.dictionary import column_description
 from joor_pipeline.flatten.schema import TABLES
 from joor_pipeline.joor.errors import ConfigError, JoorError
-from joor_pipeline.storage import objectstore
+from joor_pipeline.storage.access import location, uri
+from joor_pipeline.storage.store import StoreError
 from joor_pipeline.warehouse import (
     CATALOG,
+    DATABASE_FILE,
     MODEL_SCHEMAS,
     TABLES_CATALOG,
     attach_warehouse,
-    database_path,
     published_database,
     reader_connection,
     reader_data_dir,
@@ -253,7 +254,7 @@ class Session:
         except duckdb.Error as error:
             message = one_line(error)
             if not self.has_warehouse and isinstance(error, duckdb.CatalogException):
-                shown = objectstore.shown(self.data_dir, database_path(self.data_dir))
+                shown = uri(self.data_dir, DATABASE_FILE)
                 message += f" (no warehouse at {shown} yet: only the tables.* are here; run the pipeline first)"
             raise SqlFailed(message) from None
 
@@ -483,7 +484,7 @@ class Runner:
         elif name == ".tables":
             catalog = self.session.catalog()
             if not self.session.has_warehouse:
-                shown = objectstore.shown(self.session.data_dir, database_path(self.session.data_dir))
+                shown = uri(self.session.data_dir, DATABASE_FILE)
                 print(f"note: no warehouse at {shown} yet: only the tables.* are here", file=self.err)
             listed = [("name", "VARCHAR"), ("kind", "VARCHAR"), ("description", "VARCHAR")]
             WRITERS[self.format](Result(listed, [catalog]), self.out)
@@ -591,7 +592,7 @@ def data_dir_of(given: Path | str | None, option: str) -> Path:
     """The data directory to read, or a ConfigError naming ``option`` when a local one does not exist."""
     try:
         directory = reader_data_dir(given)
-    except objectstore.StoreError as error:
+    except StoreError as error:
         raise ConfigError(f"{option}: {error}") from None
     if not directory.is_dir():
         raise ConfigError(f"{option} {directory} is not a directory (nothing has been written there yet?)")
@@ -623,10 +624,10 @@ def run_sql(
                     return 1
                 return 0
             if stdin.isatty():
-                shown = objectstore.shown(directory, directory)
+                shown = location(directory)
                 print(f"joor-pipeline sql on {shown}, read-only. .help for help, .quit or Ctrl-D to leave.", file=out)
                 if not session.has_warehouse:
-                    where = objectstore.shown(directory, database_path(directory))
+                    where = uri(directory, DATABASE_FILE)
                     print(f"note: no warehouse at {where} yet: only the tables.* are here", file=err)
                 with prompt_reader(out) as read:
                     return repl(runner, read, interactive=True)

@@ -44,13 +44,16 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from joor_pipeline import layout
+from joor_pipeline.config import check_data_dir
 from joor_pipeline.flatten.dictionary import duckdb_type
 from joor_pipeline.flatten.schema import TABLES, arrow_schema
 from joor_pipeline.joor.errors import JoorError
-from joor_pipeline.storage import objectstore
-from joor_pipeline.storage.locks import SnapshotBusy
+from joor_pipeline.layout import SnapshotKey
+from joor_pipeline.storage.access import exclusive, pull, push, register, uri
 from joor_pipeline.storage.migrate import migrate_legacy_layout
-from joor_pipeline.storage.parquet import PARQUET_DIR, publication_id, published_files, published_partitions
+from joor_pipeline.storage.parquet import publication_id, published_files, published_partitions
+from joor_pipeline.storage.store import SnapshotBusy
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -61,8 +64,8 @@ log = logging.getLogger(__name__)
 Partition = tuple[str, date]
 
 DBT_PROJECT_DIR: Final = Path(__file__).resolve().parent / "dbt_project"
-DATABASE_FILE: Final = "joor.duckdb"
-WORK_DIR: Final = Path("_work") / "warehouse"
+DATABASE_FILE: Final = layout.DATABASE
+WORK_DIR: Final = Path(layout.WAREHOUSE_WORK)
 SOURCE_SCHEMA: Final = "published"
 META_SCHEMA: Final = "joor_meta"
 #: The models analysts query, in the main schema of ``joor.duckdb``.
@@ -149,7 +152,9 @@ def contract_file(data_dir: Path, table: str) -> Path:
 def source_view_sql(data_dir: Path, table: str, partitions: Sequence[Partition]) -> str:
     """The ``published.<table>`` view over exactly the published files of ``partitions`` (account, date)."""
     files = [
-        path for account, day in sorted(partitions) for path in published_files(data_dir, table, day, account=account)
+        path
+        for account, day in sorted(partitions)
+        for path in published_files(data_dir, table, SnapshotKey(account, day))
     ]
     return files_view_sql(data_dir, table, files)
 
@@ -225,6 +230,7 @@ class BuildPlan:
             "database": str(build_dir / DATABASE_FILE),
             "memory_limit": memory_limit,
             "temp_directory": str(build_dir / "tmp"),
+            "data_dir": str(data_dir),  # the profile's plugin lets dbt's connection read the store's files
         }
 
     def batches(self) -> Iterator[list[Partition]]:
@@ -246,51 +252,18 @@ class BuildPlan:
 
     def dbt_args(self) -> list[str]:
         """``dbt build`` on this plan's copy (the project and profile dirs are the package's)."""
-        # On an object store, the profile's build_s3 target registers s3fs with dbt-duckdb's connection.
-        target = ["--target", "build_s3"] if objectstore.store_of(self.data_dir) is not None else []
-        return ["build", *target, "--vars", json.dumps(self.dbt_vars(), sort_keys=True)]
+        return ["build", "--vars", json.dumps(self.dbt_vars(), sort_keys=True)]
 
 
 @contextmanager
-def _exclusive(path: Path, timeout: float | None) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab") as handle:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise WarehouseError(f"another warehouse build held {path} for {timeout} s") from None
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextmanager
-def _store_build_lease(data_dir: Path, timeout: float | None) -> Iterator[None]:
-    """On an object store, one build at a time across machines too: a lease object beside the local lock."""
-    store = objectstore.store_of(data_dir)
-    if store is None:
-        yield
-        return
-    rel = (work_dir(data_dir) / "build.lock").relative_to(data_dir).as_posix()
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        try:
-            lease = objectstore.acquire_lease(store, rel, "the warehouse build")
-            break
-        except SnapshotBusy as busy:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WarehouseError(str(busy)) from None
-            time.sleep(1.0)
+def _build_lock(data_dir: Path, timeout: float | None) -> Iterator[None]:
+    """One build of a data directory at a time (across machines on an object store), waiting up to ``timeout``."""
     try:
-        yield
-    finally:
-        lease.release()
+        with exclusive(data_dir, layout.WAREHOUSE_LOCK, "the warehouse build", wait=timeout):
+            yield
+    except SnapshotBusy as busy:
+        where = uri(data_dir, layout.WAREHOUSE_LOCK)
+        raise WarehouseError(f"another warehouse build held {where} for {timeout} s: {busy}") from None
 
 
 def _recorded(database: Path) -> tuple[dict[Partition, str], str | None]:
@@ -316,7 +289,7 @@ def _prepare(plan: BuildPlan, batch: Sequence[Partition], partitions: Sequence[P
     ``partitions``."""
     con = duckdb.connect(str(plan.database))
     try:
-        objectstore.register(con, plan.data_dir)
+        register(con, plan.data_dir)
         for schema in (SOURCE_SCHEMA, META_SCHEMA):
             con.execute(f"create schema if not exists {schema}")
         con.execute(
@@ -335,7 +308,7 @@ def _finish(plan: BuildPlan) -> None:
     """Record what the copy was built from, narrow its sources to the latest date and checkpoint it."""
     con = duckdb.connect(str(plan.database))
     try:
-        objectstore.register(con, plan.data_dir)
+        register(con, plan.data_dir)
         con.begin()
         for schema in (SOURCE_SCHEMA, META_SCHEMA):
             con.execute(f"create schema if not exists {schema}")
@@ -533,14 +506,14 @@ def warehouse_build(
     data_dir = data_dir.resolve()
     work = work_dir(data_dir)
     migrate_legacy_layout(data_dir)
-    with _exclusive(work / "build.lock", lock_timeout), _store_build_lease(data_dir, lock_timeout):
+    with _build_lock(data_dir, lock_timeout):
         partitions = published_partitions(data_dir)
         if not partitions:
             raise WarehouseError(
-                f"no published snapshot under {objectstore.shown(data_dir, data_dir / PARQUET_DIR)}: flatten one first "
+                f"no published snapshot under {uri(data_dir, layout.PARQUET)}: flatten one first "
                 "(materialize the ten table assets, or `joor-pipeline run`)"
             )
-        published = {key: publication_id(data_dir, key[1], account=key[0]) or "" for key in partitions}
+        published = {key: publication_id(data_dir, SnapshotKey(*key)) or "" for key in partitions}
         latest_dates: dict[str, date] = {}
         for account, day in partitions:
             latest_dates[account] = max(day, latest_dates.get(account, day))
@@ -556,13 +529,11 @@ def warehouse_build(
         _refuse_writer(current)
         if build_dir.exists():
             shutil.rmtree(build_dir)
-        store = objectstore.store_of(data_dir)
         recorded: dict[Partition, str] = {}
         reason = "asked for"
         with _removed_on_failure(build_dir, "while preparing it"):
             (build_dir / "tmp").mkdir(parents=True)
-            if store is not None:  # build on a local copy of the store's warehouse
-                objectstore.pull(store, DATABASE_FILE, current)
+            pull(data_dir, DATABASE_FILE, current)  # on an object store, build on a local copy of its warehouse
             if not full_refresh:
                 if not current.is_file():
                     full_refresh, reason = True, f"no warehouse at {current} yet"
@@ -615,8 +586,7 @@ def warehouse_build(
             _finish(plan)
         with _removed_on_failure(build_dir, "while publishing it"):
             _publish(database, current, work / "set-aside")
-        if store is not None:
-            objectstore.push(store, current, DATABASE_FILE)
+        push(data_dir, current, DATABASE_FILE)
         shutil.rmtree(build_dir, ignore_errors=True)
 
 
@@ -785,7 +755,7 @@ def model_columns(scratch: Path) -> dict[str, list[tuple[str, str]]]:
 
 def default_data_dir() -> Path:
     """``$JOOR_DATA_DIR``, else ``./data``, as the CLI and the Dagster resources read it."""
-    return objectstore.local_data_dir(os.environ.get("JOOR_DATA_DIR", "").strip() or "data")
+    return check_data_dir(Path(os.environ.get("JOOR_DATA_DIR", "").strip() or "data"))
 
 
 # ---- reading: always the newest published build ------------------------------------------------------------------
@@ -810,16 +780,14 @@ def reader_data_dir(data_dir: Path | str | None = None) -> Path:
     (default ``./data``). An ``s3://`` URL gives its local work directory (``JOOR_WORK_DIR``), bound to the URL."""
     if data_dir is None:
         return default_data_dir().resolve()
-    return objectstore.local_data_dir(str(data_dir)).resolve()
+    return check_data_dir(Path(str(data_dir))).resolve()
 
 
 def published_database(data_dir: Path) -> Path | None:
     """The newest published warehouse as a local file (on an object store, downloaded when it changed); None when
     none is published yet."""
     path = database_path(data_dir)
-    store = objectstore.store_of(data_dir)
-    if store is not None:
-        objectstore.pull(store, DATABASE_FILE, path)
+    pull(data_dir, DATABASE_FILE, path)
     return path if path.is_file() else None
 
 
@@ -829,7 +797,7 @@ def reader_connection(data_dir: Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     try:
         con.execute("set TimeZone = 'UTC'")
-        objectstore.register(con, data_dir)
+        register(con, data_dir)
     except BaseException:
         con.close()
         raise
@@ -848,7 +816,7 @@ def table_files(data_dir: Path, table: str) -> list[Path | str]:
     return [
         path
         for account, day in published_partitions(data_dir, table)
-        for path in published_files(data_dir, table, day, account=account)
+        for path in published_files(data_dir, table, SnapshotKey(account, day))
     ]
 
 
@@ -877,7 +845,7 @@ def _read_table(data_dir: Path, table: str) -> pa.Table:
         files = table_files(data_dir, table)
         if not files:
             raise WarehouseError(
-                f"nothing is published for {table} under {objectstore.shown(data_dir, data_dir / PARQUET_DIR)}: run "
+                f"nothing is published for {table} under {uri(data_dir, layout.PARQUET)}: run "
                 "the pipeline first (`joor-pipeline run`), or point JOOR_DATA_DIR (or data_dir=) at the data directory"
             )
         con = reader_connection(data_dir)
@@ -896,7 +864,7 @@ def _read_table(data_dir: Path, table: str) -> pa.Table:
 def _read_model(data_dir: Path, name: str) -> pa.Table:
     database = published_database(data_dir)
     if database is None:
-        shown = objectstore.shown(data_dir, database_path(data_dir))
+        shown = uri(data_dir, DATABASE_FILE)
         raise WarehouseError(f"no warehouse at {shown}: run the pipeline first (`joor-pipeline run`)")
     con = reader_connection(data_dir)
     try:
@@ -945,7 +913,7 @@ def generate_docs(data_dir: Path) -> Path:
     data_dir = data_dir.resolve()
     current = published_database(data_dir)
     if current is None:
-        shown = objectstore.shown(data_dir, database_path(data_dir))
+        shown = uri(data_dir, DATABASE_FILE)
         raise WarehouseError(f"no warehouse at {shown}: run the pipeline first (`joor-pipeline run`)")
     target = work_dir(data_dir) / "docs"
     scratch = work_dir(data_dir) / "docs-build"
@@ -953,7 +921,7 @@ def generate_docs(data_dir: Path) -> Path:
     scratch.mkdir(parents=True)
     try:
         shutil.copyfile(current, scratch / DATABASE_FILE)
-        variables = json.dumps({"database": str(scratch / DATABASE_FILE)})
+        variables = json.dumps({"database": str(scratch / DATABASE_FILE), "data_dir": str(data_dir)})
         run_dbt(["docs", "generate", "--static", "--vars", variables], target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

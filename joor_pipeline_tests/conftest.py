@@ -1,4 +1,4 @@
-"""Shared fixtures: the seed documents, a sandbox on loopback, and settings that point at it."""
+"""Shared fixtures: the seed documents, a sandbox on loopback, settings that point at it, and the storage backends."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from joor_pipeline.config import JoorSettings, Secret
+from joor_pipeline_tests.backends import backend, local_backend, s3_backend, s3_endpoint  # noqa: F401 - fixtures
 
 #: The spec's example payloads, copied verbatim from the JOOR documents (see seeds/README.md).
 SEEDS_DIR = Path(__file__).resolve().parent / "seeds"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -14,6 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from joor_pipeline.flatten.schema import TABLES, arrow_schema
+from joor_pipeline.layout import SnapshotKey
+from joor_pipeline.storage.parquet import write_partition_manifest
 from joor_pipeline.warehouse import build_warehouse, database_path
 
 Row = dict[str, Any]
@@ -35,13 +38,21 @@ def table_of(table: str, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in rows], schema=schema)
 
 
+def publish_partition(root: Path, table: str, snapshot_date: date, account: str = "default") -> None:
+    """Publish what a partition folder holds (its ``part-*.parquet`` files, in name order) under a new publication
+    id, by writing its manifest: readers see nothing else."""
+    directory = partition_path(root, table, snapshot_date, account).parent
+    write_partition_manifest(directory, table, SnapshotKey(account, snapshot_date), uuid.uuid4().hex)
+
+
 def write_table(
     root: Path, table: str, snapshot_date: date, rows: Sequence[Mapping[str, Any]], account: str = "default"
 ) -> Path:
-    """Write one partition file (zstd, as the flattener does)."""
+    """Write and publish one partition file (zstd, as the flattener does)."""
     path = partition_path(root, table, snapshot_date, account)
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table_of(table, rows), path, compression="zstd")
+    publish_partition(root, table, snapshot_date, account)
     return path
 
 

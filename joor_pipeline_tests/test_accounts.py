@@ -25,13 +25,14 @@ from joor_pipeline.config import (
     load_accounts,
 )
 from joor_pipeline.flatten import TABLES
+from joor_pipeline.flatten.runner import flatten_snapshot
 from joor_pipeline.joor.errors import ConfigError
 from joor_pipeline.sandbox import SandboxConfig, generate_connections, run_sandbox
 from joor_pipeline.storage.migrate import MigrationError, legacy_partitions, migrate_legacy_layout
-from joor_pipeline.storage.parquet import flatten_snapshot, published_dates, published_files, published_partitions
+from joor_pipeline.storage.parquet import published_dates, published_files, published_partitions
 from joor_pipeline.storage.raw import read_raw_snapshot
 from joor_pipeline.warehouse import build_warehouse, database_path, read
-from joor_pipeline_tests.raw_fixtures import land
+from joor_pipeline_tests.raw_fixtures import land, snap
 
 DAY = date(2026, 3, 2)
 NEXT_DAY = date(2026, 3, 3)
@@ -157,12 +158,13 @@ def test_two_accounts_land_flatten_and_build_side_by_side_with_keys_unique_withi
     land(tmp_path, DAY, generate_connections(20, seed=2), account="brand_b")
     land(tmp_path, NEXT_DAY, generate_connections(25, seed=1), account="brand_a")
     for account, day in (("brand_a", DAY), ("brand_b", DAY), ("brand_a", NEXT_DAY)):
-        flatten_snapshot(tmp_path, day, account=account)
+        flatten_snapshot(tmp_path, snap(day, account))
     assert (tmp_path / "raw/connections/account=brand_b/snapshot_date=2026-03-02/_manifest.json").is_file()
-    part = tmp_path / "parquet/addresses/account=brand_a/snapshot_date=2026-03-03/part-00000.parquet"
+    part = Path(published_files(tmp_path, "addresses", snap(NEXT_DAY, "brand_a"))[0])
+    assert part.parent == tmp_path / "parquet/addresses/account=brand_a/snapshot_date=2026-03-03"
     assert set(pq.read_table(part)["account"].to_pylist()) == {"brand_a"}  # stored in the file too
     assert published_partitions(tmp_path) == [("brand_a", DAY), ("brand_a", NEXT_DAY), ("brand_b", DAY)]
-    assert published_dates(tmp_path, account="brand_b") == [DAY] and published_dates(tmp_path) == []
+    assert published_dates(tmp_path, account="brand_b") == [DAY] and published_dates(tmp_path, account="default") == []
     manifest = json.loads((part.parent / "_manifest.json").read_text())
     assert manifest["account"] == "brand_a"
 
@@ -189,7 +191,7 @@ def test_two_accounts_land_flatten_and_build_side_by_side_with_keys_unique_withi
 
     # A republished partition of one account rebuilds that partition only.
     land(tmp_path, DAY, generate_connections(22, seed=3), account="brand_b")
-    flatten_snapshot(tmp_path, DAY, account="brand_b")
+    flatten_snapshot(tmp_path, snap(DAY, "brand_b"))
     assert build_warehouse(tmp_path).refresh_partitions == [("brand_b", DAY)]
     with duckdb.connect(str(database_path(tmp_path)), read_only=True) as con:
         rows = con.execute("select account, count(*) from dim_retailers group by 1 order by 1").fetchall()
@@ -199,7 +201,7 @@ def test_two_accounts_land_flatten_and_build_side_by_side_with_keys_unique_withi
     # accounts is still exactly what a full refresh computes.
     earlier = date(2026, 3, 1)
     land(tmp_path, earlier, generate_connections(24, seed=2), account="brand_b")
-    flatten_snapshot(tmp_path, earlier, account="brand_b")
+    flatten_snapshot(tmp_path, snap(earlier, "brand_b"))
     assert build_warehouse(tmp_path).refresh_partitions == [("brand_b", earlier)]
     history_sql = "select * from retailer_history order by all"
     with duckdb.connect(str(database_path(tmp_path)), read_only=True) as con:
@@ -218,15 +220,18 @@ def test_two_accounts_land_flatten_and_build_side_by_side_with_keys_unique_withi
 def _make_legacy(data_dir: Path, day: date, connections: int) -> None:
     """A data directory as the single-account version wrote it: no account level, no account column."""
     land(data_dir, day, generate_connections(connections, seed=5), account="default")
-    flatten_snapshot(data_dir, day, account="default")
+    flatten_snapshot(data_dir, snap(day, "default"))
     for root in (data_dir / "raw" / "connections", *(data_dir / "parquet" / t for t in TABLES)):
         (root / "account=default" / f"snapshot_date={day.isoformat()}").rename(root / f"snapshot_date={day}")
         (root / "account=default").rmdir()
     for table in TABLES:
         directory = data_dir / "parquet" / table / f"snapshot_date={day}"
-        for path in directory.glob("part-*.parquet"):  # the files of that version had no account column
-            pq.write_table(pq.read_table(path).drop(["account"]), path)
-        (directory / "_manifest.json").unlink()  # read as a pre-manifest partition: its part files
+        for path in directory.glob("part-*.parquet"):  # the files of that version had no account column...
+            legacy_name = "-".join(path.name.split("-")[:2]) + ".parquet"  # ...nor a publication id in their name
+            pq.write_table(pq.read_table(path).drop(["account"]), path.with_name(legacy_name))
+            path.unlink()
+        (directory / "_manifest.json").unlink()  # it had no manifests either
+    (data_dir / "_work" / "layout.json").unlink()  # nor the record of a current layout
     quarantine = data_dir / "_work" / "quarantine" / f"snapshot_date={day}"
     quarantine.mkdir(parents=True)
     (quarantine / "reason.json").write_text("{}")
@@ -243,10 +248,10 @@ def test_old_single_account_data_moves_to_the_default_account_once_and_keeps_wor
     assert legacy_partitions(tmp_path) == []
     assert (tmp_path / "_work/quarantine/account=default/snapshot_date=2026-03-02/reason.json").is_file()
     assert (
-        read_raw_snapshot(tmp_path, DAY).directory
+        read_raw_snapshot(tmp_path, snap(DAY)).directory
         == tmp_path / "raw/connections/account=default/snapshot_date=2026-03-02"
     )
-    assert len(published_files(tmp_path, "connections", DAY)) == 1
+    assert len(published_files(tmp_path, "connections", snap(DAY))) == 1
     with duckdb.connect(str(database_path(tmp_path)), read_only=True) as con:
         # The account comes from the directory for a file written without the column.
         assert con.execute("select account, count(*) from dim_retailers group by 1").fetchall() == [("default", 15)]
@@ -255,7 +260,7 @@ def test_old_single_account_data_moves_to_the_default_account_once_and_keeps_wor
     assert not caplog.records
     # New data of the default account goes beside the migrated one; the build sees both dates.
     land(tmp_path, NEXT_DAY, generate_connections(16, seed=5))
-    flatten_snapshot(tmp_path, NEXT_DAY)
+    flatten_snapshot(tmp_path, snap(NEXT_DAY))
     assert build_warehouse(tmp_path).refresh_partitions == [("default", NEXT_DAY)]
 
 
@@ -334,6 +339,17 @@ def test_cli_run_without_account_runs_every_account(two_sandboxes, capsys) -> No
     assert rows == [("brand_a", 12), ("brand_b", 7)]
     assert main(["run", "--account", "brand_x"]) == 2
     assert "unknown account 'brand_x'; configured: brand_a, brand_b" in capsys.readouterr().err
+
+
+def test_demo_runs_beside_an_accounts_file_that_has_no_default_account(two_sandboxes, tmp_path: Path) -> None:
+    # The demo's one account is `default`, a partition of the definitions only when they load without the file.
+    demo = [sys.executable, "-m", "joor_pipeline.cli", "demo", "--data-dir", str(tmp_path / "demo")]
+    env = {**os.environ, "JOOR_SANDBOX_CONNECTIONS": "20"}
+    done = subprocess.run(demo, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "succeeded" in done.stdout
+    assert [account for account, _day in published_partitions(tmp_path / "demo")] == ["default"]
+    assert not (Path(os.environ["JOOR_DATA_DIR"]) / "parquet").exists()  # the accounts' data is not touched
 
 
 # --- Dagster: the account x date partitions and the schedule ----------------------------------------------------

@@ -36,11 +36,11 @@ from joor_pipeline.assets.sensors import (
 from joor_pipeline.cli import main
 from joor_pipeline.config import NOT_CONFIGURED, Secret, account_environments
 from joor_pipeline.definitions import JOB_NAME, build_defs
+from joor_pipeline.flatten.runner import flatten_snapshot
 from joor_pipeline.freshness import evaluate
 from joor_pipeline.joor.errors import ConfigError
 from joor_pipeline.sandbox import Faults, generate_connections, run_sandbox
-from joor_pipeline.storage.parquet import flatten_snapshot, partition_dir
-from joor_pipeline_tests.raw_fixtures import land
+from joor_pipeline_tests.raw_fixtures import land, partition_dir, snap
 from joor_pipeline_tests.receivers import (
     closed_port,
     self_signed_certificate,
@@ -408,7 +408,7 @@ def test_the_warning_sensor_alerts_a_successful_run_whose_warnings_failed(tmp_pa
 def _publish(data_dir: Path, account: str, day: date, at: datetime) -> None:
     """Publish ``account``'s tables of ``day`` (a real flatten), then date the publication ``at`` in its manifest."""
     land(data_dir, day, generate_connections(10, seed=len(account)), account=account)
-    flatten_snapshot(data_dir, day, workers=1, account=account)
+    flatten_snapshot(data_dir, snap(day, account), workers=1)
     stamp(data_dir, account, day, at)
 
 

@@ -27,19 +27,13 @@ from joor_pipeline.cli import main
 from joor_pipeline.config import NOT_CONFIGURED
 from joor_pipeline.definitions import build_defs
 from joor_pipeline.flatten import TABLES
+from joor_pipeline.flatten.runner import flatten_snapshot
 from joor_pipeline.quality import parquet_counts, raw_counts
 from joor_pipeline.sandbox import load_seed_connection, run_sandbox
-from joor_pipeline.storage.parquet import (
-    DamagedPartition,
-    flatten_snapshot,
-    parquet_path,
-    partition_files_under,
-    partition_rows,
-    published_files,
-)
+from joor_pipeline.storage.parquet import DamagedPartition, partition_rows, published_files, staged_files
 from joor_pipeline.storage.publish import quarantine_dir
 from joor_pipeline.warehouse import ANALYST_MODELS, database_path
-from joor_pipeline_tests.raw_fixtures import land, partition_bytes
+from joor_pipeline_tests.raw_fixtures import land, parquet_path, partition_bytes, snap
 
 DAY1 = "2026-03-02"
 DAY2 = "2026-03-03"
@@ -353,9 +347,9 @@ def test_blocking_checks_fail_on_bad_data_and_keep_models_from_running(tmp_path:
     assert "doors.required_fields_present" in failure and "Nothing was published" in failure
     assert partition_bytes(tmp_path, day) == published
     assert database_path(tmp_path).read_bytes() == database
-    kept = quarantine_dir(tmp_path, day)
+    kept = quarantine_dir(tmp_path, snap(day))
     assert str(kept) in failure
-    assert partition_rows(partition_files_under(kept / "parquet", "connections", day)) == 3
+    assert partition_rows(staged_files(kept / "parquet", "connections", snap(day))) == 3
     assert not {e.asset_key.to_user_string() for e in bad.get_asset_materialization_events()} & set(TABLES)
     checks = checks_of(bad)
     assert checks[("addresses", "state_for_us_ca_jp_au")] is False
@@ -379,18 +373,18 @@ def test_blocking_checks_fail_on_bad_data_and_keep_models_from_running(tmp_path:
 def test_reconciliation_notices_a_lost_row(tmp_path: Path) -> None:
     day = date.fromisoformat(DAY1)
     land(tmp_path, day, _bad_connections())
-    flatten_snapshot(tmp_path, day)
-    files = {table: published_files(tmp_path, table, day) for table in TABLES}
-    assert raw_counts(tmp_path, day) == parquet_counts(files)
+    flatten_snapshot(tmp_path, snap(day))
+    files = {table: published_files(tmp_path, table, snap(day)) for table in TABLES}
+    assert raw_counts(tmp_path, snap(day)) == parquet_counts(files)
     path = parquet_path(tmp_path, "buyers", day)
     table = pq.read_table(path)
     pq.write_table(table.slice(1), path)
-    assert raw_counts(tmp_path, day)["buyers"] == parquet_counts(files)["buyers"] + 1
+    assert raw_counts(tmp_path, snap(day))["buyers"] == parquet_counts(files)["buyers"] + 1
     # Readers of the published partition notice the rewritten file too: it no longer matches its manifest.
     with pytest.raises(
-        DamagedPartition, match=r"buyers/account=default/snapshot_date=2026-03-02/part-00000\.parquet is damaged"
+        DamagedPartition, match=r"buyers/account=default/snapshot_date=2026-03-02/part-00000-\w+\.parquet is damaged"
     ):
-        published_files(tmp_path, "buyers", day)
+        published_files(tmp_path, "buyers", snap(day))
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,7 @@ from joor_pipeline_tests.deployment import (
     venv_script,
     wait_for,
 )
+from joor_pipeline_tests.raw_fixtures import snap
 
 pytestmark = pytest.mark.deployment
 
@@ -220,7 +221,7 @@ def land_snapshot(joor_env: dict[str, str], account: str, snapshot_date: date) -
     settings = load_account(joor_env, account)
     assert not settings.builtin_sandbox, "the deployment must talk to the sandbox it was given, not the built-in one"
     with connect(settings) as client:
-        fetch_snapshot(client, settings.data_dir, snapshot_date, account=account)
+        fetch_snapshot(client, settings.data_dir, snap(snapshot_date, account))
 
 
 def _base_environment(extra: dict[str, str]) -> dict[str, str]:

@@ -14,10 +14,12 @@ import pytest
 from joor_pipeline.cli import main
 from joor_pipeline.joor.client import JoorClient, RetryPolicy
 from joor_pipeline.joor.errors import JoorError, RetriesExhausted
+from joor_pipeline.layout import MANIFEST as MANIFEST_NAME
 from joor_pipeline.pipeline import fetch_snapshot
 from joor_pipeline.sandbox import run_sandbox
-from joor_pipeline.storage.raw import MANIFEST_NAME, raw_snapshot_dir, read_manifest
+from joor_pipeline.storage.raw import read_manifest
 from joor_pipeline_tests.conftest import sandbox_settings
+from joor_pipeline_tests.raw_fixtures import raw_pages, raw_snapshot_dir, snap
 
 DAY = date(2026, 11, 2)
 
@@ -26,24 +28,25 @@ DAY = date(2026, 11, 2)
 def test_pages_are_landed_exactly_as_received(sandbox, tmp_path: Path, fmt: str) -> None:
     settings = sandbox_settings(sandbox, fmt=fmt, page_size=50)
     with JoorClient(settings) as client:
-        report = fetch_snapshot(client, tmp_path, DAY)
+        report = fetch_snapshot(client, tmp_path, snap(DAY))
     directory = raw_snapshot_dir(tmp_path, DAY)
-    assert report.path == directory
+    assert report.path == str(directory)
+    publication = report.manifest["publication_id"]
     assert sorted(p.name for p in directory.iterdir()) == [
         MANIFEST_NAME,
-        f"page-00000.{fmt}",
-        f"page-00001.{fmt}",
-        f"page-00002.{fmt}",
+        f"page-00000-{publication}.{fmt}",
+        f"page-00001-{publication}.{fmt}",
+        f"page-00002-{publication}.{fmt}",
     ]
     token = base64.b64encode(sandbox.config.api_token.encode()).decode()
     accept = {"json": "application/json", "xml": "application/xml"}[fmt]
     headers = {"Authorization": f"OAuth2 {token}", "Accept": accept, "Content-Type": accept}
     with httpx.Client(base_url=sandbox.base_url, headers=headers) as h:
         direct = h.get("/v2/connection/", params={"start_from": 50, "count": 50}).content
-    landed = (directory / f"page-00001.{fmt}").read_bytes()
+    landed = (directory / f"page-00001-{publication}.{fmt}").read_bytes()
     # Byte for byte, but for the log_id JOOR stamps on every call.
     assert landed.replace(report.log_ids[1].encode(), b"") == direct.replace(_log_id(direct, fmt).encode(), b"")
-    manifest = read_manifest(tmp_path, DAY)
+    manifest = read_manifest(tmp_path, snap(DAY))
     assert manifest["format"] == fmt
     assert manifest["connections"] == 120 == report.connections
     assert [p["connections"] for p in manifest["pages"]] == [50, 50, 20]
@@ -65,24 +68,24 @@ def test_rerun_replaces_the_snapshot(tmp_path: Path) -> None:
     for connections, pages in ((30, 3), (12, 2)):
         with run_sandbox(connections=connections, rate_limit_credits=0) as sb:
             with JoorClient(sandbox_settings(sb, page_size=10)) as client:
-                fetch_snapshot(client, tmp_path, DAY)
+                fetch_snapshot(client, tmp_path, snap(DAY))
         files = sorted(p.name for p in raw_snapshot_dir(tmp_path, DAY).glob("page-*"))
         assert len(files) == pages
-        assert read_manifest(tmp_path, DAY)["connections"] == connections
+        assert read_manifest(tmp_path, snap(DAY))["connections"] == connections
     assert [p.name for p in (tmp_path / "raw" / "connections").iterdir()] == ["account=default"]
 
 
 @pytest.mark.parametrize("concurrency", [1, 4])
 def test_failed_run_leaves_previous_snapshot_untouched(sandbox, tmp_path: Path, concurrency: int) -> None:
     with JoorClient(sandbox_settings(sandbox, page_size=40)) as client:
-        fetch_snapshot(client, tmp_path, DAY)
+        fetch_snapshot(client, tmp_path, snap(DAY))
     before = {p.name: p.read_bytes() for p in raw_snapshot_dir(tmp_path, DAY).iterdir()}
 
     sandbox.faults.script = ["ok", "ok", *["503"] * 40]
     retry = RetryPolicy(max_attempts=3, backoff_base=0.01)
     with JoorClient(sandbox_settings(sandbox, page_size=10), retry=retry) as client:
         with pytest.raises(RetriesExhausted):
-            fetch_snapshot(client, tmp_path, DAY, concurrency=concurrency)
+            fetch_snapshot(client, tmp_path, snap(DAY), concurrency=concurrency)
     assert not [t for t in threading.enumerate() if t.name.startswith("joor-fetch")]
     after = {p.name: p.read_bytes() for p in raw_snapshot_dir(tmp_path, DAY).iterdir()}
     assert after == before
@@ -94,7 +97,7 @@ def test_progress_reports_pages_and_connections(sandbox, tmp_path: Path, concurr
     seen: list[tuple[int, int]] = []
     with JoorClient(sandbox_settings(sandbox, page_size=50)) as client:
         report = fetch_snapshot(
-            client, tmp_path, DAY, progress=lambda p, c: seen.append((p, c)), concurrency=concurrency
+            client, tmp_path, snap(DAY), progress=lambda p, c: seen.append((p, c)), concurrency=concurrency
         )
     assert seen == [(1, 50), (2, 100), (3, 120)]
     assert report.manifest["concurrency"] == concurrency
@@ -106,10 +109,10 @@ def test_concurrent_fetch_lands_the_same_snapshot(tmp_path: Path) -> None:
     with run_sandbox(connections=95, seed=9, rate_limit_credits=0) as sb:
         for concurrency in (1, 4):
             with JoorClient(sandbox_settings(sb, page_size=10, concurrency=concurrency)) as client:
-                report = fetch_snapshot(client, tmp_path / str(concurrency), DAY)
+                report = fetch_snapshot(client, tmp_path / str(concurrency), snap(DAY))
             landed[concurrency] = [
                 path.read_bytes().replace(log_id.encode(), b"")
-                for path, log_id in zip(sorted(report.path.glob("page-*")), report.log_ids, strict=True)
+                for path, log_id in zip(raw_pages(tmp_path / str(concurrency), DAY), report.log_ids, strict=True)
             ]
     assert len(landed[4]) == 10
     assert landed[4] == landed[1]
@@ -213,7 +216,7 @@ def test_cli_fetch_builtin_sandbox_when_asked(tmp_path: Path, monkeypatch, capsy
     assert main(["fetch", "--date", "2026-11-03", "--allow-backdated", "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr()
     assert "built-in sandbox" in out.err
-    assert read_manifest(tmp_path, date(2026, 11, 3))["connections"] == 42
+    assert read_manifest(tmp_path, snap(date(2026, 11, 3)))["connections"] == 42
 
 
 def test_cli_progress_line_says_the_fetch_waits_for_the_rate_limit(
@@ -292,9 +295,8 @@ def test_cli_flatten_after_fetch(sandbox, tmp_path: Path, monkeypatch, capsys) -
     out = capsys.readouterr().out
     assert "wrote 120 connections" in out
     assert "connections             120 rows" in out
-    assert (
-        tmp_path / "parquet" / "doors" / "account=default" / "snapshot_date=2026-11-02" / "part-00000.parquet"
-    ).is_file()
+    doors = tmp_path / "parquet" / "doors" / "account=default" / "snapshot_date=2026-11-02"
+    assert [path.name for path in doors.glob("part-00000-*.parquet")]
 
 
 def test_cli_flatten_without_raw_snapshot_is_a_clear_error(tmp_path: Path, capsys) -> None:

@@ -17,13 +17,16 @@ from joor_pipeline.flatten import TABLES, arrow_schema, flatten_page
 from joor_pipeline.flatten.coerce import INVALID, coerce_value
 from joor_pipeline.flatten.dictionary import DEFAULT_PATH, render_dictionary
 from joor_pipeline.flatten.flatten import FlatBatch
+from joor_pipeline.flatten.runner import flatten_snapshot
 from joor_pipeline.flatten.schema import BOOL, FLOAT64, INT64, STRING, TIMESTAMP_UTC
 from joor_pipeline.joor.errors import PayloadError
 from joor_pipeline.joor.parse import parse_page
+from joor_pipeline.layout import DEFAULT_ACCOUNT
 from joor_pipeline.quality import check_partition, published_counts, raw_counts, raw_recount
 from joor_pipeline.sandbox.data import generate_connections
 from joor_pipeline.sandbox.render import render_json, render_xml
-from joor_pipeline.storage.parquet import flatten_snapshot, published_files
+from joor_pipeline.storage.parquet import published_files
+from joor_pipeline_tests.raw_fixtures import snap
 
 SNAPSHOT = date(2024, 3, 1)
 #: The seed document was captured from a page that obfuscated e-mail addresses; this is the literal text.
@@ -51,7 +54,13 @@ ADDRESS_COLUMNS = (
 
 def flatten_seed(seeds_dir: Path, fmt: str, source_page: int = 3) -> FlatBatch:
     page = parse_page((seeds_dir / f"connection-example.{fmt}").read_bytes(), fmt)
-    return flatten_page(page.connections, snapshot_date=SNAPSHOT, source_page=source_page, log_id=page.response.log_id)
+    return flatten_page(
+        page.connections,
+        snapshot_date=SNAPSHOT,
+        account=DEFAULT_ACCOUNT,
+        source_page=source_page,
+        log_id=page.response.log_id,
+    )
 
 
 def rows(table: pa.Table, *columns: str) -> list[tuple[Any, ...]]:
@@ -60,7 +69,9 @@ def rows(table: pa.Table, *columns: str) -> list[tuple[Any, ...]]:
 
 
 def flat(connections: list[dict[str, Any]], source_page: int = 0) -> FlatBatch:
-    return flatten_page(connections, snapshot_date=SNAPSHOT, source_page=source_page, log_id="L")
+    return flatten_page(
+        connections, snapshot_date=SNAPSHOT, account=DEFAULT_ACCOUNT, source_page=source_page, log_id="L"
+    )
 
 
 def envelope(connections: list[dict[str, Any]], log_id: str = "log-1") -> dict[str, Any]:
@@ -319,7 +330,9 @@ def flatten_rendered(connections: list[dict[str, Any]], fmt: str) -> FlatBatch:
     document = envelope(connections)
     body = render_json(document) if fmt == "json" else render_xml(document)
     page = parse_page(body, fmt)
-    return flatten_page(page.connections, snapshot_date=SNAPSHOT, source_page=0, log_id=page.response.log_id)
+    return flatten_page(
+        page.connections, snapshot_date=SNAPSHOT, account=DEFAULT_ACCOUNT, source_page=0, log_id=page.response.log_id
+    )
 
 
 def drifting_connection(seeds_dir: Path) -> dict[str, Any]:
@@ -608,8 +621,22 @@ def test_duplicate_connections_keep_the_first_and_are_counted() -> None:
     again = {"customer_account_id": "1", "customer_code": "B", "buyers": [{"buyer_id": "11"}]}
     other = {"customer_account_id": "2", "customer_code": "C"}
     seen: set[int] = set()
-    page0 = flatten_page([first, again], snapshot_date=SNAPSHOT, source_page=0, log_id=None, seen_account_ids=seen)
-    page1 = flatten_page([other, first], snapshot_date=SNAPSHOT, source_page=1, log_id=None, seen_account_ids=seen)
+    page0 = flatten_page(
+        [first, again],
+        snapshot_date=SNAPSHOT,
+        account=DEFAULT_ACCOUNT,
+        source_page=0,
+        log_id=None,
+        seen_account_ids=seen,
+    )
+    page1 = flatten_page(
+        [other, first],
+        snapshot_date=SNAPSHOT,
+        account=DEFAULT_ACCOUNT,
+        source_page=1,
+        log_id=None,
+        seen_account_ids=seen,
+    )
     assert rows(page0.tables["connections"], "customer_account_id", "customer_code") == [(1, "A")]
     assert rows(page0.tables["buyers"], "buyer_id") == [(10,)]
     assert page0.stats.duplicate_connections == 1 and page0.stats.connections == 2
@@ -626,7 +653,13 @@ def test_connections_without_an_id_are_all_kept() -> None:
 
 def test_a_connection_that_is_not_an_object_is_a_payload_error() -> None:
     with pytest.raises(PayloadError, match=r"connection #1 is a str.*page 4 \(log_id L4\)"):
-        flatten_page([{"customer_account_id": "1"}, "oops"], snapshot_date=SNAPSHOT, source_page=4, log_id="L4")
+        flatten_page(
+            [{"customer_account_id": "1"}, "oops"],
+            snapshot_date=SNAPSHOT,
+            account=DEFAULT_ACCOUNT,
+            source_page=4,
+            log_id="L4",
+        )
 
 
 def test_an_empty_page_gives_every_table_empty_with_its_schema() -> None:
@@ -703,9 +736,7 @@ def landed_with(tmp_path: Path, replacements: dict[bytes, bytes], n: int = 300) 
 
 
 def connections_by_page_row(tmp_path: Path) -> list[dict[str, Any]]:
-    from joor_pipeline.storage.parquet import partition_parquet_files
-
-    files = partition_parquet_files(tmp_path, "connections", DAY)
+    files = published_files(tmp_path, "connections", snap(DAY))
     return pa.concat_tables(pq.read_table(path) for path in files).to_pylist()
 
 
@@ -714,7 +745,7 @@ def test_big_integers_and_deep_values_are_kept_as_text_and_the_rows_kept(tmp_pat
     big = b"123456789012345678901234567890"
     deep = b"[" * 900 + b'"x"' + b"]" * 900
     landed_with(tmp_path, {b"__CODE__": big, b"__ID__": b"-" + big, b"__DEEP__": deep})
-    report = flatten_snapshot(tmp_path, DAY, workers=workers)
+    report = flatten_snapshot(tmp_path, snap(DAY), workers=workers)
 
     assert report.connections == 300
     rows = connections_by_page_row(tmp_path)
@@ -728,7 +759,7 @@ def test_big_integers_and_deep_values_are_kept_as_text_and_the_rows_kept(tmp_pat
     surprise = json.loads(rows[153]["extra"])["surprise"]
     assert json.dumps(surprise).count("[") == 900
     assert report.stats.coercion_problems["connections.customer_name"] == 1
-    assert raw_counts(tmp_path, DAY) == published_counts(tmp_path, DAY)
+    assert raw_counts(tmp_path, snap(DAY)) == published_counts(tmp_path, snap(DAY))
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -740,21 +771,21 @@ def test_a_different_connection_sharing_an_id_fails_the_reconciliation_naming_it
     different = copy.deepcopy(connections[20])
     different["customer_account_id"] = connections[5]["customer_account_id"]
     land(tmp_path, DAY, [*connections, same, different, copy.deepcopy(different)])
-    report = flatten_snapshot(tmp_path, DAY, workers=workers)
+    report = flatten_snapshot(tmp_path, snap(DAY), workers=workers)
 
     conflicting = int(connections[5]["customer_account_id"])
     assert report.connections == 300
     assert report.stats.duplicate_connections == 3
     assert report.stats.conflicting_duplicates == [conflicting]
-    recount = raw_recount(tmp_path, DAY)
+    recount = raw_recount(tmp_path, snap(DAY))
     assert recount.conflicting_ids == [conflicting]
     # The different connection (counted once, though it came twice) is a record the Parquet lacks.
-    assert recount.counts["connections"] == 301 and published_counts(tmp_path, DAY)["connections"] == 300
+    assert recount.counts["connections"] == 301 and published_counts(tmp_path, snap(DAY))["connections"] == 300
     # ...and the blocking reconciliation check fails, naming the id.
-    files = {table: published_files(tmp_path, table, DAY) for table in TABLES}
+    files = {table: published_files(tmp_path, table, snap(DAY)) for table in TABLES}
     outcome = next(
         o
-        for o in check_partition(tmp_path, files, DAY)
+        for o in check_partition(tmp_path, files, snap(DAY))
         if o.table == "connections" and o.check.name == "reconciles_with_raw"
     )
     assert not outcome.passed and outcome.blocks
@@ -767,18 +798,18 @@ def test_identical_repeats_still_reconcile(tmp_path: Path) -> None:
 
     connections = generate_connections(300, seed=11)
     land(tmp_path, DAY, [*connections, copy.deepcopy(connections[7]), copy.deepcopy(connections[250])])
-    report = flatten_snapshot(tmp_path, DAY, workers=2)
+    report = flatten_snapshot(tmp_path, snap(DAY), workers=2)
     assert report.stats.duplicate_connections == 2 and report.stats.conflicting_duplicates == []
-    assert raw_recount(tmp_path, DAY).conflicting_ids == []
-    assert raw_counts(tmp_path, DAY) == published_counts(tmp_path, DAY)
+    assert raw_recount(tmp_path, snap(DAY)).conflicting_ids == []
+    assert raw_counts(tmp_path, snap(DAY)) == published_counts(tmp_path, snap(DAY))
 
 
 @pytest.mark.parametrize("fmt", ["json", "xml"])
 def test_an_id_past_64_bits_is_reported_out_of_range_not_missing(tmp_path: Path, fmt: str) -> None:
     """A 30-digit customer_account_id is present (kept in invalid_values): the blocking check says it is out of
     range, in JSON and XML alike, and the flatten refuses it naming the value (issue 19)."""
+    from joor_pipeline.flatten.runner import AuditFailed
     from joor_pipeline.quality import blocking_failures
-    from joor_pipeline.storage.parquet import AuditFailed
     from joor_pipeline_tests.raw_fixtures import land
 
     big = "123456789012345678901234567890"
@@ -787,7 +818,7 @@ def test_an_id_past_64_bits_is_reported_out_of_range_not_missing(tmp_path: Path,
     next(c for c in connections[31:] if c.get("doors"))["doors"][0]["door_id"] = "4" * 25
     land(tmp_path, DAY, connections, fmt, body_of=lambda _i, body: body.replace(b'"__ID__"', big.encode()))
     with pytest.raises(AuditFailed) as info:
-        flatten_snapshot(tmp_path, DAY, audit=lambda staged: blocking_failures(tmp_path, staged))
+        flatten_snapshot(tmp_path, snap(DAY), audit=lambda staged: blocking_failures(tmp_path, staged))
     message = str(info.value)
     assert "connections.required_fields_present" in message
     assert f"customer_account_id {big} is out of range (beyond 64 bits; kept in invalid_values)" in message

@@ -16,14 +16,15 @@ from hypothesis import strategies as st
 from joor_pipeline.flatten import TABLES, FlattenStats, arrow_schema, flatten_page, flatten_pages
 from joor_pipeline.flatten.coerce import INVALID, account_id_key, coerce_column, coerce_value
 from joor_pipeline.flatten.flatten import decode_records, is_record
+from joor_pipeline.flatten.recount import RawTally
+from joor_pipeline.flatten.runner import flatten_snapshot
 from joor_pipeline.flatten.schema import BOOL, FLOAT64, INT64, STRING, TIMESTAMP_UTC
 from joor_pipeline.joor.errors import PayloadError
 from joor_pipeline.joor.parse import leaf_text, parse_page
+from joor_pipeline.layout import DEFAULT_ACCOUNT
 from joor_pipeline.quality import published_counts, raw_recount
 from joor_pipeline.sandbox.data import generate_connections, load_seed_connection
-from joor_pipeline.storage.parquet import flatten_snapshot
-from joor_pipeline.storage.recount import RawTally
-from joor_pipeline_tests.raw_fixtures import land
+from joor_pipeline_tests.raw_fixtures import land, snap
 
 SETTINGS = settings(
     max_examples=200,
@@ -174,7 +175,9 @@ def expected_rows(connections: list[dict[str, Any]]) -> dict[str, int]:
 
 def check_batch(connections: list[dict[str, Any]], injected: list[list[tuple[str, str]]]) -> None:
     """Flatten and check the contract, the row counts, the stats, and that no injected field was lost."""
-    batch = flatten_page(connections, snapshot_date=date(2024, 1, 1), source_page=7, log_id="log")
+    batch = flatten_page(
+        connections, snapshot_date=date(2024, 1, 1), account=DEFAULT_ACCOUNT, source_page=7, log_id="log"
+    )
     assert batch.stats.rows == expected_rows(connections)
     extra_keys: dict[str, set[str]] = {name: set() for name in TABLES}
     invalid_entries = extra_entries = 0
@@ -250,7 +253,7 @@ def test_json_fast_path_flattens_exactly_like_the_canonical_form(mutator: Mutato
             parse_page(body, "json", source="p", canonical=False)
         return
     native = parse_page(body, "json", source="p", canonical=False)
-    common = {"snapshot_date": date(2024, 1, 1), "source_page": 0, "log_id": "L"}
+    common = {"snapshot_date": date(2024, 1, 1), "source_page": 0, "log_id": "L", "account": DEFAULT_ACCOUNT}
     slow = flatten_page(canonical.connections, **common)
     fast = flatten_page(native.connections, **common)
     assert slow.stats == fast.stats
@@ -303,7 +306,7 @@ def test_records_flatten_and_count_exactly_like_dicts(mutator: Mutator, picks: l
     assert typed.response == dicts.response
     if isinstance(mutator, SameShapes) and typed.connections:
         assert is_record(typed.connections[0])  # the fast path was taken
-    common = {"snapshot_date": date(2024, 1, 1), "source_page": 0, "log_id": "L"}
+    common = {"snapshot_date": date(2024, 1, 1), "source_page": 0, "log_id": "L", "account": DEFAULT_ACCOUNT}
     fast = flatten_page(typed.connections, **common)
     slow = flatten_page(dicts.connections, **common)
     assert fast.stats == slow.stats
@@ -361,11 +364,18 @@ def test_pages_flattened_together_give_the_rows_of_page_after_page(
     # Pages repeat connections now and then (BASES is small), so the dedup across pages is exercised too.
     runs = [([mutator(BASES[i], []) for i in picks], 10 + n, log_ids[n]) for n, picks in enumerate(pages)]
     day = date(2024, 1, 1)
-    together = flatten_pages(runs, snapshot_date=day, seen_account_ids=set())
+    together = flatten_pages(runs, snapshot_date=day, account=DEFAULT_ACCOUNT, seen_account_ids=set())
 
     seen: set[int] = set()
     one_by_one = [
-        flatten_page(connections, snapshot_date=day, source_page=page, log_id=log_id, seen_account_ids=seen)
+        flatten_page(
+            connections,
+            snapshot_date=day,
+            account=DEFAULT_ACCOUNT,
+            source_page=page,
+            log_id=log_id,
+            seen_account_ids=seen,
+        )
         for connections, page, log_id in runs
     ]
     stats = FlattenStats()
@@ -380,7 +390,9 @@ def test_pages_flattened_together_give_the_rows_of_page_after_page(
 def test_a_connection_that_is_not_an_object_names_its_own_page_among_several() -> None:
     good = generate_connections(3, seed=9)
     with pytest.raises(PayloadError, match=r"connection #1 is a str, not an object in page 8 \(log_id L8\)"):
-        flatten_pages([(good, 7, "L7"), ([good[0], "oops"], 8, "L8")], snapshot_date=date(2024, 1, 1))
+        flatten_pages(
+            [(good, 7, "L7"), ([good[0], "oops"], 8, "L8")], snapshot_date=date(2024, 1, 1), account=DEFAULT_ACCOUNT
+        )
 
 
 DAY = date(2024, 5, 1)
@@ -411,9 +423,9 @@ def test_the_raw_recount_and_the_flatten_dedup_with_one_rule(
         connection["customer_account_id"] = raw_id
         connections.append(connection)
     land(data_dir, DAY, connections)
-    report = flatten_snapshot(data_dir, DAY, workers=1)
-    recount = raw_recount(data_dir, DAY)
-    assert recount.counts == published_counts(data_dir, DAY)
+    report = flatten_snapshot(data_dir, snap(DAY), workers=1)
+    recount = raw_recount(data_dir, snap(DAY))
+    assert recount.counts == published_counts(data_dir, snap(DAY))
     keys = [account_id_key(raw) for raw in json.loads(json.dumps(ids))]
     assert report.connections == len({k for k in keys if k is not None}) + keys.count(None)
     # Only the id's spelling differs: the same connection, not a conflicting one.

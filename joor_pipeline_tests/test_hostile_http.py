@@ -23,8 +23,8 @@ from joor_pipeline.joor.client import JoorClient, RetryPolicy
 from joor_pipeline.joor.errors import JoorApiError, PaginationError, PayloadError, ResponseTooLarge, RetriesExhausted
 from joor_pipeline.pipeline import fetch_snapshot
 from joor_pipeline.sandbox import Faults, load_seed_connection, run_sandbox
-from joor_pipeline.storage.raw import raw_snapshot_dir
 from joor_pipeline_tests.conftest import sandbox_settings
+from joor_pipeline_tests.raw_fixtures import raw_pages, raw_snapshot_dir, snap
 
 DAY = date(2026, 11, 2)
 TOKEN = "hostile-SECRET-token-51e2"
@@ -141,7 +141,7 @@ def test_timeout_bounds_the_whole_request_not_each_read(tmp_path: Path, scenario
         with JoorClient(settings_for(server, JOOR_TIMEOUT="1"), retry=FAST) as client:
             started = time.monotonic()
             with pytest.raises(RetriesExhausted, match=r"ReadTimeout: the request outlasted its 1 s deadline") as info:
-                fetch_snapshot(client, tmp_path, DAY)
+                fetch_snapshot(client, tmp_path, snap(DAY))
             took = time.monotonic() - started
             assert client.stats.transport_errors == 2
     # Two tries of one second each, plus slack for a loaded machine; the trickle itself would go on until stopped.
@@ -163,9 +163,9 @@ def test_a_slow_body_within_the_deadline_is_read_whole(tmp_path: Path) -> None:
             server.send(sock, body[i : i + len(body) // 5 + 1])
 
     with hostile(slow) as server, JoorClient(settings_for(server, JOOR_TIMEOUT="10")) as client:
-        report = fetch_snapshot(client, tmp_path, DAY)
+        report = fetch_snapshot(client, tmp_path, snap(DAY))
     assert report.connections == 1
-    assert (report.path / "page-00000.json").read_bytes() == body
+    assert raw_pages(tmp_path, DAY)[0].read_bytes() == body
 
 
 # ---- JOOR_MAX_RESPONSE_MB caps a body while it streams --------------------------------------------------------------
@@ -188,7 +188,7 @@ def test_response_size_is_capped_while_streaming(tmp_path: Path, scenario, decla
     with hostile(scenario) as server:
         with JoorClient(settings_for(server, JOOR_MAX_RESPONSE_MB="1"), retry=FAST) as client:
             with pytest.raises(ResponseTooLarge) as info:
-                fetch_snapshot(client, tmp_path, DAY)
+                fetch_snapshot(client, tmp_path, snap(DAY))
             received = client.stats.bytes_received
     error = info.value
     assert error.limit_bytes == 2**20
@@ -215,7 +215,7 @@ def test_a_body_just_under_the_cap_is_accepted(tmp_path: Path) -> None:
 
     with hostile(exactly_the_cap) as server:
         with JoorClient(settings_for(server, JOOR_MAX_RESPONSE_MB="1")) as client:
-            report = fetch_snapshot(client, tmp_path, DAY)
+            report = fetch_snapshot(client, tmp_path, snap(DAY))
     assert report.connections == 1
 
 
@@ -233,7 +233,7 @@ def test_endless_pagination_stops_at_the_page_cap(tmp_path: Path) -> None:
     with hostile(endless_pages) as server:
         with JoorClient(settings_for(server, JOOR_MAX_PAGES="25")) as client:
             with pytest.raises(PaginationError, match="would pass 25 pages \\(JOOR_MAX_PAGES\\)") as info:
-                fetch_snapshot(client, tmp_path, DAY)
+                fetch_snapshot(client, tmp_path, snap(DAY))
     assert "page 24 (log_id L24) points on to next_start 25" in str(info.value)
     assert_clear(info.value)
     assert len(server.requests) == 25
@@ -247,7 +247,7 @@ def test_page_cap_on_the_sandbox(tmp_path: Path, concurrency: int) -> None:
     with run_sandbox(connections=120, rate_limit_credits=0) as sb:
         settings = sandbox_settings(sb, page_size=10, concurrency=concurrency, max_pages=5)
         with JoorClient(settings) as client, pytest.raises(PaginationError) as info:
-            fetch_snapshot(client, tmp_path, DAY)
+            fetch_snapshot(client, tmp_path, snap(DAY))
     if concurrency == 1:
         assert sb.stats.requests == 5
         assert "page 4 (log_id " in str(info.value)
@@ -262,7 +262,7 @@ def test_a_snapshot_of_exactly_the_cap_is_landed(tmp_path: Path) -> None:
         for concurrency in (1, 4):
             settings = sandbox_settings(sb, page_size=10, concurrency=concurrency, max_pages=12)
             with JoorClient(settings) as client:
-                assert fetch_snapshot(client, tmp_path / str(concurrency), DAY).pages == 12
+                assert fetch_snapshot(client, tmp_path / str(concurrency), snap(DAY)).pages == 12
 
 
 # ---- a next_start that skips connections ---------------------------------------------------------------------------
@@ -273,7 +273,7 @@ def test_a_pagination_gap_is_an_error_naming_page_and_log_id(tmp_path: Path, con
     with run_sandbox(connections=120, rate_limit_credits=0, faults=Faults(pagination_gap=3)) as sb:
         settings = sandbox_settings(sb, page_size=10, concurrency=concurrency)
         with JoorClient(settings) as client, pytest.raises(PaginationError) as info:
-            fetch_snapshot(client, tmp_path, DAY)
+            fetch_snapshot(client, tmp_path, snap(DAY))
     message = str(info.value)
     assert "next_start 13 skips past the end of page 0 (log_id " in message
     assert "start_from 0 + 10 connections is 10, so the 3 connection(s) in between would be lost" in message

@@ -23,6 +23,7 @@ from joor_pipeline_tests.model_fixtures import (
     clean_retailer,
     parquet_root,
     partition_path,
+    publish_partition,
     query,
     snapshot_rows,
     table_of,
@@ -215,6 +216,7 @@ def test_staging_takes_the_partition_date_from_the_path_and_reads_older_files_by
     path = partition_path(root, "connections", D2)
     path.parent.mkdir(parents=True)
     pq.write_table(older, path)
+    publish_partition(root, "connections", D2)
     hidden = root / "connections" / ".staging-123" / "part-00000.parquet"  # a write in progress
     hidden.parent.mkdir()
     pq.write_table(table_of("connections", snapshot_rows([clean_retailer(3, "THREE")], D2)["connections"]), hidden)

@@ -23,21 +23,14 @@ import pytest
 from joor_pipeline.assets.joor import joor_tables
 from joor_pipeline.assets.resources import DataDirResource, resources_from_env
 from joor_pipeline.config import flatten_workers_setting
-from joor_pipeline.flatten import TABLES
+from joor_pipeline.flatten import TABLES, workers
+from joor_pipeline.flatten.runner import FlattenReport, flatten_snapshot, stage_snapshot
+from joor_pipeline.flatten.workers import MIN_PAGES_PER_WORKER, FlattenWorkerError, flatten_workers
 from joor_pipeline.joor.errors import ConfigError, PayloadError
 from joor_pipeline.quality import BLOCKING_CHECKS, blocking_failures, check_partition, partition_issues, raw_recount
 from joor_pipeline.sandbox.data import generate_connections
-from joor_pipeline.storage import workers
-from joor_pipeline.storage.parquet import (
-    FlattenReport,
-    flatten_snapshot,
-    partition_parquet_files,
-    stage_snapshot,
-    write_partition_manifest,
-)
-from joor_pipeline.storage.raw import raw_snapshot_dir
-from joor_pipeline.storage.workers import MIN_PAGES_PER_WORKER, FlattenWorkerError, flatten_workers
-from joor_pipeline_tests.raw_fixtures import land, partition_bytes, staging_leftovers
+from joor_pipeline.storage.parquet import published_files, write_partition_manifest
+from joor_pipeline_tests.raw_fixtures import land, partition_bytes, raw_pages, snap, staging_leftovers
 
 DAY = date(2024, 5, 1)
 
@@ -56,14 +49,14 @@ def drifted_connections(n: int) -> list[dict[str, Any]]:
 
 def read_partition(data_dir: Path, table: str) -> pa.Table:
     """One table's partition, its files read in name order (which is page order)."""
-    return pa.concat_tables(pq.read_table(path) for path in partition_parquet_files(data_dir, table, DAY))
+    return pa.concat_tables(pq.read_table(path) for path in published_files(data_dir, table, snap(DAY)))
 
 
 @contextlib.contextmanager
 def held_page(data_dir: Path, page: int) -> Iterator[Path]:
     """Swap a landed page for a named pipe that gives no data and no end: the worker that reads it blocks there,
     alive, with the pipe open, until the test does something to it (a read stuck on a dead network disk)."""
-    path = raw_snapshot_dir(data_dir, DAY) / f"page-{page:05d}.json"
+    path = raw_pages(data_dir, DAY)[page]
     path.unlink()
     os.mkfifo(path)
     # Held open for writing here, so the worker's open succeeds and its read waits for data that never comes.
@@ -125,19 +118,19 @@ def test_workers_write_exactly_the_rows_and_stats_of_one_process(tmp_path: Path,
     connections = drifted_connections(1000)
     land(tmp_path / "one", DAY, connections, fmt)
     land(tmp_path / "many", DAY, connections, fmt)
-    one = flatten_snapshot(tmp_path / "one", DAY, workers=1)
-    many = flatten_snapshot(tmp_path / "many", DAY, workers=workers)
+    one = flatten_snapshot(tmp_path / "one", snap(DAY), workers=1)
+    many = flatten_snapshot(tmp_path / "many", snap(DAY), workers=workers)
 
     assert one.workers == 1 and many.workers == workers
     assert_same_flatten(one, many, tmp_path / "one", tmp_path / "many")
     assert many.stats.unknown_fields and many.stats.coercion_problems and many.stats.missing_customer_account_id == 1
     for table in TABLES:
-        names = [path.name for path in partition_parquet_files(tmp_path / "many", table, DAY)]
-        assert names == [f"part-{k:05d}.parquet" for k in range(workers)], table
+        names = [Path(path).name for path in published_files(tmp_path / "many", table, snap(DAY))]
+        assert names == [f"part-{k:05d}-{many.publication_id}.parquet" for k in range(workers)], table
     # The pages are cut in contiguous runs: worker k's file holds its pages, in order.
     pages = [
         pq.read_table(path)["source_page"].to_pylist()
-        for path in partition_parquet_files(tmp_path / "many", "connections", DAY)
+        for path in published_files(tmp_path / "many", "connections", snap(DAY))
     ]
     assert [page for run in pages for page in run] == sorted(page for run in pages for page in run)
     assert staging_leftovers(tmp_path / "many") == []
@@ -148,8 +141,8 @@ def test_a_connection_repeated_across_two_workers_is_kept_once_like_one_process_
     connections.append(copy.deepcopy(connections[5]))  # the last page (the second worker's) repeats page 0's
     land(tmp_path / "one", DAY, connections)
     land(tmp_path / "many", DAY, connections)
-    one = flatten_snapshot(tmp_path / "one", DAY, workers=1)
-    many = flatten_snapshot(tmp_path / "many", DAY, workers=2)
+    one = flatten_snapshot(tmp_path / "one", snap(DAY), workers=1)
+    many = flatten_snapshot(tmp_path / "many", snap(DAY), workers=2)
 
     assert many.stats.duplicate_connections == 1 and many.connections == 400
     assert many.workers == 1  # flattened again in one process, so the first occurrence wins
@@ -160,7 +153,7 @@ def test_a_connection_repeated_across_two_workers_is_kept_once_like_one_process_
 def test_progress_comes_after_every_page_whichever_worker_read_it(tmp_path: Path) -> None:
     land(tmp_path, DAY, generate_connections(950, seed=4))
     calls: list[tuple[int, int, int]] = []
-    flatten_snapshot(tmp_path, DAY, progress=lambda *args: calls.append(args), workers=3)
+    flatten_snapshot(tmp_path, snap(DAY), progress=lambda *args: calls.append(args), workers=3)
     assert [done for done, _, _ in calls] == list(range(1, 11))
     assert {total for _, total, _ in calls} == {10}
     connections = [count for _, _, count in calls]
@@ -169,14 +162,14 @@ def test_progress_comes_after_every_page_whichever_worker_read_it(tmp_path: Path
 
 def test_a_bad_page_in_one_worker_fails_the_flatten_and_keeps_the_previous_partition(tmp_path: Path) -> None:
     land(tmp_path, DAY, generate_connections(300, seed=1))
-    flatten_snapshot(tmp_path, DAY, workers=1)
+    flatten_snapshot(tmp_path, snap(DAY), workers=1)
     before = partition_bytes(tmp_path, DAY)
 
     land(tmp_path, DAY, generate_connections(1000, seed=2), body_of=lambda i, b: b[:100] if i == 7 else b)
     with pytest.raises(PayloadError) as caught:
-        flatten_snapshot(tmp_path, DAY, workers=2)
+        flatten_snapshot(tmp_path, snap(DAY), workers=2)
     assert "invalid JSON" in str(caught.value)
-    assert "page-00007.json" in str(caught.value) and caught.value.log_id == "log-7"
+    assert "page-00007-" in str(caught.value) and caught.value.log_id == "log-7"
     assert any("flatten worker 1, pages 5-9" in note for note in caught.value.__notes__)
     assert partition_bytes(tmp_path, DAY) == before
     assert staging_leftovers(tmp_path) == []
@@ -184,7 +177,7 @@ def test_a_bad_page_in_one_worker_fails_the_flatten_and_keeps_the_previous_parti
 
 def test_a_worker_that_dies_fails_the_flatten_and_keeps_the_previous_partition(tmp_path: Path) -> None:
     land(tmp_path, DAY, generate_connections(1000, seed=2))
-    flatten_snapshot(tmp_path, DAY, workers=1)
+    flatten_snapshot(tmp_path, snap(DAY), workers=1)
     before = partition_bytes(tmp_path, DAY)
 
     # What the kernel's OOM killer leaves behind: no message, no exception. The worker of pages 5-9 is held on
@@ -192,7 +185,7 @@ def test_a_worker_that_dies_fails_the_flatten_and_keeps_the_previous_partition(t
     with held_page(tmp_path, 6) as held:
         killer = signal_worker_holding(held, signal.SIGKILL)
         with pytest.raises(FlattenWorkerError, match=r"died before finishing \(.*flatten worker 1, pages 5-9"):
-            flatten_snapshot(tmp_path, DAY, workers=2)
+            flatten_snapshot(tmp_path, snap(DAY), workers=2)
         killer.join()
     assert partition_bytes(tmp_path, DAY) == before
     assert staging_leftovers(tmp_path) == []
@@ -200,9 +193,9 @@ def test_a_worker_that_dies_fails_the_flatten_and_keeps_the_previous_partition(t
 
 def test_a_rerun_with_the_same_workers_writes_byte_identical_files(tmp_path: Path) -> None:
     land(tmp_path, DAY, drifted_connections(1000), "xml")
-    flatten_snapshot(tmp_path, DAY, workers=2)
+    flatten_snapshot(tmp_path, snap(DAY), workers=2)
     before = partition_bytes(tmp_path, DAY)
-    flatten_snapshot(tmp_path, DAY, workers=2)
+    flatten_snapshot(tmp_path, snap(DAY), workers=2)
     assert partition_bytes(tmp_path, DAY) == before
 
 
@@ -215,7 +208,7 @@ def test_the_parent_hears_of_a_finished_worker_at_once_not_at_its_next_poll(
     land(tmp_path, DAY, generate_connections(1000, seed=2))
     monkeypatch.setattr(workers, "_POLL_SECONDS", 600.0)
     clock = time.monotonic()
-    report = flatten_snapshot(tmp_path, DAY, workers=2)
+    report = flatten_snapshot(tmp_path, snap(DAY), workers=2)
     assert report.workers == 2 and report.connections == 1000
     assert time.monotonic() - clock < 120
 
@@ -255,7 +248,7 @@ def test_the_dagster_asset_flattens_with_the_configured_workers_and_its_checks_p
         )
     assert result.success
     for table in TABLES:
-        assert len(partition_parquet_files(tmp_path, table, day)) == 3, table
+        assert len(published_files(tmp_path, table, snap(day))) == 3, table
     checks = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
     assert all(checks[(table, "reconciles_with_raw")] for table in TABLES)
     connections = next(
@@ -268,7 +261,7 @@ def test_the_dagster_asset_flattens_with_the_configured_workers_and_its_checks_p
 
 def test_a_stopped_worker_is_killed_within_the_stall_limit_and_the_previous_partition_kept(tmp_path: Path) -> None:
     land(tmp_path, DAY, generate_connections(1000, seed=2))
-    flatten_snapshot(tmp_path, DAY, workers=1)
+    flatten_snapshot(tmp_path, snap(DAY), workers=1)
     before = partition_bytes(tmp_path, DAY)
 
     pids: list[int] = []
@@ -284,7 +277,7 @@ def test_a_stopped_worker_is_killed_within_the_stall_limit_and_the_previous_part
         with pytest.raises(
             FlattenWorkerError, match=r"flatten worker 1, pages 5-9 sent no word for \d+ s \(limit 5 s\)"
         ):
-            flatten_snapshot(tmp_path, DAY, workers=2, worker_stall_seconds=5.0)
+            flatten_snapshot(tmp_path, snap(DAY), workers=2, worker_stall_seconds=5.0)
         stopper.join()
         assert pids, "the worker was not found"
     # Bounded: the limit plus the time to start the workers, far from the hour a real hang would take.
@@ -305,7 +298,7 @@ def test_a_worker_failure_stops_the_other_workers_at_once(tmp_path: Path) -> Non
     with held_page(tmp_path, 2):  # worker 0 blocks on page 2 for good; worker 1 meets the broken page 7
         clock = time.monotonic()
         with pytest.raises(PayloadError, match="invalid JSON"):
-            flatten_snapshot(tmp_path, DAY, workers=2, worker_stall_seconds=600.0)
+            flatten_snapshot(tmp_path, snap(DAY), workers=2, worker_stall_seconds=600.0)
         assert time.monotonic() - clock < 60
     assert staging_leftovers(tmp_path) == []
 
@@ -378,9 +371,9 @@ def test_the_recount_the_workers_send_home_is_the_one_a_second_pass_makes(
     tmp_path: Path, fmt: str, workers: int
 ) -> None:
     land(tmp_path, DAY, drifted_connections(1000), fmt)
-    with stage_snapshot(tmp_path, DAY, workers=workers) as staged:
+    with stage_snapshot(tmp_path, snap(DAY), workers=workers) as staged:
         assert staged.report.workers == workers
-        assert staged.raw_recount == raw_recount(tmp_path, DAY)
+        assert staged.raw_recount == raw_recount(tmp_path, snap(DAY))
         # The drift breaks other rules (a connection without an id), never the reconciliation.
         assert not [failure for failure in blocking_failures(tmp_path, staged) if "reconciles_with_raw" in failure]
 
@@ -389,7 +382,7 @@ def test_a_repeated_id_leaves_the_recount_to_a_second_pass_over_the_pages(tmp_pa
     connections = generate_connections(400, seed=5)
     connections.append(copy.deepcopy(connections[5]) | {"customer_alias": "someone else"})  # same id, differs
     land(tmp_path, DAY, connections)
-    with stage_snapshot(tmp_path, DAY, workers=2) as staged:
+    with stage_snapshot(tmp_path, snap(DAY), workers=2) as staged:
         assert staged.raw_recount is None
         failures = blocking_failures(tmp_path, staged)
     assert any(
@@ -400,11 +393,11 @@ def test_a_repeated_id_leaves_the_recount_to_a_second_pass_over_the_pages(tmp_pa
 
 def test_the_audit_counts_the_raw_pages_not_what_the_flatten_wrote(tmp_path: Path) -> None:
     land(tmp_path, DAY, generate_connections(400, seed=6))
-    with stage_snapshot(tmp_path, DAY, workers=2) as staged:
+    with stage_snapshot(tmp_path, snap(DAY), workers=2) as staged:
         # A flatten that lost a door: its files and manifest agree with each other, but not with the raw pages.
-        path = staged.files("doors")[-1]
+        path = Path(staged.files("doors")[-1])
         pq.write_table(pq.read_table(path).slice(1), path)
-        write_partition_manifest(path.parent, "doors", DAY, staged.publication.id)
+        write_partition_manifest(path.parent, "doors", snap(DAY), staged.publication.id)
         assert staged.raw_recount is not None
         assert staged.raw_recount.counts["doors"] == staged.report.rows["doors"]
         failures = blocking_failures(tmp_path, staged)
@@ -413,12 +406,12 @@ def test_the_audit_counts_the_raw_pages_not_what_the_flatten_wrote(tmp_path: Pat
 
 def test_the_audit_evaluates_the_blocking_rules_exactly_as_the_full_evaluation_finds_them(tmp_path: Path) -> None:
     land(tmp_path, DAY, drifted_connections(1000))
-    with stage_snapshot(tmp_path, DAY, workers=2) as staged:
+    with stage_snapshot(tmp_path, snap(DAY), workers=2) as staged:
         files = {t: staged.files(t) for t in TABLES}
         everything = partition_issues(tmp_path, files, DAY)
         blocking_rules = {rule for _table, check in BLOCKING_CHECKS for rule in check.rules}
         blocking = partition_issues(tmp_path, files, DAY, blocking_rules)
-        all_outcomes = check_partition(tmp_path, files, DAY)
+        all_outcomes = check_partition(tmp_path, files, snap(DAY))
         failures = blocking_failures(tmp_path, staged)
     assert blocking == [issue for issue in everything if issue.rule in blocking_rules]
     assert blocking and len(blocking) < len(everything)  # the drift breaks warning rules too

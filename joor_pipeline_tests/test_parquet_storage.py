@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections import Counter
 from collections.abc import Callable
 from datetime import date
@@ -14,19 +15,25 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from joor_pipeline.flatten import TABLES, arrow_schema
+from joor_pipeline.flatten import TABLES, arrow_schema, parts
+from joor_pipeline.flatten.runner import flatten_snapshot
 from joor_pipeline.joor.errors import PayloadError
 from joor_pipeline.joor.parse import parse_page
+from joor_pipeline.layout import MANIFEST as MANIFEST_NAME
+from joor_pipeline.layout import PARQUET as PARQUET_DIR
 from joor_pipeline.sandbox.data import generate_connections
-from joor_pipeline.storage import parts
-from joor_pipeline.storage.parquet import (
-    PARQUET_DIR,
-    flatten_snapshot,
+from joor_pipeline.storage.raw import SnapshotNotFound, iter_raw_pages, read_manifest
+from joor_pipeline_tests.raw_fixtures import (
+    PAGE_SIZE,
+    land,
     parquet_path,
+    partition_bytes,
     partition_dir,
+    raw_pages,
+    raw_snapshot_dir,
+    snap,
+    staging_leftovers,
 )
-from joor_pipeline.storage.raw import MANIFEST_NAME, SnapshotNotFound, iter_raw_pages, raw_snapshot_dir
-from joor_pipeline_tests.raw_fixtures import PAGE_SIZE, land, partition_bytes, staging_leftovers
 
 DAY = date(2024, 5, 1)
 NEXT_DAY = date(2024, 5, 2)
@@ -38,9 +45,9 @@ NEXT_DAY = date(2024, 5, 2)
 def raw_keys(data_dir: Path, snapshot_date: date, fmt: str) -> dict[str, Counter[tuple[Any, ...]]]:
     """Every connection and list item of the landed pages, keyed as the tables key them, plus page and log_id."""
     keys: dict[str, Counter[tuple[Any, ...]]] = {name: Counter() for name in TABLES}
-    for path in sorted(raw_snapshot_dir(data_dir, snapshot_date).glob(f"page-*.{fmt}")):
+    for path in raw_pages(data_dir, snapshot_date):
         page = parse_page(path.read_bytes(), fmt)
-        number, log_id = int(path.stem.removeprefix("page-")), page.response.log_id
+        number, log_id = int(path.stem.split("-")[1]), page.response.log_id
         for connection in page.connections:
             account_id = int(connection["customer_account_id"])
             keys["connections"][(number, log_id, account_id)] += 1
@@ -69,7 +76,7 @@ def parquet_keys(data_dir: Path, snapshot_date: date) -> dict[str, Counter[tuple
 @pytest.mark.parametrize("n", [0, 1, 99, 100, 101, 1000])
 def test_every_raw_connection_and_item_lands_exactly_once(tmp_path: Path, n: int, fmt: str) -> None:
     land(tmp_path, DAY, generate_connections(n, seed=21), fmt)
-    report = flatten_snapshot(tmp_path, DAY)
+    report = flatten_snapshot(tmp_path, snap(DAY))
 
     expected = raw_keys(tmp_path, DAY, fmt)
     written = parquet_keys(tmp_path, DAY)
@@ -89,7 +96,7 @@ def test_json_and_xml_snapshots_of_the_same_data_write_identical_tables(tmp_path
     tables = {}
     for fmt in ("json", "xml"):
         land(tmp_path / fmt, DAY, connections, fmt)
-        flatten_snapshot(tmp_path / fmt, DAY)
+        flatten_snapshot(tmp_path / fmt, snap(DAY))
         tables[fmt] = {name: pq.read_table(parquet_path(tmp_path / fmt, name, DAY)) for name in TABLES}
     for name in TABLES:
         assert tables["json"][name].num_rows > 0, name
@@ -100,7 +107,7 @@ def test_duplicates_across_pages_are_written_once(tmp_path: Path) -> None:
     connections = generate_connections(150, seed=3)
     connections.append(copy.deepcopy(connections[5]))  # page 1 repeats a connection of page 0
     land(tmp_path, DAY, connections)
-    report = flatten_snapshot(tmp_path, DAY)
+    report = flatten_snapshot(tmp_path, snap(DAY))
     ids = pq.read_table(parquet_path(tmp_path, "connections", DAY))["customer_account_id"].to_pylist()
     assert len(ids) == len(set(ids)) == 150
     assert report.stats.duplicate_connections == 1 and report.stats.connections == 151
@@ -110,19 +117,20 @@ def test_raw_pages_are_read_back_in_manifest_order(tmp_path: Path) -> None:
     land(tmp_path, DAY, generate_connections(250, seed=4), "xml")
     pages = [
         (entry.page, entry.file, len(connections), log_id)
-        for entry, connections, log_id in iter_raw_pages(tmp_path, DAY)
+        for entry, connections, log_id in iter_raw_pages(tmp_path, snap(DAY))
     ]
+    publication = read_manifest(tmp_path, snap(DAY))["publication_id"]
     assert pages == [
-        (0, "page-00000.xml", 100, "log-0"),
-        (1, "page-00001.xml", 100, "log-1"),
-        (2, "page-00002.xml", 50, "log-2"),
+        (0, f"page-00000-{publication}.xml", 100, "log-0"),
+        (1, f"page-00001-{publication}.xml", 100, "log-1"),
+        (2, f"page-00002-{publication}.xml", 50, "log-2"),
     ]
 
 
 def test_progress_is_reported_after_every_page(tmp_path: Path) -> None:
     land(tmp_path, DAY, generate_connections(250, seed=4))
     calls: list[tuple[int, int, int]] = []
-    flatten_snapshot(tmp_path, DAY, progress=lambda *args: calls.append(args))
+    flatten_snapshot(tmp_path, snap(DAY), progress=lambda *args: calls.append(args))
     assert calls == [(1, 3, 100), (2, 3, 200), (3, 3, 250)]
 
 
@@ -131,12 +139,12 @@ def test_progress_is_reported_after_every_page(tmp_path: Path) -> None:
 
 def test_a_rerun_writes_byte_identical_files(tmp_path: Path) -> None:
     land(tmp_path, DAY, generate_connections(230, seed=8), "xml")
-    first = flatten_snapshot(tmp_path, DAY)
+    first = flatten_snapshot(tmp_path, snap(DAY))
     before = partition_bytes(tmp_path, DAY)
-    second = flatten_snapshot(tmp_path, DAY)
+    second = flatten_snapshot(tmp_path, snap(DAY))
     assert partition_bytes(tmp_path, DAY) == before
     assert first.rows == second.rows and first.paths == second.paths
-    assert all((path / "part-00000.parquet").is_file() for path in second.paths.values())
+    assert all((Path(path) / f"part-00000-{second.publication_id}.parquet").is_file() for path in second.paths.values())
     assert staging_leftovers(tmp_path) == []
 
 
@@ -164,10 +172,10 @@ def test_clean_pages_are_decoded_into_records_and_write_what_dicts_write(
     for data_dir in (tmp_path / "records", tmp_path / "dicts"):
         land(data_dir, DAY, connections)
     calls = _counting_decoder(monkeypatch)
-    with_records = flatten_snapshot(tmp_path / "records", DAY, workers=1)
+    with_records = flatten_snapshot(tmp_path / "records", snap(DAY), workers=1)
     assert calls == [True, False, True, True, True]
     monkeypatch.setattr(parts, "MAX_DECLINED", 0)  # never tried: every page parsed into dicts
-    without = flatten_snapshot(tmp_path / "dicts", DAY, workers=1)
+    without = flatten_snapshot(tmp_path / "dicts", snap(DAY), workers=1)
     assert len(calls) == 5
     assert partition_bytes(tmp_path / "records", DAY) == partition_bytes(tmp_path / "dicts", DAY)
     assert with_records.stats == without.stats
@@ -184,7 +192,7 @@ def test_a_worker_stops_trying_records_after_a_few_pages_that_are_not_clean(
         connection["zz_field_joor_added"] = 1
     land(tmp_path, DAY, connections)
     calls = _counting_decoder(monkeypatch)
-    report = flatten_snapshot(tmp_path, DAY, workers=1)
+    report = flatten_snapshot(tmp_path, snap(DAY), workers=1)
     assert calls == [False] * parts.MAX_DECLINED
     assert report.connections == 600 and report.stats.unknown_fields == {"connections.zz_field_joor_added": 600}
 
@@ -202,50 +210,54 @@ def test_a_failed_rerun_leaves_the_previous_partition_intact(
     tmp_path: Path, fmt: str, spoil: Callable[[bytes], bytes], reason: str
 ) -> None:
     land(tmp_path, DAY, generate_connections(120, seed=1), fmt)
-    flatten_snapshot(tmp_path, DAY)
+    flatten_snapshot(tmp_path, snap(DAY))
     before = partition_bytes(tmp_path, DAY)
 
     land(tmp_path, DAY, generate_connections(300, seed=2), fmt, body_of=lambda i, b: spoil(b) if i == 1 else b)
     with pytest.raises(PayloadError) as caught:
-        flatten_snapshot(tmp_path, DAY)
+        flatten_snapshot(tmp_path, snap(DAY))
     message = str(caught.value)
     assert reason in message
-    assert f"page-00001.{fmt}" in message
+    assert re.search(rf"page-00001-\w+\.{fmt}", message)
     assert "log_id log-1" in message  # from the manifest when the body has none
     assert partition_bytes(tmp_path, DAY) == before
     assert staging_leftovers(tmp_path) == []
 
 
-def test_a_swap_failing_midway_puts_every_previous_partition_back(
+def test_an_upload_failing_midway_publishes_nothing_and_leaves_nothing_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     land(tmp_path, DAY, generate_connections(120, seed=1))
-    flatten_snapshot(tmp_path, DAY)
+    flatten_snapshot(tmp_path, snap(DAY))
     before = partition_bytes(tmp_path, DAY)
+    folders = {table: sorted(partition_dir(tmp_path, table, DAY).iterdir()) for table in TABLES}
     land(tmp_path, DAY, generate_connections(200, seed=2))
     rename = os.replace
     doors = partition_dir(tmp_path, "doors", DAY)
 
     def failing_rename(src: Any, dst: Any) -> None:
-        # The filesystem gives out when the fifth table's new partition is renamed in.
-        if Path(dst) == doors and "new" in Path(src).parts:
+        # The filesystem gives out when the doors table's new file is moved in beside the live one.
+        if Path(dst).parent == doors and "new" in Path(src).parts:
             raise OSError("simulated rename failure")
         rename(src, dst)
 
     monkeypatch.setattr(os, "replace", failing_rename)
     with pytest.raises(OSError, match="simulated rename failure"):
-        flatten_snapshot(tmp_path, DAY)
+        flatten_snapshot(tmp_path, snap(DAY))
     monkeypatch.undo()
     assert partition_bytes(tmp_path, DAY) == before
+    # The uploads made before the failure (other tables' new files) were deleted, and the pending record too.
+    assert {table: sorted(partition_dir(tmp_path, table, DAY).iterdir()) for table in TABLES} == folders
+    assert not list((tmp_path / "_work" / "journals").iterdir())
     assert staging_leftovers(tmp_path) == []
 
 
 def test_a_page_that_differs_from_its_manifest_entry_is_refused(tmp_path: Path) -> None:
     land(tmp_path, DAY, generate_connections(10, seed=1))
-    page = raw_snapshot_dir(tmp_path, DAY) / "page-00000.json"
+    page = raw_pages(tmp_path, DAY)[0]
     page.write_bytes(page.read_bytes().replace(b'"code": 0', b'"code":0'))
-    with pytest.raises(PayloadError, match=r"sha256.*page-00000\.json \(log_id log-0\)"):
-        flatten_snapshot(tmp_path, DAY)
+    with pytest.raises(PayloadError, match=r"sha256.*page-00000-\w+\.json \(log_id log-0\)"):
+        flatten_snapshot(tmp_path, snap(DAY))
     assert not (tmp_path / PARQUET_DIR / "connections").exists()
 
 
@@ -254,17 +266,17 @@ def test_a_snapshot_without_manifest_is_incomplete(tmp_path: Path) -> None:
     raw_dir = raw_snapshot_dir(tmp_path, DAY)
     (raw_dir / MANIFEST_NAME).unlink()
     with pytest.raises(SnapshotNotFound, match="incomplete") as caught:
-        flatten_snapshot(tmp_path, DAY)
+        flatten_snapshot(tmp_path, snap(DAY))
     assert str(raw_dir) in str(caught.value)
     with pytest.raises(SnapshotNotFound, match="2024-05-02"):
-        flatten_snapshot(tmp_path, NEXT_DAY)
+        flatten_snapshot(tmp_path, snap(NEXT_DAY))
 
 
 def test_a_page_missing_from_disk_is_reported(tmp_path: Path) -> None:
     land(tmp_path, DAY, generate_connections(150, seed=1))
-    (raw_snapshot_dir(tmp_path, DAY) / "page-00001.json").unlink()
-    with pytest.raises(SnapshotNotFound, match=r"page-00001\.json is in the manifest but not on disk"):
-        flatten_snapshot(tmp_path, DAY)
+    raw_pages(tmp_path, DAY)[1].unlink()
+    with pytest.raises(SnapshotNotFound, match=r"page-00001-\w+\.json is in the manifest but not on disk"):
+        flatten_snapshot(tmp_path, snap(DAY))
     assert staging_leftovers(tmp_path) == []
 
 
@@ -274,7 +286,7 @@ def test_a_page_missing_from_disk_is_reported(tmp_path: Path) -> None:
 def test_duckdb_reads_the_partitions_with_snapshot_date_as_a_date(tmp_path: Path) -> None:
     land(tmp_path, DAY, generate_connections(30, seed=5))
     land(tmp_path, NEXT_DAY, generate_connections(40, seed=5))
-    first, second = flatten_snapshot(tmp_path, DAY), flatten_snapshot(tmp_path, NEXT_DAY)
+    first, second = flatten_snapshot(tmp_path, snap(DAY)), flatten_snapshot(tmp_path, snap(NEXT_DAY))
     glob = str(tmp_path / "parquet" / "addresses" / "*" / "*" / "*.parquet")
     con = duckdb.connect()
     relation = "read_parquet(?, hive_partitioning = true)"
@@ -293,7 +305,7 @@ def test_duckdb_reads_the_partitions_with_snapshot_date_as_a_date(tmp_path: Path
 
 def test_an_empty_snapshot_writes_every_table_empty(tmp_path: Path) -> None:
     land(tmp_path, DAY, [])
-    report = flatten_snapshot(tmp_path, DAY)
+    report = flatten_snapshot(tmp_path, snap(DAY))
     assert report.pages == 0 and report.rows == dict.fromkeys(TABLES, 0)
     con = duckdb.connect()
     for name in TABLES:

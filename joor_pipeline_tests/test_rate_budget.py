@@ -13,9 +13,10 @@ from joor_pipeline.joor.errors import RetriesExhausted
 from joor_pipeline.joor.pacing import MIN_THROTTLE_WAIT, CreditPacer
 from joor_pipeline.pipeline import fetch_snapshot
 from joor_pipeline.sandbox import Faults, run_sandbox
-from joor_pipeline.storage.raw import raw_snapshot_dir, read_manifest
+from joor_pipeline.storage.raw import read_manifest
 from joor_pipeline_tests.conftest import sandbox_settings
 from joor_pipeline_tests.fake_time import FakeTime
+from joor_pipeline_tests.raw_fixtures import raw_snapshot_dir, snap
 
 DAY = date(2026, 11, 2)
 
@@ -27,7 +28,7 @@ def served_ids(sandbox) -> list[str]:
 def landed_ids(client: JoorClient, report) -> list[str]:
     from joor_pipeline.joor.parse import parse_page
 
-    pages = sorted(report.path.glob("page-*"))
+    pages = [Path(report.path) / page["file"] for page in report.manifest["pages"]]
     return [str(c["customer_account_id"]) for p in pages for c in parse_page(p.read_bytes(), "json").connections]
 
 
@@ -52,7 +53,7 @@ def test_retry_after_longer_than_the_old_120s_cap_is_waited_out(tmp_path: Path) 
         settings = sandbox_settings(sb, page_size=10, rate_limit_credits=100, rate_limit_window=200.0, concurrency=1)
         waits = Waits()
         with JoorClient(settings, **fake.pair()) as client:
-            report = fetch_snapshot(client, tmp_path, DAY, on_wait=waits)
+            report = fetch_snapshot(client, tmp_path, snap(DAY), on_wait=waits)
             assert client.stats.throttled == 1
             assert client.retry_budget == ERROR_BUDGET + 2 * 200.0
         assert landed_ids(client, report) == served_ids(sb)
@@ -60,7 +61,7 @@ def test_retry_after_longer_than_the_old_120s_cap_is_waited_out(tmp_path: Path) 
     (reason, _), *_ = waits
     assert "other integrations" in reason
     assert 200.0 <= fake.elapsed < 210.0
-    assert read_manifest(tmp_path, DAY)["throttled"] == 1
+    assert read_manifest(tmp_path, snap(DAY))["throttled"] == 1
     assert sb.stats.throttled == 1
 
 
@@ -72,7 +73,7 @@ def test_the_old_fixed_budget_would_have_given_up_at_once(tmp_path: Path) -> Non
         settings = sandbox_settings(sb, rate_limit_window=200.0, concurrency=1)
         with JoorClient(settings, retry=RetryPolicy(max_elapsed=120.0), **fake.pair()) as client:
             with pytest.raises(RetriesExhausted, match=r"after 1 attempt\(s\) \(1 answered 429\).*budget 120s"):
-                fetch_snapshot(client, tmp_path, DAY)
+                fetch_snapshot(client, tmp_path, snap(DAY))
     assert not raw_snapshot_dir(tmp_path, DAY).exists()
 
 
@@ -85,7 +86,7 @@ def test_drained_window_without_retry_after_waits_a_whole_window(tmp_path: Path)
         settings = sandbox_settings(sb, page_size=10, rate_limit_credits=300, rate_limit_window=300.0, concurrency=1)
         waits = Waits()
         with JoorClient(settings, **fake.pair()) as client:
-            report = fetch_snapshot(client, tmp_path, DAY, on_wait=waits)
+            report = fetch_snapshot(client, tmp_path, snap(DAY), on_wait=waits)
             margin = client.pacer.margin
         assert landed_ids(client, report) == served_ids(sb)
     # With no word from JOOR on when its window ends, it may have just begun: a whole window, and the margin.
@@ -123,7 +124,7 @@ def test_429_storm_longer_than_the_attempts_is_waited_out(tmp_path: Path, concur
         settings = sandbox_settings(sb, page_size=10, concurrency=concurrency, max_attempts=3)
         waits = Waits()
         with JoorClient(settings, **fake.pair()) as client:
-            report = fetch_snapshot(client, tmp_path, DAY, on_wait=waits)
+            report = fetch_snapshot(client, tmp_path, snap(DAY), on_wait=waits)
             assert client.stats.throttled == 30
             assert client.stats.server_errors == 0
         assert landed_ids(client, report) == served_ids(sb)
@@ -140,7 +141,7 @@ def test_endless_429s_end_in_one_clear_error_within_the_budget(tmp_path: Path) -
         with JoorClient(settings, **fake.pair()) as client:
             budget = client.retry_budget
             with pytest.raises(RetriesExhausted, match=r"answered 429.*HTTP 429 \(JOOR's rate limit") as info:
-                fetch_snapshot(client, tmp_path, DAY)
+                fetch_snapshot(client, tmp_path, snap(DAY))
     assert budget == ERROR_BUDGET + 2 * 20.0
     assert fake.elapsed <= budget
     # Retry-After: 1 each time: about one request a second of the budget, not a busy loop.
@@ -167,7 +168,7 @@ def test_competing_integration_and_this_pipelines_share(tmp_path: Path, share: i
         settings = sandbox_settings(sb, page_size=1, rate_limit_credits=share, rate_limit_window=300.0, concurrency=1)
         waits = Waits()
         with JoorClient(settings, **fake.pair()) as client:
-            report = fetch_snapshot(client, tmp_path, DAY, on_wait=waits)
+            report = fetch_snapshot(client, tmp_path, snap(DAY), on_wait=waits)
         assert landed_ids(client, report) == served_ids(sb)
     assert sb.stats.competing_credits > 100
     assert (sb.stats.throttled > 0) is throttled

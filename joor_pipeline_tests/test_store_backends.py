@@ -153,12 +153,12 @@ def test_upload_of_a_file_small_and_multipart(backend: Backend, tmp_path: Path) 
 
 def test_list_is_every_key_under_the_prefix_recursively_and_sorted(backend: Backend) -> None:
     store = backend.store
-    for key in ("raw/b/2.json", "raw/a/1.json", "raw/a/sub/3.json", "rawish/4.json", "top.json"):
-        store.write(key, b"x")
-    assert store.list("raw") == ["raw/a/1.json", "raw/a/sub/3.json", "raw/b/2.json"]
-    assert store.list("raw/a") == ["raw/a/1.json", "raw/a/sub/3.json"]
-    assert store.list("") == ["raw/a/1.json", "raw/a/sub/3.json", "raw/b/2.json", "rawish/4.json", "top.json"]
-    assert store.list("nothing") == []
+    for size, key in enumerate(("raw/b/2.json", "raw/a/1.json", "raw/a/sub/3.json", "rawish/4.json", "top.json")):
+        store.write(key, b"x" * size)
+    assert store.list("raw") == {"raw/a/1.json": 1, "raw/a/sub/3.json": 2, "raw/b/2.json": 0}
+    assert list(store.list("raw/a")) == ["raw/a/1.json", "raw/a/sub/3.json"]
+    assert list(store.list("")) == ["raw/a/1.json", "raw/a/sub/3.json", "raw/b/2.json", "rawish/4.json", "top.json"]
+    assert store.list("nothing") == {}
 
 
 def test_delete_is_idempotent(backend: Backend) -> None:
@@ -168,7 +168,7 @@ def test_delete_is_idempotent(backend: Backend) -> None:
     store.delete([f"d/{index}.json" for index in range(3)] + ["d/never.json"])
     store.delete(["d/0.json"])  # gone already
     store.delete([])
-    assert store.list("d") == ["d/3.json", "d/4.json"]
+    assert list(store.list("d")) == ["d/3.json", "d/4.json"]
 
 
 def test_download_is_atomic_and_a_missing_object_is_file_not_found(backend: Backend, tmp_path: Path) -> None:

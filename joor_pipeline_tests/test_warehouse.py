@@ -33,6 +33,7 @@ from joor_pipeline_tests.model_fixtures import (
     clean_retailer,
     parquet_root,
     partition_path,
+    publish_partition,
     query,
     snapshot_rows,
     table_of,
@@ -103,9 +104,9 @@ def test_any_order_of_incremental_builds_gives_the_tables_of_a_full_refresh(
             withdraw(data_dir, dates[index])
         else:
             write_snapshot(parquet_root(data_dir), dates[index], retailers(content, size=3))
-        if published_dates(data_dir):  # (with nothing published, a build is refused)
+        if published_dates(data_dir, account="default"):  # (with nothing published, a build is refused)
             build_warehouse(data_dir)
-    if not published_dates(data_dir):
+    if not published_dates(data_dir, account="default"):
         return
     incremental = tables(data_dir)
     build_warehouse(data_dir, full_refresh=True)
@@ -179,7 +180,8 @@ def test_a_failed_build_leaves_the_published_warehouse_exactly_as_it_was(tmp_pat
     build_warehouse(tmp_path)
     before = database_path(tmp_path).read_bytes()
     write_snapshot(root, D2, retailers(2))
-    partition_path(root, "warehouses", D2).write_bytes(b"not parquet at all")
+    damaged = partition_path(root, "warehouses", D2)  # bit rot: the size its manifest lists, none of the bytes
+    damaged.write_bytes(b"x" * damaged.stat().st_size)
 
     with pytest.raises(WarehouseError, match=r"published Parquet could not be read: .*No magic bytes"):
         build_warehouse(tmp_path)
@@ -234,6 +236,7 @@ def test_staging_reads_exactly_the_published_files_after_a_reflatten_with_other_
         half = len(rows[table]) // 2
         pq.write_table(table_of(table, rows[table][:half]), first)
         pq.write_table(table_of(table, rows[table][half:]), first.with_name("part-00001.parquet"))
+        publish_partition(root, table, D1)
     build_warehouse(tmp_path)
     assert query(tmp_path, "select count(*) from dim_retailers") == [(6,)]
 

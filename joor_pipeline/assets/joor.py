@@ -2,7 +2,7 @@
 
 import warnings
 from collections.abc import Iterator, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -15,12 +15,13 @@ from joor_pipeline.assets.partitions import partition_of, snapshot_partitions
 from joor_pipeline.assets.resources import DataDirResource, JoorApiResource
 from joor_pipeline.flatten import TABLES
 from joor_pipeline.flatten.dictionary import column_description
+from joor_pipeline.flatten.runner import stage_snapshot
 from joor_pipeline.flatten.schema import REQ_IF_STATE_COUNTRY, REQ_YES
-from joor_pipeline.pipeline import fetch_snapshot
+from joor_pipeline.layout import SnapshotKey
+from joor_pipeline.pipeline import backdating_refusal, fetch_snapshot
 from joor_pipeline.quality import CHECKS, CheckOutcome, check_partition
-from joor_pipeline.storage.locks import of_account
-from joor_pipeline.storage.objectstore import parquet_file, shown
-from joor_pipeline.storage.parquet import published_files, stage_snapshot
+from joor_pipeline.storage.access import parquet_file
+from joor_pipeline.storage.parquet import published_files
 from joor_pipeline.storage.raw import raw_snapshot_exists, read_manifest
 
 RAW_ASSET: Final = "joor_raw_connections"
@@ -43,9 +44,9 @@ class FetchConfig(dg.Config):
     """Past dates (YYYY-MM-DD) that may receive today's JOOR state, each named explicitly (for a backfill)."""
 
 
-def _partition(context: dg.AssetExecutionContext) -> tuple[str, date]:
-    """(account, snapshot date) of the run's partition."""
-    return partition_of(context.partition_key)
+def _partition(context: dg.AssetExecutionContext) -> SnapshotKey:
+    """The snapshot of the run's partition (its account and date)."""
+    return SnapshotKey(*partition_of(context.partition_key))
 
 
 @dg.asset(
@@ -61,13 +62,14 @@ def joor_raw_connections(
     context: dg.AssetExecutionContext, config: FetchConfig, joor: JoorApiResource, storage: DataDirResource
 ) -> dg.MaterializeResult:  # type: ignore[type-arg]
     """Land the raw snapshot of the partition's date (JOOR serves only the current state: see FetchConfig)."""
-    account, snapshot_date = _partition(context)
+    key = _partition(context)
+    account, snapshot_date = key.account, key.snapshot_date
     data_dir = storage.path
     today = datetime.now(UTC).date()
-    existing = raw_snapshot_exists(data_dir, snapshot_date, account=account)
+    existing = raw_snapshot_exists(data_dir, key)
     # A kept snapshot is reused, today's too (a second run after a model failure spends no credits again).
     if existing and not config.refetch:
-        manifest = read_manifest(data_dir, snapshot_date, account=account)
+        manifest = read_manifest(data_dir, key)
         context.log.info(
             "kept the raw snapshot of %s of account %s fetched at %s (refetch: true fetches it again)",
             snapshot_date,
@@ -84,14 +86,14 @@ def joor_raw_connections(
                     "backfill: list each past date to fill with today's JOOR state in backdated_dates instead."
                 )
             )
-        if not (config.allow_backdated or listed):
-            raise dg.Failure(
-                description=(
-                    f"no raw snapshot exists for {snapshot_date} and JOOR serves only the current state, so a "
-                    "fetch now would store today's data under a past date. Set allow_backdated: true in the "
-                    "run config to do it anyway."
-                )
-            )
+    refusal = backdating_refusal(
+        snapshot_date,
+        today,
+        allowed=config.refetch or config.allow_backdated or snapshot_date.isoformat() in config.backdated_dates,
+        how_to_allow="set allow_backdated: true in the run config (backdated_dates in a backfill)",
+    )
+    if refusal is not None:
+        raise dg.Failure(description=f"no raw snapshot is kept for {snapshot_date}: {refusal}")
     settings = joor.settings(data_dir, account=account)
     pages_logged = 0
 
@@ -109,10 +111,8 @@ def joor_raw_connections(
             settings.api_version,
             settings.format,
         )
-        report = fetch_snapshot(client, data_dir, snapshot_date, progress=progress, account=account)
-    context.log.info(
-        "landed %d connections in %d pages at %s", report.connections, report.pages, shown(data_dir, report.path)
-    )
+        report = fetch_snapshot(client, data_dir, key, progress=progress)
+    context.log.info("landed %d connections in %d pages at %s", report.connections, report.pages, report.path)
     return dg.MaterializeResult(metadata={**_manifest_metadata(report.manifest), "reused_existing_snapshot": False})
 
 
@@ -246,7 +246,7 @@ def check_result(outcome: CheckOutcome) -> dg.AssetCheckResult:
 def joor_tables(context: dg.AssetExecutionContext, storage: DataDirResource) -> Iterator[Any]:
     """Flatten the partition's raw snapshot into staging, check it there, and publish it only if the blocking
     checks pass (the previous partition and the models stay as they were otherwise)."""
-    account, snapshot_date = _partition(context)
+    key = _partition(context)
     data_dir = storage.path
     last_logged = 0
 
@@ -256,35 +256,28 @@ def joor_tables(context: dg.AssetExecutionContext, storage: DataDirResource) -> 
             last_logged = done
             context.log.info("flattened %d/%d pages, %d connections", done, total, connections)
 
-    with stage_snapshot(
-        data_dir, snapshot_date, progress=progress, workers=storage.workers(), account=account
-    ) as staged:
+    with stage_snapshot(data_dir, key, progress=progress, workers=storage.workers()) as staged:
         report = staged.report
         if report.workers > 1:
             context.log.info("flattened by %d worker processes (one file per table each)", report.workers)
         files = {table: staged.files(table) for table in TABLES}
-        outcomes = check_partition(data_dir, files, snapshot_date, staged.raw_recount, account=account)
+        outcomes = check_partition(data_dir, files, key, staged.raw_recount)
         results = [check_result(outcome) for outcome in outcomes]
         failures = [outcome.describe() for outcome in outcomes if outcome.blocks]
         if failures:
-            reason = {"account": account, "snapshot_date": snapshot_date.isoformat(), "failed_checks": failures}
-            kept = staged.quarantine(reason)
+            refused = staged.refuse(failures)
             yield from results
-            raise dg.Failure(
-                description=(
-                    f"blocking check(s) failed on the flatten of {snapshot_date}{of_account(account)}: "
-                    f"{'; '.join(failures)}. Nothing "
-                    f"was published: the previous tables of that date and the models are unchanged. The staged "
-                    f"tables are kept in {kept}"
-                )
-            )
+            raise dg.Failure(description=str(refused))
         staged.publish()
     context.log.info(
-        "published the ten tables of %s of account %s (publication %s)", snapshot_date, account, report.publication_id
+        "published the ten tables of %s of account %s (publication %s)",
+        key.snapshot_date,
+        key.account,
+        report.publication_id,
     )
     stats = report.stats
     for table in TABLES:
-        data = _first_rows(published_files(data_dir, table, snapshot_date, account=account))
+        data = _first_rows(published_files(data_dir, table, key))
         unknown = {k: v for k, v in stats.unknown_fields.items() if k.startswith(f"{table}.")}
         problems = {k: v for k, v in stats.coercion_problems.items() if k.startswith(f"{table}.")}
         yield dg.MaterializeResult(
@@ -292,7 +285,7 @@ def joor_tables(context: dg.AssetExecutionContext, storage: DataDirResource) -> 
             metadata={
                 "dagster/row_count": report.rows[table],
                 "dagster/column_schema": _column_schema(table),
-                "path": dg.MetadataValue.path(shown(data_dir, report.paths[table])),
+                "path": dg.MetadataValue.path(report.paths[table]),
                 "publication_id": report.publication_id,
                 "preview": dg.MetadataValue.md(_preview(data)),
                 "unknown_fields": sum(unknown.values()),

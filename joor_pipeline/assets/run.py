@@ -8,10 +8,8 @@ traceback.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +27,8 @@ from joor_pipeline.assets.resources import resources_from_values
 from joor_pipeline.config import DEFAULT_ACCOUNT, raise_problems, read_setting
 from joor_pipeline.definitions import JOB_NAME, build_defs
 from joor_pipeline.joor.errors import ConfigError, JoorError
+from joor_pipeline.layout import SnapshotKey
+from joor_pipeline.storage.durable import LockTimeout, flocked
 from joor_pipeline.storage.raw import raw_snapshot_exists
 
 #: How long a run waits for another process that is creating the same fresh ``DAGSTER_HOME``.
@@ -99,22 +99,11 @@ class InstanceBusy(JoorError):
 @contextmanager
 def _home_lock(home: Path, wait: float) -> Iterator[None]:
     """Hold ``home``'s creation lock: two first runs must not create the same SQLite storage at once."""
-    with open(home / ".joor-pipeline-instance.lock", "a+") as lock:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise InstanceBusy(
-                        f"DAGSTER_HOME {home} is being set up by another process; try again in a minute"
-                    ) from None
-                time.sleep(0.1)
-        try:
+    try:
+        with flocked(home / ".joor-pipeline-instance.lock", wait):
             yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    except LockTimeout:
+        raise InstanceBusy(f"DAGSTER_HOME {home} is being set up by another process; try again in a minute") from None
 
 
 def open_instance(environ: Mapping[str, str], *, wait: float = INSTANCE_WAIT_SECONDS) -> dg.DagsterInstance:
@@ -292,7 +281,7 @@ def run_range(
         f"{d.isoformat()} (account {account})" if len(accounts) > 1 else d.isoformat()
         for account in accounts
         for d in days
-        if not raw_snapshot_exists(data_dir, d, account=account)
+        if not raw_snapshot_exists(data_dir, SnapshotKey(account, d))
     ]
     if missing:
         raise RangeRefused(

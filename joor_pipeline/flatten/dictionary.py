@@ -37,10 +37,12 @@ The flatten step turns each raw snapshot of one JOOR account's connections
 directory per table, account and snapshot, holding one file per flatten worker (`JOOR_FLATTEN_WORKERS`; their
 rows in name order are the rows in page order):
 
-    $JOOR_DATA_DIR/parquet/<table>/account=<name>/snapshot_date=YYYY-MM-DD/part-00000.parquet
-                                                                          part-00001.parquet ...
+    $JOOR_DATA_DIR/parquet/<table>/account=<name>/snapshot_date=YYYY-MM-DD/part-00000-<publication id>.parquet
+                                                                          part-00001-<publication id>.parquet ...
+                                                                          _manifest.json
 
-Read them with DuckDB as they are:
+Each directory's `_manifest.json` lists its published files: read them through it (`joor_pipeline.read`, the
+warehouse's `staging` views), or, between runs, with DuckDB as they are:
 
     select * from read_parquet('data/parquet/addresses/*/*/*.parquet', hive_partitioning = true)
 

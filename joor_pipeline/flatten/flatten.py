@@ -38,7 +38,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from msgspec.structs import astuple
 
-from joor_pipeline.config import DEFAULT_ACCOUNT
 from joor_pipeline.flatten.coerce import (
     INVALID,
     account_id_key,
@@ -502,7 +501,7 @@ class _PageFlattener:
                 for position, index in members:
                     lists[index].add_record_lists(list(map(itemgetter(position), present)), group_owners)
 
-    def tables(self, snapshot_date: date, account: str = DEFAULT_ACCOUNT) -> dict[str, pa.Table]:
+    def tables(self, snapshot_date: date, account: str) -> dict[str, pa.Table]:
         """The ten Arrow tables of everything added."""
         for rows in self.lists:
             rows.settle()
@@ -531,7 +530,7 @@ class _Common:
     #: Per connection (in ``ids`` order): its page and log_id.
     source_pages: pa.Array
     log_ids: pa.Array
-    account: str = DEFAULT_ACCOUNT
+    account: str
 
 
 def _build(
@@ -654,7 +653,7 @@ def flatten_page(
     source_page: int,
     log_id: str | None,
     seen_account_ids: set[int] | None = None,
-    account: str = DEFAULT_ACCOUNT,
+    account: str,
 ) -> FlatBatch:
     """Flatten one page of canonical connections into the ten tables of the contract.
 
@@ -674,7 +673,7 @@ def flatten_pages(
     *,
     snapshot_date: date,
     seen_account_ids: set[int] | None = None,
-    account: str = DEFAULT_ACCOUNT,
+    account: str,
 ) -> FlatBatch:
     """Flatten several pages, each ``(connections, source_page, log_id)``, into one set of ten tables.
 

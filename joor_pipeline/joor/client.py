@@ -33,7 +33,6 @@ from urllib.parse import quote
 
 import httpx
 
-from joor_pipeline.config import JoorSettings, Secret
 from joor_pipeline.joor.errors import (
     AuthError,
     JoorApiError,
@@ -52,6 +51,7 @@ from joor_pipeline.joor.pacing import (
     rate_limit_headers,
 )
 from joor_pipeline.joor.parse import Canonical, Page, parse_page
+from joor_pipeline.joor.settings import JoorSettings, Secret
 from joor_pipeline.joor.shapes import MEDIA_TYPES
 from joor_pipeline.joor.transport import Reply, deadline_transport, exchange, redact_url
 

@@ -1,2 +1,7 @@
-"""Storage: the raw landing zone (``raw``), partitioned Parquet (``parquet``), and how both are published
-(``publish``, ``locks``)."""
+"""Storage: bytes and their publication, on any backend.
+
+``store`` (the protocol every backend implements), ``local`` and ``objectstore`` (the backends), ``factory``
+(``JOOR_DATA_DIR`` to a store), ``publish`` (the one publish mechanism and its recovery), ``raw`` and ``parquet``
+(the published data, read through manifests), ``access`` (DuckDB, pyarrow and local copies), ``locks``, ``lease``,
+``durable`` and ``migrate``. Nothing here imports the flatten, the configuration or anything above them.
+"""

@@ -451,16 +451,16 @@ class CloudStore:
         except FileNotFoundError:
             return None
 
-    def list(self, prefix: str) -> list[str]:
+    def list(self, prefix: str) -> dict[str, int]:
         # object_store lists by whole path segments: prefix "a/b" is everything under "a/b/", never "a/bc".
         root = f"{self.cloud.prefix}/" if self.cloud.prefix else ""
         relative = prefix.strip("/")
         query = self.path(relative) if relative else self.cloud.prefix
-        keys: list[str] = []
+        sizes: dict[str, int] = {}
         with _Errors(self, "list", relative):
             for chunk in self._obstore.list(self.store, prefix=query or None, chunk_size=1000):
-                keys.extend(str(meta["path"])[len(root) :] for meta in chunk)
-        return sorted(keys)
+                sizes.update((str(meta["path"])[len(root) :], int(meta["size"])) for meta in chunk)
+        return dict(sorted(sizes.items()))
 
     # writing
     def write(self, key: str, data: bytes) -> Version:

@@ -5,8 +5,8 @@ protocol's own primitives (create, swap, read, delete), so that it serves every 
   ``expires_at`` is in the future, its holder is alive: :class:`SnapshotBusy` at once, naming the holder. If it has
   expired (its holder died, or stopped renewing), it is taken over by compare-and-swap against the version just
   read, with one warning: of two processes taking it over at once, exactly one wins. A lease object that does not
-  parse (truncated, written by hand) is taken over the same way, with one warning naming it: junk never blocks
-  a date for ever.
+  parse (truncated, written by hand) is set aside under ``_work/damaged/`` and taken over the same way, with one
+  warning naming both: junk never blocks a date for ever.
 - **Holding it**: a daemon thread of the holder renews it every third of its duration, by compare-and-swap
   against the version it wrote last. A renewal that loses means another process took the lease over (this one
   was too slow to renew, its clock or its network failed): the lease is *lost*. :meth:`Lease.check`, called
@@ -30,6 +30,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from joor_pipeline.storage.damaged import set_aside
 from joor_pipeline.storage.store import Conflict, SnapshotBusy, Store, StoreError, Version
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,13 @@ def acquire(store: Store, key: str, what: str, seconds: float = DEFAULT_LEASE_SE
         except Conflict:
             continue  # another process took it over, or its holder renewed it: look again
         if info is None:
-            log.warning("took over %s: not a lease object (unreadable, %d bytes)", store.uri(key), len(data))
+            set_aside(
+                store,
+                key,
+                data,
+                f"was not a lease object (unreadable, {len(data)} bytes) and was taken over",
+                delete=False,
+            )
         else:
             log.warning(
                 "took over the expired lease %s of pid %s on %s (expired %s)",

@@ -1,71 +1,32 @@
-"""Advisory file locks under ``$JOOR_DATA_DIR/_work/locks/``: one run per snapshot date, and live staging owners.
+"""Locks above the stores: who holds one (in words), and re-entrancy within a process.
 
-Both are ``fcntl.flock`` locks on files that are never deleted (deleting a lock file races with a process about
-to lock it). The kernel drops a flock when the last descriptor of its open file goes, so a SIGKILLed holder
-frees it at once: no stale lock to clear by hand, and "can I lock it?" tells a live owner from a dead one.
-
-Forked children (the flatten workers) would inherit the descriptors and with them the locks, keeping a dead
-parent's lock alive for as long as an orphaned worker runs; a fork handler closes them in every child.
-
-:func:`snapshot_lock` is re-entrant within one process (the CLI's ``run`` executes the fetch and the flatten
-steps in-process, one after the other, and recovery needs to know which dates this process already holds).
+One primitive takes a lock: :meth:`Store.lock <joor_pipeline.storage.store.Store.lock>` (a flock on local disk,
+freed at once when its holder dies; a lease object renewed by its live holder on an object store). Above it, one
+registry makes :func:`hold` re-entrant within a process: the CLI's ``run`` executes the fetch and the flatten
+steps in-process one after the other, and recovery needs to know which dates this process already holds
+(:func:`holds`). A forked child forgets the registry (the flatten workers hold nothing).
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
-from pathlib import Path
-from typing import IO, Any, Final
+from datetime import UTC, datetime
 
-from joor_pipeline.config import DEFAULT_ACCOUNT
-from joor_pipeline.joor.errors import JoorError
+from joor_pipeline.storage.store import Held, SnapshotBusy, Store
 
-__all__ = ["DEFAULT_ACCOUNT", "SnapshotBusy", "account_key", "of_account", "snapshot_lock"]
-
-WORK_DIR: Final = Path("_work")
-LOCKS_DIR: Final = WORK_DIR / "locks"
-
-
-class SnapshotBusy(JoorError):
-    """Another process holds the lock of this snapshot date."""
-
-
-@dataclass
-class _Held:
-    handle: IO[bytes]
-    depth: int
-    #: With an object-store data directory, the date's lease object (see storage.objectstore), held with the flock.
-    lease: Any = None
-
-
-# (resolved lock path) -> the open, locked file of this process; closed in forked children.
-_held: dict[Path, _Held] = {}
-_owned: set[IO[bytes]] = set()
-_guard = threading.Lock()
-
-
-def _close_in_child() -> None:
-    for handle in [*(held.handle for held in _held.values()), *_owned]:
-        with suppress(OSError):
-            handle.close()  # the parent's lock lives on through its own descriptor
-    _held.clear()
-    _owned.clear()
-
-
-os.register_at_fork(after_in_child=_close_in_child)
+__all__ = ["SnapshotBusy", "describe_holder", "hold", "hold_if_free", "holder_description", "holds"]
 
 
 def holder_description() -> dict[str, object]:
-    """Who this process is, for lock and owner files (no environment, no argument that could hold a secret)."""
+    """Who this process is, for lock objects (no environment, no argument that could hold a secret)."""
     command = " ".join(os.path.basename(arg) if i == 0 else arg for i, arg in enumerate(sys.argv[:4]))
     return {
         "pid": os.getpid(),
@@ -75,128 +36,107 @@ def holder_description() -> dict[str, object]:
     }
 
 
-def describe_holder(path: Path) -> str:
-    """The holder recorded in a lock or owner file, in words; 'another process' when it cannot be read."""
+def describe_holder(data: bytes) -> str:
+    """The holder a lock object records, in words; 'another process' when it cannot be read."""
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info = json.loads(data)
         return f"pid {info['pid']} on {info['host']} ({info['command']!r}, since {info['since']})"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         return "another process"
 
 
-def try_flock(path: Path) -> IO[bytes] | None:
-    """``path`` opened and exclusively flocked without waiting, or None when another open file holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+b")  # noqa: SIM115 - the caller keeps it open as long as it holds the lock
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        return None
-    except BaseException:
-        handle.close()
-        raise
+@dataclass
+class _Entry:
+    held: Held
+    depth: int
+
+
+# (store url, lock key) -> the lock this process holds, and how many blocks hold it.
+_held: dict[tuple[str, str], _Entry] = {}
+_guard = threading.Lock()
+
+
+def _forget_in_child() -> None:
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
+def holds(store: Store, key: str) -> bool:
+    """True when this process holds the lock ``key`` of ``store``."""
     with _guard:
-        _owned.add(handle)
-    return handle
+        return (store.url, key) in _held
 
 
-def release(handle: IO[bytes]) -> None:
-    """Unlock and close a handle from :func:`try_flock`."""
+def held(store: Store, key: str) -> Held | None:
+    """The lock ``key`` of ``store`` if this process holds it."""
     with _guard:
-        _owned.discard(handle)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    finally:
-        handle.close()
-
-
-def write_holder(handle: IO[bytes]) -> None:
-    """Record this process in a locked file, for the message another process gets."""
-    handle.seek(0)
-    handle.truncate()
-    handle.write(json.dumps(holder_description()).encode() + b"\n")
-    handle.flush()
-
-
-def of_account(account: str) -> str:
-    """`` of account <name>`` for messages, nothing for the default account (the single-account wording)."""
-    return "" if account == DEFAULT_ACCOUNT else f" of account {account}"
-
-
-def account_key(account: str) -> str:
-    """The hive directory name of an account: ``account=<name>``."""
-    return f"account={account}"
-
-
-def snapshot_lock_path(data_dir: Path, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> Path:
-    """The lock file of one account's snapshot date."""
-    return data_dir / LOCKS_DIR / account_key(account) / f"snapshot_date={snapshot_date.isoformat()}.lock"
-
-
-def holds_snapshot_lock(data_dir: Path, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> bool:
-    """True when this process holds the lock of ``snapshot_date`` of ``account``."""
-    return snapshot_lock_path(data_dir, snapshot_date, account=account).resolve() in _held
+        entry = _held.get((store.url, key))
+    return None if entry is None else entry.held
 
 
 @contextmanager
-def snapshot_lock(data_dir: Path, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> Iterator[None]:
-    """Hold the lock of one snapshot date for the block, or raise :class:`SnapshotBusy` at once.
+def hold(store: Store, key: str, what: str, *, wait: float | None = 0.0) -> Iterator[Held]:
+    """Hold the lock ``key`` for the block; re-entrant within this process.
 
-    Fetch and flatten of a date take it, so two runs of one account's date never write the same snapshot;
-    different dates and accounts run side by side. Re-entrant within this process.
+    When another process holds it, wait up to ``wait`` seconds (None: as long as it takes), then raise
+    :class:`SnapshotBusy` naming the holder. ``what`` names the lock in messages (``snapshot 2026-11-23``).
     """
-    path = snapshot_lock_path(data_dir, snapshot_date, account=account).resolve()
+    name = (store.url, key)
     with _guard:
-        held = _held.get(path)
-        if held is not None:
-            held.depth += 1
-    if held is None:
-        handle = try_flock(path)
-        if handle is None:
-            raise SnapshotBusy(
-                f"snapshot {snapshot_date.isoformat()}{of_account(account)} is busy: {describe_holder(path)} is "
-                f"fetching or flattening "
-                f"it (lock {path}); wait for it to finish, then try again"
-            )
-        write_holder(handle)
-        try:
-            lease = _store_lease(data_dir, snapshot_date, account)
-        except BaseException:
-            release(handle)
-            raise
-        held = _Held(handle, 1, lease)
+        entry = _held.get(name)
+        if entry is not None:
+            entry.depth += 1
+    if entry is None:
+        entry = _Entry(_take(store, key, what, wait), 1)
         with _guard:
-            _held[path] = held
+            _held[name] = entry
     try:
-        yield
+        yield entry.held
     finally:
         with _guard:
-            held.depth -= 1
-            last = held.depth == 0
+            entry.depth -= 1
+            last = entry.depth == 0
             if last:
-                del _held[path]
+                del _held[name]
         if last:
-            try:
-                if held.lease is not None:
-                    held.lease.release()
-            finally:
-                release(held.handle)
+            entry.held.release()
 
 
-def _store_lease(data_dir: Path, snapshot_date: date, account: str) -> Any:
-    """On an object store, the date's lease object at the lock path (SnapshotBusy when live elsewhere)."""
-    from joor_pipeline.storage.objectstore import acquire_lease, store_of
+def _take(store: Store, key: str, what: str, wait: float | None) -> Held:
+    deadline = None if wait is None else time.monotonic() + wait
+    pause = 0.05
+    while True:
+        try:
+            return store.lock(key, what)
+        except SnapshotBusy:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
-    store = store_of(data_dir)
-    if store is None:
-        return None
-    rel = snapshot_lock_path(data_dir, snapshot_date, account=account).relative_to(data_dir).as_posix()
-    return acquire_lease(store, rel, f"snapshot {snapshot_date.isoformat()}{of_account(account)}")
+
+@contextmanager
+def hold_alone(store: Store, key: str, what: str, *, wait: float | None = 0.0) -> Iterator[Held]:
+    """Like :func:`hold`, but not re-entrant: a second holder in this process waits too (one build at a time)."""
+    lock = _take(store, key, what, wait)
+    try:
+        yield lock
+    finally:
+        lock.release()
 
 
-def held_lease(data_dir: Path, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> Any:
-    """The store lease this process holds for ``snapshot_date`` (None on local disk or when not held)."""
-    with _guard:
-        held = _held.get(snapshot_lock_path(data_dir, snapshot_date, account=account).resolve())
-    return None if held is None else held.lease
+@contextmanager
+def hold_if_free(store: Store, key: str, what: str) -> Iterator[bool]:
+    """Hold the lock ``key`` for the block if no other process does: True then, False (holding nothing) if busy."""
+    if holds(store, key):
+        yield True
+        return
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(hold(store, key, what))
+        except SnapshotBusy:
+            yield False
+            return
+        yield True

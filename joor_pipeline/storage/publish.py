@@ -1,48 +1,45 @@
-"""Publish a snapshot's data all at once, recoverably: the one mechanism behind the raw fetch and the flatten.
+"""Publish a snapshot's data all at once, recoverably, on any store: the one mechanism behind the fetch and the flatten.
 
-A *publication* replaces one or more *targets* (directories relative to ``$JOOR_DATA_DIR``: the raw snapshot
-``raw/connections/snapshot_date=D``, or the ten ``parquet/<table>/snapshot_date=D``) so that, whatever happens
-to the process, each reader and the next run see either all the old targets or all the new ones. Its life::
+A *publication* replaces one or more *targets* (folder keys: the raw snapshot ``raw/connections/account=A/
+snapshot_date=D``, or the ten ``parquet/<table>/account=A/snapshot_date=D``) so that, whatever happens to the
+process, each reader and the next run see either all the old targets or all the new ones. A target *is* its
+``_manifest.json``: readers resolve a folder only through it, never by listing (see ``storage.parquet`` and
+``storage.raw``), so replacing the manifest is the switch. It is written once, on the primitives of
+:class:`~joor_pipeline.storage.store.Store`, for every backend::
 
-    stage ──► (audit) ──► commit point: journal written ──► switch each target ──► journal removed ──► clean
-      │            └──► quarantine (blocking check failed): staged data kept aside, nothing published
-      └──► error / SIGTERM: staging deleted, nothing published
+    stage locally ──► (audit) ──► pending record ──► upload beside the live files ──► staged manifests
+        │                └──► quarantine (a blocking check failed): staged data kept aside, nothing published
+        └──► error / SIGTERM: staging deleted, nothing published
+    ──► journal created (the commit point) ──► each manifest swapped ──► finish: records deleted, old files deleted
 
-Everything unpublished lives under ``$JOOR_DATA_DIR/_work/`` (never under ``raw/`` or ``parquet/``, so a
-reader of the hive layout only ever sees published data)::
+1. **Stage** in the local scratch directory (``_work/staging/<id>/``, owned by a flocked ``<id>.owner`` file while
+   its writer lives), and read each target's manifest version (the base of the compare-and-swap).
+2. **Pending record** ``_work/journals/<id>.pending.json``, created only if absent: what the publication will
+   upload, so that the uploads of a writer killed before its commit point can be found and deleted.
+3. **Upload** the staged files beside the live ones under names no other publication writes
+   (``part-00000-<id>.parquet``, ``page-00000-<id>.json``; on local disk a fsynced rename from the scratch
+   directory), then each target's new manifest as ``_manifest-<id>.json``. Nothing refers to any of them yet.
+4. **Journal** ``_work/journals/<id>.json``, created only if absent: **the commit point**. Before it, a crash
+   leaves every target as it was; after it, everything the switch needs is in the store, and the switch is
+   finished whatever happens.
+5. **Swap** each target's ``_manifest.json`` by compare-and-swap against the version read when staging began (a
+   lost swap whose live manifest already carries this publication's id is done). The swap never needs to parse
+   the old manifest, so a damaged one is replaced like any other.
+6. **Finish**: delete the pending record, then the journal, then the files the old manifests listed and the
+   staged manifests (a reader still holding the previous manifest gets a clear not-found).
 
-    _work/locks/snapshot_date=D.lock     one run per date (see locks.snapshot_lock)
-    _work/staging/<id>.owner             flocked by the live writer; free once it is gone (even by SIGKILL)
-    _work/staging/<id>/new/<target>      the staged copy of each target, written and fsynced
-    _work/staging/<id>/journal.json      the commit point: which targets to switch (atomic rename, fsynced)
-    _work/staging/<id>/old/<n>           target n's previous content, moved aside during the switch
-    _work/quarantine/snapshot_date=D/    the last staged flatten of D whose blocking checks failed
+**Recovery** (:func:`recover`: at the start of every fetch and flatten, under the date's lock, and on demand)
+reads ``_work/journals/``: a journal whose date's lock is free (its writer is dead) is rolled forward (each target
+whose manifest does not carry its id yet is swapped to its staged manifest, then finished); a pending record
+without a journal whose date's lock is free is rolled back (its uploads deleted). Each step is decided from what
+the store holds, so a crash during recovery is recovered the same way. A journal or pending record that does not
+parse, and any other object there, is set aside under ``_work/damaged/`` with one warning line and stops nothing.
+A publication then deletes, under its date's lock, what its targets' folders hold beyond their manifests (the
+files of a publication killed after its journal was deleted, a stray copy). Dead writers' local staging is
+deleted.
 
-**The journal is the commit point.** Before it exists, a crash leaves every target untouched and the staging
-is simply deleted (roll back). Once it exists, every new target is complete on disk, so the switch can always
-be finished (roll forward): each target's step is decided from what is on disk alone (is ``new/<target>``
-still there? is there an old copy aside?), which makes it idempotent, so a crash during recovery is recovered
-the same way. The old data is deleted only after every target is switched and the journal is gone, never
-left in a trash folder that nothing restores. A failure of the switch inside the process (a rename refused
-by the file system) rolls back instead, from the old copies.
-
-**Recovery** (:func:`recover`) runs at the start of every fetch and flatten, under the date's lock: each
-staging whose owner file is no longer flocked belongs to a dead process; a journaled one is rolled forward
-(only while holding its date's lock, so never under a live run of that date), any other is deleted. A
-SIGTERM during staging is turned into a normal exit (``SystemExit``), so the ``finally`` blocks delete the
-staging; during the switch, SIGTERM and SIGINT wait until it is done.
-
-**On an object store** (``JOOR_DATA_DIR=s3://...``, :mod:`~joor_pipeline.storage.objectstore`) the same
-interface holds and staging stays on local scratch; only :meth:`Publication.publish`, :func:`publication`'s
-recovery and the date lock branch there. Staged files are uploaded once under unique names (the publication id
-in the name) beside the live ones, where nothing refers to them yet. A target is switched by replacing its
-``_manifest.json`` with a compare-and-swap (``If-Match`` the ETag read when staging began, or ``If-None-Match:
-*`` for a new partition): readers resolve a partition through its manifest
-(:func:`~joor_pipeline.storage.parquet.published_files`), never by listing, so the manifest *is* the pointer.
-The journal is an object created with ``If-None-Match: *`` before the first swap; roll forward re-applies the
-swaps whose manifest does not carry the publication id yet. "Old data moved aside" becomes "old files no
-longer referenced", deleted right after the swap (a reader still holding the previous manifest gets a clear
-not-found). The owner flock becomes a lease object with an expiry that the live writer renews.
+A SIGTERM during staging is turned into a normal exit (``SystemExit``) so the ``finally`` blocks delete the
+staging and the uploads; from the commit point to the last swap, SIGTERM and SIGINT wait until it is done.
 """
 
 from __future__ import annotations
@@ -55,38 +52,30 @@ import signal
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import FrameType
 from typing import IO, Any, Final
 
+from joor_pipeline import layout
 from joor_pipeline.joor.errors import JoorError
-from joor_pipeline.storage import objectstore
-from joor_pipeline.storage.locks import (
-    DEFAULT_ACCOUNT,
-    WORK_DIR,
-    SnapshotBusy,
-    account_key,
-    held_lease,
-    holds_snapshot_lock,
-    release,
-    snapshot_lock,
-    try_flock,
-    write_holder,
-)
+from joor_pipeline.layout import SnapshotKey
+from joor_pipeline.storage.damaged import set_aside
+from joor_pipeline.storage.durable import release, try_flock, write_durably
+from joor_pipeline.storage.factory import store_of
+from joor_pipeline.storage.locks import hold, hold_if_free, holder_description
 from joor_pipeline.storage.migrate import migrate_legacy_layout
+from joor_pipeline.storage.store import Conflict, Held, Store, Version
 
 log = logging.getLogger(__name__)
-store_of = objectstore.store_of
 
-STAGING_DIR: Final = WORK_DIR / "staging"
-QUARANTINE_DIR: Final = WORK_DIR / "quarantine"
-JOURNAL_FILE: Final = "journal.json"
 OWNER_SUFFIX: Final = ".owner"
 NEW: Final = "new"
-OLD: Final = "old"
+#: Uploads in flight at once.
+TRANSFER_THREADS: Final = 16
 #: Exit status of a process ended by SIGTERM through :func:`sigterm_as_exit` (128 + the signal, as shells say).
 SIGTERM_EXIT: Final = 128 + signal.SIGTERM
 
@@ -95,39 +84,35 @@ class PublishError(JoorError):
     """A publication could not be completed, or the data directory is not in a state it can explain."""
 
 
-def write_durably(path: Path, data: bytes) -> None:
-    """Write a file and flush it to disk before returning."""
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+def _json(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, indent=2, ensure_ascii=False).encode() + b"\n"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def listed_files(manifest: object) -> list[str]:
+    """The file names a manifest refers to (raw ``pages[].file``, Parquet ``files[].name``); plain names only."""
+    names: list[str] = []
+    if not isinstance(manifest, dict):
+        return names
+    for key, field_name in (("pages", "file"), ("files", "name")):
+        entries = manifest.get(key)
+        for entry in entries if isinstance(entries, list) else []:
+            name = entry.get(field_name) if isinstance(entry, dict) else None
+            if isinstance(name, str) and PurePosixPath(name).name == name and name not in ("", ".", ".."):
+                names.append(name)
+    return names
+
+
+def _parsed(data: bytes) -> dict[str, Any] | None:
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        value = json.loads(data)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
-def _fsync_tree(root: Path) -> None:
-    """Flush every file and directory under ``root`` (files written without fsync, e.g. by pyarrow)."""
-    for directory, _dirs, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(directory))
-
-
-def _write_json_atomically(path: Path, value: dict[str, Any]) -> None:
-    scratch = path.with_name(path.name + ".tmp")
-    write_durably(scratch, json.dumps(value, indent=2).encode() + b"\n")
-    os.replace(scratch, path)
-    _fsync_dir(path.parent)
+def _publication_of(data: bytes) -> str | None:
+    found = _parsed(data)
+    return None if found is None else found.get("publication_id")
 
 
 # ---- signals --------------------------------------------------------------------------------------------------
@@ -182,85 +167,118 @@ def _signals_deferred() -> Iterator[None]:
 # ---- the publication ------------------------------------------------------------------------------------------
 
 
-def _staging_root(data_dir: Path) -> Path:
-    return data_dir / STAGING_DIR
+def quarantine_dir(data_dir: Path, key: SnapshotKey) -> Path:
+    """Where the last staged flatten of a snapshot whose blocking checks failed is kept (local scratch)."""
+    return data_dir / layout.quarantine(key)
 
 
-def quarantine_dir(data_dir: Path, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> Path:
-    """Where the last staged flatten of ``snapshot_date`` of ``account`` whose blocking checks failed is kept."""
-    return data_dir / QUARANTINE_DIR / account_key(account) / f"snapshot_date={snapshot_date.isoformat()}"
+def lock_name(key: SnapshotKey) -> str:
+    """The date lock's name in messages."""
+    return f"snapshot {key}"
+
+
+@contextmanager
+def snapshot_lock(data_dir: Path, key: SnapshotKey) -> Iterator[Held]:
+    """Hold the lock of a snapshot's account and date for the block (re-entrant within this process), or raise
+    ``SnapshotBusy`` at once naming its holder: one fetch or flatten of an account's date at a time, different
+    dates and accounts side by side."""
+    with hold(store_of(data_dir), layout.lock(key), lock_name(key)) as held:
+        yield held
 
 
 @dataclass
 class Publication:
-    """One staged replacement of some targets under ``data_dir``; see the module docstring."""
+    """One staged replacement of some targets of a data directory; see the module docstring."""
 
     data_dir: Path
-    snapshot_date: date
+    store: Store
+    key: SnapshotKey
     kind: str
+    targets: tuple[str, ...]
     id: str
     root: Path
+    held: Held
+    #: Each target's manifest version when staging began (the compare-and-swap's condition).
+    bases: dict[str, Version | None]
     _owner: IO[bytes] | None = field(default=None, repr=False)
     state: str = "staging"  # -> published | quarantined | discarded
-    account: str = DEFAULT_ACCOUNT
-    #: On an object store: each target's manifest ETag when staging began (the compare-and-swap's condition).
-    base_etags: dict[str, str | None] | None = None
 
-    def staged(self, target: Path) -> Path:
-        """The staging copy of ``target`` (a path relative to the data directory); its parent exists."""
+    def staged(self, target: str) -> Path:
+        """The staging copy of ``target`` (a folder key); its parent exists."""
         path = self.root / NEW / target
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    def publish(self, targets: Sequence[Path]) -> None:
+    def publish(self) -> None:
         """Replace every target by its staged copy, all or none (see the module docstring)."""
         if self.state != "staging":
             raise PublishError(f"publication {self.id} is already {self.state}")
-        missing = [str(t) for t in targets if not (self.root / NEW / t).is_dir()]
-        if missing:
-            raise PublishError(f"nothing staged for {', '.join(missing)}")
-        store = store_of(self.data_dir)
-        if store is not None:
-            with _signals_deferred():
-                objectstore.publish(
-                    store, self, targets, held_lease(self.data_dir, self.snapshot_date, account=self.account)
+        store = self.store
+        uploads: list[tuple[Path, str]] = []
+        manifests: dict[str, bytes] = {}
+        for target in self.targets:
+            local = self.root / NEW / target
+            manifest_path = local / layout.MANIFEST
+            if not manifest_path.is_file():
+                raise PublishError(f"nothing staged for {target}: {manifest_path} is missing")
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            names = sorted(path.name for path in local.iterdir() if path.is_file() and path.name != layout.MANIFEST)
+            mapping = {name: layout.unique_name(name, self.id) for name in names}
+            uploads.extend((local / name, f"{target}/{mapping[name]}") for name in names)
+            manifests[target] = _json({**_renamed(manifest, mapping), "publication_id": self.id})
+        old: dict[str, list[str]] = {}
+        for target in self.targets:
+            found = store.read(layout.manifest(target))
+            if (None if found is None else found[1]) != self.bases[target]:
+                raise PublishError(
+                    f"{store.uri(layout.manifest(target))} changed since this publication began staging (another "
+                    "writer without the lock?); nothing was published"
                 )
-                self.state = "published"
-            if self.kind == "parquet":
-                shutil.rmtree(quarantine_dir(self.data_dir, self.snapshot_date), ignore_errors=True)
-            return
-        _fsync_tree(self.root / NEW)
-        journal = {
+            # A damaged manifest names no file: what it held is deleted by the next publication of the date.
+            old[target] = [f"{target}/{name}" for name in listed_files(_parsed(found[0]) if found else None)]
+        staged_manifests = [layout.staged_manifest(target, self.id) for target in self.targets]
+        record = {
             "publication_id": self.id,
-            "snapshot_date": self.snapshot_date.isoformat(),
-            "account": self.account,
+            "account": self.key.account,
+            "snapshot_date": self.key.snapshot_date.isoformat(),
+            "dataset": self.key.dataset,
             "kind": self.kind,
-            "targets": [str(t) for t in targets],
+            "targets": list(self.targets),
+            "uploads": [key for _path, key in uploads] + staged_manifests,
+            "holder": holder_description(),
+        }
+        store.create(layout.pending(self.id), _json(record))
+        try:
+            with ThreadPoolExecutor(TRANSFER_THREADS) as pool:
+                list(pool.map(lambda item: store.upload(item[1], item[0]), uploads))
+            for target, staged in zip(self.targets, staged_manifests, strict=True):
+                store.write(staged, manifests[target])
+            self.held.check()
+        except BaseException:
+            # Before the commit point: what was uploaded refers to nothing; delete it and the record.
+            with suppress(Exception):
+                _roll_back(store, record)
+            raise
+        journal = {
+            **record,
+            "bases": self.bases,
+            "old_files": old,
             "committed_at": datetime.now(UTC).isoformat(),
         }
         with _signals_deferred():
-            _write_json_atomically(self.root / JOURNAL_FILE, journal)
-            current = 0
-            try:
-                for current, target in enumerate(targets):
-                    _switch(self.data_dir, self.root, current, target)
-            except Exception:
-                # The rename was refused here, not by a crash: put back what was switched, from the old copies.
-                for index in range(current, -1, -1):
-                    _unswitch(self.data_dir, self.root, index, targets[index])
-                (self.root / JOURNAL_FILE).unlink()
-                raise
-            (self.root / JOURNAL_FILE).unlink()
-            _fsync_dir(self.root)
+            store.create(layout.journal(self.id), _json(journal))  # the commit point
+            for target in self.targets:
+                _swap(store, target, self.id, manifests[target], self.bases[target])
             self.state = "published"
+        _finish(store, journal)
         if self.kind == "parquet":
-            shutil.rmtree(quarantine_dir(self.data_dir, self.snapshot_date, account=self.account), ignore_errors=True)
+            shutil.rmtree(quarantine_dir(self.data_dir, self.key), ignore_errors=True)
 
     def quarantine(self, reason: dict[str, Any]) -> Path:
-        """Keep the staged data aside (replacing the date's previous quarantine) instead of publishing it."""
+        """Keep the staged data aside (replacing the snapshot's previous quarantine) instead of publishing it."""
         if self.state != "staging":
             raise PublishError(f"publication {self.id} is already {self.state}")
-        target = quarantine_dir(self.data_dir, self.snapshot_date, account=self.account)
+        target = quarantine_dir(self.data_dir, self.key)
         target.parent.mkdir(parents=True, exist_ok=True)
         write_durably(
             self.root / NEW / "reason.json",
@@ -274,49 +292,93 @@ class Publication:
         return target
 
     def close(self) -> None:
-        """Delete the staging (with the old data of a finished publish) and free the owner file."""
+        """Delete the staging and free the owner file."""
         if self.state == "staging":
             self.state = "discarded"
-        if (self.root / JOURNAL_FILE).exists():
-            # Only a crash in the switch itself gets here; the next recovery finishes it.
-            log.error("publication %s of %s was interrupted; the next run completes it", self.id, self.snapshot_date)
-        else:
-            shutil.rmtree(self.root, ignore_errors=True)
-            _owner_path(self.root).unlink(missing_ok=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+        _owner_path(self.root).unlink(missing_ok=True)
         if self._owner is not None:
             release(self._owner)
             self._owner = None
+
+
+def _renamed(manifest: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
+    out = dict(manifest)
+    for key, field_name in (("pages", "file"), ("files", "name")):
+        if isinstance(out.get(key), list):
+            out[key] = [
+                {**entry, field_name: mapping.get(str(entry.get(field_name)), entry.get(field_name))}
+                if isinstance(entry, dict)
+                else entry
+                for entry in out[key]
+            ]
+    return out
+
+
+def _swap(store: Store, target: str, publication_id: str, body: bytes, base: Version | None) -> None:
+    key = layout.manifest(target)
+    try:
+        store.swap(key, body, base)
+    except Conflict:
+        current = store.read(key)
+        if current is not None and _publication_of(current[0]) == publication_id:
+            return  # switched already
+        raise PublishError(
+            f"{store.uri(key)} changed under publication {publication_id} after its commit point; the next run "
+            "completes the publication"
+        ) from None
+
+
+def _finish(store: Store, journal: dict[str, Any]) -> None:
+    """After every swap: forget the records (the pending one first: alone, it would be rolled back), then delete
+    what no manifest refers to any more."""
+    publication_id = journal["publication_id"]
+    store.delete([layout.pending(publication_id)])
+    store.delete([layout.journal(publication_id)])
+    garbage = [name for files in journal.get("old_files", {}).values() for name in files]
+    garbage.extend(layout.staged_manifest(target, publication_id) for target in journal["targets"])
+    live: set[str] = set()
+    for target in journal["targets"]:  # a file kept by the new manifest (the same name) is not garbage
+        found = store.read(layout.manifest(target))
+        live.update(f"{target}/{name}" for name in listed_files(_parsed(found[0]) if found else None))
+    store.delete([name for name in garbage if name not in live])
+
+
+def _roll_back(store: Store, record: dict[str, Any]) -> None:
+    """Delete the uploads of a publication that never reached its commit point, then its pending record."""
+    store.delete([key for key in record.get("uploads", []) if isinstance(key, str)])
+    store.delete([layout.pending(record["publication_id"])])
+
+
+def sweep(data_dir: Path, targets: Sequence[str]) -> list[str]:
+    """Delete what the targets' folders hold beyond their manifests; the keys deleted. Only under the targets'
+    date lock, after :func:`recover` (nothing pending of that date: nobody else writes there then), as every
+    publication does first. A target whose manifest does not parse is left for a later sweep."""
+    return _sweep(store_of(data_dir), targets)
+
+
+def _sweep(store: Store, targets: Sequence[str]) -> list[str]:
+    deleted: list[str] = []
+    for target in targets:
+        found = store.read(layout.manifest(target))
+        manifest = _parsed(found[0]) if found else {}
+        if manifest is None:
+            continue
+        keep = {layout.MANIFEST, *listed_files(manifest)}
+        stray = [key for key in store.list(target) if key.rsplit("/", 1)[0] == target]
+        stray = [key for key in stray if key.rsplit("/", 1)[1] not in keep]
+        store.delete(stray)
+        deleted.extend(stray)
+    return deleted
 
 
 def _owner_path(root: Path) -> Path:
     return root.with_name(root.name + OWNER_SUFFIX)
 
 
-def _switch(data_dir: Path, root: Path, index: int, target: Path) -> None:
-    """Make ``target`` the staged copy; idempotent, decided from what is on disk (see the module docstring)."""
-    new, old, live = root / NEW / target, root / OLD / str(index), data_dir / target
-    if not new.exists():
-        return  # switched already
-    live.parent.mkdir(parents=True, exist_ok=True)
-    if live.exists():
-        if old.exists():
-            raise PublishError(f"cannot publish {live}: both it and an earlier copy at {old} exist")
-        old.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(live, old)
-    os.replace(new, live)
-
-
-def _unswitch(data_dir: Path, root: Path, index: int, target: Path) -> None:
-    new, old, live = root / NEW / target, root / OLD / str(index), data_dir / target
-    if live.exists() and not new.exists():
-        os.replace(live, new)
-    if old.exists():
-        os.replace(old, live)
-
-
 def _new_owner(data_dir: Path) -> tuple[str, Path, IO[bytes]]:
     """A fresh publication id, its staging directory and its locked owner file (locked before the directory)."""
-    staging = _staging_root(data_dir)
+    staging = data_dir / layout.STAGING
     staging.mkdir(parents=True, exist_ok=True)
     while True:
         publication_id = uuid.uuid4().hex
@@ -330,31 +392,35 @@ def _new_owner(data_dir: Path) -> tuple[str, Path, IO[bytes]]:
         except FileNotFoundError:
             same = False  # a recovery deleted it between our open and our lock
         if same:
-            write_holder(owner)
+            owner.write(json.dumps(holder_description()).encode() + b"\n")
+            owner.flush()
             root.mkdir()
             return publication_id, root, owner
         release(owner)
 
 
 @contextmanager
-def publication(
-    data_dir: Path, snapshot_date: date, kind: str, *, account: str = DEFAULT_ACCOUNT
-) -> Iterator[Publication]:
-    """Stage a publication of ``snapshot_date``'s ``kind`` data ('raw' or 'parquet') under the date's lock.
+def publication(data_dir: Path, key: SnapshotKey, kind: str, targets: Sequence[str]) -> Iterator[Publication]:
+    """Stage a publication of ``key``'s ``kind`` data ('raw' or 'parquet') replacing ``targets``, under the date's
+    lock (``SnapshotBusy`` if another process has it).
 
-    Takes :func:`~joor_pipeline.storage.locks.snapshot_lock` (``SnapshotBusy`` if another process has it), runs
-    :func:`recover` first, and deletes the staging on the way out unless it was published or quarantined.
+    Runs :func:`recover` first, and deletes the staging on the way out unless it was published or quarantined.
     """
-    with snapshot_lock(data_dir, snapshot_date, account=account), sigterm_as_exit():
+    store = store_of(data_dir)
+    with snapshot_lock(data_dir, key) as held, sigterm_as_exit():
         recover(data_dir)
-        migrate_legacy_layout(data_dir)  # data written before accounts existed -> account=default
-        store = store_of(data_dir)
-        bases = None
-        if store is not None:
-            objectstore.recover(store, data_dir, snapshot_date, account)
-            bases = objectstore.base_etags(store, objectstore.kind_targets(kind, snapshot_date, account))
+        migrate_legacy_layout(data_dir)  # data written before accounts or manifests existed
+        stray = _sweep(store, targets)
+        if stray:
+            log.warning(
+                "deleted %d unreferenced file(s) of %s in %s (left by a run killed mid-publish, or copied there)",
+                len(stray),
+                lock_name(key),
+                store.url,
+            )
+        bases = {target: store.version(layout.manifest(target)) for target in targets}
         publication_id, root, owner = _new_owner(data_dir)
-        pub = Publication(data_dir, snapshot_date, kind, publication_id, root, owner, account=account, base_etags=bases)
+        pub = Publication(data_dir, store, key, kind, tuple(targets), publication_id, root, held, bases, owner)
         try:
             yield pub
         finally:
@@ -364,64 +430,126 @@ def publication(
 # ---- recovery -------------------------------------------------------------------------------------------------
 
 
-@contextmanager
-def date_lock_if_free(data_dir: Path, snapshot_date: date, account: str = DEFAULT_ACCOUNT) -> Iterator[bool]:
-    if holds_snapshot_lock(data_dir, snapshot_date, account=account):
-        yield True
-        return
-    with ExitStack() as stack:
-        try:
-            stack.enter_context(snapshot_lock(data_dir, snapshot_date, account=account))
-        except SnapshotBusy:
-            yield False
-            return
-        yield True
+def _record_key(record: dict[str, Any]) -> SnapshotKey:
+    return SnapshotKey(
+        record["account"], date.fromisoformat(record["snapshot_date"]), record.get("dataset", "connections")
+    )
 
 
-def _roll_forward(data_dir: Path, root: Path) -> bool:
-    """Finish a journaled publication; False when its date is locked by a live run (left for that run)."""
-    journal = json.loads((root / JOURNAL_FILE).read_text(encoding="utf-8"))
-    snapshot_date = date.fromisoformat(journal["snapshot_date"])
-    account = journal.get("account", DEFAULT_ACCOUNT)
-    with date_lock_if_free(data_dir, snapshot_date, account) as locked:
-        if not locked:
-            return False
-        with _signals_deferred():
-            for index, target in enumerate(journal["targets"]):
-                _switch(data_dir, root, index, Path(target))
-            (root / JOURNAL_FILE).unlink()
-        log.warning(
-            "recovered the interrupted publication %s of %s (%s): completed it",
-            journal["publication_id"],
-            snapshot_date.isoformat(),
-            journal["kind"],
-        )
-        if journal["kind"] == "parquet":
-            shutil.rmtree(quarantine_dir(data_dir, snapshot_date, account=account), ignore_errors=True)
-    return True
+def _check_record(record: dict[str, Any] | None) -> dict[str, Any]:
+    """A journal or pending record as written by :meth:`Publication.publish`; ValueError for anything else."""
+    if record is None:
+        raise ValueError("not a JSON object")
+    _record_key(record)
+    if not isinstance(record.get("publication_id"), str) or not isinstance(record.get("targets"), list):
+        raise ValueError("no publication_id or targets")
+    if not all(isinstance(target, str) for target in record["targets"]):
+        raise ValueError("a target is not a key")
+    return record
+
+
+def _roll_forward(store: Store, journal: dict[str, Any]) -> None:
+    """Finish a journaled publication: swap in each staged manifest that is not live yet (idempotent)."""
+    publication_id = journal["publication_id"]
+    for target in journal["targets"]:
+        key = layout.manifest(target)
+        current = store.read(key)
+        if current is not None and _publication_of(current[0]) == publication_id:
+            continue
+        staged = store.read(layout.staged_manifest(target, publication_id))
+        if staged is None:
+            raise PublishError(f"{store.uri(layout.staged_manifest(target, publication_id))} is gone")
+        store.swap(key, staged[0], None if current is None else current[1])
+    _finish(store, journal)
+
+
+def _load_record(store: Store, key: str) -> dict[str, Any] | None:
+    """The journal or pending record at ``key``; None when it is gone, or did not parse (then it is set aside)."""
+    got = store.read(key)
+    if got is None:
+        return None
+    try:
+        return _check_record(_parsed(got[0]))
+    except (ValueError, KeyError, TypeError):
+        set_aside(store, key, got[0], "does not parse as a publication record")
+        return None
 
 
 def recover(data_dir: Path) -> list[str]:
-    """Finish or delete the publications of dead processes; returns the ids it dealt with.
+    """Finish or undo the publications of dead writers (see the module docstring); the ids dealt with."""
+    store = store_of(data_dir)
+    done = _recover_staging(data_dir)
+    found: dict[str, set[str]] = {}
+    for key in store.list(layout.JOURNALS):
+        folder, _, name = key.rpartition("/")
+        entry = layout.journal_entry(name) if folder == layout.JOURNALS else None
+        if entry is None:
+            got = store.read(key)
+            if got is not None:
+                set_aside(store, key, got[0], "is not a journal or pending record")
+            continue
+        found.setdefault(entry[0], set()).add(entry[1])
+    for publication_id, kinds in sorted(found.items()):
+        record = _load_record(
+            store, layout.journal(publication_id) if "journal" in kinds else layout.pending(publication_id)
+        )
+        if record is None:
+            continue  # finished meanwhile, or set aside
+        snapshot = _record_key(record)
+        with hold_if_free(store, layout.lock(snapshot), lock_name(snapshot)) as free:
+            if not free:
+                continue  # its writer is alive (or another run recovers it)
+            # Read again under the lock: the writer may have reached its commit point, or finished, meanwhile.
+            journal = _load_record(store, layout.journal(publication_id))
+            if journal is not None:
+                try:
+                    _roll_forward(store, journal)
+                except PublishError as exc:
+                    got = store.read(layout.journal(publication_id))
+                    if got is not None:
+                        set_aside(store, layout.journal(publication_id), got[0], f"cannot be completed ({exc})")
+                    continue
+                log.warning(
+                    "recovered the interrupted publication %s of %s (%s) on %s: completed it",
+                    publication_id,
+                    snapshot,
+                    journal.get("kind"),
+                    store.url,
+                )
+                if journal.get("kind") == "parquet":
+                    shutil.rmtree(quarantine_dir(data_dir, snapshot), ignore_errors=True)
+            elif store.version(layout.pending(publication_id)) is not None:
+                _roll_back(store, record)
+                log.warning(
+                    "rolled back the unfinished publication %s of %s (%s) on %s: its writer stopped before its "
+                    "commit point, the previous data stays",
+                    publication_id,
+                    snapshot,
+                    record.get("kind"),
+                    store.url,
+                )
+            else:
+                continue
+            if publication_id not in done:
+                done.append(publication_id)
+    return done
 
-    A staging whose owner still holds its flock is left alone. A dead one with a journal is rolled forward
-    (under its date's lock), any other is deleted: e.g. the pages of a fetch killed halfway.
-    """
-    staging = _staging_root(data_dir)
+
+def _recover_staging(data_dir: Path) -> list[str]:
+    """Delete the local staging of dead processes (their owner file is no longer flocked); their ids."""
+    staging = data_dir / layout.STAGING
     if not staging.is_dir():
         return []
-    done: list[str] = []
+    deleted: list[str] = []
     for root in sorted(path for path in staging.iterdir() if path.is_dir()):
         owner_path = _owner_path(root)
         owner = try_flock(owner_path) if owner_path.exists() else None
         if owner is None and owner_path.exists():
             continue  # its writer is alive
         try:
-            if (root / JOURNAL_FILE).exists() and not _roll_forward(data_dir, root):
-                continue
-            shutil.rmtree(root)
+            shutil.rmtree(root, ignore_errors=True)
             owner_path.unlink(missing_ok=True)
-            done.append(root.name)
+            deleted.append(root.name)
         finally:
             if owner is not None:
                 release(owner)
@@ -433,4 +561,4 @@ def recover(data_dir: Path) -> list[str]:
                 with suppress(FileNotFoundError):
                     owner_path.unlink()
                 release(owner)
-    return done
+    return deleted

@@ -1,15 +1,15 @@
-"""The raw landing zone: every page exactly as JOOR sent it, plus a manifest written last.
+"""The raw landing zone: every page exactly as JOOR sent it, plus a manifest, published all at once.
 
-Layout::
+Layout (keys of :mod:`joor_pipeline.layout`)::
 
-    $JOOR_DATA_DIR/raw/connections/account=<name>/snapshot_date=YYYY-MM-DD/
-        page-00000.json        # or .xml: the response body, byte for byte
-        page-00001.json
-        _manifest.json         # written last: pages, counts, log_ids, format, timings (never a secret)
+    raw/connections/account=<name>/snapshot_date=YYYY-MM-DD/
+        page-00000-<publication id>.json   # or .xml: the response body, byte for byte
+        page-00001-<publication id>.json
+        _manifest.json                     # the switch: pages, counts, log_ids, format, timings (never a secret)
 
-The pages are staged under ``$JOOR_DATA_DIR/_work/`` and the snapshot directory is replaced all at once by
-:mod:`~joor_pipeline.storage.publish` (crash-safe, one fetch or flatten per date at a time), so a snapshot
-directory without ``_manifest.json`` only comes from outside the pipeline; it is reported as incomplete.
+The pages are staged in the local scratch directory and the snapshot is published by
+:mod:`~joor_pipeline.storage.publish` (crash-safe, one fetch or flatten per account and date at a time). A snapshot
+is the pages its ``_manifest.json`` lists; a folder without one is not a snapshot (it is reported as incomplete).
 """
 
 from __future__ import annotations
@@ -19,36 +19,26 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
+from joor_pipeline import layout
 from joor_pipeline.joor.errors import PayloadError
 from joor_pipeline.joor.parse import Canonical, RecordDecoder, parse_page
-from joor_pipeline.storage import objectstore
-from joor_pipeline.storage.locks import DEFAULT_ACCOUNT, account_key
-from joor_pipeline.storage.publish import Publication, publication, write_durably
-
-RAW_CONNECTIONS: Final = Path("raw") / "connections"
-MANIFEST_NAME: Final = "_manifest.json"
+from joor_pipeline.layout import DEFAULT_ACCOUNT, SnapshotKey
+from joor_pipeline.storage.access import local_folder
+from joor_pipeline.storage.durable import write_durably
+from joor_pipeline.storage.factory import store_of
+from joor_pipeline.storage.publish import Publication, publication
+from joor_pipeline.storage.store import StoreError
 
 
 class SnapshotNotFound(FileNotFoundError):
     """No complete raw snapshot exists for that date."""
 
 
-def raw_snapshot_target(snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> Path:
-    """The raw snapshot's directory relative to the data directory."""
-    return RAW_CONNECTIONS / account_key(account) / f"snapshot_date={snapshot_date.isoformat()}"
-
-
-def raw_snapshot_dir(data_dir: Path, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> Path:
-    """Where the raw pages of one account's snapshot live."""
-    return data_dir / raw_snapshot_target(snapshot_date, account=account)
-
-
 def page_file_name(index: int, fmt: str) -> str:
-    """``page-00000.json`` style names: sortable, one per fetched page."""
+    """``page-00000.json`` style names: sortable, one per fetched page (published with the publication id)."""
     return f"page-{index:05d}.{fmt}"
 
 
@@ -71,12 +61,11 @@ class RawSnapshotWriter:
     """Collects pages in a staging directory; :meth:`commit` writes the manifest and publishes the snapshot."""
 
     data_dir: Path
-    snapshot_date: date
+    key: SnapshotKey
     fmt: str
     staging: Path
     publication: Publication
     pages: list[RawPageRecord] = field(default_factory=list)
-    account: str = DEFAULT_ACCOUNT
 
     def add_page(
         self, index: int, body: bytes, *, log_id: str | None, connections: int, start_from: int, url: str
@@ -98,10 +87,10 @@ class RawSnapshotWriter:
         return record
 
     def commit(self, metadata: dict[str, Any]) -> dict[str, Any]:
-        """Write ``_manifest.json`` last and publish the snapshot directory in place of the previous one."""
+        """Write ``_manifest.json`` and publish the snapshot in place of the previous one; the published manifest."""
         manifest = {
-            "account": self.account,
-            "snapshot_date": self.snapshot_date.isoformat(),
+            "account": self.key.account,
+            "snapshot_date": self.key.snapshot_date.isoformat(),
             "format": self.fmt,
             **metadata,
             "publication_id": self.publication.id,
@@ -109,63 +98,51 @@ class RawSnapshotWriter:
             "connections": sum(p.connections for p in self.pages),
             "pages": [vars(p) for p in self.pages],
         }
-        write_durably(self.staging / MANIFEST_NAME, json.dumps(manifest, indent=2, ensure_ascii=False).encode() + b"\n")
-        self.publication.publish([raw_snapshot_target(self.snapshot_date, account=self.account)])
-        return manifest
+        payload = json.dumps(manifest, indent=2, ensure_ascii=False).encode() + b"\n"
+        write_durably(self.staging / layout.MANIFEST, payload)
+        self.publication.publish()
+        return read_manifest(self.data_dir, self.key)
 
 
 @contextmanager
-def open_raw_snapshot(
-    data_dir: Path, snapshot_date: date, fmt: str, *, account: str = DEFAULT_ACCOUNT
-) -> Iterator[RawSnapshotWriter]:
+def open_raw_snapshot(data_dir: Path, key: SnapshotKey, fmt: str) -> Iterator[RawSnapshotWriter]:
     """A :class:`RawSnapshotWriter` over a staging directory; on error nothing of it remains.
 
     Holds the date's lock (``SnapshotBusy`` when another process fetches or flattens it) until the block ends.
     """
-    with publication(data_dir, snapshot_date, "raw", account=account) as pub:
-        pages = pub.staged(raw_snapshot_target(snapshot_date, account=account))
+    target = layout.raw_snapshot(key)
+    with publication(data_dir, key, "raw", [target]) as pub:
+        pages = pub.staged(target)
         pages.mkdir()
-        yield RawSnapshotWriter(data_dir, snapshot_date, fmt, pages, pub, account=account)
+        yield RawSnapshotWriter(data_dir, key, fmt, pages, pub)
 
 
-def raw_snapshot_exists(data_dir: Path, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> bool:
-    """True when a complete raw snapshot of ``snapshot_date`` is published (its manifest exists)."""
-    store = objectstore.store_of(data_dir)
-    if store is not None:
-        return store.exists(raw_snapshot_target(snapshot_date, account=account) / MANIFEST_NAME)
-    return (raw_snapshot_dir(data_dir, snapshot_date, account=account) / MANIFEST_NAME).is_file()
+def raw_snapshot_exists(data_dir: Path, key: SnapshotKey) -> bool:
+    """True when a complete raw snapshot of ``key`` is published (its manifest exists)."""
+    return store_of(data_dir).version(layout.manifest(layout.raw_snapshot(key))) is not None
 
 
-def read_manifest(data_dir: Path, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> dict[str, Any]:
+def _fetch_first(key: SnapshotKey) -> str:
+    option = f" --account {key.account}" if key.account != DEFAULT_ACCOUNT else ""
+    return f"run `joor-pipeline fetch{option} --date {key.snapshot_date.isoformat()}` first"
+
+
+def read_manifest(data_dir: Path, key: SnapshotKey) -> dict[str, Any]:
     """The manifest of a complete raw snapshot; a clear error when there is none."""
-    store = objectstore.store_of(data_dir)
-    if store is not None:
-        target = raw_snapshot_target(snapshot_date, account=account)
-        try:
-            found = objectstore.read_manifest(store, target)
-        except objectstore.StoreError as exc:
-            raise SnapshotNotFound(str(exc)) from None
-        if found is None:
-            raise SnapshotNotFound(
-                f"no raw snapshot for {snapshot_date.isoformat()} at {store.uri(target)}; run "
-                f"`joor-pipeline fetch{f' --account {account}' if account != DEFAULT_ACCOUNT else ''} "
-                f"--date {snapshot_date.isoformat()}` first"
-            )
-        return found
-    directory = raw_snapshot_dir(data_dir, snapshot_date, account=account)
-    path = directory / MANIFEST_NAME
-    if not path.is_file():
-        if directory.is_dir():
-            raise SnapshotNotFound(f"raw snapshot {directory} is incomplete: it has no {MANIFEST_NAME}")
-        raise SnapshotNotFound(
-            f"no raw snapshot for {snapshot_date.isoformat()} at {directory}; run "
-            f"`joor-pipeline fetch{f' --account {account}' if account != DEFAULT_ACCOUNT else ''} "
-            f"--date {snapshot_date.isoformat()}` first"
-        )
+    store = store_of(data_dir)
+    folder = layout.raw_snapshot(key)
     try:
-        manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SnapshotNotFound(f"cannot read {path}: {exc}") from None
+        found = store.read(layout.manifest(folder))
+        if found is None and store.list(folder):
+            raise SnapshotNotFound(f"raw snapshot {store.uri(folder)} is incomplete: it has no {layout.MANIFEST}")
+    except StoreError as exc:
+        raise SnapshotNotFound(str(exc)) from None
+    if found is None:
+        raise SnapshotNotFound(f"no raw snapshot for {key} at {store.uri(folder)}; {_fetch_first(key)}")
+    try:
+        manifest: dict[str, Any] = json.loads(found[0])
+    except ValueError as exc:
+        raise SnapshotNotFound(f"cannot read {store.uri(layout.manifest(folder))}: {exc}") from None
     return manifest
 
 
@@ -189,19 +166,24 @@ class RawSnapshot:
     pages: list[RawPageEntry]
 
 
-def read_raw_snapshot(data_dir: Path, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> RawSnapshot:
-    """A complete raw snapshot's format and pages, from its manifest, checked enough to trust names and order."""
-    raw_dir = raw_snapshot_dir(data_dir, snapshot_date, account=account)
-    manifest = read_manifest(data_dir, snapshot_date, account=account)
+def read_raw_snapshot(data_dir: Path, key: SnapshotKey) -> RawSnapshot:
+    """A complete raw snapshot's format and pages, from its manifest, checked enough to trust names and order.
+
+    Its ``directory`` is local: the snapshot's own folder on local disk, else a copy of the pages the manifest
+    lists, downloaded into the local work directory once per publication.
+    """
+    folder = layout.raw_snapshot(key)
+    manifest = read_manifest(data_dir, key)
 
     def broken(reason: str) -> SnapshotNotFound:
-        return SnapshotNotFound(f"raw snapshot {raw_dir} has an unusable _manifest.json: {reason}")
+        where = store_of(data_dir).uri(layout.manifest(folder))
+        return SnapshotNotFound(f"raw snapshot {where} is unusable: {reason}")
 
     if not isinstance(manifest, dict):
         raise broken("it is not a JSON object")
-    if manifest.get("snapshot_date", snapshot_date.isoformat()) != snapshot_date.isoformat():
+    if manifest.get("snapshot_date", key.snapshot_date.isoformat()) != key.snapshot_date.isoformat():
         raise broken(f"it is for snapshot_date {manifest.get('snapshot_date')!r}")
-    if manifest.get("account", account) != account:
+    if manifest.get("account", key.account) != key.account:
         raise broken(f"it is for account {manifest.get('account')!r}")
     fmt = manifest.get("format")
     if fmt not in ("json", "xml"):
@@ -210,6 +192,7 @@ def read_raw_snapshot(data_dir: Path, snapshot_date: date, *, account: str = DEF
     if not isinstance(pages, list):
         raise broken("'pages' is not a list")
     entries: list[RawPageEntry] = []
+    sizes: dict[str, int | None] = {}
     for index, page in enumerate(pages):
         if not isinstance(page, dict):
             raise broken(f"pages[{index}] is not an object")
@@ -224,11 +207,8 @@ def read_raw_snapshot(data_dir: Path, snapshot_date: date, *, account: str = DEF
                 sha256=sha if isinstance(sha, str) and sha else None,
             )
         )
-    store = objectstore.store_of(data_dir)
-    if store is not None:  # the pages the manifest lists, downloaded into the local work directory
-        raw_dir = objectstore.cached_pages(
-            store, data_dir, raw_snapshot_target(snapshot_date, account=account), manifest
-        )
+        sizes[file] = page.get("bytes") if isinstance(page.get("bytes"), int) else None
+    raw_dir = local_folder(data_dir, folder, sizes, str(manifest.get("publication_id") or ""))
     return RawSnapshot(raw_dir, fmt, entries)
 
 
@@ -267,9 +247,7 @@ def _pages(snapshot: RawSnapshot) -> Iterator[tuple[RawPageEntry, list[Canonical
         yield entry, connections, log_id
 
 
-def iter_raw_pages(
-    data_dir: Path, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT
-) -> Iterator[tuple[RawPageEntry, list[Canonical], str | None]]:
+def iter_raw_pages(data_dir: Path, key: SnapshotKey) -> Iterator[tuple[RawPageEntry, list[Canonical], str | None]]:
     """Each page of a complete raw snapshot in manifest order: its entry, connections and log_id.
 
     JSON connections come as parsed (native leaves, see ``parse_json(canonical=False)``), XML ones canonical.
@@ -278,4 +256,4 @@ def iter_raw_pages(
     or unusable manifest or page file, ``PayloadError`` (naming the file and log_id) for a page that is not a
     JOOR envelope or does not match its sha256.
     """
-    yield from _pages(read_raw_snapshot(data_dir, snapshot_date, account=account))
+    yield from _pages(read_raw_snapshot(data_dir, key))

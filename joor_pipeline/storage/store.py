@@ -4,12 +4,14 @@ Storage) must do, and nothing more.
 The publish mechanism (:mod:`~joor_pipeline.storage.publish`: stage locally, put the new files beside the live
 ones under names no one else writes, create the journal, swap each target's manifest, finish, recover) is written
 once on these primitives; every reader resolves a partition through its manifest with :meth:`Store.read`. No
-module outside ``storage/`` asks which backend it runs on.
+module outside ``storage/`` asks which backend it runs on. A backend is opened by
+:func:`~joor_pipeline.storage.factory.open_data_dir` (its URL scheme registered in ``factory.BACKENDS``); an object
+store's :meth:`Store.lock` is :func:`~joor_pipeline.storage.lease.acquire`, written on these primitives too.
 
 Keys are ``/``-separated paths relative to the data directory's root (built by :mod:`joor_pipeline.layout`),
-never absolute, never with ``.`` or ``..`` segments. A :data:`Version` is opaque: an ETag (S3, Azure), a
-generation (GCS), a digest of the content (local disk). Two reads of an unchanged object give the same version;
-any write changes it.
+never absolute, never with ``.`` or ``..`` segments; ``uri(key)`` is always ``f"{url}/{key}"``. A :data:`Version`
+is opaque: an ETag (S3, Azure), a generation (GCS), a digest of the content (local disk). Two reads of an
+unchanged object give the same version; a write of other bytes changes it.
 
 Errors: :class:`StoreError` names the object's URL and the operation, never a credential. :class:`Conflict` is a
 conditional write that lost (the object exists, or changed since its version was read). A missing object is
@@ -56,6 +58,15 @@ class Held(Protocol):
 
 
 @runtime_checkable
+class LocalFiles(Protocol):
+    """What a store that keeps its objects as local files offers beside :class:`Store` (the local disk): readers
+    that need a local file (DuckDB's warehouse, the flatten's raw pages) use the object's own file, no copy."""
+
+    def local_path(self, key: str) -> Path:
+        """The object's file."""
+
+
+@runtime_checkable
 class Store(Protocol):
     """The primitives of one data directory's storage."""
 
@@ -63,7 +74,8 @@ class Store(Protocol):
     url: str
 
     def uri(self, key: str) -> str:
-        """The key as DuckDB and pyarrow open it (a local path, or ``s3://``, ``gs://``, ``az://``...)."""
+        """The key as DuckDB opens it once :meth:`register` ed: ``f"{url}/{key}"`` (a local path, or ``s3://``,
+        ``gs://``, ``az://``...)."""
 
     def read(self, key: str) -> tuple[bytes, Version] | None:
         """The object's bytes and version; None when there is none."""
@@ -85,9 +97,10 @@ class Store(Protocol):
         """Replace the object only if its version is still ``expected`` (None: only if it does not exist);
         :class:`Conflict` otherwise. Readers see the old bytes or the new ones, never a mix."""
 
-    def list(self, prefix: str) -> list[str]:
-        """Every key under ``prefix/`` (recursively), sorted. For writers' clean-up and for finding manifests;
-        readers never take a listing as the list of a partition's files."""
+    def list(self, prefix: str) -> dict[str, int]:
+        """Every key under ``prefix/`` (recursively) with its size in bytes, in key order. For writers' clean-up,
+        for finding manifests and for checking listed files' sizes; readers never take a listing as the list of a
+        partition's files."""
 
     def delete(self, keys: Iterable[str]) -> None:
         """Delete the objects; a key that is already gone is not an error."""

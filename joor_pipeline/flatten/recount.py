@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date
 from operator import attrgetter
 from pathlib import Path
 from typing import Any, Final
@@ -30,7 +29,7 @@ from joor_pipeline.flatten.coerce import account_id_key, fingerprint
 from joor_pipeline.flatten.schema import TABLES
 from joor_pipeline.joor.parse import as_list
 from joor_pipeline.joor.shapes import CONNECTION_LISTS
-from joor_pipeline.storage.locks import DEFAULT_ACCOUNT
+from joor_pipeline.layout import SnapshotKey
 from joor_pipeline.storage.raw import iter_raw_pages
 
 #: Which JOOR list feeds which table (the connections table is fed by the connections themselves).
@@ -179,18 +178,18 @@ def merge_tallies(tallies: Sequence[SentTally]) -> RawRecount | None:
     return RawRecount(counts, [])
 
 
-def raw_recount(data_dir: Path, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> RawRecount:
+def raw_recount(data_dir: Path, snapshot: SnapshotKey) -> RawRecount:
     """Rows each table should hold, counted from the raw pages with the flatten's own dedup key
     (:func:`~joor_pipeline.flatten.coerce.account_id_key`); an identical repeat counts once."""
     tally = RawTally()
-    for _entry, connections, _log_id in iter_raw_pages(data_dir, snapshot_date, account=account):
+    for _entry, connections, _log_id in iter_raw_pages(data_dir, snapshot):
         tally.add(connections)
     counts = tally.counts
     if not tally.repeated:
         return RawRecount(dict(counts), [])
     # Repeats are rare: a second pass compares them with the first, and counts each different version once.
     versions: dict[int, set[bytes]] = {}
-    for _entry, connections, _log_id in iter_raw_pages(data_dir, snapshot_date, account=account):
+    for _entry, connections, _log_id in iter_raw_pages(data_dir, snapshot):
         for connection in connections:
             key = account_id_key(connection.get("customer_account_id"))
             if key in tally.repeated:

@@ -45,12 +45,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from joor_pipeline.flatten import FlattenStats
+from joor_pipeline.flatten.forkserver import CAN_PARALLEL, die_with_parent, worker_context
+from joor_pipeline.flatten.parts import flatten_part
+from joor_pipeline.flatten.recount import SentTally
 from joor_pipeline.joor.errors import JoorError
-from joor_pipeline.storage.forkserver import CAN_PARALLEL, die_with_parent, worker_context
-from joor_pipeline.storage.locks import DEFAULT_ACCOUNT
-from joor_pipeline.storage.parts import flatten_part
 from joor_pipeline.storage.raw import RawPageEntry, RawSnapshot
-from joor_pipeline.storage.recount import SentTally
 
 #: The default number of workers is the usable cores, at most this many...
 MAX_DEFAULT_WORKERS: Final = 8
@@ -93,7 +92,7 @@ class WorkerReport:
 
     stats: FlattenStats
     kept_ids: pa.Array
-    #: The raw recount of its pages, for the audit (see :mod:`~joor_pipeline.storage.recount`), if asked for.
+    #: The raw recount of its pages, for the audit (see :mod:`~joor_pipeline.flatten.recount`), if asked for.
     tally: SentTally | None
 
 
@@ -221,7 +220,7 @@ def flatten_parallel(
     *,
     stall_seconds: float = WORKER_STALL_SECONDS,
     recount: bool = False,
-    account: str = DEFAULT_ACCOUNT,
+    account: str,
 ) -> list[WorkerReport]:
     """Flatten each run of pages in a worker process of its own, into part ``k`` for run ``k`` (``recount``: each
     worker also tallies its raw pages for the audit).

@@ -1,6 +1,6 @@
 """The forkserver that flatten workers come from: a fresh single-threaded interpreter with the flatten loaded.
 
-Kept apart from :mod:`~joor_pipeline.storage.workers` and light to import (no pyarrow), so that a command can
+Kept apart from :mod:`~joor_pipeline.flatten.workers` and light to import (no pyarrow), so that a command can
 start the forkserver first thing and let its imports run beside its own (:func:`start_forkserver`).
 """
 
@@ -16,7 +16,7 @@ from typing import Final
 #: Workers are forked by a forkserver (POSIX); where there is none, the flatten runs in one process.
 CAN_PARALLEL: Final = "forkserver" in multiprocessing.get_all_start_methods()
 #: What the forkserver imports once, before it forks any worker.
-PRELOAD: Final = ("joor_pipeline.storage.workers",)
+PRELOAD: Final = ("joor_pipeline.flatten.workers",)
 
 
 def worker_context(*preload: str) -> multiprocessing.context.ForkServerContext:

@@ -21,10 +21,10 @@ import pyarrow.parquet as pq
 
 from joor_pipeline.flatten import TABLES, FlattenStats, arrow_schema, conflicting_repeats, flatten_pages
 from joor_pipeline.flatten.flatten import decode_records, is_record
+from joor_pipeline.flatten.recount import RawTally
 from joor_pipeline.joor.parse import Canonical
-from joor_pipeline.storage.locks import DEFAULT_ACCOUNT, account_key
+from joor_pipeline.layout import account_dir
 from joor_pipeline.storage.raw import RawPageEntry, RawSnapshot, read_page
-from joor_pipeline.storage.recount import RawTally
 
 #: Name of worker ``k``'s file in every partition.
 PART_FILE_PATTERN: Final = "part-{:05d}.parquet"
@@ -53,15 +53,15 @@ def _statistics_columns(schema: pa.Schema) -> list[str]:
     return [f.name for f in schema if not pa.types.is_string(f.type) or f.name in STATISTICS_TEXT_COLUMNS]
 
 
-def partition_path(root: Path, table: str, snapshot_date: date, *, account: str = DEFAULT_ACCOUNT) -> Path:
+def partition_path(root: Path, table: str, snapshot_date: date, *, account: str) -> Path:
     """``<root>/<table>/account=<name>/snapshot_date=YYYY-MM-DD``: one table's partition under a Parquet root."""
-    return root / table / account_key(account) / f"snapshot_date={snapshot_date.isoformat()}"
+    return root / table / account_dir(account) / f"snapshot_date={snapshot_date.isoformat()}"
 
 
 class _TableWriters:
     """One ParquetWriter per table, each fed through a buffer that flushes whole row groups."""
 
-    def __init__(self, root: Path, snapshot_date: date, part: int = 0, account: str = DEFAULT_ACCOUNT) -> None:
+    def __init__(self, root: Path, snapshot_date: date, part: int, account: str) -> None:
         self.paths: dict[str, Path] = {}
         self.writers: dict[str, pq.ParquetWriter] = {}
         self.buffers: dict[str, list[pa.Table]] = {}
@@ -146,10 +146,10 @@ def flatten_part(
     on_page: Callable[[int], None],
     *,
     recount: bool = False,
-    account: str = DEFAULT_ACCOUNT,
+    account: str,
 ) -> PartResult:
     """Flatten ``entries`` in order into ``part-<part>.parquet`` of every table under ``root``; with ``recount``,
-    also tally the raw pages for the audit (:class:`~joor_pipeline.storage.recount.RawTally`)."""
+    also tally the raw pages for the audit (:class:`~joor_pipeline.flatten.recount.RawTally`)."""
     result = PartResult(FlattenStats(), tally=RawTally() if recount else None)
     tally = result.tally
     writers = _TableWriters(root, snapshot_date, part, account)
