@@ -28,9 +28,10 @@ from joor_pipeline.joor.parse import parse_page
 from joor_pipeline.pipeline import fetch_snapshot
 from joor_pipeline.sandbox import Faults, Sandbox, load_seed_connection, run_sandbox
 from joor_pipeline.sandbox.render import render_json
-from joor_pipeline.storage.raw import raw_snapshot_dir, read_manifest
+from joor_pipeline.storage.raw import read_manifest
 from joor_pipeline_tests.conftest import sandbox_settings
 from joor_pipeline_tests.fake_time import FakeTime
+from joor_pipeline_tests.raw_fixtures import raw_snapshot_dir, snap
 
 DAY = date(2026, 11, 2)
 FAST = RetryPolicy(max_attempts=6, max_elapsed=30.0, backoff_base=0.01, backoff_max=0.02)
@@ -106,9 +107,9 @@ def test_every_request_carries_the_formats_content_type(sb: Sandbox, kind: str, 
 def test_rate_limit_headers_are_recorded_in_the_manifest(sb: Sandbox, tmp_path: Path, prefix: str) -> None:
     sb.config.rate_limit_header_prefix = prefix
     with JoorClient(sandbox_settings(sb)) as client:
-        report = fetch_snapshot(client, tmp_path, DAY)
+        report = fetch_snapshot(client, tmp_path, snap(DAY))
         assert client.pacer.stats.header_updates == 3
-    recorded = read_manifest(tmp_path, DAY)["rate_limit_headers"]
+    recorded = read_manifest(tmp_path, snap(DAY))["rate_limit_headers"]
     assert recorded == report.stats.rate_limit_headers
     assert set(recorded) == {f"{prefix}-Limit", f"{prefix}-Remaining", f"{prefix}-Reset"}
     assert recorded[f"{prefix}-Limit"] == str(CREDITS)
@@ -165,10 +166,10 @@ def test_a_secret_echoed_in_a_rate_limit_header_is_masked(tmp_path: Path) -> Non
     try:
         settings = sandbox_settings(_Endpoint(server.base_url), api_token=Secret(token))
         with JoorClient(settings) as client:
-            fetch_snapshot(client, tmp_path, DAY)
+            fetch_snapshot(client, tmp_path, snap(DAY))
     finally:
         server.close()
-    recorded = read_manifest(tmp_path, DAY)["rate_limit_headers"]
+    recorded = read_manifest(tmp_path, snap(DAY))["rate_limit_headers"]
     text = json.dumps(recorded)
     assert token not in text and encoded not in text
     assert recorded["X-RateLimit-Note"] == "for ********"
@@ -183,7 +184,7 @@ def test_without_a_total_the_walk_is_published_and_says_it_could_not_be_checked(
     server = _ScriptedJoor({}, {k: v for k, v in ONE_PAGE.items() if k != "count"})
     try:
         with JoorClient(sandbox_settings(_Endpoint(server.base_url))) as client:
-            report = fetch_snapshot(client, tmp_path, DAY)
+            report = fetch_snapshot(client, tmp_path, snap(DAY))
     finally:
         server.close()
     assert report.connections == 1 and report.manifest["reported_total"] is None
@@ -296,12 +297,12 @@ def test_issue_19_break_1_a_page_repeating_the_one_before_is_refused(tmp_path: P
     """Page 2 repeats 50 connections of page 1 while response.count says 300: main exited 0 with 250 retailers."""
     with run_sandbox(connections=300, seed=5, rate_limit_credits=0) as sb:
         with JoorClient(sandbox_settings(sb, concurrency=concurrency)) as client:
-            fetch_snapshot(client, tmp_path, DAY)
-            before = read_manifest(tmp_path, DAY)
+            fetch_snapshot(client, tmp_path, snap(DAY))
+            before = read_manifest(tmp_path, snap(DAY))
             sb.faults.page_overlap = 50
             sb.reset_stats()
             with pytest.raises(IncompleteSnapshot) as info:
-                fetch_snapshot(client, tmp_path, DAY)
+                fetch_snapshot(client, tmp_path, snap(DAY))
     message = str(info.value)
     walk = (
         "250 distinct connection(s) in 3 page(s) against JOOR's total of 300 (50 short; 50 repeated across pages, "
@@ -310,7 +311,7 @@ def test_issue_19_break_1_a_page_repeating_the_one_before_is_refused(tmp_path: P
     assert message.count(walk) == 2
     assert message.count("last page 2 (log_id ") == 2
     assert sb.stats.requests == 6  # two walks of three pages, each at the same pacer
-    assert read_manifest(tmp_path, DAY) == before  # nothing published: the previous snapshot is untouched
+    assert read_manifest(tmp_path, snap(DAY)) == before  # nothing published: the previous snapshot is untouched
 
 
 def test_issue_19_break_1_on_the_command_line(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -337,9 +338,9 @@ def test_a_walk_that_lands_every_connection_is_published(
 ) -> None:
     with run_sandbox(connections=300, seed=6, rate_limit_credits=0, faults=faults) as sb:
         with JoorClient(sandbox_settings(sb)) as client:
-            report = fetch_snapshot(client, tmp_path, DAY)
+            report = fetch_snapshot(client, tmp_path, snap(DAY))
         served = served_ids(sb)
-    manifest = read_manifest(tmp_path, DAY)
+    manifest = read_manifest(tmp_path, snap(DAY))
     assert (report.walks, manifest["walks"]) == (walks, walks)
     assert manifest["reported_total"] == manifest["distinct_connections"] == total == len(served)
     assert sorted(set(landed_ids(tmp_path))) == sorted(served)
@@ -350,7 +351,7 @@ def test_a_walk_that_lands_every_connection_is_published(
 def test_a_list_shifting_under_both_walks_is_refused(tmp_path: Path) -> None:
     with run_sandbox(connections=300, seed=6, rate_limit_credits=0, faults=Faults(list_shifts=[50, 20])) as sb:
         with JoorClient(sandbox_settings(sb)) as client, pytest.raises(IncompleteSnapshot) as info:
-            fetch_snapshot(client, tmp_path, DAY)
+            fetch_snapshot(client, tmp_path, snap(DAY))
     assert "walk 1: 300 distinct connection(s) in 4 page(s) against JOOR's total of 350 (50 short" in str(info.value)
     assert "walk 2: 350 distinct connection(s) in 4 page(s) against JOOR's total of 370 (20 short" in str(info.value)
     assert not raw_snapshot_dir(tmp_path, DAY).exists()
@@ -362,7 +363,7 @@ def test_a_disconnect_mid_walk_is_what_offset_paging_cannot_see(tmp_path: Path) 
     with run_sandbox(connections=300, seed=6, rate_limit_credits=0, faults=Faults(list_shifts=[-10])) as sb:
         first_ten = served_ids(sb)[:10]
         with JoorClient(sandbox_settings(sb)) as client:
-            report = fetch_snapshot(client, tmp_path, DAY)
+            report = fetch_snapshot(client, tmp_path, snap(DAY))
         served = served_ids(sb)
     landed = set(landed_ids(tmp_path))
     assert report.walks == 1 and report.connections == 290 == len(served)

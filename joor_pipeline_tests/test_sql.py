@@ -24,6 +24,7 @@ from joor_pipeline.config import SETTINGS
 from joor_pipeline.sql import complete, referenced_tables
 from joor_pipeline.warehouse import WarehouseError, build_warehouse, database_path, read
 from joor_pipeline_tests.model_fixtures import clean_retailer, parquet_root, write_snapshot
+from joor_pipeline_tests.raw_fixtures import snap
 from joor_pipeline_tests.s3_emulator import EmulatorDidNotStart, moto_s3_server
 
 CLI = str(Path(sys.executable).parent / "joor-pipeline")
@@ -273,7 +274,7 @@ def test_sql_names_a_damaged_partition_and_the_way_out(built: Path) -> None:
     from joor_pipeline.storage.parquet import write_partition_manifest
 
     part = parquet_root(built) / "doors" / "account=default" / f"snapshot_date={D1}" / "part-00000.parquet"
-    write_partition_manifest(part.parent, "doors", D1, "p1")
+    write_partition_manifest(part.parent, "doors", snap(D1), "p1")
     part.write_bytes(part.read_bytes()[:100])  # truncated after it was published
     ran = sql("--data-dir", str(built), "--format", "csv", "select 1 as ok; select count(*) from tables.doors")
     assert ran.returncode == 1 and ran.stdout == "ok\n1\n"
@@ -391,14 +392,14 @@ def test_read_connect_and_sql_on_an_object_store(
 ) -> None:
     """A writer publishes to the bucket; an analyst's machine (another work directory) reads it by URL."""
     from joor_pipeline.config import check_data_dir
+    from joor_pipeline.flatten.runner import flatten_snapshot
     from joor_pipeline.sandbox import generate_connections
-    from joor_pipeline.storage.parquet import flatten_snapshot
     from joor_pipeline_tests.raw_fixtures import land
 
     url, env = bucket
     writer = check_data_dir(Path(url))
     land(writer, D1, generate_connections(30, seed=5))
-    flatten_snapshot(writer, D1, workers=1)
+    flatten_snapshot(writer, snap(D1), workers=1)
     build_warehouse(writer)
 
     monkeypatch.setenv("JOOR_WORK_DIR", str(tmp_path / "analyst"))
