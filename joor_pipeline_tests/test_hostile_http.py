@@ -325,7 +325,7 @@ def test_a_response_number_past_64_bits_is_one_error_naming_the_page_and_log_id(
         body = f"<connections><response>{fields}</response><connections>{one}</connections></connections>".encode()
     with hostile(serve(body)) as server, JoorClient(settings_for(server, JOOR_FORMAT=fmt), retry=FAST) as client:
         with pytest.raises(PayloadError) as info:
-            fetch_snapshot(client, tmp_path, DAY)
+            fetch_snapshot(client, tmp_path, snap(DAY))
     message = str(info.value)
     assert f"response.{field} {NINES} is out of range" in message
     assert f"{server.base_url}/v2/connection/?start_from=0&count=100" in message and "(log_id L0)" in message
@@ -340,7 +340,7 @@ def test_a_huge_comment_or_value_in_the_response_block_is_quoted_short(tmp_path:
     body = json.dumps({"response": {"code": 7, "comment": comment, "log_id": "L" * 5000}, "connections": []})
     with hostile(serve(body.encode())) as server, JoorClient(settings_for(server), retry=FAST) as client:
         with pytest.raises(JoorApiError) as info:
-            fetch_snapshot(client, tmp_path, DAY)
+            fetch_snapshot(client, tmp_path, snap(DAY))
     message = str(info.value)
     assert "response.code 7" in message and "100,000 characters" in message and "5,000 characters" in message
     assert f"url {server.base_url}/v2/connection/" in message
@@ -351,7 +351,7 @@ def test_a_huge_comment_or_value_in_the_response_block_is_quoted_short(tmp_path:
         body = '{"response": {"code": 0, "count": ' + value + ', "log_id": "L0"}, "connections": []}'
         with hostile(serve(body.encode())) as server, JoorClient(settings_for(server), retry=FAST) as client:
             with pytest.raises(PayloadError, match=r"response\.count is not an integer") as caught:
-                fetch_snapshot(client, tmp_path, DAY)
+                fetch_snapshot(client, tmp_path, snap(DAY))
         assert len(str(caught.value)) < 1000
         assert_clear(caught.value)
     assert not raw_snapshot_dir(tmp_path, DAY).exists()

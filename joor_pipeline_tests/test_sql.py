@@ -424,7 +424,7 @@ def test_read_connect_and_sql_on_an_object_store(
 
     # The writer adds a date and publishes a new build: the analyst's next read gets it.
     land(writer, D2, generate_connections(40, seed=6))
-    flatten_snapshot(writer, D2, workers=1)
+    flatten_snapshot(writer, snap(D2), workers=1)
     build_warehouse(writer)
     assert len(read("dim_retailers", url)) == 40
     assert len(read("connections", url)) == 70
