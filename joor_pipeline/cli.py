@@ -421,6 +421,54 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return run_sql(args.query, data_dir=given, option=option, fmt=args.format)
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    """``prune``: delete the snapshots past their retention (see :mod:`joor_pipeline.prune`)."""
+    from joor_pipeline.prune import (
+        PruneFailed,
+        PrunePlan,
+        Removal,
+        failure_line,
+        kept_line,
+        load_retention,
+        prune,
+        removal_line,
+        total_line,
+    )
+
+    env = _environ(args)
+    problems: list[str] = []
+    data_dir = read_setting(env, "JOOR_DATA_DIR", problems)
+    raise_problems(problems)
+    retention = load_retention(env)
+    data_dir = _data_dir(args, data_dir)
+    configured = account_names(env)  # the names only: pruning needs no JOOR credentials
+
+    def removed(removal: Removal, plan: PrunePlan) -> None:
+        print(removal_line(removal, dry_run=args.dry_run, width=plan.account_width), flush=True)
+
+    report = prune(
+        data_dir,
+        retention,
+        today=_today(),
+        configured=configured,
+        account=args.account,
+        dry_run=args.dry_run,
+        on_removed=removed,
+    )
+    for name in report.plan.unconfigured:
+        print(
+            f"note: account {name} is not configured but has data here: pruned by the same rules (its latest "
+            "snapshot stays)",
+            file=sys.stderr,
+        )
+    for kept in report.plan.kept:
+        print(kept_line(kept), file=sys.stderr)
+    print(total_line(report), flush=True)
+    if report.failed:
+        raise PruneFailed(failure_line(report))
+    return 0
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from joor_pipeline.sandbox import Faults, SandboxConfig, serve_forever
 
@@ -555,6 +603,27 @@ def build_parser() -> argparse.ArgumentParser:
         '  joor-pipeline sql "select * from payment_terms"\n'
         "  joor-pipeline sql --format csv \"select * from tables.addresses where country = 'US'\" > us.csv\n"
         "  joor-pipeline sql < report.sql\n\n" + _env_help()
+    )
+
+    prune = add(
+        "prune",
+        cmd_prune,
+        "delete the raw snapshots older than JOOR_RETAIN_RAW_DAYS and the Parquet partitions older than "
+        "JOOR_RETAIN_PARQUET_DAYS (unset: kept), never what a build still needs; crash-safe",
+    )
+    prune.add_argument("--dry-run", action="store_true", help="list what would be deleted; delete nothing")
+    prune.add_argument(
+        "--account",
+        metavar="NAME",
+        help="one account, configured or found in the data (default: every configured account and every account "
+        "found in the data)",
+    )
+    prune.add_argument("--data-dir", type=Path, help="overrides JOOR_DATA_DIR")
+    prune.epilog = (
+        "Kept whatever their age: today's snapshot, each account's latest raw snapshot and latest Parquet, a raw\n"
+        "snapshot whose Parquet is not published (the only copy of its date), and a date in quarantine. One line\n"
+        "per snapshot deleted (account, date, kind, files, bytes), then a total; what a rule keeps past retention\n"
+        "on stderr.\n\n" + _env_help()
     )
 
     sandbox = add("sandbox", cmd_sandbox, "serve the JOOR sandbox (an emulator of JOOR's API) until interrupted")

@@ -272,6 +272,33 @@ SETTINGS: Final[tuple[Setting, ...]] = (
         "first daily partition offered in Dagster (YYYY-MM-DD; read when the definitions load)",
         resource=None,
     ),
+    # ---- retention (read by joor_pipeline.prune: `joor-pipeline prune` and the joor_prune job) ----
+    Setting(
+        "JOOR_RETAIN_RAW_DAYS",
+        "retain_raw_days",
+        "int",
+        None,
+        "joor-pipeline prune deletes the raw snapshots older than this many days, but never today's, an account's "
+        "latest, one whose Parquet is not published or one in quarantine (see Retention)",
+        default_text="none: every raw snapshot is kept",
+        low=1,
+        high=36_500,
+        unit="days",
+        resource="storage",
+    ),
+    Setting(
+        "JOOR_RETAIN_PARQUET_DAYS",
+        "retain_parquet_days",
+        "int",
+        None,
+        "joor-pipeline prune deletes the Parquet partitions (all ten tables of a date) older than this many days, "
+        "but never today's, an account's latest or one in quarantine; at least JOOR_RETAIN_RAW_DAYS (see Retention)",
+        default_text="none: every Parquet partition is kept",
+        low=1,
+        high=36_500,
+        unit="days",
+        resource="storage",
+    ),
     Setting(
         "JOOR_SANDBOX_CONNECTIONS",
         "sandbox_connections",
@@ -428,6 +455,8 @@ SETTINGS: Final[tuple[Setting, ...]] = (
 
 #: The alert and freshness settings: of the whole deployment, read by :mod:`joor_pipeline.alerts` and the sensors.
 ALERT_VARS: Final = tuple(s.name for s in SETTINGS if s.name.startswith(("JOOR_ALERT_", "JOOR_FRESHNESS_")))
+#: The retention settings: of the whole deployment, read by :mod:`joor_pipeline.prune`.
+RETENTION_VARS: Final = ("JOOR_RETAIN_RAW_DAYS", "JOOR_RETAIN_PARQUET_DAYS")
 
 BY_NAME: Final[dict[str, Setting]] = {s.name: s for s in SETTINGS}
 #: Every variable with its one-line meaning.
@@ -460,6 +489,7 @@ JOOR_SETTINGS_FIELDS: Final = tuple(
         "JOOR_STORE_LEASE_SECONDS",
         "JOOR_UI_URL",
         *ALERT_VARS,
+        *RETENTION_VARS,
     )
 )
 #: Settings of the whole deployment, never of one account: an accounts file may not set them.
@@ -472,6 +502,7 @@ DEPLOYMENT_VARS: Final = (
     "JOOR_STORE_LEASE_SECONDS",
     "JOOR_UI_URL",
     *ALERT_VARS,
+    *RETENTION_VARS,
 )
 #: The settings an ``[accounts.<name>]`` table may hold, by key (a secret by the name of its variable: ``<key>_env``).
 ACCOUNT_SETTINGS: Final = {s.field: s for s in SETTINGS if s.name not in DEPLOYMENT_VARS}

@@ -11,6 +11,7 @@ from joor_pipeline.assets.check import joor_connection_check_job
 from joor_pipeline.assets.joor import joor_raw_connections, joor_tables
 from joor_pipeline.assets.models import joor_models
 from joor_pipeline.assets.partitions import ACCOUNTS, partition_key
+from joor_pipeline.assets.prune import joor_prune_job, joor_prune_schedule
 from joor_pipeline.assets.resources import resources_from_env
 from joor_pipeline.assets.sensors import (
     FRESHNESS_CHECK_KEYS,
@@ -76,8 +77,8 @@ def build_defs(
     return dg.Definitions(
         assets=[_fetch_asset(configuration_problem(environ)), joor_tables, joor_models],
         asset_checks=[build_freshness_checks(environ=environ)],
-        jobs=[joor_daily_job, joor_connection_check_job],
-        schedules=[joor_daily_schedule],
+        jobs=[joor_daily_job, joor_connection_check_job, joor_prune_job],
+        schedules=[joor_daily_schedule, joor_prune_schedule],
         sensors=[*build_alert_sensors(environ), build_freshness_sensor(environ=environ)],
         resources=dict(resources) if resources is not None else resources_from_env(environ),
         loggers=dict(loggers) if loggers is not None else None,

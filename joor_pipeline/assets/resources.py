@@ -98,6 +98,10 @@ class DataDirResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         """The data directory, absolute (ConfigError if it is a file or not writable)."""
         return check_data_dir(Path(getattr(self, "data_dir", None) or "data")).resolve()
 
+    def environ(self) -> dict[str, str]:
+        """The set fields as the ``JOOR_*`` variables they stand for."""
+        return _environ(self, STORAGE_FIELDS)
+
     def workers(self) -> int | None:
         """The flatten's worker processes; None for the default (raises ConfigError naming the variable)."""
         return flatten_workers_setting(_environ(self, STORAGE_FIELDS))

@@ -38,6 +38,15 @@ A publication then deletes, under its date's lock, what its targets' folders hol
 files of a publication killed after its journal was deleted, a stray copy). Dead writers' local staging is
 deleted.
 
+**Withdrawal** (:func:`withdraw`: ``joor-pipeline prune``) is a publication that replaces its targets by nothing, on
+the same steps and the same recovery: under the date's lock, after :func:`recover`, it records a pending record
+(it uploads nothing), checks its lock, creates its journal (the commit point: it names each target's manifest
+version and every file the target's folder holds), deletes each target's ``_manifest.json`` (from then on no
+reader sees the target: a folder without a manifest is never data), then the files, then its records. Before the
+commit point a crash leaves every target as it was (the pending record is rolled back); from it on, each target is
+whole or invisible, and recovery deletes what is left. The files go before the records, because no later
+publication of the date will sweep them.
+
 A SIGTERM during staging is turned into a normal exit (``SystemExit``) so the ``finally`` blocks delete the
 staging and the uploads; from the commit point to the last swap, SIGTERM and SIGINT wait until it is done.
 """
@@ -68,7 +77,7 @@ from joor_pipeline.storage.durable import release, try_flock, write_durably
 from joor_pipeline.storage.factory import store_of
 from joor_pipeline.storage.locks import hold, hold_if_free, holder_description
 from joor_pipeline.storage.migrate import migrate_legacy_layout
-from joor_pipeline.storage.store import Conflict, Held, Store, Version
+from joor_pipeline.storage.store import Conflict, Held, LocalFiles, Store, Version
 
 log = logging.getLogger(__name__)
 
@@ -450,6 +459,9 @@ def _check_record(record: dict[str, Any] | None) -> dict[str, Any]:
 
 def _roll_forward(store: Store, journal: dict[str, Any]) -> None:
     """Finish a journaled publication: swap in each staged manifest that is not live yet (idempotent)."""
+    if journal.get("kind") == WITHDRAWAL:
+        _complete_withdrawal(store, journal)
+        return
     publication_id = journal["publication_id"]
     for target in journal["targets"]:
         key = layout.manifest(target)
@@ -518,6 +530,8 @@ def recover(data_dir: Path) -> list[str]:
                 )
                 if journal.get("kind") == "parquet":
                     shutil.rmtree(quarantine_dir(data_dir, snapshot), ignore_errors=True)
+                elif journal.get("kind") == WITHDRAWAL:
+                    _forget_copies(data_dir, journal["targets"])
             elif store.version(layout.pending(publication_id)) is not None:
                 _roll_back(store, record)
                 log.warning(
@@ -562,3 +576,118 @@ def _recover_staging(data_dir: Path) -> list[str]:
                     owner_path.unlink()
                 release(owner)
     return deleted
+
+
+# ---- withdrawal -----------------------------------------------------------------------------------------------
+
+#: The ``kind`` of a publication that withdraws its targets: it deletes their manifests, then their files.
+WITHDRAWAL: Final = "withdrawal"
+
+
+def withdraw(data_dir: Path, key: SnapshotKey, targets: Sequence[str]) -> dict[str, int]:
+    """Delete ``targets`` (folder keys of ``key``'s date) all at once, recoverably: a publication that replaces
+    them by nothing (see the module docstring). Returns every key deleted with its size in bytes (manifests
+    included; empty when no target held anything).
+
+    Under the date's lock (``SnapshotBusy`` at once if another process has it), after :func:`recover`. A target
+    whose manifest changed between the commit point and its deletion (a writer ignoring the lock) is left as it
+    is, with a :class:`PublishError`; the next recovery sets the journal aside.
+    """
+    store = store_of(data_dir)
+    with snapshot_lock(data_dir, key) as held, sigterm_as_exit():
+        recover(data_dir)
+        migrate_legacy_layout(data_dir)
+        held_files: dict[str, dict[str, int]] = {}
+        bases: dict[str, Version | None] = {}
+        for target in targets:
+            held_files[target] = {
+                name: size for name, size in store.list(target).items() if name.rsplit("/", 1)[0] == target
+            }
+            bases[target] = store.version(layout.manifest(target))
+        present = [target for target in targets if held_files[target] or bases[target] is not None]
+        if not present:
+            return {}
+        publication_id = uuid.uuid4().hex
+        record = {
+            "publication_id": publication_id,
+            "account": key.account,
+            "snapshot_date": key.snapshot_date.isoformat(),
+            "dataset": key.dataset,
+            "kind": WITHDRAWAL,
+            "targets": present,
+            "uploads": [],
+            "holder": holder_description(),
+        }
+        store.create(layout.pending(publication_id), _json(record))
+        try:
+            held.check()  # a lease lost while listing: another writer may have the date now
+        except BaseException:
+            with suppress(Exception):
+                _roll_back(store, record)
+            raise
+        journal = {
+            **record,
+            "bases": {target: bases[target] for target in present},
+            "old_files": {
+                target: sorted(name for name in held_files[target] if name != layout.manifest(target))
+                for target in present
+            },
+            "committed_at": datetime.now(UTC).isoformat(),
+        }
+        with _signals_deferred():
+            store.create(layout.journal(publication_id), _json(journal))  # the commit point
+            for target in present:
+                _withdraw_manifest(store, target, publication_id, bases[target])
+        _finish_withdrawal(store, journal)
+        _forget_copies(data_dir, present)
+    return {name: size for target in present for name, size in held_files[target].items()}
+
+
+def _withdraw_manifest(store: Store, target: str, publication_id: str, base: Version | None) -> None:
+    """The switch of a withdrawal: delete the target's manifest, if it is still the one the journal names."""
+    key = layout.manifest(target)
+    current = store.version(key)
+    if current is None:
+        return  # withdrawn already (or the target had files and no manifest)
+    if current != base:
+        raise PublishError(
+            f"{store.uri(key)} changed under withdrawal {publication_id} after its commit point (a writer without "
+            "the lock?); it is left as it is"
+        )
+    store.delete([key])
+
+
+def _finish_withdrawal(store: Store, journal: dict[str, Any]) -> None:
+    """After every manifest is gone: delete the targets' files, then the records (the pending one first)."""
+    publication_id = journal["publication_id"]
+    for target, names in journal["old_files"].items():
+        found = store.read(layout.manifest(target))
+        live = {f"{target}/{name}" for name in listed_files(_parsed(found[0]) if found else None)}
+        store.delete([name for name in names if name.rsplit("/", 1)[0] == target and name not in live])
+    store.delete([layout.pending(publication_id)])
+    store.delete([layout.journal(publication_id)])
+    if isinstance(store, LocalFiles):  # an empty folder is no data, but it need not stay either
+        for target in journal["targets"]:
+            with suppress(OSError):
+                store.local_path(target).rmdir()
+
+
+def _forget_copies(data_dir: Path, targets: Sequence[str]) -> None:
+    """Delete this machine's downloaded copies of withdrawn targets (an object store's raw pages, for a flatten)."""
+    for target in targets:
+        if isinstance(target, str) and layout.partition_of(target) is not None:
+            shutil.rmtree(data_dir / layout.STORE_CACHE / target, ignore_errors=True)
+
+
+def _complete_withdrawal(store: Store, journal: dict[str, Any]) -> None:
+    """Recovery of a journaled withdrawal: delete what is left of it (idempotent)."""
+    bases, old_files = journal.get("bases"), journal.get("old_files")
+    targets = journal["targets"]
+    if not isinstance(bases, dict) or not isinstance(old_files, dict) or set(old_files) != set(targets):
+        raise PublishError("the withdrawal's journal lacks its targets' versions or files")
+    if not all(isinstance(names, list) and all(isinstance(n, str) for n in names) for names in old_files.values()):
+        raise PublishError("the withdrawal's journal lists files that are not keys")
+    for target in targets:
+        base = bases.get(target)
+        _withdraw_manifest(store, target, journal["publication_id"], base if isinstance(base, str) else None)
+    _finish_withdrawal(store, journal)
