@@ -1,243 +1,182 @@
-"""The object-store backends against local disk: one publication's primitives (upload, create the journal, swap the
-manifests, read back through DuckDB and pyarrow) of a realistic partition set, timed as whole processes.
+"""``python -m bench.backends_bench``: the flatten with its data on each object store (on its emulator) beside the
+same flatten on local disk, as whole processes.
 
-``python -m bench.backends_bench`` makes the partition set once (3 dates x (10 tables' Parquet + 20 raw pages of
-~400 KB), about 30 MB), starts moto (S3 emulator), Azurite (Azure emulator) and the GCS fake on 127.0.0.1, then for
-each backend times ``--one <backend>`` against ``--one local`` with ``farm-bench --vs`` (A and B in turn, ratio
-pair by pair) while the emulators stay up, and prints one table. Emulators on loopback measure the client's and
-the protocol's cost (requests, conditional writes, ranged reads), not a cloud's latency.
+Lands the cached 20,000-connection JSON snapshot (see :mod:`bench.snapshots`) in a local data directory and, through
+the fetch's own writer, in a fresh bucket on moto (S3 emulator), Azurite (Azure emulator) and the GCS fake (a fake
+of its XML API), all on 127.0.0.1 (started by ``joor_pipeline_tests/emulators.py``). Then, for each backend, it
+times ``joor-pipeline flatten --date D --data-dir <location>`` as a whole process (interpreter start, imports, the
+raw pages downloaded through their manifest, the flatten on local scratch, the blocking checks, the upload of the
+ten partitions and the swap of their manifests), the backend and local disk in turn (A B A B ...), and takes the
+ratio pair by pair. Every run starts cold, as on a fresh worker: the work directory's page cache
+(``_work/store-cache/``) is deleted first.
+
+Emulators on loopback measure the client's and the protocol's cost (requests, conditional writes, ranged reads),
+not a cloud's latency; moto and the GCS fake are Python servers sharing the machine's cores with the flatten.
+
+``--serve`` prepares the same and prints each backend's two commands (A: the backend, B: local disk) as ``sh -c``
+lines, keeping the emulators up until its standard input closes: for a whole-process timer of your own. Without it,
+the results replace the "Object storage" section of ``bench/results.md`` (between its markers).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
-import uuid
-from concurrent.futures import ThreadPoolExecutor
+import time
 from contextlib import ExitStack
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Final
 
-import duckdb
-import pyarrow as pa
-import pyarrow.parquet as pq
+from bench.snapshots import PROJECT_ROOT, SNAPSHOT_DATE, SNAPSHOT_KEY, ensure_snapshots, snapshot_data_dir
 
-DATES = 3
-TABLES = 10
-PAGES = 20
-TRANSFER_THREADS = 16
+BEGIN: Final = "<!-- backends bench: python -m bench.backends_bench -->"
+END: Final = "<!-- /backends bench -->"
+CLI: Final = Path(sys.executable).parent / "joor-pipeline"
+#: scheme -> (label, emulator context manager's name in joor_pipeline_tests.emulators)
+BACKENDS: Final = {
+    "s3": ("S3 (moto, emulator)", "moto_server"),
+    "az": ("Azure Blob Storage (Azurite, emulator)", "azurite_server"),
+    "gs": ("GCS (a fake of its XML API)", "gcs_fake_server"),
+}
 
 
-def make_set(root: Path) -> None:
-    """The staged partition set: per date, one Parquet file per table (10k-120k rows) and the raw pages."""
-    import random
+def _land_in_store(source: Path, data_dir: Path) -> None:
+    """Publish the cached raw snapshot into the store with the fetch's writer (pages, then the manifest)."""
+    from joor_pipeline import layout
+    from joor_pipeline.storage.raw import open_raw_snapshot, read_manifest
 
-    rng = random.Random(7)
-    for day in range(DATES):
-        for table in range(TABLES):
-            rows = rng.randint(10_000, 120_000)
-            data = pa.table(
-                {
-                    "id": pa.array(range(rows), pa.int64()),
-                    "name": [f"retailer {rng.randint(0, 10**6)}" for _ in range(rows)],
-                    "amount": [rng.random() * 1000 for _ in range(rows)],
-                }
+    manifest = read_manifest(source, SNAPSHOT_KEY)
+    pages_dir = source / layout.raw_snapshot(SNAPSHOT_KEY)
+    with open_raw_snapshot(data_dir, SNAPSHOT_KEY, manifest["format"]) as writer:
+        for page in manifest["pages"]:
+            writer.add_page(
+                page["page"],
+                (pages_dir / page["file"]).read_bytes(),
+                log_id=page["log_id"],
+                connections=page["connections"],
+                start_from=page["start_from"],
+                url=page["url"],
             )
-            target = root / f"d{day}" / f"table{table}"
-            target.mkdir(parents=True)
-            pq.write_table(data, target / "part-00000.parquet")
-        pages = root / f"d{day}" / "raw"
-        pages.mkdir()
-        for page in range(PAGES):
-            body = [{"id": i, "name": f"retailer {rng.randint(0, 10**6)}", "pad": "x" * 300} for i in range(1000)]
-            (pages / f"page-{page:05d}.json").write_text(json.dumps(body))
+        writer.commit({"api_version": manifest.get("api_version", "v2")})
 
 
-def run_store(url: str, staged: Path) -> int:
-    """Publish every date of ``staged`` to the cloud store ``url`` and read it back; the rows read."""
-    from joor_pipeline.storage.cloud import cloud_store
-
-    store = cloud_store(url)
-    rows = 0
-    for day_dir in sorted(staged.iterdir()):
-        pub = uuid.uuid4().hex
-        targets = sorted(path for path in day_dir.iterdir() if path.is_dir())
-        uploads = [
-            (f"{day_dir.name}/{t.name}/{f.stem}-{pub}{f.suffix}", f) for t in targets for f in sorted(t.iterdir())
-        ]
-        bases = {t.name: store.version(f"{day_dir.name}/{t.name}/_manifest.json") for t in targets}
-        with ThreadPoolExecutor(TRANSFER_THREADS) as pool:
-            list(pool.map(lambda item: store.upload(*item), uploads))
-        manifests = {
-            t.name: json.dumps({"publication_id": pub, "files": [k for k, f in uploads if f.parent == t]}).encode()
-            for t in targets
-        }
-        store.create(f"_work/journals/{pub}.json", json.dumps({"targets": sorted(manifests)}).encode())
-        for name, body in manifests.items():
-            store.swap(f"{day_dir.name}/{name}/_manifest.json", body, bases[name])
-        store.delete([f"_work/journals/{pub}.json"])
-        con = duckdb.connect()
-        store.register(con)
-        for name in sorted(manifests):
-            found = store.read(f"{day_dir.name}/{name}/_manifest.json")
-            assert found is not None
-            files = [store.uri(key) for key in json.loads(found[0])["files"]]
-            if name == "raw":
-                rows += sum(len(json.loads(store.read(key)[0])) for key in json.loads(found[0])["files"])  # type: ignore[index]
-            else:
-                rows += con.execute("select count(*) from read_parquet(?)", [files]).fetchall()[0][0]
-                with store.open(json.loads(found[0])["files"][0]) as handle:
-                    pq.ParquetFile(handle).metadata  # noqa: B018 (pyarrow's footer read)
-        con.close()
-    return rows
+def flatten_command(location: str, work: Path, env: dict[str, str]) -> str:
+    """One cold ``joor-pipeline flatten`` of the snapshot at ``location`` as an ``sh -c`` line (its page cache
+    deleted first; ``env``: the cloud's variables)."""
+    exports = "".join(f"export {name}={shlex.quote(value)}; " for name, value in sorted(env.items()))
+    script = (
+        f"{exports}rm -rf {shlex.quote(str(work / '_work' / 'store-cache'))} && exec {shlex.quote(str(CLI))} flatten "
+        f"--date {SNAPSHOT_DATE.isoformat()} --data-dir {shlex.quote(location)} >/dev/null"
+    )
+    return f"sh -c {shlex.quote(script)}"
 
 
-def run_local(root: Path, staged: Path) -> int:
-    """The same on local disk: copy + fsync, O_EXCL journal, os.replace of each manifest, DuckDB and pyarrow reads."""
-    rows = 0
-    for day_dir in sorted(staged.iterdir()):
-        pub = uuid.uuid4().hex
-        targets = sorted(path for path in day_dir.iterdir() if path.is_dir())
-        uploads = [
-            (root / day_dir.name / t.name / f"{f.stem}-{pub}{f.suffix}", f)
-            for t in targets
-            for f in sorted(t.iterdir())
-        ]
-
-        def copy(item: tuple[Path, Path]) -> None:
-            target, source = item
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)
-            with open(target, "rb+") as handle:
-                os.fsync(handle.fileno())
-
-        with ThreadPoolExecutor(TRANSFER_THREADS) as pool:
-            list(pool.map(copy, uploads))
-        journal = root / "_work" / "journals" / f"{pub}.json"
-        journal.parent.mkdir(parents=True, exist_ok=True)
-        with open(journal, "x") as handle:
-            handle.write(json.dumps({"targets": [t.name for t in targets]}))
-            handle.flush()
-            os.fsync(handle.fileno())
-        for t in targets:
-            manifest = root / day_dir.name / t.name / "_manifest.json"
-            scratch = manifest.with_suffix(".tmp")
-            files = [str(target) for target, source in uploads if source.parent == t]
-            scratch.write_text(json.dumps({"publication_id": pub, "files": files}))
-            os.replace(scratch, manifest)
-        journal.unlink()
-        con = duckdb.connect()
-        for t in targets:
-            files = json.loads((root / day_dir.name / t.name / "_manifest.json").read_text())["files"]
-            if t.name == "raw":
-                rows += sum(len(json.loads(Path(name).read_text())) for name in files)
-            else:
-                rows += con.execute("select count(*) from read_parquet(?)", [files]).fetchall()[0][0]
-                pq.ParquetFile(files[0]).metadata  # noqa: B018
-        con.close()
-    return rows
+def _timed(command: str) -> float:
+    clock = time.perf_counter()
+    done = subprocess.run(shlex.split(command), capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - clock
+    if done.returncode != 0:
+        raise SystemExit(f"error: {command} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return elapsed
 
 
-def one(backend: str, staged: Path) -> None:
-    if backend == "local":
-        with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_LOCAL_DIR")) as root:
-            print(run_local(Path(root), staged))
-        return
-    url = os.environ[f"BENCH_{backend.upper()}_URL"]
-    print(run_store(f"{url}/{uuid.uuid4().hex[:8]}", staged))
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.backends_bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--connections", type=int, default=20_000, help="connections in the snapshot (20,000)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed pairs per backend after one warm-up (5)")
+    parser.add_argument("--only", choices=sorted(BACKENDS), action="append", help="a backend (default: all three)")
+    parser.add_argument("--serve", action="store_true", help="prepare, print the commands, wait for end of input")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "joor-pipeline-bench")
+    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results.md")
+    args = parser.parse_args(argv)
+    chosen = args.only or list(BACKENDS)
 
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--one", choices=["local", "s3", "gs", "az"], help="run the workload once on one backend")
-    parser.add_argument("--staged", type=Path, help="the partition set (made by the parent)")
-    parser.add_argument("-n", type=int, default=5, help="runs per backend (farm-bench -n)")
-    args = parser.parse_args()
-    if args.one:
-        one(args.one, args.staged)
-        return
-
-    from joor_pipeline_tests.emulators import AZURITE_ACCOUNT, AZURITE_KEY, Emulator, azurite_command, new_bucket
-    from joor_pipeline_tests.fake_gcs import fake_gcs_server
-    from joor_pipeline_tests.s3_emulator import free_port, moto_s3_server
-
-    work = Path(tempfile.mkdtemp(prefix="backends-bench-"))
-    staged = work / "staged"
-    make_set(staged)
-    size = sum(path.stat().st_size for path in staged.rglob("*") if path.is_file())
+    for name in [*os.environ]:  # the commands' settings are theirs alone
+        if name.startswith(("JOOR_", "AWS_", "AZURE_", "GOOGLE_")) or name == "STORAGE_EMULATOR_HOST":
+            del os.environ[name]
+    ensure_snapshots(args.workdir, [args.connections], ["json"], args.seed, log)
+    source = snapshot_data_dir(args.workdir, args.connections, "json", args.seed)
+    scratch = Path(tempfile.mkdtemp(prefix="joor-backends-bench-"))
+    local = scratch / "local"
+    shutil.copytree(source / "raw", local / "raw")
+    baseline = flatten_command(str(local), local, {})
+    rows = []
     with ExitStack() as stack:
-        s3 = stack.enter_context(moto_s3_server(work / "moto.log"))
-        gcs, _state = stack.enter_context(fake_gcs_server())
-        port = free_port()
-        azurite = subprocess.Popen(
-            [
-                *azurite_command(),
-                "--blobHost",
-                "127.0.0.1",
-                "--blobPort",
-                str(port),
-                "--inMemoryPersistence",
-                "--skipApiVersionCheck",
-                "--disableProductStyleUrl",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        stack.callback(azurite.wait)
-        stack.callback(azurite.terminate)
-        env = {
-            "AWS_ACCESS_KEY_ID": "bench",
-            "AWS_SECRET_ACCESS_KEY": "bench-secret",
-            "AWS_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": s3,
-            "STORAGE_EMULATOR_HOST": gcs,
-            "AZURE_STORAGE_CONNECTION_STRING": (
-                f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
-                f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
-            ),
-            "BENCH_LOCAL_DIR": str(work),
-        }
-        import socket
-        import time
+        stack.callback(shutil.rmtree, scratch, True)
+        from joor_pipeline.storage.factory import open_data_dir
+        from joor_pipeline_tests import emulators
 
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        env["BENCH_S3_URL"] = f"s3://{new_bucket(Emulator('moto', s3, env), 's3')}"
-        env["BENCH_AZ_URL"] = f"az://{new_bucket(Emulator('azurite', '', env), 'az')}"
-        env["BENCH_GS_URL"] = "gs://bench-bucket"
-        command = [sys.executable, "-m", "bench.backends_bench", "--staged", str(staged), "--one"]
-        print(f"partition set: {DATES} dates x ({TABLES} Parquet files + {PAGES} raw pages), {size / 1e6:.1f} MB")
-        for backend, label in (("s3", "S3 (moto)"), ("az", "Azure (Azurite)"), ("gs", "GCS (fake)")):
-            done = subprocess.run(
-                [
-                    "farm-bench",
-                    "-n",
-                    str(args.n),
-                    "--timeout",
-                    "900",
-                    "--vs",
-                    " ".join([*command, "local"]),
-                    "--",
-                    *command,
-                    backend,
-                ],
-                env={**os.environ, **env},
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            print(f"== {label}: A = {backend}, B = local disk", flush=True)
-            print(done.stdout + done.stderr, flush=True)
-    shutil.rmtree(work, ignore_errors=True)
+        commands = {}
+        for scheme in chosen:
+            label, server = BACKENDS[scheme]
+            emulator = stack.enter_context(getattr(emulators, server)(scratch / f"{scheme}.log"))
+            os.environ.update(emulator.env)
+            url = f"{scheme}://{emulators.new_bucket(emulator)}/data"
+            work = scratch / f"work-{scheme}"
+            _land_in_store(source, open_data_dir(url, work_dir=work))
+            commands[scheme] = flatten_command(url, work, {**emulator.env, "JOOR_WORK_DIR": str(work)})
+            log(f"{label}: landed {args.connections:,} connections in {url}")
+        if args.serve:
+            print(f"B (local disk): {baseline}")
+            for scheme, command in commands.items():
+                print(f"A ({BACKENDS[scheme][0]}): {command}")
+            print("(emulators up until end of input)", flush=True)
+            sys.stdin.read()
+            return 0
+        for scheme, command in commands.items():
+            ratios, a_times, b_times = [], [], []
+            for rep in range(args.repeat + 1):  # the first pair warms up (page cache, the forkserver's imports)
+                a, b = _timed(command), _timed(baseline)
+                log(f"{scheme} rep {rep}: {a:.2f} s vs local {b:.2f} s")
+                if rep:
+                    ratios.append(a / b)
+                    a_times.append(a)
+                    b_times.append(b)
+            ratios.sort()
+            label = BACKENDS[scheme][0]
+            rows.append((label, statistics.median(a_times), statistics.median(b_times), ratios))
+
+    lines = [
+        BEGIN,
+        "## Object storage: the flatten on each backend beside local disk, measured "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        "",
+        f"`python -m bench.backends_bench`: `joor-pipeline flatten` of {args.connections:,} connections (JSON, cold",
+        "page cache) as a whole process, on each emulator and on local disk in turn, the ratio taken pair by pair",
+        f"({args.repeat} pairs after a warm-up). Emulators on loopback, sharing this machine: the ratio is the cost",
+        "of the protocol and the client here, not of a cloud.",
+        "",
+        "| backend | backend (median s) | local disk (median s) | backend / local (median of pairs) | min | max |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {label} | {a:.2f} | {b:.2f} | **{statistics.median(r):.2f}x** | {r[0]:.2f} | {r[-1]:.2f} |"
+            for label, a, b, r in rows
+        ),
+        END,
+    ]
+    section = "\n".join(lines)
+    text = args.out.read_text(encoding="utf-8")
+    if BEGIN in text:
+        start, end = text.index(BEGIN), text.index(END) + len(END)
+        text = text[:start] + section + text[end:]
+    else:
+        anchor = text.index("## Machine")
+        text = text[:anchor] + section + "\n\n" + text[anchor:]
+    args.out.write_text(text, encoding="utf-8")
+    print(section)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

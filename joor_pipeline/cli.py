@@ -591,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the SQL to run (several statements: separate them with ';'); without it, a prompt (.help inside)",
     )
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output (default: table)")
-    sql.add_argument("--data-dir", help="overrides JOOR_DATA_DIR (a directory or an s3:// URL)")
+    sql.add_argument("--data-dir", help="overrides JOOR_DATA_DIR (a directory, or an s3://, gs:// or az:// URL)")
     sql.epilog = (
         "Names: the models of the newest published joor.duckdb by name (dim_retailers, retailer_history,\n"
         "payment_terms, discount_summary, retailer_addresses, data_quality_issues), the staging ones as\n"

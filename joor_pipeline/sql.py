@@ -317,7 +317,7 @@ def connect(data_dir: Path | str | None = None) -> duckdb.DuckDBPyConnection:
     ``joor`` (models by name, ``staging.stg_<table>``) and the ten tables as ``tables.<name>`` over every partition
     published now. It keeps what it saw, whole, until closed: connect again to see a newer build.
 
-    ``data_dir`` is a path or an ``s3://`` URL (default ``$JOOR_DATA_DIR``, else ``./data``).
+    ``data_dir`` is a path or a URL: ``s3://``, ``gs://``, ``az://`` (default ``$JOOR_DATA_DIR``, else ``./data``).
     """
     session = Session(reader_data_dir(data_dir))
     try:

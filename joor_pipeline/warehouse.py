@@ -776,8 +776,9 @@ MODEL_SCHEMAS: Final = ("main", "staging")
 
 
 def reader_data_dir(data_dir: Path | str | None = None) -> Path:
-    """The local data directory a reader reads: ``data_dir`` (a path or an ``s3://`` URL), else ``$JOOR_DATA_DIR``
-    (default ``./data``). An ``s3://`` URL gives its local work directory (``JOOR_WORK_DIR``), bound to the URL."""
+    """The local data directory a reader reads: ``data_dir`` (a path or a URL), else ``$JOOR_DATA_DIR`` (default
+    ``./data``). A URL (``s3://``, ``gs://``, ``az://``) gives its local work directory (``JOOR_WORK_DIR``), bound to
+    the URL."""
     if data_dir is None:
         return default_data_dir().resolve()
     return check_data_dir(Path(str(data_dir))).resolve()
@@ -829,9 +830,10 @@ def read(name: str, data_dir: Path | str | None = None) -> pd.DataFrame:
     """Any model of ``joor.duckdb`` (e.g. ``"dim_retailers"``) or any of the ten Parquet tables (every published
     snapshot), as a pandas DataFrame with Arrow-backed dtypes.
 
-    ``data_dir`` is a path or an ``s3://`` URL (default ``$JOOR_DATA_DIR``, else ``./data``). Every call reads the
-    newest published build and the partitions published by then (see above: never a cached instance), read-only,
-    so it never blocks a build and never sees a half-built warehouse or a partition being written.
+    ``data_dir`` is a path or a URL: ``s3://``, ``gs://``, ``az://`` (default ``$JOOR_DATA_DIR``, else ``./data``).
+    Every call reads the newest published build and the partitions published by then (see above: never a cached
+    instance), read-only, so it never blocks a build and never sees a half-built warehouse or a partition being
+    written.
     """
     import pandas as pd
 

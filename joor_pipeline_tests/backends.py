@@ -1,15 +1,14 @@
-"""The storage backends the publication suite runs on: local disk, and S3 on moto's emulator (started once).
+"""The storage backends the publication suite and the whole-run tests run on: local disk, S3 on moto's emulator,
+Azure Blob Storage on Azurite (Microsoft's emulator) and GCS on a fake of its XML API (each started once per
+session by ``emulators.py``).
 
-A test takes the ``backend`` fixture and runs once per name in :data:`BACKENDS`. Another backend joins the suite
-with its name there and a ``<name>_backend`` fixture giving a :class:`Backend` (its emulator started once per
-session, like :func:`s3_endpoint`).
+A test takes the ``backend`` fixture and runs once per name in :data:`BACKENDS`; ``local_backend`` and
+``cloud_backend`` (the three clouds only) pick a part of them.
 """
 
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,12 +17,14 @@ import pytest
 from joor_pipeline.config import SETTINGS, check_data_dir
 from joor_pipeline.storage.factory import store_of
 from joor_pipeline.storage.store import Store
-from joor_pipeline_tests.s3_emulator import EmulatorDidNotStart, moto_s3_server
+from joor_pipeline_tests.emulators import FIXTURES, S3_SECRET, Emulator, new_bucket
 
-#: The backends every test of the suite runs on.
-BACKENDS = ("local", "s3")
-#: A secret value of the backends' credentials, which must never show anywhere.
-SECRET = "s3cr3t-value-never-shown"
+#: The backends every test of the suite runs on: name -> the URL scheme of its data directory ("" local disk).
+SCHEMES = {"local": "", "s3": "s3", "azure": "az", "gcs": "gs"}
+BACKENDS = tuple(SCHEMES)
+CLOUDS = tuple(name for name, scheme in SCHEMES.items() if scheme)
+#: A secret value of the S3 backend's credentials, which must never show anywhere (see :attr:`Backend.secret`).
+SECRET = S3_SECRET
 
 
 @dataclass
@@ -39,13 +40,21 @@ class Backend:
     env: dict[str, str]
     #: How long a dead writer's lock lives on: None for a flock (freed at once), else its lease's life.
     lease_seconds: float | None = None
-    #: Requests to an emulator cost tens of milliseconds: its crash tests kill at the first and the last write of
-    #: each step of a publication rather than at every one of the ten tables' writes.
+    #: Requests to an emulator cost milliseconds each: its crash tests kill at the first and the last write of each
+    #: step of a publication rather than at every one of the ten tables' writes.
     emulated: bool = False
+    #: The emulator (or fake) behind a cloud backend.
+    emulator: Emulator | None = None
 
     @property
     def store(self) -> Store:
         return store_of(self.data_dir)
+
+    @property
+    def secret(self) -> str:
+        """A secret of this backend's credentials (none on local disk or the GCS fake: then one that is never
+        set), which must never show in output, logs or objects."""
+        return (self.emulator.secret if self.emulator else "") or SECRET
 
     def objects(self, prefix: str = "") -> list[str]:
         """Every key under ``prefix`` (local disk: the data's files; the scratch under ``_work/`` excepted)."""
@@ -59,51 +68,39 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(setting.name, raising=False)
 
 
-@pytest.fixture
-def local_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Backend:
-    """An empty local data directory."""
+def make_backend(request: pytest.FixtureRequest, name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Backend:
+    """An empty data location on backend ``name``: a directory, or a fresh bucket on the cloud's emulator with the
+    cloud's variables aimed at it (in this process's environment too) and a work directory of its own."""
     _clean_environment(monkeypatch)
-    location = tmp_path / "data"
-    env = {**os.environ, "JOOR_FLATTEN_WORKERS": "1"}
-    return Backend("local", str(location), check_data_dir(location), env)
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """moto's S3 emulator as a real HTTP server on loopback, once for the whole session."""
-    try:
-        with moto_s3_server(tmp_path_factory.mktemp("moto") / "server.log") as endpoint:
-            yield endpoint
-    except EmulatorDidNotStart as exc:
-        pytest.fail(str(exc))
-
-
-@pytest.fixture
-def s3_backend(s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Backend:
-    """A fresh bucket on moto's S3 emulator, the AWS variables aimed at it, and a work directory for it."""
-    _clean_environment(monkeypatch)
-    env = {
-        "AWS_ACCESS_KEY_ID": "test-key-id",
-        "AWS_SECRET_ACCESS_KEY": SECRET,
-        "AWS_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": s3_endpoint,
-        "JOOR_WORK_DIR": str(tmp_path / "work"),
-        "JOOR_STORE_LEASE_SECONDS": "2",
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    bucket = f"joor-{uuid.uuid4().hex[:12]}"
-    from joor_pipeline.storage.objectstore import ObjectStore
-
-    ObjectStore(f"s3://{bucket}").client.create_bucket(Bucket=bucket)
-    location = f"s3://{bucket}/data"
+    scheme = SCHEMES[name]
+    if not scheme:
+        location = tmp_path / "data"
+        env = {**os.environ, "JOOR_FLATTEN_WORKERS": "1"}
+        return Backend("local", str(location), check_data_dir(location), env)
+    emulator: Emulator = request.getfixturevalue(FIXTURES[scheme])
+    settings = {**emulator.env, "JOOR_WORK_DIR": str(tmp_path / "work"), "JOOR_STORE_LEASE_SECONDS": "2"}
+    for variable, value in settings.items():
+        monkeypatch.setenv(variable, value)
+    location = f"{scheme}://{new_bucket(emulator)}/data"
     data_dir = check_data_dir(Path(location))
     assert data_dir == (tmp_path / "work").absolute()
     env = {**os.environ, "JOOR_FLATTEN_WORKERS": "1"}
-    return Backend("s3", location, data_dir, env, lease_seconds=2.0, emulated=True)
+    return Backend(name, location, data_dir, env, lease_seconds=2.0, emulated=True, emulator=emulator)
+
+
+@pytest.fixture
+def local_backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Backend:
+    """An empty local data directory."""
+    return make_backend(request, "local", tmp_path, monkeypatch)
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> Backend:
+def backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Backend:
     """Each backend in turn (see :data:`BACKENDS`)."""
-    return request.getfixturevalue(f"{request.param}_backend")  # type: ignore[no-any-return]
+    return make_backend(request, request.param, tmp_path, monkeypatch)
+
+
+@pytest.fixture(params=CLOUDS)
+def cloud_backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Backend:
+    """Each cloud backend in turn, on its emulator (see :data:`CLOUDS`)."""
+    return make_backend(request, request.param, tmp_path, monkeypatch)

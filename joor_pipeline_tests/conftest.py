@@ -1,4 +1,5 @@
-"""Shared fixtures: the seed documents, a sandbox on loopback, settings that point at it, and the storage backends."""
+"""Shared fixtures: the seed documents, a sandbox on loopback, settings that point at it, the object-store emulators
+(each started once per session, here only) and the storage backends on them."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from joor_pipeline.config import JoorSettings, Secret
-from joor_pipeline_tests.backends import backend, local_backend, s3_backend, s3_endpoint  # noqa: F401 - fixtures
+from joor_pipeline_tests.backends import backend, cloud_backend, local_backend  # noqa: F401 - fixtures
+from joor_pipeline_tests.emulators import azurite, fake_gcs, moto  # noqa: F401 - fixtures: one of each per session
 
 #: The spec's example payloads, copied verbatim from the JOOR documents (see seeds/README.md).
 SEEDS_DIR = Path(__file__).resolve().parent / "seeds"

@@ -11,8 +11,6 @@ import select
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
@@ -20,12 +18,11 @@ import duckdb
 import pytest
 
 import joor_pipeline
-from joor_pipeline.config import SETTINGS
 from joor_pipeline.sql import complete, referenced_tables
 from joor_pipeline.warehouse import WarehouseError, build_warehouse, database_path, read
+from joor_pipeline_tests.backends import Backend
 from joor_pipeline_tests.model_fixtures import clean_retailer, parquet_root, write_snapshot
 from joor_pipeline_tests.raw_fixtures import snap
-from joor_pipeline_tests.s3_emulator import EmulatorDidNotStart, moto_s3_server
 
 CLI = str(Path(sys.executable).parent / "joor-pipeline")
 D1, D2 = date(2026, 2, 1), date(2026, 2, 2)
@@ -361,43 +358,14 @@ def test_read_says_when_nothing_is_published_there(tmp_path: Path) -> None:
 # ---- on an object store ----------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def bucket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, dict[str, str]]]:
-    """A fresh bucket on moto's S3 emulator (127.0.0.1), the AWS variables aimed at it; yields (URL, env)."""
-    from joor_pipeline.storage import objectstore
-
-    try:
-        with moto_s3_server(tmp_path / "moto.log") as endpoint:
-            for setting in SETTINGS:
-                monkeypatch.delenv(setting.name, raising=False)
-            env = {
-                "AWS_ACCESS_KEY_ID": "test-key-id",
-                "AWS_SECRET_ACCESS_KEY": "test-secret",
-                "AWS_REGION": "us-east-1",
-                "AWS_ENDPOINT_URL": endpoint,
-                "JOOR_WORK_DIR": str(tmp_path / "writer"),
-            }
-            for name, value in env.items():
-                monkeypatch.setenv(name, value)
-            name = f"joor-{uuid.uuid4().hex[:12]}"
-            url = f"s3://{name}/data"
-            objectstore.ObjectStore(url).client.create_bucket(Bucket=name)
-            yield url, env
-    except EmulatorDidNotStart as exc:
-        pytest.fail(str(exc))
-
-
-def test_read_connect_and_sql_on_an_object_store(
-    bucket: tuple[str, dict[str, str]], tmp_path: Path, monkeypatch
-) -> None:
+def test_read_connect_and_sql_on_an_object_store(cloud_backend: Backend, tmp_path: Path, monkeypatch) -> None:
     """A writer publishes to the bucket; an analyst's machine (another work directory) reads it by URL."""
-    from joor_pipeline.config import check_data_dir
     from joor_pipeline.flatten.runner import flatten_snapshot
     from joor_pipeline.sandbox import generate_connections
     from joor_pipeline_tests.raw_fixtures import land
 
-    url, env = bucket
-    writer = check_data_dir(Path(url))
+    url, writer = cloud_backend.location, cloud_backend.data_dir
+    assert cloud_backend.emulator is not None
     land(writer, D1, generate_connections(30, seed=5))
     flatten_snapshot(writer, snap(D1), workers=1)
     build_warehouse(writer)
@@ -413,7 +381,7 @@ def test_read_connect_and_sql_on_an_object_store(
             > 0
         )  # type: ignore[index]
 
-    analyst = {**env, "JOOR_WORK_DIR": str(tmp_path / "analyst-cli"), "JOOR_DATA_DIR": url}
+    analyst = {**cloud_backend.emulator.env, "JOOR_WORK_DIR": str(tmp_path / "analyst-cli"), "JOOR_DATA_DIR": url}
     ran = sql(
         "--format",
         "csv",

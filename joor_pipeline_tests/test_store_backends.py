@@ -1,4 +1,5 @@
-"""The Store protocol's conformance suite, run against every backend: S3 (moto), Azure (Azurite), GCS (a fake)."""
+"""The Store protocol's conformance suite, run against every backend: local disk, S3 (moto), Azure (Azurite), GCS
+(a fake of its XML API)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ import pytest
 from joor_pipeline.joor.errors import ConfigError
 from joor_pipeline.storage import lease
 from joor_pipeline.storage.cloud import CloudStore, MissingExtra, cloud_store, parse_cloud_url
+from joor_pipeline.storage.local import LocalStore
 from joor_pipeline.storage.store import Conflict, Held, SnapshotBusy, Store, StoreError
-from joor_pipeline_tests.emulators import Emulator, azurite, fake_gcs, moto, new_bucket  # noqa: F401 (fixtures)
+from joor_pipeline_tests.backends import BACKENDS, CLOUDS, SCHEMES
+from joor_pipeline_tests.emulators import FIXTURES, Emulator, new_bucket
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,30 +38,36 @@ class Backend:
     name: str
     store: Store
     open_again: Callable[[], Store]
-    emulator: Emulator
+    emulator: Emulator | None
 
 
-#: scheme -> the session fixture of its emulator. The local backend joins as one more entry (and a branch in
-#: ``backend``) once storage/local.py exists.
-BACKENDS = {"s3": "moto", "az": "azurite", "gs": "fake_gcs"}
-
-
-def _backend(request: pytest.FixtureRequest, scheme: str) -> Backend:
-    emulator: Emulator = request.getfixturevalue(BACKENDS[scheme])
-    url = f"{scheme}://{new_bucket(emulator, scheme)}/data"
+def _backend(request: pytest.FixtureRequest, name: str) -> Backend:
+    scheme = SCHEMES[name]
+    if not scheme:
+        root = request.getfixturevalue("tmp_path") / "data"
+        root.mkdir()
+        return Backend(name, LocalStore(root), lambda: LocalStore(root), None)
+    emulator: Emulator = request.getfixturevalue(FIXTURES[scheme])
+    url = f"{scheme}://{new_bucket(emulator)}/data"
 
     def open_again() -> Store:
         return cloud_store(url, environ=emulator.env, lease_seconds=30)
 
-    return Backend(scheme, open_again(), open_again, emulator)
+    return Backend(name, open_again(), open_again, emulator)
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+@pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> Backend:
     return _backend(request, request.param)
 
 
-@pytest.fixture(params=["az", "s3"])
+@pytest.fixture(params=CLOUDS)
+def cloud(request: pytest.FixtureRequest) -> Backend:
+    """The backends whose lock is a lease object (local disk's is a flock)."""
+    return _backend(request, request.param)
+
+
+@pytest.fixture(params=["azure", "s3"])
 def bucketed_backend(request: pytest.FixtureRequest) -> Backend:
     """The backends whose emulator has buckets to miss (the GCS fake has every bucket)."""
     return _backend(request, request.param)
@@ -76,7 +85,8 @@ def parquet_bytes(rows: int) -> bytes:
 def test_the_store_is_the_protocol_and_names_its_objects(backend: Backend) -> None:
     assert isinstance(backend.store, Store)
     assert backend.store.uri("a/b.json") == f"{backend.store.url}/a/b.json"
-    assert backend.store.uri("a/b.json").startswith(f"{backend.name}://")
+    scheme = SCHEMES[backend.name]
+    assert backend.store.uri("a/b.json").startswith(f"{scheme}://" if scheme else "/")
 
 
 def test_read_and_version_of_a_missing_object_are_none(backend: Backend) -> None:
@@ -143,12 +153,13 @@ def test_upload_of_a_file_small_and_multipart(backend: Backend, tmp_path: Path) 
     small = tmp_path / "part-00000.parquet"
     small.write_bytes(parquet_bytes(10))
     large = tmp_path / "joor.duckdb"
-    large.write_bytes(bytes(range(256)) * (11 * 4096))  # 11 MiB: uploaded in parts
-    backend.store.upload("parquet/t/part-00000-abc.parquet", small)
+    content = bytes(range(256)) * (11 * 4096)
+    large.write_bytes(content)  # 11 MiB: uploaded in parts
+    backend.store.upload("parquet/t/part-00000-abc.parquet", small)  # the local store moves the staged file
     backend.store.upload("joor.duckdb", large)
     assert backend.store.read("parquet/t/part-00000-abc.parquet") is not None
     got = backend.store.read("joor.duckdb")
-    assert got is not None and got[0] == large.read_bytes()
+    assert got is not None and got[0] == content
 
 
 def test_list_is_every_key_under_the_prefix_recursively_and_sorted(backend: Backend) -> None:
@@ -194,7 +205,7 @@ def test_keys_that_escape_the_prefix_are_refused(backend: Backend) -> None:
 # ---- leases ---------------------------------------------------------------------------------------------------
 
 
-def test_a_lease_excludes_others_until_released(backend: Backend) -> None:
+def test_a_lock_excludes_others_until_released(backend: Backend) -> None:
     held = backend.store.lock("_work/locks/day.lock", "the flatten of 2026-11-02")
     assert isinstance(held, Held)
     try:
@@ -204,7 +215,8 @@ def test_a_lease_excludes_others_until_released(backend: Backend) -> None:
         held.check()
     finally:
         held.release()
-    assert backend.store.read("_work/locks/day.lock") is None
+    if backend.emulator is not None:
+        assert backend.store.read("_work/locks/day.lock") is None  # a lease is deleted (a flock's file stays)
     again = backend.open_again().lock("_work/locks/day.lock", "the flatten of 2026-11-02")
     again.release()
 
@@ -222,7 +234,8 @@ def _dead_holders_lease(expired_seconds_ago: float) -> bytes:
     ).encode()
 
 
-def test_an_expired_lease_is_taken_over_with_one_warning(backend: Backend, caplog: pytest.LogCaptureFixture) -> None:
+def test_an_expired_lease_is_taken_over_with_one_warning(cloud: Backend, caplog: pytest.LogCaptureFixture) -> None:
+    backend = cloud
     backend.store.write("_work/locks/day.lock", _dead_holders_lease(5))
     with caplog.at_level(logging.WARNING, logger="joor_pipeline.storage.lease"):
         held = backend.store.lock("_work/locks/day.lock", "the date")
@@ -236,19 +249,21 @@ def test_an_expired_lease_is_taken_over_with_one_warning(backend: Backend, caplo
         held.release()
 
 
-def test_a_junk_lease_object_is_taken_over_with_one_warning(backend: Backend, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_junk_lock_object_is_taken_over_with_one_warning(backend: Backend, caplog: pytest.LogCaptureFixture) -> None:
+    """A lease (object stores) or a lock file (local disk) that does not parse: set aside, taken over, one warning."""
     for junk in (b'{"pid": 12, "expires_at": ', b"[1, 2]", b"\x00\xff"):
         backend.store.write("_work/locks/junk.lock", junk)
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="joor_pipeline.storage.lease"):
+        with caplog.at_level(logging.WARNING, logger="joor_pipeline.storage"):
             held = backend.store.lock("_work/locks/junk.lock", "the date")
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-        assert len(warnings) == 1 and "not a lease object" in warnings[0]
+        assert len(warnings) == 1 and "was not a lock record" in warnings[0] and "set it aside" in warnings[0]
         assert backend.store.uri("_work/locks/junk.lock") in warnings[0]
         held.release()
 
 
-def test_a_lease_taken_over_is_detected_by_check_and_by_the_renewal(backend: Backend) -> None:
+def test_a_lease_taken_over_is_detected_by_check_and_by_the_renewal(cloud: Backend) -> None:
+    backend = cloud
     held = backend.store.lock("_work/locks/day.lock", "the date")
     assert isinstance(held, lease.Lease)
     try:
@@ -271,7 +286,8 @@ def test_a_lease_taken_over_is_detected_by_check_and_by_the_renewal(backend: Bac
         second.release()
 
 
-def test_a_lease_is_renewed_by_its_holder(backend: Backend) -> None:
+def test_a_lease_is_renewed_by_its_holder(cloud: Backend) -> None:
+    backend = cloud
     held = lease.acquire(backend.store, "_work/locks/renew.lock", "the date", seconds=30)
     try:
         before = backend.store.read("_work/locks/renew.lock")
@@ -330,9 +346,9 @@ def test_duckdb_attaches_a_downloaded_copy_of_the_warehouse(backend: Backend, tm
 WRONG_SECRET = base64.b64encode(b"not-the-emulator-key/" * 3).decode()
 
 
-def test_a_wrong_key_is_a_store_error_naming_the_object_and_no_part_of_the_key(azurite: Emulator) -> None:  # noqa: F811
+def test_a_wrong_key_is_a_store_error_naming_the_object_and_no_part_of_the_key(azurite: Emulator) -> None:
     """On Azurite, which checks each request's signature (moto accepts any key; a GCS emulator takes none)."""
-    url = f"az://{new_bucket(azurite, 'az')}/data"
+    url = f"az://{new_bucket(azurite)}/data"
     connection = azurite.env["AZURE_STORAGE_CONNECTION_STRING"]
     wrong = connection.replace(connection.split("AccountKey=")[1].split(";")[0], WRONG_SECRET)
     store = cloud_store(url, environ={"AZURE_STORAGE_CONNECTION_STRING": wrong})
@@ -349,8 +365,15 @@ def test_a_wrong_key_is_a_store_error_naming_the_object_and_no_part_of_the_key(a
 
 def test_a_missing_bucket_is_a_store_error_naming_it(bucketed_backend: Backend) -> None:
     backend = bucketed_backend
-    store = cloud_store(f"{backend.name}://joor-no-such-bucket/data", environ=backend.emulator.env)
-    for attempt in (lambda: store.write("x.json", b"x"), lambda: store.read("x.json"), lambda: store.list("")):
+    assert backend.emulator is not None
+    store = cloud_store(f"{SCHEMES[backend.name]}://joor-no-such-bucket/data", environ=backend.emulator.env)
+    attempts = (
+        lambda: store.write("x.json", b"x"),
+        lambda: store.read("x.json"),
+        lambda: store.list(""),
+        lambda: store.list("_work/journals"),  # what the factory asks before it binds a work directory
+    )
+    for attempt in attempts:
         with pytest.raises(StoreError, match="'joor-no-such-bucket' does not exist") as refused:
             attempt()
         assert "\n" not in str(refused.value)
@@ -420,9 +443,9 @@ def test_a_missing_extra_is_one_line_naming_it(scheme: str, extra: str, tmp_path
     assert "\n" not in message and "ModuleNotFoundError" not in done.stdout + done.stderr
 
 
-def test_registering_with_duckdb_leaves_no_nanobind_leak_lines(moto: Emulator, tmp_path: Path) -> None:  # noqa: F811
+def test_registering_with_duckdb_leaves_no_nanobind_leak_lines(moto: Emulator, tmp_path: Path) -> None:
     """A process that registers the store's file system with DuckDB, reads through it and exits prints nothing."""
-    bucket = new_bucket(moto, "s3")
+    bucket = new_bucket(moto)
     store = cloud_store(f"s3://{bucket}/data", environ=moto.env)
     store.write("t/part-0.parquet", parquet_bytes(100))
     script = textwrap.dedent(
@@ -444,7 +467,7 @@ def test_registering_with_duckdb_leaves_no_nanobind_leak_lines(moto: Emulator, t
     assert "nanobind" not in done.stderr and "leaked" not in done.stderr, done.stderr
 
 
-def test_store_objects_hold_no_credential_in_repr(moto: Emulator, azurite: Emulator) -> None:  # noqa: F811
+def test_store_objects_hold_no_credential_in_repr(moto: Emulator, azurite: Emulator) -> None:
     s3 = cloud_store("s3://bucket/data", environ=moto.env)
     az = cloud_store("az://container/data", environ=azurite.env)
     assert isinstance(s3, CloudStore)

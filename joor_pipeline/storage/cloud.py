@@ -119,9 +119,10 @@ def parse_cloud_url(text: str) -> CloudURL | None:
         return None
     scheme = other.group(1).lower()
     if scheme in OTHER_SPELLINGS:
+        spelling = OTHER_SPELLINGS[scheme]
         raise StoreError(
-            f"{text!r}: write {OTHER_SPELLINGS[scheme]}://bucket/prefix, not {scheme}:// (the account and endpoint "
-            "come from the cloud's standard variables, not from the URL)"
+            f"{text!r}: write {spelling}://{'container' if spelling == 'az' else 'bucket'}/prefix, not {scheme}:// "
+            "(the account and endpoint come from the cloud's standard variables, not from the URL)"
         )
     found = _URL.match(text)
     if found is None:
@@ -146,7 +147,7 @@ def _need_obstore(url: CloudURL) -> Any:
         import obstore
     except ImportError as exc:
         raise MissingExtra(
-            f"JOOR_DATA_DIR={url} needs the optional package {exc.name or 'obstore'}: install the {url.extra} extra "
+            f"{url} needs the optional package {exc.name or 'obstore'}: install the {url.extra} extra "
             f"(uv sync --extra {url.extra}, with every other extra this deployment uses; or pip install "
             f"'joor-pipeline[{url.extra}]')"
         ) from None

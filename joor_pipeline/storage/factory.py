@@ -6,7 +6,8 @@
 - a local directory is its own store (:class:`~joor_pipeline.storage.local.LocalStore`), and its ``_work/``
   holds the scratch (staging, quarantine, builds); a URL's work directory given as a local directory stands for
   the URL;
-- a URL (``s3://bucket/prefix``; a scheme of :data:`BACKENDS`) gets a local *work directory* (``JOOR_WORK_DIR``,
+- a URL (``s3://bucket/prefix``, ``gs://bucket/prefix``, ``az://container/prefix``: the schemes of
+  :data:`BACKENDS`, served by :mod:`~joor_pipeline.storage.cloud`) gets a local *work directory* (``JOOR_WORK_DIR``,
   by default a folder per URL under the user's cache directory) whose ``_work/`` holds the scratch, and which is
   *bound* to the URL by ``_work/store.json`` once the store has answered: a mistyped bucket never binds a work
   directory, so fixing the URL is enough. A work directory bound to another URL is refused (two data
@@ -29,27 +30,30 @@ from typing import Final
 
 from joor_pipeline import layout
 from joor_pipeline.joor.errors import ConfigError
+from joor_pipeline.storage.cloud import CLOUDS, OTHER_SPELLINGS, cloud_store, parse_cloud_url
 from joor_pipeline.storage.durable import write_json_atomically
 from joor_pipeline.storage.lease import DEFAULT_LEASE_SECONDS
 from joor_pipeline.storage.local import LocalStore
 from joor_pipeline.storage.store import Store, StoreError
 
 
-def _s3(url: str, lease_seconds: float) -> Store:
-    from joor_pipeline.storage.objectstore import ObjectStore, parse_s3_url
+def _cloud_url(text: str) -> str:
+    url = parse_cloud_url(text)
+    if url is None:  # not reached: only a scheme of BACKENDS comes here
+        raise StoreError(f"{text!r} is not an s3://, gs:// or az:// URL")
+    return str(url)
 
-    return ObjectStore(parse_s3_url(url), lease_seconds)
 
-
-def _s3_url(text: str) -> str:
-    from joor_pipeline.storage.objectstore import parse_s3_url
-
-    return parse_s3_url(text)
+def _cloud(url: str, lease_seconds: float) -> Store:
+    return cloud_store(url, lease_seconds=lease_seconds)
 
 
 #: URL scheme -> (normalise the URL, raising StoreError when it is malformed; open the store of a normal URL with
-#: the lease life in seconds). The cloud backends add theirs here.
-BACKENDS: Final[dict[str, tuple[Callable[[str], str], Callable[[str, float], Store]]]] = {"s3": (_s3_url, _s3)}
+#: the lease life in seconds, raising :class:`~joor_pipeline.storage.cloud.MissingExtra`, a ConfigError, when the
+#: cloud's optional packages are not installed).
+BACKENDS: Final[dict[str, tuple[Callable[[str], str], Callable[[str, float], Store]]]] = {
+    scheme: (_cloud_url, _cloud) for scheme in CLOUDS
+}
 _SCHEME: Final = re.compile(r"^([a-z][a-z0-9+.\-]*):/")
 
 _stores: dict[Path, Store] = {}
@@ -57,16 +61,18 @@ _guard = threading.Lock()
 
 
 def parse_location(text: str) -> str | None:
-    """A data location's URL, normalised (``s3://bucket/prefix``), or None for a local path. ConfigError for a
-    malformed URL or a scheme no backend serves."""
+    """A data location's URL, normalised (``s3://bucket/prefix``, ``gs://...``, ``az://...``), or None for a local
+    path. ConfigError for a malformed URL or a scheme no backend serves (naming the spelling to use, if any)."""
     found = _SCHEME.match(text)
     if found is None or len(found.group(1)) == 1:  # "C:/..." is a Windows drive, not a scheme
         return None
     scheme = found.group(1)
-    if scheme not in BACKENDS:
+    if scheme not in BACKENDS and scheme not in OTHER_SPELLINGS:
         served = ", ".join(f"{name}://" for name in BACKENDS)
         raise ConfigError(f"{text!r}: only local directories and {served} URLs are supported, not {scheme}://")
     try:
+        if scheme not in BACKENDS:
+            parse_cloud_url(text)  # raises, naming the spelling to write instead (abfs:// -> az://...)
         return BACKENDS[scheme][0](text)
     except StoreError as exc:
         raise ConfigError(str(exc)) from None

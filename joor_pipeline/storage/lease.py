@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
-import sys
 import threading
 import time
 import uuid
@@ -31,17 +28,12 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from joor_pipeline.storage.damaged import set_aside
+from joor_pipeline.storage.locks import describe_holder, holder_description
 from joor_pipeline.storage.store import Conflict, SnapshotBusy, Store, StoreError, Version
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LEASE_SECONDS: Final = 60.0
-
-
-def _holder() -> dict[str, Any]:
-    """Who this process is (no environment, no argument that could hold a secret: the first three words of argv)."""
-    command = " ".join(os.path.basename(arg) if i == 0 else arg for i, arg in enumerate(sys.argv[:4]))
-    return {"pid": os.getpid(), "host": socket.gethostname(), "command": command}
 
 
 def _parse(data: bytes) -> dict[str, Any] | None:
@@ -84,7 +76,7 @@ class Lease:
 
     def body(self, expires_at: float) -> bytes:
         fields = {
-            **_holder(),
+            **holder_description(),
             "since": self.since,
             "what": self.what,
             "token": self.token,
@@ -171,9 +163,8 @@ def acquire(store: Store, key: str, what: str, seconds: float = DEFAULT_LEASE_SE
         info = _parse(data)
         if info is not None and info["expires_at"] > time.time():
             raise SnapshotBusy(
-                f"{what} is busy: pid {info.get('pid')} on {info.get('host')} ({info.get('command')!r}) holds the "
-                f"lease {store.uri(key)}, renewed until {_when(info['expires_at'])}; wait for it to finish, then "
-                "try again"
+                f"{what} is busy: {describe_holder(data)} holds its lease {store.uri(key)}, renewed until "
+                f"{_when(info['expires_at'])}; wait for it to finish, then try again"
             )
         expires_at = time.time() + seconds
         try:
@@ -185,7 +176,7 @@ def acquire(store: Store, key: str, what: str, seconds: float = DEFAULT_LEASE_SE
                 store,
                 key,
                 data,
-                f"was not a lease object (unreadable, {len(data)} bytes) and was taken over",
+                f"was not a lock record (it does not parse, {len(data)} bytes) and was taken over",
                 delete=False,
             )
         else:

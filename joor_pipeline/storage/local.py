@@ -22,7 +22,7 @@ import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, BinaryIO
 
 from joor_pipeline.storage.damaged import set_aside
@@ -75,10 +75,12 @@ class LocalStore:
         return f"LocalStore({self.url!r})"
 
     def local_path(self, key: str) -> Path:
-        """The file of ``key`` (checked: relative, no ``.`` or ``..`` segment)."""
-        parts = PurePosixPath(key).parts
-        if not parts or key.startswith("/") or any(part in (".", "..") for part in parts):
-            raise StoreError(f"not a key of {self.url}: {key!r}")
+        """The file of ``key`` (checked as every store checks a key)."""
+        parts = key.split("/")
+        if not key or key.startswith("/") or any(part in ("", ".", "..") for part in parts):
+            raise StoreError(
+                f"not a key of {self.url}: {key!r} (relative, '/'-separated, no empty, '.' or '..' segment)"
+            )
         return self.root.joinpath(*parts)
 
     def uri(self, key: str) -> str:
@@ -140,6 +142,7 @@ class LocalStore:
         return digest(data)
 
     def list(self, prefix: str) -> dict[str, int]:
+        prefix = prefix.strip("/")
         base = self.local_path(prefix) if prefix else self.root
         found: dict[str, int] = {}
         for directory, _dirs, files in os.walk(base):
@@ -163,6 +166,7 @@ class LocalStore:
                 fsync_dir(parent)
 
     def download(self, key: str, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
         scratch = scratch_name(target)
         try:
             shutil.copyfile(self.local_path(key), scratch)

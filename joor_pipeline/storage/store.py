@@ -70,7 +70,8 @@ class LocalFiles(Protocol):
 class Store(Protocol):
     """The primitives of one data directory's storage."""
 
-    #: Where the data lives, for messages: an absolute path or ``s3://bucket/prefix`` (never a credential).
+    #: Where the data lives, for messages: an absolute path or ``s3://bucket/prefix`` (``gs://``, ``az://``; never a
+    #: credential).
     url: str
 
     def uri(self, key: str) -> str:
