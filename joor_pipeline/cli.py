@@ -37,7 +37,7 @@ from joor_pipeline.config import (
 from joor_pipeline.joor.errors import ConfigError, JoorError
 
 if TYPE_CHECKING:
-    from joor_pipeline.assets.run import RunSummary
+    from joor_pipeline.assets.run import BatchSummary, RunSummary
 
 EXIT_ERROR = 1
 EXIT_CONFIG = 2
@@ -258,21 +258,51 @@ def _check_run_date(snapshot_date: date) -> None:
         raise UsageError(f"{snapshot_date} is before the first snapshot date {first} (JOOR_FIRST_SNAPSHOT_DATE)")
 
 
-def _print_run(summary: RunSummary, *, debug: bool) -> None:
+def report_run(summary: RunSummary, *, debug: bool) -> None:
+    """A finished Dagster run of ``run`` or ``demo``, printed as it ends: what it published and checked.
+
+    The one place where the CLI sees each finished run (a landing run of an account's day, or the model build),
+    success or failure; its root cause is printed once, last, by :func:`_conclude`. An alert for a failed run
+    launched from the command line belongs here.
+    """
     status = "succeeded" if summary.success else "FAILED"
-    print(f"Dagster run {summary.run_id} {status}")
-    for asset, rows in summary.rows.items():
-        print(f"  {asset:<22} {rows:>9} rows")
-    passed = sum(c.passed for c in summary.checks)
-    print(f"checks: {passed}/{len(summary.checks)} passed")
+    print(f"{summary.label}: Dagster run {summary.run_id} {status}")
+    if summary.rows:
+        width = max(len(name) for name in summary.rows)
+        for asset, rows in summary.rows.items():
+            print(f"  {asset:<{width}}  {rows:>9} rows")
+    if summary.checks:
+        passed = sum(c.passed for c in summary.checks)
+        print(f"  checks: {passed}/{len(summary.checks)} passed")
     for check in summary.failed_checks:
-        detail = f" ({check.failures} records)" if check.failures else ""
+        if check.failed_rules:
+            detail = ": " + "; ".join(check.failed_rules)
+        else:
+            detail = f" ({check.failures} records)" if check.failures else ""
         print(f"  {check.severity:<5} {check.asset}.{check.check}{detail}")
-    if summary.failure:
-        sys.stdout.flush()  # the cause is the last line, also when both streams go to one file
-        if debug and summary.failure_detail:
-            print(summary.failure_detail, file=sys.stderr)
-        print(f"error: {summary.failure}", file=sys.stderr)
+    if debug and summary.failure_detail:
+        sys.stdout.flush()
+        print(summary.failure_detail, file=sys.stderr)
+    sys.stdout.flush()
+
+
+def _conclude(batch: BatchSummary) -> int:
+    """The batch's exit code, after one ``error:`` line naming every failed run and its root cause."""
+    if batch.models is None and batch.runs:
+        print("models: not built, as no partition was published")
+    failed = batch.failed
+    if not failed:
+        return 0
+    sys.stdout.flush()  # the cause is the last line, also when both streams go to one file
+    if len(batch.runs) == 1:
+        print(f"error: {failed[0].failure}", file=sys.stderr)
+    else:
+        causes = "; ".join(f"{run.label}: {run.failure}" for run in failed)
+        published = len([run for run in batch.runs if run.success and not run.is_models])
+        built = batch.models is not None and batch.models.success
+        outcome = f"{published} other(s) published" + (" and the models built" if built else "")
+        print(f"error: {len(failed)} run(s) failed ({outcome}): {causes}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -292,19 +322,18 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"no raw snapshot{of} is kept for {args.date} and JOOR serves only the current state; "
                 "add --allow-backdated to store today's connections under it"
             )
-    from joor_pipeline.assets.run import run_graph
+    from joor_pipeline.assets.run import run_batch
 
-    failed = []
-    for account in accounts:  # one after the other: each account's run fetches with its own credit budget
-        if len(accounts) > 1:
-            print(f"account {account}:", flush=True)
-        summary = run_graph(args.date, env, allow_backdated=args.allow_backdated, debug=args.debug, account=account)
-        _print_run(summary, debug=args.debug)
-        if not summary.success:
-            failed.append(account)
-    if failed and len(accounts) > 1:
-        print(f"error: the run of account(s) {', '.join(failed)} failed (see above)", file=sys.stderr)
-    return EXIT_ERROR if failed else 0
+    # Each account's day is landed in a run of its own, one after the other (its own JOOR credits), then the
+    # models are built once over every account that published: a failed account does not stop the others.
+    batch = run_batch(
+        [(account, args.date) for account in accounts],
+        env,
+        allow_backdated=args.allow_backdated,
+        debug=args.debug,
+        on_finished=lambda summary: report_run(summary, debug=args.debug),
+    )
+    return _conclude(batch)
 
 
 def _run_range(args: argparse.Namespace) -> int:
@@ -319,25 +348,44 @@ def _run_range(args: argparse.Namespace) -> int:
     read_setting(env, "JOOR_FLATTEN_WORKERS", problems)
     data_dir = read_setting(env, "JOOR_DATA_DIR", problems)
     raise_problems(problems)
-    env["JOOR_DATA_DIR"] = str(_data_dir(args, data_dir))
+    data_dir = _data_dir(args, data_dir)
+    env["JOOR_DATA_DIR"] = str(data_dir)
     accounts = tuple(_accounts(args, env))
-    from joor_pipeline.assets.run import run_range
+    from joor_pipeline.assets.run import RANGE_TAG, range_partitions, run_batch
 
-    summary = run_range(args.from_date, args.to_date, env, debug=args.debug, accounts=accounts)
-    _print_run(summary, debug=args.debug)
-    return 0 if summary.success else EXIT_ERROR
+    partitions = range_partitions(args.from_date, args.to_date, data_dir, accounts)
+    batch = run_batch(
+        partitions,
+        env,
+        fetch=False,
+        debug=args.debug,
+        tags={RANGE_TAG: f"{args.from_date.isoformat()}..{args.to_date.isoformat()}"},
+        on_finished=lambda summary: report_run(summary, debug=args.debug),
+    )
+    return _conclude(batch)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     env, data_dir = _run_environ(args, builtin=True)
     _check_run_date(args.date)
-    from joor_pipeline.assets.run import run_graph
+    from joor_pipeline.assets.run import run_batch
 
-    print(f"demo: the whole graph for {args.date} on the built-in JOOR sandbox, data in {data_dir}/", flush=True)
-    summary = run_graph(args.date, env, allow_backdated=True, debug=args.debug)
-    _print_run(summary, debug=args.debug)
-    if not summary.success:
-        return EXIT_ERROR
+    home = env.get("DAGSTER_HOME") or "a throwaway Dagster instance (DAGSTER_HOME is not set)"
+    print(
+        f"demo: the whole graph for {args.date} on the built-in JOOR sandbox (synthetic retailers), data in "
+        f"{data_dir}/, runs recorded in {home}",
+        flush=True,
+    )
+    batch = run_batch(
+        [(DEFAULT_ACCOUNT, args.date)],
+        env,
+        allow_backdated=True,
+        debug=args.debug,
+        on_finished=lambda summary: report_run(summary, debug=args.debug),
+    )
+    code = _conclude(batch)
+    if code:
+        return code
     print(
         f"""
 files:
@@ -345,7 +393,7 @@ files:
   parquet      {data_dir}/parquet/<table>/account=default/snapshot_date={args.date}/part-*.parquet
   duckdb       {data_dir}/joor.duckdb
 next:
-  make ui      # the Dagster UI at http://127.0.0.1:3000 (assets, checks, backfills, schedule)
+  make ui      # the Dagster UI at http://127.0.0.1:3000: these runs, assets, checks, backfills, schedule
   uv run python -c "import duckdb; print(duckdb.connect('{data_dir}/joor.duckdb', read_only=True)\\
     .sql('select * from payment_terms'))"
   uv run joor-pipeline --help"""
