@@ -71,9 +71,10 @@ ANALYST_MODELS: Final = (
 )
 #: A build processes at most this many snapshot dates per dbt run (a full refresh runs dbt once per batch).
 BATCH_DATES: Final = 30
-#: dbt threads of a build: nodes whose parents are built run side by side on dbt-duckdb's one database (a cursor
-#: each), so DuckDB works on one node while dbt's Python prepares the next (bench/run_cost.py).
-DBT_THREADS: Final = 4
+#: dbt threads of a build. One: with 4, nodes whose parents are built run side by side on dbt-duckdb's database,
+#: but a small build's time is dbt's Python (the GIL), not DuckDB's, and 4 threads measured slower (dbt's node
+#: time 1.9 s against 1.7 s for the 49 nodes of a daily build at 500 retailers; bench/results.md, run cost).
+DBT_THREADS: Final = 1
 #: DuckDB's memory cap for a build: past it, joins and aggregations spill to the build's temp directory.
 DEFAULT_MEMORY_LIMIT: Final = "1GB"
 #: The data-quality rules, a dbt macro file in plain Jinja, shared with the per-partition checks.
