@@ -219,8 +219,7 @@ def models_request(
     built = [event for event in instance.get_latest_materialization_events(model_keys).values() if event is not None]
     if built:
         last = max(built, key=lambda event: event.timestamp)
-        record = instance.get_run_record_by_id(last.run_id)
-        started = record.start_time if record is not None else None
+        started = _step_started(instance, last)
         if started is not None and started >= newest.timestamp:
             return dg.SkipReason(f"the models were built after the last publication (run {last.run_id})")
     partition = newest.partition_key or "?"  # the newest publication's account|date
@@ -228,6 +227,14 @@ def models_request(
         run_key=f"published-{newest.storage_id}",
         tags={**(tags or {}), "joor/after_publication": partition},
     )
+
+
+def _step_started(instance: dg.DagsterInstance, event: dg.EventLogEntry) -> float | None:
+    """When the step that materialized ``event`` started: the build planned then, on what was published by then
+    (a run that landed tables and then built the models started before its own publications)."""
+    records = instance.get_records_for_run(event.run_id, of_type=dg.DagsterEventType.STEP_START).records
+    starts = [r.timestamp for r in records if r.event_log_entry.step_key == event.step_key]
+    return max(starts) if starts else None
 
 
 def build_models_sensor(
