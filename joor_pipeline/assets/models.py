@@ -132,7 +132,7 @@ def _synthetic_accounts(storage: DataDirResource, latest: Mapping[str, Any]) -> 
         try:
             if synthetic(read_manifest(storage.path, day, account=account)):
                 found.append(account)
-        except JoorError:  # a raw snapshot no longer kept: nothing says it was synthetic
+        except (JoorError, OSError):  # no raw snapshot kept (or unreadable): nothing says it was synthetic
             continue
     return found
 
