@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -78,6 +79,18 @@ def test_a_dagster_home_the_cli_creates_uses_the_pooled_event_log(tmp_path: Path
 
 
 def test_make_ui_opens_on_the_builtin_sandbox_when_nothing_else_is_configured() -> None:
+    # What `make ui` runs, with `env` (which prints its environment) in place of `dagster dev`.
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("JOOR_", "DAGSTER_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "joor_pipeline.assets.instance", "ui", "env"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "JOOR_ENVIRONMENT=builtin" in done.stdout.splitlines()
+    assert "no JOOR is configured, so the UI runs on the built-in sandbox" in done.stderr
     env, note = ui_environ({"PATH": "/usr/bin"})
     assert env["JOOR_ENVIRONMENT"] == "builtin" and note is not None and "synthetic" in note
     for configured in ({"JOOR_API_TOKEN": "t"}, {"JOOR_ENVIRONMENT": "sandbox"}, {"JOOR_ACCOUNTS_FILE": "/nope"}):
