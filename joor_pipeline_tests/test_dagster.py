@@ -186,6 +186,7 @@ def test_run_graph_leaves_os_environ_alone_and_stores_no_secret(tmp_path: Path) 
         assert sb.stats.requests >= 3  # the token was used: three pages fetched with it
     assert batch.success, batch.failed
     assert batch.runs[0].rows["connections"] == 15
+    assert batch.runs[0].tags["dagster/partition"] == P1 and batch.runs[0].tags["joor/batch"]
     assert dict(os.environ) == before
     stored = _stored_text(home)
     assert DAY1 in stored and "joor_raw_connections" in stored  # the run is there...

@@ -82,6 +82,7 @@ class RunSummary:
     failure: str | None = None
     #: The failed step's whole error, tracebacks included (printed under ``--debug``).
     failure_detail: str | None = None
+    #: The run's tags (its partition, ``joor/batch``, ``joor/synthetic``).
     tags: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -176,6 +177,7 @@ def _json_list(value: Any) -> list[str]:
 def summarize(result: dg.ExecuteInProcessResult, summary: RunSummary) -> RunSummary:
     """``summary`` filled in from one in-process run: rows per asset, every check and the first failure."""
     summary.run_id, summary.success = result.run_id, result.success
+    summary.tags = dict(result.dagster_run.tags)
     for event in result.all_events:
         if event.event_type_value == "ASSET_MATERIALIZATION":
             materialization = event.event_specific_data.materialization  # type: ignore[union-attr]
