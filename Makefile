@@ -16,8 +16,15 @@ setup:
 	@# dagster-dbt reads the dbt manifest when the definitions load: parse it now (offline, cached per version)
 	@$(RUN) python -c "from joor_pipeline.warehouse import manifest_path; manifest_path()"
 
-demo: setup
-	$(RUN) joor-pipeline demo
+# `make demo` and `make ui` share one Dagster instance, ./dagster_home (SQLite, made from the example on first use):
+# the UI shows the demo's runs and assets.
+DAGSTER_HOME_DIR := $(CURDIR)/dagster_home
+
+dagster_home/dagster.yaml:
+	@mkdir -p dagster_home && cp dagster_home.example/dagster.sqlite.yaml dagster_home/dagster.yaml
+
+demo: setup dagster_home/dagster.yaml
+	DAGSTER_HOME="$(DAGSTER_HOME_DIR)" $(RUN) joor-pipeline demo
 
 test: setup
 	$(RUN) pytest -q
@@ -45,9 +52,10 @@ dictionary: setup
 	$(RUN) python -m joor_pipeline.column_docs
 	$(RUN) python -m joor_pipeline.warehouse
 
-ui: setup
-	@mkdir -p dagster_home && { [ -f dagster_home/dagster.yaml ] || cp dagster_home.example/dagster.sqlite.yaml dagster_home/dagster.yaml; }
-	DAGSTER_HOME="$(CURDIR)/dagster_home" $(RUN) dagster dev -w workspace.yaml
+ui: setup dagster_home/dagster.yaml
+	@# With no JOOR configured, on the built-in sandbox (JOOR_ENVIRONMENT=builtin: the demo's synthetic data), said
+	@# on the way in and on the fetch asset in the UI.
+	DAGSTER_HOME="$(DAGSTER_HOME_DIR)" $(RUN) python -m joor_pipeline.assets.instance ui dagster dev -w workspace.yaml
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

@@ -550,7 +550,8 @@ def alert_for_failed_run(
     if not settings.channels:
         return []
     account = getattr(summary, "account", None)
-    snapshot_date = getattr(summary, "snapshot_date", None)
+    day = getattr(summary, "snapshot_date", None)
+    snapshot_date = None if day is None else str(day)
     # A range's summary lists its runs' ids; the last is the one that failed (a range stops there).
     run_id = summary.run_id.rsplit(", ", 1)[-1] or None
     launched_by = launched_by or f"joor-pipeline run on {socket.gethostname()}"

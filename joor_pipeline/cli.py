@@ -8,16 +8,18 @@ Every failure ends in one ``error: ...`` line on stderr and an exit code: 2 for 
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Final, TextIO
 
 from joor_pipeline import __version__
 from joor_pipeline.config import (
@@ -38,7 +40,7 @@ from joor_pipeline.joor.errors import ConfigError, JoorError
 from joor_pipeline.layout import SnapshotKey
 
 if TYPE_CHECKING:
-    from joor_pipeline.assets.run import RunSummary
+    from joor_pipeline.assets.run import BatchSummary, RunSummary
 
 EXIT_ERROR = 1
 EXIT_CONFIG = 2
@@ -282,21 +284,81 @@ def _check_run_date(snapshot_date: date) -> None:
         raise UsageError(f"{snapshot_date} is before the first snapshot date {first} (JOOR_FIRST_SNAPSHOT_DATE)")
 
 
-def _print_run(summary: RunSummary, *, debug: bool) -> None:
+#: Python's cyclic garbage collector thresholds for the Dagster commands (``run``, ``demo``): its default first
+#: threshold (700 allocations) has it walk the young objects of a process holding Dagster, dbt and their imports
+#: a few thousand times per run; at 100,000 a daily run at 500 retailers took 10% less CPU (bench/run_cost.py).
+#: Nearly all of a run's objects are freed by reference counting anyway; cycles wait a little longer.
+GC_THRESHOLDS: Final = (100_000, 50, 100)
+
+
+@contextmanager
+def _fewer_collections() -> Iterator[None]:
+    saved = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*saved)
+
+
+def report_run(summary: RunSummary, *, debug: bool) -> None:
+    """A finished Dagster run of ``run`` or ``demo``, printed as it ends: what it published and checked.
+
+    The one place where the CLI sees each finished run (a landing run of an account's day, or the model build),
+    success or failure; its root cause is printed once, last, by :func:`_conclude`. An alert for a failed run
+    launched from the command line belongs here.
+    """
     status = "succeeded" if summary.success else "FAILED"
-    print(f"Dagster run {summary.run_id} {status}")
-    for asset, rows in summary.rows.items():
-        print(f"  {asset:<22} {rows:>9} rows")
-    passed = sum(c.passed for c in summary.checks)
-    print(f"checks: {passed}/{len(summary.checks)} passed")
+    print(f"{summary.label}: Dagster run {summary.run_id} {status}")
+    if summary.rows:
+        width = max(len(name) for name in summary.rows)
+        for asset, rows in summary.rows.items():
+            print(f"  {asset:<{width}}  {rows:>9} rows")
+    if summary.checks:
+        passed = sum(c.passed for c in summary.checks)
+        print(f"  checks: {passed}/{len(summary.checks)} passed")
     for check in summary.failed_checks:
-        detail = f" ({check.failures} records)" if check.failures else ""
+        if check.failed_rules:
+            detail = ": " + "; ".join(check.failed_rules)
+        else:
+            detail = f" ({check.failures} records)" if check.failures else ""
         print(f"  {check.severity:<5} {check.asset}.{check.check}{detail}")
-    if summary.failure:
-        sys.stdout.flush()  # the cause is the last line, also when both streams go to one file
-        if debug and summary.failure_detail:
-            print(summary.failure_detail, file=sys.stderr)
-        print(f"error: {summary.failure}", file=sys.stderr)
+    if debug and summary.failure_detail:
+        sys.stdout.flush()
+        print(summary.failure_detail, file=sys.stderr)
+    sys.stdout.flush()
+
+
+def _reporter(env: Mapping[str, str], *, debug: bool) -> Callable[[RunSummary], None]:
+    """What the CLI does with each finished run of a batch: its one alert if it failed (the daemon's alert sensor
+    skips runs launched in-process), then its report."""
+
+    def finished(summary: RunSummary) -> None:
+        from joor_pipeline.alerts import alert_for_failed_run
+
+        alert_for_failed_run(summary, env)
+        report_run(summary, debug=debug)
+
+    return finished
+
+
+def _conclude(batch: BatchSummary) -> int:
+    """The batch's exit code, after one ``error:`` line naming every failed run and its root cause."""
+    if batch.models is None and batch.runs:
+        print("models: not built, as no partition was published")
+    failed = batch.failed
+    if not failed:
+        return 0
+    sys.stdout.flush()  # the cause is the last line, also when both streams go to one file
+    if len(batch.runs) == 1:
+        print(f"error: {failed[0].failure}", file=sys.stderr)
+    else:
+        causes = "; ".join(f"{run.label}: {run.failure}" for run in failed)
+        published = len([run for run in batch.runs if run.success and not run.is_models])
+        built = batch.models is not None and batch.models.success
+        outcome = f"{published} other(s) published" + (" and the models built" if built else "")
+        print(f"error: {len(failed)} run(s) failed ({outcome}): {causes}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -325,30 +387,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         if why is not None:
             of = f" of account {account}" if len(accounts) > 1 else ""
             raise UsageError(f"no raw snapshot{of} is kept for {args.date}: {why}")
-    from joor_pipeline.alerts import alert_for_failed_run, load_alert_settings
+    from joor_pipeline.alerts import load_alert_settings
 
     load_alert_settings(env)  # a wrong alert setting is exit 2 before the run, not a lost alert after it
-    from joor_pipeline.assets.run import run_graph
+    from joor_pipeline.assets.run import run_batch
 
-    failed = []
-    for account in accounts:  # one after the other: each account's run fetches with its own credit budget
-        if len(accounts) > 1:
-            print(f"account {account}:", flush=True)
-        summary = run_graph(
-            args.date,
+    # Each account's day is landed in a run of its own, one after the other (its own JOOR credits), then the
+    # models are built once over every account that published: a failed account does not stop the others.
+    with _fewer_collections():
+        batch = run_batch(
+            [(account, args.date) for account in accounts],
             env,
             allow_backdated=args.allow_backdated,
-            debug=args.debug,
-            account=account,
             refetch=args.refetch,
+            debug=args.debug,
+            on_finished=_reporter(env, debug=args.debug),
         )
-        alert_for_failed_run(summary, env)  # the in-process run's one alert (the daemon's sensor skips it)
-        _print_run(summary, debug=args.debug)
-        if not summary.success:
-            failed.append(account)
-    if failed and len(accounts) > 1:
-        print(f"error: the run of account(s) {', '.join(failed)} failed (see above)", file=sys.stderr)
-    return EXIT_ERROR if failed else 0
+    return _conclude(batch)
 
 
 def _run_range(args: argparse.Namespace) -> int:
@@ -367,17 +422,25 @@ def _run_range(args: argparse.Namespace) -> int:
     read_setting(env, "JOOR_FLATTEN_WORKERS", problems)
     data_dir = read_setting(env, "JOOR_DATA_DIR", problems)
     raise_problems(problems)
-    env["JOOR_DATA_DIR"] = str(_data_dir(args, data_dir))
+    data_dir = _data_dir(args, data_dir)
+    env["JOOR_DATA_DIR"] = str(data_dir)
     accounts = tuple(_accounts(args, env))
-    from joor_pipeline.alerts import alert_for_failed_run, load_alert_settings
+    from joor_pipeline.alerts import load_alert_settings
 
     load_alert_settings(env)
-    from joor_pipeline.assets.run import run_range
+    from joor_pipeline.assets.run import RANGE_TAG, range_partitions, run_batch
 
-    summary = run_range(args.from_date, args.to_date, env, debug=args.debug, accounts=accounts)
-    alert_for_failed_run(summary, env)
-    _print_run(summary, debug=args.debug)
-    return 0 if summary.success else EXIT_ERROR
+    partitions = range_partitions(args.from_date, args.to_date, data_dir, accounts)
+    with _fewer_collections():
+        batch = run_batch(
+            partitions,
+            env,
+            fetch=False,
+            debug=args.debug,
+            tags={RANGE_TAG: f"{args.from_date.isoformat()}..{args.to_date.isoformat()}"},
+            on_finished=_reporter(env, debug=args.debug),
+        )
+    return _conclude(batch)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -392,13 +455,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return subprocess.run([sys.executable, "-m", "joor_pipeline.cli", *argv], env=child, check=False).returncode
     env, data_dir = _run_environ(args, builtin=True)
     _check_run_date(args.date)
-    from joor_pipeline.assets.run import run_graph
+    from joor_pipeline.assets.run import run_batch
 
-    print(f"demo: the whole graph for {args.date} on the built-in JOOR sandbox, data in {data_dir}/", flush=True)
-    summary = run_graph(args.date, env, allow_backdated=True, debug=args.debug)
-    _print_run(summary, debug=args.debug)
-    if not summary.success:
-        return EXIT_ERROR
+    home = env.get("DAGSTER_HOME") or "a throwaway Dagster instance (DAGSTER_HOME is not set)"
+    print(
+        f"demo: the whole graph for {args.date} on the built-in JOOR sandbox (synthetic retailers), data in "
+        f"{data_dir}/, runs recorded in {home}",
+        flush=True,
+    )
+    with _fewer_collections():
+        batch = run_batch(
+            [(DEFAULT_ACCOUNT, args.date)],
+            env,
+            allow_backdated=True,
+            debug=args.debug,
+            on_finished=_reporter(env, debug=args.debug),
+        )
+    code = _conclude(batch)
+    if code:
+        return code
     print(
         f"""
 files:
@@ -406,7 +481,7 @@ files:
   parquet      {data_dir}/parquet/<table>/account=default/snapshot_date={args.date}/part-*.parquet
   duckdb       {data_dir}/joor.duckdb
 next:
-  make ui      # the Dagster UI at http://127.0.0.1:3000 (assets, checks, backfills, schedule)
+  make ui      # the Dagster UI at http://127.0.0.1:3000: these runs, assets, checks, backfills, schedule
   uv run joor-pipeline sql --data-dir {data_dir} "select * from payment_terms"   # or no query: a prompt
   uv run joor-pipeline --help"""
     )
@@ -563,9 +638,14 @@ def build_parser() -> argparse.ArgumentParser:
     _snapshot_options(flatten)
     _account_option(flatten, "the only one; required when several are configured")
 
-    run = add("run", cmd_run, "materialize the whole Dagster graph (fetch, tables, checks, models) for one date")
+    run = add(
+        "run",
+        cmd_run,
+        "land one date of every account through Dagster (fetch, flatten, check, publish: a run each), then build "
+        "the models once",
+    )
     _snapshot_options(run)
-    _account_option(run, "every configured account, one after the other")
+    _account_option(run, "every configured account, one after the other, then the models once")
     _backdated_option(run)
     run.add_argument(
         "--refetch",

@@ -324,19 +324,33 @@ def test_cli_fetch_and_flatten_need_account_when_several_and_refuse_an_unknown_o
     assert published_partitions(data) == [("brand_b", TODAY)]
 
 
-def test_cli_run_without_account_runs_every_account(two_sandboxes, capsys) -> None:
+def test_cli_run_lands_every_account_then_builds_the_models_once_and_a_failed_account_stops_nothing(
+    two_sandboxes, capsys
+) -> None:
     # In a process of its own, as a user runs it: the definitions read the accounts when they load.
     a, b = two_sandboxes
     run = [sys.executable, "-m", "joor_pipeline.cli", "run"]
-    done = subprocess.run(run, capture_output=True, text=True, env=dict(os.environ), timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    out = done.stdout
-    assert "account brand_a:" in out and "account brand_b:" in out
-    assert a.stats.requests == 3 and b.stats.requests == 1  # pages of 5 and of 100
+    # brand_b's token is wrong: its run fails, brand_a's is published and the models are built on it all the same.
+    env = {**os.environ, "BRAND_B_TOKEN": "not-brand-b", "JOOR_MAX_ATTEMPTS": "1"}
+    done = subprocess.run(run, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    out, last = done.stdout, done.stderr.strip().splitlines()[-1]
+    assert f"account brand_a, {TODAY}: Dagster run " in out and f"account brand_b, {TODAY}: Dagster run " in out
+    assert out.count("models: Dagster run ") == 1 and "FAILED" in out
+    assert last.startswith("error: 1 run(s) failed (1 other(s) published and the models built): ")
+    assert f"account brand_b, {TODAY}: joor_raw_connections: " in last and "not-brand-b" not in done.stderr
     data = Path(os.environ["JOOR_DATA_DIR"])
-    with duckdb.connect(str(database_path(data)), read_only=True) as con:
-        rows = con.execute("select account, count(*) from dim_retailers group by 1 order by 1").fetchall()
-    assert rows == [("brand_a", 12), ("brand_b", 7)]
+
+    def retailers() -> list[tuple[str, int]]:
+        with duckdb.connect(str(database_path(data)), read_only=True) as con:
+            return con.execute("select account, count(*) from dim_retailers group by 1 order by 1").fetchall()
+
+    assert retailers() == [("brand_a", 12)]
+    assert a.stats.credits_used == 3  # pages of 5 (the wrong token was refused, and charged to no account)
+
+    done = subprocess.run([*run, "--account", "brand_b"], capture_output=True, text=True, env=dict(os.environ))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert b.stats.requests >= 1 and retailers() == [("brand_a", 12), ("brand_b", 7)]
     assert main(["run", "--account", "brand_x"]) == 2
     assert "unknown account 'brand_x'; configured: brand_a, brand_b" in capsys.readouterr().err
 
@@ -367,18 +381,19 @@ from joor_pipeline.assets.joor import joor_raw_connections
 parts = joor_raw_connections.partitions_def
 print(sorted(parts.get_partitions_def_for_dimension("account").get_partition_keys()))
 schedule = defs.resolve_schedule_def("joor_daily_schedule")
-context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 23, 6, tzinfo=UTC),
-                                    repository_def=defs.get_repository_def())
+today = datetime.now(UTC).replace(hour=6, minute=0, second=0, microsecond=0)
+context = dg.build_schedule_context(scheduled_execution_time=today, repository_def=defs.get_repository_def())
 for request in schedule.evaluate_tick(context).run_requests:
     print(request.partition_key, request.run_key)
 """
     env = {**os.environ, "JOOR_ACCOUNTS_FILE": str(path), "T": "token"}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
+    today = TODAY.isoformat()  # (a test that crosses midnight UTC fails here, not wrongly passes)
     assert done.stdout.splitlines() == [
         "['brand_a', 'brand_b']",
-        "brand_a|2026-11-23 brand_a|2026-11-23",
-        "brand_b|2026-11-23 brand_b|2026-11-23",
+        f"brand_a|{today} brand_a|{today}",
+        f"brand_b|{today} brand_b|{today}",
     ]
 
 

@@ -26,7 +26,7 @@ from joor_pipeline.alerts import (
 )
 from joor_pipeline.assets.joor import joor_raw_connections, joor_tables
 from joor_pipeline.assets.resources import DataDirResource, JoorApiResource
-from joor_pipeline.assets.run import CheckOutcome, RunSummary, open_instance, run_graph
+from joor_pipeline.assets.run import CheckOutcome, RunSummary, open_instance, run_batch
 from joor_pipeline.assets.sensors import (
     FRESHNESS_CHECK_KEYS,
     build_alert_sensors,
@@ -350,7 +350,7 @@ def test_the_failure_sensor_alerts_a_failed_run_once(tmp_path: Path) -> None:
             )
             .dagster_run
         )
-        cli = run_graph(TODAY, {"DAGSTER_HOME": str(home), "JOOR_DATA_DIR": str(data)})
+        cli = run_batch([("default", TODAY)], {"DAGSTER_HOME": str(home), "JOOR_DATA_DIR": str(data)}).runs[0]
         assert scheduled.status == dg.DagsterRunStatus.FAILURE and not cli.success
         assert instance.get_run_by_id(cli.run_id).tags[ALERT_TAG] == IN_PROCESS  # type: ignore[union-attr]
 

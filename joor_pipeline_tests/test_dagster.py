@@ -1,10 +1,11 @@
-"""The Dagster project: definitions load, the full graph materializes per partition, checks, schedule, CLI run."""
+"""The Dagster project: definitions load, the full graph materializes per partition, checks, CLI run and demo."""
 
 from __future__ import annotations
 
 import copy
 import fcntl
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -19,10 +20,12 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
+from joor_pipeline.assets.instance import InstanceBusy, open_instance
 from joor_pipeline.assets.joor import RAW_ASSET, joor_raw_connections, joor_tables
 from joor_pipeline.assets.models import joor_models
 from joor_pipeline.assets.resources import DataDirResource, JoorApiResource, resources_from_env
-from joor_pipeline.assets.run import InstanceBusy, open_instance, run_graph
+from joor_pipeline.assets.run import run_batch
+from joor_pipeline.assets.sensors import FRESHNESS_CHECK_KEYS
 from joor_pipeline.cli import main
 from joor_pipeline.config import NOT_CONFIGURED
 from joor_pipeline.definitions import build_defs
@@ -54,6 +57,21 @@ def checks_of(result: dg.ExecuteInProcessResult) -> dict[tuple[str, str], bool]:
     return {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
 
 
+def rules_of(result: dg.ExecuteInProcessResult) -> dict[tuple[str, str], dict]:
+    """Each table rule's figures (with ``passed``), from its table's blocking_rules and warning_rules results."""
+    return {
+        (e.asset_key.to_user_string(), rule): value.value
+        for e in result.get_asset_check_evaluations()
+        if e.check_name in ("blocking_rules", "warning_rules")
+        for rule, value in e.metadata.items()
+        if isinstance(value.value, dict) and "passed" in value.value
+    }
+
+
+def passed_rules(result: dg.ExecuteInProcessResult) -> dict[tuple[str, str], bool]:
+    return {key: figures["passed"] for key, figures in rules_of(result).items()}
+
+
 def warehouse(data_dir: Path, sql: str) -> list[tuple]:
     with duckdb.connect(str(database_path(data_dir)), read_only=True) as con:
         return con.execute(sql).fetchall()
@@ -77,19 +95,36 @@ def test_definitions_load_every_asset_check_schedule_and_resource() -> None:
         key.asset_key.to_user_string() == "dim_retailers" and key.name.startswith("unique_combination_dim_retailers")
         for key in dbt_checks
     )
-    # + each table's freshness check (unpartitioned: freshness is of the present, evaluated by its sensor)
-    assert len(list(graph.asset_check_keys)) == 7 * len(TABLES) + 2 + len(dbt_checks) + len(TABLES)
-    steps = {node.name for node in defs.resolve_job_def("joor_daily").nodes_in_topological_order}
-    assert "joor_tables" in steps and "joor_freshness_checks" not in steps
+    # Each table has two checks, its blocking rules and its warnings, every rule of quality.CHECKS in one of them
+    table_checks = {key for key in graph.asset_check_keys if key.asset_key not in joor_models.keys}
+    assert {key.name for key in table_checks} == {"blocking_rules", "warning_rules"}
+    assert len(table_checks) == 2 * len(TABLES)
+    [blocking] = [
+        s for s in joor_tables.check_specs if s.asset_key.path == ["addresses"] and s.name == "blocking_rules"
+    ]
+    assert blocking.blocking and "state_for_us_ca_jp_au" in (blocking.description or "")
+    # + each table's freshness check (unpartitioned: freshness is of the present, evaluated by its sensor), never
+    # in a run
+    fresh = set(FRESHNESS_CHECK_KEYS)
+    assert fresh <= set(graph.asset_check_keys) and len(fresh) == len(TABLES)
+    for job in ("joor_daily", "joor_warehouse"):
+        assert not fresh & set(defs.resolve_job_def(job).asset_layer.asset_graph.asset_check_keys), job
     assert {s.name for s in defs.sensors or []} == {
+        "joor_models_after_landing",
         "joor_run_failure_alerts",
         "joor_check_warning_alerts",
         "joor_freshness",
     }
     # lineage reads end to end: each staging model reads its table asset
     assert graph.get(dg.AssetKey(["staging", "stg_connections"])).parent_keys == {dg.AssetKey("connections")}
-    assert defs.resolve_job_def("joor_daily") is not None
+    # The landing job lands one account's day; the models are built by their own job, once per batch.
+    assert defs.resolve_job_def("joor_daily").asset_layer.executable_asset_keys == {
+        dg.AssetKey(RAW_ASSET),
+        *joor_tables.keys,
+    }
+    assert defs.resolve_job_def("joor_warehouse").asset_layer.executable_asset_keys == set(joor_models.keys)
     assert defs.resolve_schedule_def("joor_daily_schedule").cron_schedule == "0 6 * * *"
+    assert defs.resolve_sensor_def("joor_models_after_landing").job_name == "joor_warehouse"
     assert set(defs.resources or {}) == {"joor", "storage"}
     # One process talks to JOOR and one writes joor.duckdb at a time (limits in dagster_home.example).
     assert joor_raw_connections.op.pool is None  # one run per account at a time: run-tag concurrency instead
@@ -112,7 +147,8 @@ def test_with_nothing_configured_the_ui_says_what_is_missing() -> None:
 
 def test_a_run_with_nothing_configured_fails_at_the_fetch_with_the_same_line(tmp_path: Path) -> None:
     today = datetime.now(UTC).date()
-    summary = run_graph(today, {"JOOR_DATA_DIR": str(tmp_path / "data")})
+    batch = run_batch([("default", today)], {"JOOR_DATA_DIR": str(tmp_path / "data")})
+    [summary] = batch.runs  # nothing published: no model build
     assert not summary.success
     assert summary.failure == f"{RAW_ASSET}: {NOT_CONFIGURED}"
     assert summary.rows == {}
@@ -153,10 +189,11 @@ def test_run_graph_leaves_os_environ_alone_and_stores_no_secret(tmp_path: Path) 
             "JOOR_DATA_DIR": str(tmp_path / "data"),
             "JOOR_PAGE_SIZE": "5",
         }
-        summary = run_graph(date.fromisoformat(DAY1), environ, allow_backdated=True)
+        batch = run_batch([("default", date.fromisoformat(DAY1))], environ, allow_backdated=True)
         assert sb.stats.requests >= 3  # the token was used: three pages fetched with it
-    assert summary.success, summary.failure
-    assert summary.rows["connections"] == 15
+    assert batch.success, batch.failed
+    assert batch.runs[0].rows["connections"] == 15
+    assert batch.runs[0].tags["dagster/partition"] == P1 and batch.runs[0].tags["joor/batch"]
     assert dict(os.environ) == before
     stored = _stored_text(home)
     assert DAY1 in stored and "joor_raw_connections" in stored  # the run is there...
@@ -168,7 +205,7 @@ def test_two_first_runs_create_one_dagster_home_without_racing(tmp_path: Path) -
     """Processes opening one fresh DAGSTER_HOME at once: each waits for the one creating its storage."""
     home = tmp_path / "fresh"
     script = (
-        "import sys; from joor_pipeline.assets.run import open_instance\n"
+        "import sys; from joor_pipeline.assets.instance import open_instance\n"
         "with open_instance({'DAGSTER_HOME': sys.argv[1]}) as instance: print(len(instance.get_runs()))"
     )
     processes = [
@@ -249,9 +286,10 @@ def test_full_graph_for_two_partitions(tmp_path: Path) -> None:
         "snapshot_date",
     ]
 
-    failed = {key for key, passed in checks_of(second).items() if not passed}
+    failed = {key for key, passed in passed_rules(second).items() if not passed}
     assert failed <= {("doors", "door_addresses_known"), ("connections", "row_count_steady")}
-    assert checks_of(second)[("connections", "reconciles_with_raw")]
+    assert passed_rules(second)[("connections", "reconciles_with_raw")]
+    assert all(checks_of(second)[(table, "blocking_rules")] for table in TABLES)
 
     assert warehouse(tmp_path, "select count(*) from dim_retailers") == [(35,)]
     history = warehouse(
@@ -330,9 +368,11 @@ def test_blocking_checks_fail_on_bad_data_and_keep_models_from_running(tmp_path:
     land(tmp_path, day, [load_seed_connection()])
     good = dg.materialize(ASSETS, partition_key=P1, resources={"joor": JoorApiResource(), "storage": storage})
     assert good.success
-    good_checks = checks_of(good)
-    assert all(passed for (asset, check), passed in good_checks.items() if check != "door_addresses_known")
-    assert not good_checks[("doors", "door_addresses_known")]  # the seed's door points at address 214920
+    good_rules = passed_rules(good)
+    assert len(good_rules) == 7 * len(TABLES) + 2  # every rule of quality.CHECKS, each in its table's checks
+    assert all(passed for (asset, rule), passed in good_rules.items() if rule != "door_addresses_known")
+    assert not good_rules[("doors", "door_addresses_known")]  # the seed's door points at address 214920
+    assert not checks_of(good)[("doors", "warning_rules")]
 
     published = partition_bytes(tmp_path, day)
     database = database_path(tmp_path).read_bytes()
@@ -351,14 +391,19 @@ def test_blocking_checks_fail_on_bad_data_and_keep_models_from_running(tmp_path:
     assert str(kept) in failure
     assert partition_rows(staged_files(kept / "parquet", "connections", snap(day))) == 3
     assert not {e.asset_key.to_user_string() for e in bad.get_asset_materialization_events()} & set(TABLES)
-    checks = checks_of(bad)
-    assert checks[("addresses", "state_for_us_ca_jp_au")] is False
-    assert checks[("doors", "required_fields_present")] is False
-    assert checks[("connections", "no_unknown_fields")] is False
-    assert checks[("connections", "unique_keys")] is True
-    evaluation = next(e for e in bad.get_asset_check_evaluations() if e.check_name == "state_for_us_ca_jp_au")
-    assert evaluation.severity == dg.AssetCheckSeverity.ERROR
-    assert evaluation.metadata["sample"].value[0]["customer_code"] == "NOSTATE"
+    rules = passed_rules(bad)
+    assert rules[("addresses", "state_for_us_ca_jp_au")] is False
+    assert rules[("doors", "required_fields_present")] is False
+    assert rules[("connections", "no_unknown_fields")] is False
+    assert rules[("connections", "unique_keys")] is True
+    evaluation = next(
+        e
+        for e in bad.get_asset_check_evaluations()
+        if e.check_name == "blocking_rules" and e.asset_key.to_user_string() == "addresses"
+    )
+    assert evaluation.severity == dg.AssetCheckSeverity.ERROR and not evaluation.passed
+    assert evaluation.metadata["failed_rules"].value == ["state_for_us_ca_jp_au (1 records)"]
+    assert evaluation.metadata["state_for_us_ca_jp_au"].value["sample"][0]["customer_code"] == "NOSTATE"
     materialized = {e.asset_key.to_user_string() for e in bad.get_asset_materialization_events()}
     assert "dim_retailers" not in materialized  # blocked by the failed ERROR checks
     assert warehouse(tmp_path, "select customer_code from dim_retailers") == [("JBNY",)]
@@ -387,21 +432,6 @@ def test_reconciliation_notices_a_lost_row(tmp_path: Path) -> None:
         published_files(tmp_path, "buyers", snap(day))
 
 
-@pytest.mark.parametrize(
-    ("tick", "expected"),
-    [
-        (datetime(2026, 11, 23, 6, tzinfo=UTC), "default|2026-11-23"),
-        (datetime(2027, 1, 1, 6, tzinfo=UTC), "default|2027-01-01"),
-    ],
-)
-def test_schedule_requests_the_current_days_partition(tick: datetime, expected: str) -> None:
-    defs = build_defs({})
-    schedule = defs.resolve_schedule_def("joor_daily_schedule")
-    context = dg.build_schedule_context(scheduled_execution_time=tick, repository_def=defs.get_repository_def())
-    requests = schedule.evaluate_tick(context).run_requests
-    assert requests is not None and [r.partition_key for r in requests] == [expected]
-
-
 def test_cli_run_records_in_dagster_home(tmp_path: Path, monkeypatch, capsys) -> None:
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -414,21 +444,36 @@ def test_cli_run_records_in_dagster_home(tmp_path: Path, monkeypatch, capsys) ->
         monkeypatch.setenv("JOOR_BASE_URL", sb.base_url)
         monkeypatch.setenv("JOOR_API_TOKEN", sb.config.api_token)
         code = main(["run", "--date", DAY1, "--data-dir", str(tmp_path / "data"), "--allow-backdated"])
-        out = capsys.readouterr().out
-        assert code == 0, out
-        assert "connections                   30 rows" in out
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert re.search(r"^  connections +30 rows$", out, re.MULTILINE), out
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        landing, models = sorted(instance.get_runs(), key=lambda run: run.job_name)
+        assert landing.job_name == "joor_daily" and landing.tags.get("dagster/partition/date") == DAY1
+        assert landing.tags.get("dagster/partition/account") == "default"
+        assert models.job_name == "joor_warehouse" and "dagster/partition" not in models.tags
+        assert landing.tags["joor/batch"] == models.tags["joor/batch"]  # one batch: landed, then built once
+    with run_sandbox(connections=30, rate_limit_credits=0) as sb:
+        monkeypatch.setenv("JOOR_BASE_URL", sb.base_url)
+        monkeypatch.setenv("JOOR_API_TOKEN", sb.config.api_token)
         # --refetch reaches the fetch asset: the kept snapshot is fetched again, not reused (JOOR failing now, the
         # run stops at the fetch, and the kept snapshot stays).
-        requests = sb.stats.requests
         sb.faults.error_code = 17
         args = ["run", "--date", DAY1, "--data-dir", str(tmp_path / "data"), "--allow-backdated", "--refetch"]
         assert main(args) == 1
-        assert sb.stats.requests == requests + 1
+        assert sb.stats.requests == 1
         assert "response.code 17" in capsys.readouterr().err
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        runs = instance.get_runs()
-        assert len(runs) == 2 and {run.tags.get("dagster/partition/date") for run in runs} == {DAY1}
-        assert runs[0].tags.get("dagster/partition/account") == "default"
+
+
+def _row_blocks(out: str) -> list[list[str]]:
+    """The summary's row lines ("  <asset>  <rows> rows"), one list per run."""
+    blocks: list[list[str]] = [[]]
+    for line in out.splitlines():
+        if re.fullmatch(r"  \S+ +\d+ rows", line):
+            blocks[-1].append(line)
+        elif blocks[-1]:
+            blocks.append([])
+    return [block for block in blocks if block]
 
 
 def test_cli_demo_end_to_end(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -437,13 +482,29 @@ def test_cli_demo_end_to_end(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("JOOR_API_TOKEN", "a-real-looking-token")  # demo ignores configured credentials
     monkeypatch.setenv("JOOR_SANDBOX_CONNECTIONS", "60")
     assert main(["demo", "--data-dir", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "on the built-in JOOR sandbox" in out
-    assert "connections                   60 rows" in out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "on the built-in JOOR sandbox (synthetic retailers)" in out and str(home) in out
+    assert re.search(r"^  connections +60 rows$", out, re.MULTILINE), out
     assert "checks: " in out and "make ui" in out
     assert warehouse(tmp_path, "select count(*) from dim_retailers") == [(60,)]
+    # Each line once: the library's lines come through the run's log only, not also through Python's logging.
+    everything = out + captured.err
+    assert everything.count("using the built-in sandbox at") == 1, captured.err
+    assert everything.count("partition(s)") == 1, captured.err
+    # The summary's columns stay aligned, long model names too.
+    blocks = _row_blocks(out)
+    assert len(blocks) == 2 and any("staging/int_retailer_fingerprints" in line for line in blocks[1])
+    assert all(len({len(line) for line in block}) == 1 for block in blocks), blocks
+    # Recorded in DAGSTER_HOME (the one `make ui` opens), every run and asset saying its data is synthetic.
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        assert len(instance.get_runs()) == 1
+        runs = instance.get_runs()
+        assert sorted(run.job_name for run in runs) == ["joor_daily", "joor_warehouse"]
+        assert all(run.tags.get("joor/synthetic") == "true" for run in runs)
+        for key in (RAW_ASSET, "connections", "dim_retailers"):
+            event = instance.get_latest_materialization_event(dg.AssetKey.from_user_string(key))
+            assert event is not None and event.asset_materialization is not None
+            assert event.asset_materialization.metadata["synthetic"].value is True, key
 
 
 def test_warning_checks_flag_but_do_not_block(tmp_path: Path) -> None:
@@ -454,17 +515,18 @@ def test_warning_checks_flag_but_do_not_block(tmp_path: Path) -> None:
     res = {"joor": JoorApiResource(), "storage": storage}
     land(tmp_path, date.fromisoformat(DAY1), generate_connections(100, seed=4))
     first = dg.materialize(ASSETS, partition_key=P1, resources=res)
-    assert checks_of(first)[("connections", "row_count_steady")]  # no previous snapshot to compare with
+    assert passed_rules(first)[("connections", "row_count_steady")]  # no previous snapshot to compare with
 
     shrunk = generate_connections(30, seed=4)
     shrunk[1]["customer_code"] = "X" * 51  # JOOR's field table: at most 50
     land(tmp_path, date.fromisoformat(DAY2), shrunk)
     second = dg.materialize(ASSETS, partition_key=P2, resources=res)
     assert second.success
-    checks = checks_of(second)
-    assert checks[("connections", "row_count_steady")] is False
-    assert checks[("connections", "max_lengths")] is False
+    rules = rules_of(second)
+    assert rules[("connections", "row_count_steady")]["passed"] is False
+    assert rules[("connections", "max_lengths")]["passed"] is False
     evaluations = {e.check_name: e for e in second.get_asset_check_evaluations() if e.asset_key.path == ["connections"]}
-    assert evaluations["row_count_steady"].severity == dg.AssetCheckSeverity.WARN
-    assert evaluations["row_count_steady"].metadata["previous_rows"].value == 100
+    assert evaluations["warning_rules"].severity == dg.AssetCheckSeverity.WARN
+    assert not evaluations["warning_rules"].passed and evaluations["blocking_rules"].passed
+    assert rules[("connections", "row_count_steady")]["previous_rows"] == 100
     assert warehouse(tmp_path, "select count(*) from dim_retailers") == [(30,)]

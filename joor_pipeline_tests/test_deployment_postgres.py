@@ -1,6 +1,6 @@
 """The Postgres-backed deployment of dagster_home.example/dagster.yaml, run for real: PostgreSQL, the daemon and
 the webserver as separate processes, a backfill of 2 accounts x 2 dates launched through GraphQL, its runs, checks,
-per-account run concurrency and pools."""
+per-account run concurrency, and the models built once after it by the sensor."""
 
 from __future__ import annotations
 
@@ -17,15 +17,17 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
+import duckdb
 import httpx
 import psycopg2
 import pytest
 
+from joor_pipeline.assets.automation import SENSOR_NAME
 from joor_pipeline.assets.joor import RAW_ASSET, joor_tables
 from joor_pipeline.assets.models import DUCKDB_POOL, joor_models
 from joor_pipeline.assets.partitions import ACCOUNT_TAG
 from joor_pipeline.config import load_account
-from joor_pipeline.definitions import JOB_NAME
+from joor_pipeline.definitions import JOB_NAME, MODELS_JOB_NAME
 from joor_pipeline.pipeline import connect, fetch_snapshot
 from joor_pipeline.sandbox import Faults, Sandbox, run_sandbox
 from joor_pipeline_tests.deployment import (
@@ -131,6 +133,18 @@ query Backfill($id: String!, $tags: [ExecutionTag!]) {
 
 SET_POOL_LIMIT: Final = """
 mutation SetPool($key: String!, $limit: Int!) { setConcurrencyLimit(concurrencyKey: $key, limit: $limit) }
+"""
+
+MODEL_RUNS_QUERY: Final = """
+query ModelRuns($job: String!) {
+  runsOrError(filter: {pipelineName: $job}) {
+    __typename
+    ... on Runs {
+      results { runId status startTime endTime tags { key value } stepStats { stepKey status startTime endTime } }
+    }
+    ... on Error { message }
+  }
+}
 """
 
 POOLS_QUERY: Final = """
@@ -360,15 +374,6 @@ def _overlaps(intervals: list[tuple[float, float]]) -> list[tuple[tuple[float, f
     return [(a, b) for a, b in itertools.combinations(intervals, 2) if a[0] < b[1] and b[0] < a[1]]
 
 
-def _step_intervals(runs: list[dict[str, Any]], step_key: str) -> list[tuple[float, float]]:
-    intervals = []
-    for run in runs:
-        (stats,) = [s for s in run["stepStats"] if s["stepKey"] == step_key]
-        assert stats["status"] == "SUCCESS", (run["runId"], stats)
-        intervals.append((float(stats["startTime"]), float(stats["endTime"])))
-    return intervals
-
-
 def test_backfill_through_graphql_on_a_postgres_instance(deployment: Deployment) -> None:
     dates = backfill_dates()
     keys = partition_keys(dates)
@@ -404,9 +409,9 @@ def test_backfill_through_graphql_on_a_postgres_instance(deployment: Deployment)
     stored = deployment.query("select run_id, status from runs where run_id = any(%s)", run_ids)
     assert sorted(stored) == sorted((run_id, "SUCCESS") for run_id in run_ids)
 
-    # Every asset check ran in every run and its result was recorded in Postgres; the blocking ones passed:
-    # the tables' checks (tied to the run's partition) and the dbt tests of the models (built in every run).
-    specs = [*joor_tables.check_specs, *joor_models.check_specs]
+    # Every table check ran in every run and its result was recorded in Postgres; the blocking ones passed. The
+    # landing runs built no model: the models are built once, after the backfill, by the sensor (below).
+    specs = list(joor_tables.check_specs)
     expected = {(spec.asset_key.path[-1], spec.name) for spec in specs}
     blocking = {(spec.asset_key.path[-1], spec.name) for spec in specs if spec.blocking}
     rows = deployment.query(
@@ -418,6 +423,31 @@ def test_backfill_through_graphql_on_a_postgres_instance(deployment: Deployment)
         results = {(json.loads(key)[-1], name): status for rid, key, name, status in rows if rid == run_id}
         assert set(results) == expected, f"run {run_id} recorded {len(results)} of {len(expected)} check results"
         assert {key for key in blocking if results[key] != "SUCCEEDED"} == set()
+    assert all(not [s for s in r["stepStats"] if s["stepKey"] == MODELS_STEP] for r in runs)
+
+    # One model build for the whole backfill: launched by the sensor once every run of it had ended, after the
+    # last of them, and its dbt tests recorded as the models' checks.
+    def built() -> dict[str, Any] | None:
+        daemon.check_alive()
+        found = deployment.graphql(MODEL_RUNS_QUERY, {"job": MODELS_JOB_NAME})["runsOrError"]["results"]
+        return found[0] if len(found) == 1 and found[0]["status"] in TERMINAL_RUN else None
+
+    try:
+        build = wait_for("the sensor's model build after the backfill", built, BACKFILL_TIMEOUT, interval=1.0)
+    except DeploymentError as exc:
+        raise DeploymentError(f"{exc}\n{deployment.tails()}") from None
+    assert build["status"] == "SUCCESS", f"{build}\n{deployment.tails()}"
+    tags = {t["key"]: t["value"] for t in build["tags"]}
+    assert tags.get("dagster/sensor_name") == SENSOR_NAME, tags
+    assert float(build["startTime"]) >= max(float(r["endTime"]) for r in runs)
+    [models_step] = [s for s in build["stepStats"] if s["stepKey"] == MODELS_STEP]
+    assert models_step["status"] == "SUCCESS"
+    dbt_checks = {spec.name for spec in joor_models.check_specs}
+    recorded = deployment.query(
+        "select check_name, execution_status from asset_check_executions where run_id = %s", build["runId"]
+    )
+    assert {name for name, status in recorded if status == "SUCCEEDED"} == dbt_checks
+    assert len(deployment.graphql(MODEL_RUNS_QUERY, {"job": MODELS_JOB_NAME})["runsOrError"]["results"]) == 1
 
     # The run-tag limit (dagster/partition/account, applyLimitPerUniqueValue, limit 1) kept the runs of one
     # account apart, and let different accounts run side by side (max_concurrent_runs 4); the duckdb pool kept
@@ -435,15 +465,13 @@ def test_backfill_through_graphql_on_a_postgres_instance(deployment: Deployment)
     ]
     shown = [(account_of[r["runId"]], interval(r)) for r in runs]
     assert across, f"no runs of different accounts ran at the same time: {shown}"
-    intervals = _step_intervals(runs, MODELS_STEP)
-    assert not _overlaps(intervals), f"{MODELS_STEP} steps of different runs overlapped: {intervals}"
     limit = deployment.graphql(POOLS_QUERY, {"key": DUCKDB_POOL})["instance"]["concurrencyLimit"]
     assert limit["slotCount"] == 1, (DUCKDB_POOL, limit)
 
     # Today's runs fetched from each account's own sandbox (yesterday's kept their snapshots), into JOOR_DATA_DIR;
-    # the warehouse holds both accounts.
+    # the warehouse holds both accounts, each on both dates.
     for n, (account, sandbox) in enumerate(deployment.sandboxes.items()):
         assert sandbox.stats.requests >= (120 - 20 * n) // 20, (account, sandbox.stats)
-    assert (deployment.data_dir / "joor.duckdb").is_file()
-    for account in ACCOUNTS:
-        assert (deployment.data_dir / "parquet" / "connections" / f"account={account}").is_dir()
+    with duckdb.connect(str(deployment.data_dir / "joor.duckdb"), read_only=True) as con:
+        snapshots = con.execute("select account, count(*) from staging.int_snapshots group by 1 order by 1").fetchall()
+    assert snapshots == [(account, len(dates)) for account in ACCOUNTS]

@@ -10,11 +10,11 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from joor_pipeline.assets.joor import joor_raw_connections
+from joor_pipeline.assets.joor import RAW_ASSET, joor_raw_connections
 from joor_pipeline.assets.models import joor_models
 from joor_pipeline.assets.partitions import FIRST_SNAPSHOT_VAR, build_daily_partitions
 from joor_pipeline.assets.resources import DataDirResource, JoorApiResource
-from joor_pipeline.assets.run import RangeRefused, run_range
+from joor_pipeline.assets.run import RangeRefused, range_partitions, run_batch
 from joor_pipeline.cli import EXIT_ERROR, main
 from joor_pipeline.config import first_snapshot_date
 from joor_pipeline.joor.errors import ConfigError
@@ -124,11 +124,11 @@ def test_run_from_to_reflattens_kept_snapshots_and_builds_the_models_once(tmp_pa
     land(tmp_path, D2, connections(3, alias="renamed"))
     env = {"JOOR_DATA_DIR": str(tmp_path)}
 
-    summary = run_range(D1, D2, env)
+    batch = run_batch(range_partitions(D1, D2, tmp_path), env, fetch=False)
 
-    assert summary.success, summary.failure
-    assert len(summary.run_id.split(", ")) == 3  # one run per date, then one build of the models
-    assert summary.rows["connections"] == 3
+    assert batch.success, batch.failed
+    assert [run.label for run in batch.runs] == [D1.isoformat(), D2.isoformat(), "models"]  # the models built once
+    assert batch.runs[1].rows["connections"] == 3 and RAW_ASSET not in batch.runs[1].rows  # never a fetch
     assert query(tmp_path, "select snapshot_date, connections from int_snapshots order by 1") == [(D1, 4), (D2, 3)]
     assert query(tmp_path, "select count(*) from retailer_history") == [(4 + 3,)]
 
@@ -137,7 +137,7 @@ def test_run_from_to_refuses_a_date_without_a_raw_snapshot(tmp_path: Path, capsy
     land(tmp_path, D1, connections(2))
     land(tmp_path, D3, connections(2))
     with pytest.raises(RangeRefused, match="no raw snapshot kept for 2026-03-03"):
-        run_range(D1, D3, {"JOOR_DATA_DIR": str(tmp_path)})
+        range_partitions(D1, D3, tmp_path)
     code = main(["run", "--from", "2026-03-01", "--to", "2026-03-02", "--data-dir", str(tmp_path)])
     assert code == EXIT_ERROR
     assert "error: no raw snapshot kept for 2026-03-01 in " in capsys.readouterr().err

@@ -19,7 +19,7 @@ from joor_pipeline.flatten.runner import stage_snapshot
 from joor_pipeline.flatten.schema import REQ_IF_STATE_COUNTRY, REQ_YES
 from joor_pipeline.layout import SnapshotKey
 from joor_pipeline.pipeline import backdating_refusal, fetch_snapshot
-from joor_pipeline.quality import CHECKS, CheckOutcome, check_partition
+from joor_pipeline.quality import CHECKS, Check, CheckOutcome, check_partition
 from joor_pipeline.storage.access import parquet_file
 from joor_pipeline.storage.parquet import published_files
 from joor_pipeline.storage.raw import raw_snapshot_exists, read_manifest
@@ -116,9 +116,19 @@ def joor_raw_connections(
     return dg.MaterializeResult(metadata={**_manifest_metadata(report.manifest), "reused_existing_snapshot": False})
 
 
+#: The ``source`` a raw manifest records for the built-in sandbox (``JoorSettings.target``): synthetic retailers.
+BUILTIN_SOURCE: Final = "built-in sandbox"
+
+
+def synthetic(manifest: dict[str, Any]) -> bool:
+    """Whether a raw snapshot holds the built-in sandbox's synthetic retailers, not a brand's."""
+    return manifest.get("source") == BUILTIN_SOURCE
+
+
 def _manifest_metadata(manifest: dict[str, Any]) -> dict[str, Any]:
     log_ids = [p["log_id"] for p in manifest.get("pages", []) if p.get("log_id")]
     return {
+        "synthetic": synthetic(manifest),
         "pages": manifest.get("page_count", 0),
         "connections": manifest.get("connections", 0),
         "format": manifest.get("format"),
@@ -143,26 +153,45 @@ def _manifest_metadata(manifest: dict[str, Any]) -> dict[str, Any]:
 PARTITIONED_CHECK_PREVIEW: Final = r"Specifying a partitions_def on an AssetCheckSpec is currently in preview"
 
 
+#: The two asset checks of every table: each holds every rule of ``quality.CHECKS`` of its kind on that table,
+#: with each rule's result in its metadata. One check per rule would record 72 results, each three events in
+#: Dagster's log (planned, output, evaluation: 216 of a run's 415 events, recorded one by one), for the same
+#: information; grouped, a run records 20.
+BLOCKING_CHECK: Final = "blocking_rules"
+WARNING_CHECK: Final = "warning_rules"
+
+
+def table_rules(table: str, blocking: bool) -> list[Check]:
+    """The rules of ``quality.CHECKS`` on ``table`` that block publication (or that only warn)."""
+    return [check for name, check in CHECKS if name == table and check.blocking == blocking]
+
+
+def _check_description(rules: Sequence[Check], blocking: bool) -> str:
+    kind = (
+        "Blocking: any failure keeps the partition from being published (it is quarantined instead)."
+        if blocking
+        else "Warnings: flagged, never blocking."
+    )
+    return f"{kind} Rules: " + "; ".join(f"{rule.name} ({rule.description})" for rule in rules) + "."
+
+
 def _check_specs() -> list[dg.AssetCheckSpec]:
-    """Every check of ``quality.CHECKS``, tied to the daily partitions so its history shows one result per date."""
+    """Two checks per table (its blocking rules, its warnings), tied to the daily partitions so their history
+    shows one result per date."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=PARTITIONED_CHECK_PREVIEW, category=dg.PreviewWarning)
         return [
             dg.AssetCheckSpec(
-                check.name,
+                name,
                 asset=table,
-                blocking=check.blocking,
-                description=check.description,
+                blocking=blocking,
+                description=_check_description(rules, blocking),
                 partitions_def=snapshot_partitions,
             )
-            for table, check in CHECKS
+            for table in TABLES
+            for name, blocking in ((BLOCKING_CHECK, True), (WARNING_CHECK, False))
+            if (rules := table_rules(table, blocking))
         ]
-
-
-SEVERITY: Final[dict[str, dg.AssetCheckSeverity]] = {
-    "ERROR": dg.AssetCheckSeverity.ERROR,
-    "WARN": dg.AssetCheckSeverity.WARN,
-}
 
 
 def _column_schema(table: str) -> dg.TableSchema:
@@ -208,23 +237,47 @@ def _preview(table: pa.Table) -> str:
     return "\n".join(lines)
 
 
-def _metadata_value(value: Any) -> Any:
-    if isinstance(value, dict | list):
-        return dg.MetadataValue.json(value)
-    if isinstance(value, float):
-        return dg.MetadataValue.float(value)
-    return value
+def _failed_rule(outcome: CheckOutcome) -> str:
+    """A failed rule in a few words: its name, and its failing records or what failed."""
+    if "failures" in outcome.metadata:
+        return f"{outcome.check.name} ({outcome.metadata['failures']} records)"
+    return f"{outcome.check.name} ({outcome.detail})" if outcome.detail else outcome.check.name
 
 
-def check_result(outcome: CheckOutcome) -> dg.AssetCheckResult:
-    """A library check outcome as Dagster records it."""
-    return dg.AssetCheckResult(
-        asset_key=outcome.table,
-        check_name=outcome.check.name,
-        passed=outcome.passed,
-        severity=SEVERITY[outcome.check.severity],
-        metadata={key: _metadata_value(value) for key, value in outcome.metadata.items()},
-    )
+def check_results(outcomes: Sequence[CheckOutcome]) -> list[dg.AssetCheckResult]:
+    """The library's rule outcomes of one partition as Dagster records them: one result per table and kind.
+
+    Its metadata has ``failed_rules`` (each failed rule, in a few words), ``failures`` (the failing records of those
+    rules that count records), and one entry per rule with its figures, ``passed`` and, if it failed, ``detail``
+    (what failed, with example records).
+    """
+    grouped: dict[tuple[str, bool], list[CheckOutcome]] = {}
+    for outcome in outcomes:
+        grouped.setdefault((outcome.table, outcome.check.blocking), []).append(outcome)
+    results = []
+    for (table, blocking), group in grouped.items():
+        failed = [outcome for outcome in group if not outcome.passed]
+        metadata: dict[str, Any] = {
+            "failed_rules": dg.MetadataValue.json([_failed_rule(outcome) for outcome in failed]),
+            "failures": sum(int(outcome.metadata.get("failures") or 0) for outcome in failed),
+        }
+        for outcome in group:
+            figures = {
+                "passed": outcome.passed,
+                **outcome.metadata,
+                **({"detail": outcome.detail} if outcome.detail else {}),
+            }
+            metadata[outcome.check.name] = dg.MetadataValue.json(figures)
+        results.append(
+            dg.AssetCheckResult(
+                asset_key=table,
+                check_name=BLOCKING_CHECK if blocking else WARNING_CHECK,
+                passed=not failed,
+                severity=dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN,
+                metadata=metadata,
+            )
+        )
+    return results
 
 
 @dg.multi_asset(
@@ -262,7 +315,7 @@ def joor_tables(context: dg.AssetExecutionContext, storage: DataDirResource) -> 
             context.log.info("flattened by %d worker processes (one file per table each)", report.workers)
         files = {table: staged.files(table) for table in TABLES}
         outcomes = check_partition(data_dir, files, key, staged.raw_recount)
-        results = [check_result(outcome) for outcome in outcomes]
+        results = check_results(outcomes)
         failures = [outcome.describe() for outcome in outcomes if outcome.blocks]
         if failures:
             refused = staged.refuse(failures)
@@ -276,6 +329,7 @@ def joor_tables(context: dg.AssetExecutionContext, storage: DataDirResource) -> 
         report.publication_id,
     )
     stats = report.stats
+    made_up = synthetic(read_manifest(data_dir, key))
     for table in TABLES:
         data = _first_rows(published_files(data_dir, table, key))
         unknown = {k: v for k, v in stats.unknown_fields.items() if k.startswith(f"{table}.")}
@@ -294,6 +348,7 @@ def joor_tables(context: dg.AssetExecutionContext, storage: DataDirResource) -> 
                 "coercion_problem_counts": dg.MetadataValue.json(problems),
                 "pages": report.pages,
                 "duration_seconds": dg.MetadataValue.float(round(report.duration_seconds, 3)),
+                "synthetic": made_up,
             },
         )
     if stats.duplicate_connections:

@@ -5,6 +5,9 @@ warnings and rate-limit waits come from the client's worker threads, which Dagst
 would never see; a handler on the ``joor_pipeline`` logger forwards them, whatever thread logs. Dagster's
 ``managed_python_loggers`` instance setting would do the same, but only where the instance is configured so;
 this works in every run, the UI's, the CLI's and the tests' alike.
+
+While it forwards, the records stop there: they do not also reach the root logger's handlers (the CLI's stderr
+line, a worker process's own output), so each line is printed once, by the run's log, in its format.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ LIBRARY_LOGGER: Final = "joor_pipeline"
 _lock = threading.Lock()
 _forwarding = 0
 _saved_level = logging.NOTSET
+_saved_propagate = True
 
 
 class _ToDagster(logging.Handler):
@@ -45,12 +49,14 @@ def forward_logs(
     context: dg.AssetExecutionContext | dg.OpExecutionContext, level: int = logging.INFO
 ) -> Iterator[None]:
     """Forward ``joor_pipeline`` records at ``level`` and above to ``context.log`` for the block."""
-    global _forwarding, _saved_level
+    global _forwarding, _saved_level, _saved_propagate
     logger = logging.getLogger(LIBRARY_LOGGER)
     handler = _ToDagster(context.log, level)
     with _lock:
         if _forwarding == 0:
             _saved_level = logger.level
+            _saved_propagate = logger.propagate
+            logger.propagate = False
         _forwarding += 1
         if logger.getEffectiveLevel() > level:
             logger.setLevel(level)
@@ -63,3 +69,4 @@ def forward_logs(
             _forwarding -= 1
             if _forwarding == 0:
                 logger.setLevel(_saved_level)
+                logger.propagate = _saved_propagate

@@ -9,6 +9,7 @@ again); only the selected assets and checks are reported. dbt runs in this proce
 """
 
 import json
+import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -18,7 +19,12 @@ import duckdb
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, dbt_assets
 from dagster_dbt.asset_utils import get_asset_check_key_for_test
 
+from joor_pipeline.assets.joor import synthetic
+from joor_pipeline.assets.logs import forward_logs
 from joor_pipeline.assets.resources import DataDirResource
+from joor_pipeline.joor.errors import JoorError
+from joor_pipeline.layout import SnapshotKey
+from joor_pipeline.storage.raw import read_manifest
 from joor_pipeline.warehouse import (
     DBT_PROJECT_DIR,
     DbtFailed,
@@ -130,12 +136,25 @@ def _events(
                 yield dg.MaterializeResult(asset_key=key, metadata={**metadata, **extra})
 
 
+def _synthetic_accounts(storage: DataDirResource, latest: Mapping[str, Any]) -> list[str]:
+    """The accounts whose latest snapshot (what the "latest" marts show) is the built-in sandbox's synthetic data."""
+    found = []
+    for account, day in sorted(latest.items()):
+        try:
+            if synthetic(read_manifest(storage.path, SnapshotKey(account, day))):
+                found.append(account)
+        except (JoorError, OSError):  # no raw snapshot kept (or unreadable): nothing says it was synthetic
+            continue
+    return found
+
+
 @dbt_assets(manifest=MANIFEST, dagster_dbt_translator=TRANSLATOR, name="joor_models", pool=DUCKDB_POOL)
 def joor_models(context: dg.AssetExecutionContext, storage: DataDirResource) -> Iterator[Any]:
     """Build every dbt model on the snapshot dates that changed, then publish ``joor.duckdb`` by atomic rename."""
     manifest = _manifest(MANIFEST)
     try:
-        with warehouse_build(storage.path) as plan:
+        # The library's warnings in the run's log; its progress is the line below (said once, not twice).
+        with forward_logs(context, logging.WARNING), warehouse_build(storage.path) as plan:
             refresh = plan.refresh_partitions
             context.log.info(
                 "dbt build on %d partition(s) (account/snapshot date) (%s): %s",
@@ -156,7 +175,13 @@ def joor_models(context: dg.AssetExecutionContext, storage: DataDirResource) -> 
     con = reader_connection(storage.path)  # the build just published, never a cached instance of an older one
     try:
         attach_warehouse(con, database_path(storage.path))
-        extra = {"refreshed_partitions": len(plan.refresh_partitions), "build": plan.reason}
+        made_up = _synthetic_accounts(storage, plan.latest_dates)
+        extra = {
+            "refreshed_partitions": len(plan.refresh_partitions),
+            "build": plan.reason,
+            "synthetic": bool(made_up),
+            **({"synthetic_accounts": dg.MetadataValue.json(made_up)} if made_up else {}),
+        }
         yield from _events(context, manifest, results, con, extra)
     finally:
         con.close()

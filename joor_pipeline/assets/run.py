@@ -1,17 +1,24 @@
-"""Run the whole Dagster graph for one date from the command line, and summarise what happened.
+"""Run a batch through Dagster from the command line: each account's day landed, then the models built once.
 
-The run takes its settings from the mapping it is given (resources built from those values for this run only):
-``os.environ`` is never changed. Its console output is one line per event, with an error's first line only, so
-the root cause that ends the output is easy to find; ``debug=True`` restores Dagster's own console with every
-traceback.
+``joor-pipeline run`` (one date, every account), ``run --from/--to`` (kept snapshots re-flattened) and ``demo`` all
+come here. A batch is a list of partitions (account, date): each is one run of the landing job (``joor_daily``:
+fetch, flatten, check, publish), one after the other, as the instance's run limit would run one account's runs;
+then, whatever became of them, one run of the model build (``joor_models``) if any of them published, over exactly
+the partitions published since the last build. A failed partition is reported and does not hold the others back.
+It is the sequence the daemon follows for a schedule tick or a backfill (``assets/automation.py``).
+
+The runs take their settings from the mapping they are given (resources built from those values for these runs
+only): ``os.environ`` is never changed. Their console output is one line per event, with an error's first line
+only, so the root cause that ends the output is easy to find; ``debug=True`` restores Dagster's own console with
+every traceback. Each finished run is handed, as a :class:`RunSummary`, to the caller's ``on_finished``.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -20,115 +27,95 @@ from typing import Any, Final
 import dagster as dg
 
 from joor_pipeline.alerts import ALERT_TAG, IN_PROCESS
-from joor_pipeline.assets.joor import joor_raw_connections, joor_tables
-from joor_pipeline.assets.models import joor_models
+from joor_pipeline.assets.automation import JOB_NAME, MODELS_JOB_NAME, synthetic_accounts, synthetic_tags
+from joor_pipeline.assets.failures import step_failure
+from joor_pipeline.assets.instance import InstanceBusy, open_instance
+from joor_pipeline.assets.joor import RAW_ASSET, joor_tables
 from joor_pipeline.assets.partitions import partition_key as multi_key
 from joor_pipeline.assets.resources import resources_from_values
-from joor_pipeline.config import DEFAULT_ACCOUNT, raise_problems, read_setting
-from joor_pipeline.definitions import JOB_NAME, build_defs
-from joor_pipeline.joor.errors import ConfigError, JoorError
+from joor_pipeline.config import DEFAULT_ACCOUNT
+from joor_pipeline.definitions import build_defs
+from joor_pipeline.joor.errors import JoorError
 from joor_pipeline.layout import SnapshotKey
-from joor_pipeline.storage.durable import LockTimeout, flocked
 from joor_pipeline.storage.raw import raw_snapshot_exists
 
-#: How long a run waits for another process that is creating the same fresh ``DAGSTER_HOME``.
-INSTANCE_WAIT_SECONDS: Final = 60.0
-#: Written into a ``DAGSTER_HOME`` this module creates (as ``dagster_home.example/dagster.yaml``): the pools
-#: that keep one process on JOOR and one writer on joor.duckdb, and no telemetry banner in the output.
-DAGSTER_YAML: Final = """# Written by joor-pipeline when it created this DAGSTER_HOME (as dagster_home.example/).
-concurrency:
-  runs:
-    tag_concurrency_limits:
-      - key: dagster/partition/account
-        value:
-          applyLimitPerUniqueValue: true
-        limit: 1
-  pools:
-    default_limit: 1
-    granularity: op
-telemetry:
-  enabled: false
-"""
-#: The longest root-cause line printed (the whole error is in the run's event log).
-MAX_CAUSE_CHARS: Final = 2000
+__all__ = [
+    "BatchSummary",
+    "InstanceBusy",
+    "RangeRefused",
+    "RunSummary",
+    "open_instance",
+    "range_partitions",
+    "run_batch",
+]
 
-#: Dagster's run tags of a multi-dimensional partition: ``dagster/partition/<dimension>``.
-PARTITION_TAG: Final = "dagster/partition"
+#: Tag on every run of one ``joor-pipeline run`` (or demo): the batch they belong to.
+BATCH_TAG: Final = "joor/batch"
 #: Tag on every run of ``joor-pipeline run --from D1 --to D2``.
 RANGE_TAG: Final = "joor/range"
 
 
 @dataclass
 class CheckOutcome:
-    """One asset check's result in a run."""
+    """One asset check's result in a run (a table's ``blocking_rules`` or ``warning_rules``, or a dbt test)."""
 
     asset: str
     check: str
     passed: bool
     severity: str
     failures: int | None
+    #: The rules that failed, each with what failed (a table check's; empty for a dbt test).
+    failed_rules: list[str] = field(default_factory=list)
 
 
 @dataclass
 class RunSummary:
-    """What a run of the graph did: success, rows per asset, every check, and the root cause of a failure."""
+    """What one Dagster run did: success, rows per asset, every check, and the root cause of a failure."""
 
     run_id: str
     success: bool
+    #: What the run was for: ``account A, YYYY-MM-DD`` for a landing run, ``models`` for the model build.
+    label: str = ""
+    account: str | None = None
+    snapshot_date: date | None = None
     rows: dict[str, int] = field(default_factory=dict)
     checks: list[CheckOutcome] = field(default_factory=list)
     failure: str | None = None
     #: The failed step's whole error, tracebacks included (printed under ``--debug``).
     failure_detail: str | None = None
-    #: The failed step and its root-cause line apart (``failure`` is "step: cause"), and the run's partition: what
-    #: an alert names (``alerts.alert_for_failed_run``).
+    #: The failed step and its root-cause line apart (``failure`` is "step: cause"): what an alert names
+    #: (``alerts.alert_for_failed_run``).
     step: str | None = None
     cause: str | None = None
-    account: str | None = None
-    snapshot_date: str | None = None
+    #: The run's tags (its partition, ``joor/batch``, ``joor/synthetic``).
+    tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def failed_checks(self) -> list[CheckOutcome]:
         return [c for c in self.checks if not c.passed]
 
-
-class InstanceBusy(JoorError):
-    """Another process kept ``DAGSTER_HOME`` locked while creating it for longer than we wait."""
-
-
-@contextmanager
-def _home_lock(home: Path, wait: float) -> Iterator[None]:
-    """Hold ``home``'s creation lock: two first runs must not create the same SQLite storage at once."""
-    try:
-        with flocked(home / ".joor-pipeline-instance.lock", wait):
-            yield
-    except LockTimeout:
-        raise InstanceBusy(f"DAGSTER_HOME {home} is being set up by another process; try again in a minute") from None
+    @property
+    def is_models(self) -> bool:
+        return self.account is None
 
 
-def open_instance(environ: Mapping[str, str], *, wait: float = INSTANCE_WAIT_SECONDS) -> dg.DagsterInstance:
-    """The instance at ``environ['DAGSTER_HOME']`` (so the run shows in the UI), else a throwaway one.
+@dataclass
+class BatchSummary:
+    """Every run of one batch, in order: the landing runs, then the model build (absent when nothing published)."""
 
-    A missing home is created (with a ``dagster.yaml``); a relative one is taken from the current directory; a
-    home that is a file is a ConfigError. The instance's storage is created under a file lock, so two first runs
-    at once wait for each other instead of racing on the SQLite schema.
-    """
-    raw = (environ.get("DAGSTER_HOME") or "").strip()
-    if not raw:
-        return dg.DagsterInstance.ephemeral()
-    home = Path(raw).expanduser().absolute()
-    if home.exists() and not home.is_dir():
-        raise ConfigError(f"DAGSTER_HOME {home} is not a directory")
-    created = not home.exists()
-    try:
-        home.mkdir(parents=True, exist_ok=True)
-        with _home_lock(home, wait):
-            config = home / "dagster.yaml"
-            if created and not config.exists():
-                config.write_text(DAGSTER_YAML, encoding="utf-8")
-            return dg.DagsterInstance.from_config(str(home))
-    except OSError as exc:
-        raise ConfigError(f"DAGSTER_HOME {home} is not usable: {exc.strerror or exc}") from None
+    runs: list[RunSummary] = field(default_factory=list)
+
+    @property
+    def success(self) -> bool:
+        return bool(self.runs) and all(run.success for run in self.runs)
+
+    @property
+    def failed(self) -> list[RunSummary]:
+        return [run for run in self.runs if not run.success]
+
+    @property
+    def models(self) -> RunSummary | None:
+        return next((run for run in self.runs if run.is_models), None)
 
 
 class _FirstLine(logging.Formatter):
@@ -156,74 +143,15 @@ def quiet_console(init_context: dg.InitLoggerContext) -> logging.Logger:
     return logger
 
 
-def _error_line(error: Any) -> str:
-    """The user-code error in a step failure's cause chain, as one line (Dagster's wrappers skipped)."""
-    chain = []
-    while error is not None:
-        chain.append(error)
-        error = error.cause or error.context
-    ours = [e for e in chain if not e.cls_name.startswith("Dagster")] or chain
-    cause = ours[0]
-    text = " ".join(cause.message.split())
-    # format_exception_only() prefixes the qualified class name; our own errors read well without it.
-    prefix, _, rest = text.partition(": ")
-    if prefix.startswith("joor_pipeline."):
-        text = rest
-    elif "." in prefix and " " not in prefix:
-        text = f"{cause.cls_name}: {rest}"
-    return text if len(text) <= MAX_CAUSE_CHARS else text[: MAX_CAUSE_CHARS - 1] + "…"
+def _json_list(value: Any) -> list[str]:
+    data = getattr(value, "data", None)
+    return [str(item) for item in data] if isinstance(data, list) else []
 
 
-def _failure(event: dg.DagsterEvent) -> tuple[str, str]:
-    """(one line, whole error) of a step failure."""
-    data = event.event_specific_data
-    user = getattr(data, "user_failure_data", None)
-    error = getattr(data, "error", None)
-    detail = error.to_string() if error is not None else (event.message or "")
-    if user is not None and user.description:
-        return " ".join(user.description.split()), detail
-    if error is None:
-        return event.message or "failed", detail
-    return _error_line(error), detail
-
-
-def run_graph(
-    snapshot_date: date,
-    environ: Mapping[str, str],
-    *,
-    allow_backdated: bool = False,
-    debug: bool = False,
-    account: str = DEFAULT_ACCOUNT,
-    refetch: bool = False,
-) -> RunSummary:
-    """Materialize every asset (and run every check) for ``account``'s ``snapshot_date`` through Dagster, with
-    ``environ``'s settings, leaving ``os.environ`` as it is (``refetch``: fetch again over a kept raw snapshot)."""
-    defs = build_defs(
-        environ,
-        resources=resources_from_values(environ),
-        loggers=None if debug else {"console": quiet_console},
-    )
-    job = defs.resolve_job_def(JOB_NAME)
-    run_config: dict[str, Any] = {
-        "ops": {"joor_raw_connections": {"config": {"allow_backdated": allow_backdated, "refetch": refetch}}},
-        "loggers": {"console": {"config": {"log_level": "DEBUG"} if debug else {}}},
-    }
-    with open_instance(environ) as instance:
-        result = job.execute_in_process(
-            partition_key=str(multi_key(account, snapshot_date)),
-            instance=instance,
-            run_config=run_config,
-            raise_on_error=False,
-            tags={ALERT_TAG: IN_PROCESS},  # the CLI alerts its failure; the daemon's sensor skips it
-        )
-    return _summarize(result)
-
-
-def _summarize(result: dg.ExecuteInProcessResult) -> RunSummary:
-    """Rows per asset, every check and the first failure of one in-process run."""
-    summary = RunSummary(run_id=result.run_id, success=result.success)
-    tags = result.dagster_run.tags
-    summary.account, summary.snapshot_date = tags.get(f"{PARTITION_TAG}/account"), tags.get(f"{PARTITION_TAG}/date")
+def summarize(result: dg.ExecuteInProcessResult, summary: RunSummary) -> RunSummary:
+    """``summary`` filled in from one in-process run: rows per asset, every check and the first failure."""
+    summary.run_id, summary.success = result.run_id, result.success
+    summary.tags = dict(result.dagster_run.tags)
     for event in result.all_events:
         if event.event_type_value == "ASSET_MATERIALIZATION":
             materialization = event.event_specific_data.materialization  # type: ignore[union-attr]
@@ -232,7 +160,8 @@ def _summarize(result: dg.ExecuteInProcessResult) -> RunSummary:
                 summary.rows[materialization.asset_key.to_user_string()] = int(rows.value)  # type: ignore[arg-type]
         elif event.event_type_value == "ASSET_CHECK_EVALUATION":
             evaluation = event.event_specific_data
-            failures = evaluation.metadata.get("failures")  # type: ignore[union-attr]
+            metadata = evaluation.metadata  # type: ignore[union-attr]
+            failures = metadata.get("failures")
             summary.checks.append(
                 CheckOutcome(
                     asset=evaluation.asset_key.to_user_string(),  # type: ignore[union-attr]
@@ -240,10 +169,11 @@ def _summarize(result: dg.ExecuteInProcessResult) -> RunSummary:
                     passed=evaluation.passed,  # type: ignore[union-attr]
                     severity=evaluation.severity.value,  # type: ignore[union-attr]
                     failures=int(failures.value) if failures is not None else None,  # type: ignore[arg-type]
+                    failed_rules=_json_list(metadata.get("failed_rules")),
                 )
             )
         elif event.event_type_value == "STEP_FAILURE" and summary.failure is None:
-            line, detail = _failure(event)
+            line, detail = step_failure(event)
             summary.failure = f"{event.step_key}: {line}"
             summary.failure_detail = detail
             summary.step, summary.cause = event.step_key, line
@@ -253,29 +183,81 @@ def _summarize(result: dg.ExecuteInProcessResult) -> RunSummary:
     return summary
 
 
+def partition_label(account: str, snapshot_date: date) -> str:
+    """How a landing run is named in the output: its date, and its account unless it is the only, default one."""
+    return snapshot_date.isoformat() if account == DEFAULT_ACCOUNT else f"account {account}, {snapshot_date}"
+
+
+def run_batch(
+    partitions: Sequence[tuple[str, date]],
+    environ: Mapping[str, str],
+    *,
+    fetch: bool = True,
+    allow_backdated: bool = False,
+    refetch: bool = False,
+    debug: bool = False,
+    tags: Mapping[str, str] | None = None,
+    on_finished: Callable[[RunSummary], None] | None = None,
+) -> BatchSummary:
+    """Land each (account, date) of ``partitions`` (fetching it, or with ``fetch=False`` re-flattening its kept raw
+    snapshot; ``refetch``: fetch again over a kept raw snapshot), then build the models once if any of them
+    published; every run recorded in ``environ``'s ``DAGSTER_HOME`` (or a throwaway instance), with ``environ``'s
+    settings, ``os.environ`` left as it is."""
+    defs = build_defs(
+        environ,
+        resources=resources_from_values(environ),
+        loggers=None if debug else {"console": quiet_console},
+    )
+    landing, models = defs.resolve_job_def(JOB_NAME), defs.resolve_job_def(MODELS_JOB_NAME)
+    loggers: dict[str, Any] = {"console": {"config": {"log_level": "DEBUG"} if debug else {}}}
+    # ALERT_TAG: the CLI alerts each failed run itself; the daemon's alert sensor skips these runs.
+    batch_tags = {BATCH_TAG: uuid.uuid4().hex[:12], ALERT_TAG: IN_PROCESS, **(tags or {})}
+    synthetic = set(synthetic_accounts(environ, {account for account, _day in partitions}))
+    selection = None if fetch else list(joor_tables.keys)
+    run_config: dict[str, Any] = {"loggers": loggers}
+    if fetch:
+        run_config["ops"] = {RAW_ASSET: {"config": {"allow_backdated": allow_backdated, "refetch": refetch}}}
+    batch = BatchSummary()
+    with open_instance(environ) as instance:
+        for account, day in partitions:
+            result = landing.execute_in_process(
+                partition_key=str(multi_key(account, day)),
+                instance=instance,
+                run_config=run_config,
+                tags={**batch_tags, **({"joor/synthetic": "true"} if account in synthetic else {})},
+                asset_selection=selection,
+                raise_on_error=False,
+            )
+            summary = summarize(result, RunSummary("", False, partition_label(account, day), account, day))
+            _finished(batch, summary, on_finished)
+        if any(run.success for run in batch.runs):
+            result = models.execute_in_process(
+                instance=instance,
+                run_config={"loggers": loggers},
+                tags={**batch_tags, **synthetic_tags(environ, synthetic)},
+                raise_on_error=False,
+            )
+            _finished(batch, summarize(result, RunSummary("", False, "models")), on_finished)
+    return batch
+
+
+def _finished(batch: BatchSummary, summary: RunSummary, on_finished: Callable[[RunSummary], None] | None) -> None:
+    batch.runs.append(summary)
+    if on_finished is not None:
+        on_finished(summary)
+
+
 class RangeRefused(JoorError):
     """A date range asked for a date without a kept raw snapshot (a range is never back-dated)."""
 
 
-def run_range(
-    start: date,
-    end: date,
-    environ: Mapping[str, str],
-    *,
-    debug: bool = False,
-    accounts: tuple[str, ...] = (DEFAULT_ACCOUNT,),
-) -> RunSummary:
-    """Re-flatten and check the raw snapshot kept for each date from ``start`` to ``end``, then build the models once.
-
-    Refused (:class:`RangeRefused`, naming the dates) when a date of the range has no raw snapshot: JOOR serves
-    only the current state, so a range never fetches. Stops at the first date whose run fails; the models are
-    built only when every date succeeded.
-    """
+def range_partitions(
+    start: date, end: date, data_dir: Path, accounts: Sequence[str] = (DEFAULT_ACCOUNT,)
+) -> list[tuple[str, date]]:
+    """Every (account, date) from ``start`` to ``end``, each with a kept raw snapshot, or :class:`RangeRefused`
+    naming the dates without one: JOOR serves only the current state, so a range never fetches."""
     if end < start:
         raise RangeRefused(f"--to {end} is before --from {start}")
-    problems: list[str] = []
-    data_dir = read_setting(environ, "JOOR_DATA_DIR", problems)  # a range never fetches: no JOOR account needed
-    raise_problems(problems)
     days = [start + timedelta(days=n) for n in range((end - start).days + 1)]
     missing = [
         f"{d.isoformat()} (account {account})" if len(accounts) > 1 else d.isoformat()
@@ -288,37 +270,4 @@ def run_range(
             f"no raw snapshot kept for {', '.join(missing)} in {data_dir}: a range only re-flattens kept snapshots "
             "(JOOR serves only the current state; fetch one past date alone with `run --date D --allow-backdated`)"
         )
-    resources = resources_from_values(environ)
-    assets = [joor_raw_connections, joor_tables, joor_models]
-    table_keys = list(joor_tables.keys)
-    combined = RunSummary(run_id="", success=True)
-    run_ids: list[str] = []
-    run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "DEBUG"} if debug else {}}}}
-    with open_instance(environ) as instance:
-        steps: list[tuple[str | None, list[dg.AssetKey]]] = [
-            (str(multi_key(account, day)), table_keys) for account in accounts for day in days
-        ]
-        steps.append((None, list(joor_models.keys)))
-        for partition_key, selection in steps:
-            result = dg.materialize(
-                assets,
-                selection=selection,
-                partition_key=partition_key,
-                instance=instance,
-                resources=resources,
-                raise_on_error=False,
-                tags={RANGE_TAG: f"{start.isoformat()}..{end.isoformat()}", ALERT_TAG: IN_PROCESS},
-                run_config=run_config,
-            )
-            summary = _summarize(result)
-            run_ids.append(summary.run_id)
-            combined.rows.update(summary.rows)
-            combined.checks += summary.checks
-            if not summary.success:
-                combined.success = False
-                combined.failure = f"{partition_key or 'models'}: {summary.failure}"
-                combined.step, combined.cause = summary.step, summary.cause
-                combined.account, combined.snapshot_date = summary.account, summary.snapshot_date
-                break
-    combined.run_id = ", ".join(run_ids)
-    return combined
+    return [(account, day) for account in accounts for day in days]

@@ -39,6 +39,7 @@ from joor_pipeline.alerts import (
     secret_values,
     send_alert,
 )
+from joor_pipeline.assets.failures import step_failure
 from joor_pipeline.assets.partitions import ACCOUNTS
 from joor_pipeline.assets.resources import DataDirResource
 from joor_pipeline.config import BY_NAME
@@ -108,13 +109,11 @@ def _partition(run: dg.DagsterRun) -> tuple[str | None, str | None]:
 def failed_run_alert(instance: dg.DagsterInstance, run: dg.DagsterRun, message: str | None = None) -> Alert:
     """The alert of a failed run: its first failed step and that step's root-cause line, found as
     ``joor-pipeline run`` finds it (``assets/run.py``), or the run's own failure message when no step failed."""
-    from joor_pipeline.assets.run import _failure  # here: run.py imports the definitions, which import this
-
     step = None
     steps = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
     if steps and steps[0].dagster_event is not None:
         event = steps[0].dagster_event
-        step, (cause, _detail) = event.step_key, _failure(event)
+        step, (cause, _detail) = event.step_key, step_failure(event)
     else:
         lines = (message or "").strip().splitlines()
         cause = lines[0] if lines else "run failed"

@@ -1,0 +1,43 @@
+"""A failed step's root cause as one line: what ``joor-pipeline run`` prints last and what an alert names.
+
+Shared by the CLI's in-process runs (``assets/run.py``) and the daemon's failure sensor (``assets/sensors.py``), so
+both say the same thing; it imports nothing of the project.
+"""
+
+from typing import Any, Final
+
+import dagster as dg
+
+#: The longest root-cause line printed (the whole error is in the run's event log).
+MAX_CAUSE_CHARS: Final = 2000
+
+
+def error_line(error: Any) -> str:
+    """The user-code error in a step failure's cause chain, as one line (Dagster's wrappers skipped)."""
+    chain = []
+    while error is not None:
+        chain.append(error)
+        error = error.cause or error.context
+    ours = [e for e in chain if not e.cls_name.startswith("Dagster")] or chain
+    cause = ours[0]
+    text = " ".join(cause.message.split())
+    # format_exception_only() prefixes the qualified class name; our own errors read well without it.
+    prefix, _, rest = text.partition(": ")
+    if prefix.startswith("joor_pipeline."):
+        text = rest
+    elif "." in prefix and " " not in prefix:
+        text = f"{cause.cls_name}: {rest}"
+    return text if len(text) <= MAX_CAUSE_CHARS else text[: MAX_CAUSE_CHARS - 1] + "…"
+
+
+def step_failure(event: dg.DagsterEvent) -> tuple[str, str]:
+    """(one line, whole error) of a step failure."""
+    data = event.event_specific_data
+    user = getattr(data, "user_failure_data", None)
+    error = getattr(data, "error", None)
+    detail = error.to_string() if error is not None else (event.message or "")
+    if user is not None and user.description:
+        return " ".join(user.description.split()), detail
+    if error is None:
+        return event.message or "failed", detail
+    return error_line(error), detail
