@@ -521,10 +521,16 @@ class FinishedRun(Protocol):
 
 
 def check_lines(checks: Iterable[_Check]) -> tuple[str, ...]:
-    """One line per failed check: severity, asset.check and how many records failed it."""
-    return tuple(
-        f"{c.severity} {c.asset}.{c.check}" + (f" ({c.failures} records)" if c.failures else "") for c in checks
-    )
+    """One line per failed check: severity, asset.check and its failed rules (a table's ``blocking_rules`` or
+    ``warning_rules``: each rule with its failing records), or how many records failed it (a dbt test)."""
+    lines = []
+    for c in checks:
+        rules = list(getattr(c, "failed_rules", None) or ())
+        if rules:
+            lines.append(f"{c.severity} {c.asset}.{c.check}: {'; '.join(rules)}")
+        else:
+            lines.append(f"{c.severity} {c.asset}.{c.check}" + (f" ({c.failures} records)" if c.failures else ""))
+    return tuple(lines)
 
 
 def alert_for_failed_run(

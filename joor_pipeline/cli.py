@@ -350,7 +350,8 @@ def _conclude(batch: BatchSummary) -> int:
     if not failed:
         return 0
     sys.stdout.flush()  # the cause is the last line, also when both streams go to one file
-    if len(batch.runs) == 1:
+    landings = [run for run in batch.runs if not run.is_models]
+    if len(landings) == 1 and len(failed) == 1:  # one account's day: its landing or its build failed
         print(f"error: {failed[0].failure}", file=sys.stderr)
     else:
         causes = "; ".join(f"{run.label}: {run.failure}" for run in failed)

@@ -398,7 +398,7 @@ def test_the_warning_sensor_alerts_a_successful_run_whose_warnings_failed(tmp_pa
     assert len(hook.posts) == 1
     text = hook.posts[0].json["text"]
     assert text.splitlines()[0] == "joor-pipeline: warning checks failed (account default, 2026-03-02)"
-    assert "\nWARN connections.max_lengths (1 records)" in text
+    assert "\nWARN connections.warning_rules: max_lengths (1 records)" in text
     assert fields_of(text)["run"] == result.run_id
 
 
@@ -545,6 +545,7 @@ def test_the_daemon_alerts_a_launched_run_and_leaves_the_cli_run_to_the_cli(tmp_
     root = Path(__file__).resolve().parents[1]
     home, data = tmp_path / "home", tmp_path / "data"
     home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))  # the one-machine dagster.yaml names its event log's home by it
     (home / "dagster.yaml").write_text(
         (root / "dagster_home.example" / "dagster.sqlite.yaml").read_text(encoding="utf-8"), encoding="utf-8"
     )

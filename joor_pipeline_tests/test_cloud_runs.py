@@ -73,7 +73,7 @@ def test_run_over_two_accounts_then_every_reader_on_each_backend(backend: Backen
     done = cli(backend, "run", **env)
     assert done.returncode == 0, done.stdout + done.stderr
     output = quiet(done, backend)
-    assert "account brand_a:" in output and "account brand_b:" in output
+    assert "account brand_a, " in output and "account brand_b, " in output and "models: Dagster run" in output
 
     keys = backend.objects()
     assert "joor.duckdb" in keys

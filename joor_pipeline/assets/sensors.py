@@ -73,6 +73,9 @@ class _CheckSeen:
         self.severity = evaluation.severity.value
         failures = evaluation.metadata.get("failures")
         self.failures = int(failures.value) if failures is not None else None
+        rules = evaluation.metadata.get("failed_rules")
+        data = getattr(rules, "data", None)
+        self.failed_rules = [str(rule) for rule in data] if isinstance(data, list) else []
 
 
 def _failed_checks(instance: dg.DagsterInstance, run_id: str) -> list[_CheckSeen]:
