@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
+from bench.sections import replace_section
 from bench.snapshots import PROJECT_ROOT, SNAPSHOT_DATE, SNAPSHOT_KEY, ensure_snapshots, snapshot_data_dir
 
 BEGIN: Final = "<!-- backends bench: python -m bench.backends_bench -->"
@@ -166,14 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         END,
     ]
     section = "\n".join(lines)
-    text = args.out.read_text(encoding="utf-8")
-    if BEGIN in text:
-        start, end = text.index(BEGIN), text.index(END) + len(END)
-        text = text[:start] + section + text[end:]
-    else:
-        anchor = text.index("## Machine")
-        text = text[:anchor] + section + "\n\n" + text[anchor:]
-    args.out.write_text(text, encoding="utf-8")
+    replace_section(args.out, section, BEGIN, END, before="## Machine")
     print(section)
     return 0
 

@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bench.machine import describe
+from bench.sections import replace_section
 from bench.snapshots import PROJECT_ROOT
 from joor_pipeline.flatten.schema import TABLES
 from joor_pipeline_tests.model_fixtures import clean_retailer, snapshot_rows, table_of
@@ -379,17 +380,6 @@ def render(results: dict[str, Any], args: argparse.Namespace, minutes: float) ->
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.is_file() else "# Benchmark results\n"
-    if BEGIN in text and END in text:
-        before, rest = text.split(BEGIN, 1)
-        after = rest.split(END, 1)[1].lstrip("\n")
-        text = before + section + ("\n" + after if after else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.warehouse_growth")
     sub = parser.add_subparsers(dest="command")
@@ -423,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "back-to-back"):
         results["back_to_back"] = back_to_back(args)
     saved.write_text(json.dumps(results, indent=1, default=str))
-    write_section(args.out, render(results, args, (time.perf_counter() - started) / 60))
+    replace_section(args.out, render(results, args, (time.perf_counter() - started) / 60), BEGIN, END)
     print(f"wrote {args.out}")
     return 0
 
