@@ -121,8 +121,10 @@ def check_marks(found: list[Block]) -> None:
     problems = []
     for block in found:
         if block.mark is None and block.lang in CODE_LANGUAGES:
-            problems.append(f"{block.where()} is not marked: <!-- runnable -->, <!-- operator: STEP --> or "
-                            "<!-- example: why --> on the line before it")  # fmt: skip
+            problems.append(
+                f"{block.where()} is not marked: <!-- runnable -->, <!-- operator: STEP --> or <!-- example: why --> "
+                "on the line before it"
+            )
         elif block.mark is not None and block.kind not in {"runnable", "operator", "example"}:
             problems.append(f"{block.where()}: {block.kind}")
         elif block.kind == "example" and not block.argument:
