@@ -506,7 +506,8 @@ def test_backfill_through_graphql_on_a_postgres_instance(deployment: Deployment)
     # 8. The README's last step: `joor-pipeline run` from the command line, in the same environment, recorded in
     # the same Postgres instance (today's snapshots are kept, so it re-flattens them, then builds the models).
     assert deployment.environment is not None
-    ran = follow("run", operator_step("run").text, deployment.environment, deployment.checkout)
+    step = operator_step("run", blocks(deployment.checkout / "README.md"))
+    ran = follow("run", step.text, deployment.environment, deployment.checkout)
     cli_runs = deployment.query(
         "select r.status from runs r join run_tags t on t.run_id = r.run_id where t.key = %s and t.value = %s",
         ALERT_TAG,
