@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import socket
@@ -19,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import httpx
 
@@ -284,3 +285,80 @@ class GraphQL:
         if body.get("errors"):
             raise DeploymentError(f"GraphQL errors: {body['errors']}")
         return dict(body["data"])
+
+
+# ---- the README's operator steps, followed on a fresh checkout ------------------------------------------------
+
+UV_MISSING: Final = (
+    "uv was not found on PATH nor as `python3 -m uv`: the deployment test follows the README's install, "
+    "`uv sync ...` (pip install uv; `make setup` does it)"
+)
+
+
+def uv_dir(scratch: Path) -> Path:
+    """A directory holding ``uv``, to put on PATH: uv's own, or a link to the one ``python3 -m uv`` runs."""
+    found = shutil.which("uv")
+    if found:
+        return Path(found).parent
+    for python in ("python3", sys.executable):
+        done = subprocess.run(
+            [python, "-c", "import uv; print(uv.find_uv_bin())"], capture_output=True, text=True, check=False
+        )
+        if done.returncode == 0 and Path(done.stdout.strip()).is_file():
+            scratch.mkdir(parents=True, exist_ok=True)
+            (scratch / "uv").symlink_to(done.stdout.strip())
+            return scratch
+    raise DeploymentError(UV_MISSING)
+
+
+def operator_environment(base: Mapping[str, str], uv_bin: Path) -> dict[str, str]:
+    """The shell an operator follows the README in: ``base``, uv on PATH, no other project's environment active.
+
+    PYTHONDONTWRITEBYTECODE (set on this project's test machines) is dropped: an operator's fresh install writes
+    its bytecode on first import, instead of every process of it compiling Dagster again.
+    """
+    env = {
+        k: v for k, v in base.items() if k not in {"VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT", "PYTHONDONTWRITEBYTECODE"}
+    }
+    env["PATH"] = os.pathsep.join([str(uv_bin), env.get("PATH", "")])
+    return env
+
+
+def follow(step: str, text: str, env: Mapping[str, str], cwd: Path, timeout: float = 600) -> str:
+    """Run one step's shell text as an operator would paste it (given on standard input, so no value in it shows
+    in the process list); its output, or DeploymentError naming the step."""
+    clock = time.monotonic()
+    try:
+        done = subprocess.run(
+            ["bash", "--noprofile", "--norc", "-e", "-o", "pipefail"],
+            input=text,
+            cwd=cwd,
+            env=dict(env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise DeploymentError(f"the README's {step} step did not finish within {timeout:.0f}s") from exc
+    if done.returncode != 0:
+        raise DeploymentError(
+            f"the README's {step} step failed with exit code {done.returncode}:\n{text}\n---\n"
+            f"{done.stdout}{done.stderr}"
+        )
+    print(f"the README's {step} step: {time.monotonic() - clock:.1f}s")
+    return done.stdout + done.stderr
+
+
+def exported(step: str, text: str, env: Mapping[str, str], cwd: Path) -> dict[str, str]:
+    """The variables a step's shell text exports (or changes), as the next steps' shell would have them."""
+    handle, dump = tempfile.mkstemp(prefix="joor-operator-env-")
+    os.close(handle)
+    try:
+        follow(step, f"{text}\nenv -0 > {shlex.quote(dump)}\n", env, cwd)
+        entries = Path(dump).read_text().split("\0")
+    finally:
+        os.unlink(dump)
+    after = dict(entry.split("=", 1) for entry in entries if "=" in entry)
+    shell_own = {"_", "SHLVL", "PWD", "OLDPWD"}
+    return {name: value for name, value in after.items() if env.get(name) != value and name not in shell_own}

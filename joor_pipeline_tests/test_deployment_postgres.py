@@ -1,6 +1,7 @@
-"""The Postgres-backed deployment of dagster_home.example/dagster.yaml, run for real: PostgreSQL, the daemon and
-the webserver as separate processes, a backfill of 2 accounts x 2 dates launched through GraphQL, its runs, checks,
-per-account run concurrency, and the models built once after it by the sensor."""
+"""The README's *Running in production*, followed step by step on a fresh checkout and run for real: the install,
+PostgreSQL, dagster_home.example/dagster.yaml, check, the daemon and the webserver as separate processes, the pool;
+a backfill of 2 accounts x 2 dates launched through GraphQL, its runs, checks, per-account run concurrency, the
+models built once after it by the sensor; and a joor-pipeline run recorded in the same instance."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import itertools
 import json
 import os
 import secrets
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -22,6 +22,7 @@ import httpx
 import psycopg2
 import pytest
 
+from joor_pipeline.alerts import ALERT_TAG, IN_PROCESS
 from joor_pipeline.assets.automation import SENSOR_NAME
 from joor_pipeline.assets.joor import RAW_ASSET, joor_tables
 from joor_pipeline.assets.models import DUCKDB_POOL, joor_models
@@ -35,20 +36,23 @@ from joor_pipeline_tests.deployment import (
     GraphQL,
     PostgresServer,
     ServiceProcess,
+    exported,
+    follow,
     free_port,
     log_tail,
+    operator_environment,
     running_postgres,
     service,
-    venv_script,
+    uv_dir,
     wait_for,
 )
 from joor_pipeline_tests.raw_fixtures import snap
+from joor_pipeline_tests.readme import blocks, fresh_checkout, operator_step, replaced
 
 pytestmark = pytest.mark.deployment
 
 REPO: Final = Path(__file__).resolve().parent.parent
 EXAMPLE_CONFIG: Final = REPO / "dagster_home.example" / "dagster.yaml"
-WORKSPACE: Final = REPO / "workspace.yaml"
 
 #: The database and role an operator creates, exactly as the README says (the password is the test's own).
 DB_NAME: Final = "dagster"
@@ -131,10 +135,6 @@ query Backfill($id: String!, $tags: [ExecutionTag!]) {
 }
 """
 
-SET_POOL_LIMIT: Final = """
-mutation SetPool($key: String!, $limit: Int!) { setConcurrencyLimit(concurrencyKey: $key, limit: $limit) }
-"""
-
 MODEL_RUNS_QUERY: Final = """
 query ModelRuns($job: String!) {
   runsOrError(filter: {pipelineName: $job}) {
@@ -167,6 +167,9 @@ class Deployment:
     location: str = ""
     repository: str = ""
     start_daemon: Callable[[], ServiceProcess] | None = None
+    #: The fresh checkout the README was followed in, and the environment of its steps (DAGSTER_*, JOOR_*).
+    checkout: Path = Path()
+    environment: dict[str, str] | None = None
 
     def tails(self) -> str:
         return "\n".join(log_tail(path) for path in self.logs)
@@ -247,17 +250,24 @@ def _base_environment(extra: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[Deployment]:
-    """PostgreSQL, a JOOR sandbox and the Dagster webserver on 127.0.0.1, the daemon on request; all stopped after.
+    """The README's operator steps on a fresh checkout, on 127.0.0.1: install, PostgreSQL's role and database,
+    DAGSTER_HOME, check, the webserver (the daemon on request), the pool's limit; all stopped after.
 
-    The steps are the README's: create the role and database, write DAGSTER_HOME/dagster.yaml, start the
-    webserver and the daemon with the same variables and workspace, give the two pools their limits.
+    Each step runs the README's own block (``<!-- operator: STEP -->``), with only its placeholders replaced.
+    Steps 4 (the JOOR_* variables) and 7 (run config in the UI) are prose and YAML: the JOOR_* variables name an
+    accounts file of two sandboxes standing in for JOOR, and the backfill takes the run config through GraphQL.
     """
     password = secrets.token_urlsafe(18)
     dagster_home = tmp_path / "dagster_home"
-    dagster_home.mkdir()
-    shutil.copy(EXAMPLE_CONFIG, dagster_home / "dagster.yaml")
     data_dir = tmp_path / "data"
     logs = (tmp_path / "webserver.log", tmp_path / "daemon.log")
+    checkout = fresh_checkout(tmp_path / "joor-pipeline")
+    readme = blocks(checkout / "README.md")
+    shell = operator_environment(_base_environment({}), uv_dir(tmp_path / "uv"))
+
+    # 1. Install, as the README says, into the checkout's own .venv (uv's cache makes it seconds).
+    follow("install", operator_step("install", readme).text, shell, checkout)
+    assert (checkout / ".venv" / "bin" / "dagster-webserver").is_file()
 
     with contextlib.ExitStack() as stack:
         postgres = stack.enter_context(running_postgres())
@@ -267,39 +277,49 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
             )
             for n, account in enumerate(ACCOUNTS)
         }
-        postgres.sql(
-            f"CREATE ROLE {DB_USER} LOGIN PASSWORD '{password}'",
-            f"CREATE DATABASE {DB_NAME} OWNER {DB_USER}",
+        # 2. The role and the database, as the superuser.
+        database = replaced(operator_step("database", readme), {"'choose-a-password'": f"'{password}'"})
+        postgres.sql(*(statement.strip() for statement in database.split(";") if statement.strip()))
+        # 3. DAGSTER_HOME and the database's variables, exported for the next steps.
+        home = replaced(
+            operator_step("home", readme),
+            {
+                "/srv/joor/dagster_home": str(dagster_home),
+                "db.internal": postgres.host,
+                "DAGSTER_PG_PORT=5432": f"DAGSTER_PG_PORT={postgres.port}",
+                "DAGSTER_PG_PASSWORD=...": f"DAGSTER_PG_PASSWORD={password}",
+            },
         )
+        dagster_env = exported("home", home, shell, checkout)
+        assert (dagster_home / "dagster.yaml").read_bytes() == EXAMPLE_CONFIG.read_bytes()
+        assert dagster_env["DAGSTER_HOME"] == str(dagster_home) and dagster_env["DAGSTER_PG_USER"] == DB_USER
+        # 4. The JOOR_* variables, then the connection test of every account.
         data_dir.mkdir()
         joor_env = joor_environment(sandboxes, data_dir)
+        env = {**shell, **dagster_env, **joor_env}
+        checked = follow("check", operator_step("check", readme).text, env, checkout)
+        assert all(f"account {account}: ok" in checked for account in ACCOUNTS), checked
         for account in ACCOUNTS:
             land_snapshot(joor_env, account, backfill_dates()[0])
         # From here on each page takes a while, so a fetch step lasts long enough to collide with another run's.
         for sandbox in sandboxes.values():
             sandbox.faults = Faults(latency_ms=FETCH_LATENCY_MS)
 
-        env = _base_environment(
-            {
-                "DAGSTER_HOME": str(dagster_home),
-                "DAGSTER_PG_HOST": postgres.host,
-                "DAGSTER_PG_PORT": str(postgres.port),
-                "DAGSTER_PG_USER": DB_USER,
-                "DAGSTER_PG_PASSWORD": password,
-                "DAGSTER_PG_DB": DB_NAME,
-                **joor_env,
-            }
-        )
+        # 5. The two services, each line of the README's block (the webserver on 127.0.0.1 and a free port).
         web_port = free_port()
+        services = replaced(operator_step("services", readme), {"-h 0.0.0.0 -p 3000": f"-h 127.0.0.1 -p {web_port}"})
+        [daemon_line] = [line for line in services.splitlines() if "dagster-daemon run" in line]
+        [webserver_line] = [line for line in services.splitlines() if "dagster-webserver" in line]
         graphql = GraphQL(f"http://127.0.0.1:{web_port}/graphql")
-        webserver_args = [venv_script("dagster-webserver"), "-w", str(WORKSPACE), "-h", "127.0.0.1"]
-        webserver_args += ["-p", str(web_port)]
-        webserver = stack.enter_context(service("dagster-webserver", webserver_args, env, tmp_path, logs[0]))
+        webserver = stack.enter_context(
+            service("dagster-webserver", ["bash", "-c", f"exec {webserver_line}"], env, checkout, logs[0])
+        )
         deployed = Deployment(postgres, password, graphql, sandboxes, data_dir, logs)
 
         def start_daemon() -> ServiceProcess:
-            daemon_args = [venv_script("dagster-daemon"), "run", "-w", str(WORKSPACE)]
-            return stack.enter_context(service("dagster-daemon", daemon_args, env, tmp_path, logs[1]))
+            return stack.enter_context(
+                service("dagster-daemon", ["bash", "-c", f"exec {daemon_line}"], env, checkout, logs[1])
+            )
 
         clock = time.monotonic()
         try:
@@ -310,13 +330,20 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
         except DeploymentError as exc:
             raise DeploymentError(f"{exc}\n{deployed.tails()}") from None
         print(f"webserver serving the code location {time.monotonic() - clock:.0f}s after start")
-        # Explicit pool limits, as the README says (the UI's pools page makes the same call). They also avoid
-        # dagster-io/dagster#33552: on Postgres, two runs that both initialise a pool from default_limit at the
-        # same moment can fail one of them.
-        assert graphql(SET_POOL_LIMIT, {"key": DUCKDB_POOL, "limit": 1})["setConcurrencyLimit"] is True
+        # 6. The pool's limit, with the README's command. Explicit, as the README says: it also avoids
+        # dagster-io/dagster#33552 (on Postgres, two runs that both initialise a pool from default_limit at the
+        # same moment can fail one of them).
+        follow("pool", operator_step("pool", readme).text, env, checkout)
         for sandbox in sandboxes.values():
             sandbox.reset_stats()
-        yield replace(deployed, location=location, repository=repository, start_daemon=start_daemon)
+        yield replace(
+            deployed,
+            location=location,
+            repository=repository,
+            start_daemon=start_daemon,
+            checkout=checkout,
+            environment=env,
+        )
 
     output = "\n".join(path.read_text(errors="replace") for path in logs if path.is_file())
     assert password not in output, "the Postgres password appeared in Dagster's output"
@@ -475,3 +502,15 @@ def test_backfill_through_graphql_on_a_postgres_instance(deployment: Deployment)
     with duckdb.connect(str(deployment.data_dir / "joor.duckdb"), read_only=True) as con:
         snapshots = con.execute("select account, count(*) from staging.int_snapshots group by 1 order by 1").fetchall()
     assert snapshots == [(account, len(dates)) for account in ACCOUNTS]
+
+    # 8. The README's last step: `joor-pipeline run` from the command line, in the same environment, recorded in
+    # the same Postgres instance (today's snapshots are kept, so it re-flattens them, then builds the models).
+    assert deployment.environment is not None
+    step = operator_step("run", blocks(deployment.checkout / "README.md"))
+    ran = follow("run", step.text, deployment.environment, deployment.checkout)
+    cli_runs = deployment.query(
+        "select r.status from runs r join run_tags t on t.run_id = r.run_id where t.key = %s and t.value = %s",
+        ALERT_TAG,
+        IN_PROCESS,
+    )
+    assert sorted(status for (status,) in cli_runs) == ["SUCCESS"] * (len(ACCOUNTS) + 1), (cli_runs, ran)

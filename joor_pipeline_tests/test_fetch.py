@@ -303,7 +303,8 @@ def test_cli_flatten_without_raw_snapshot_is_a_clear_error(tmp_path: Path, capsy
     assert main(["flatten", "--date", "2026-01-01", "--data-dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "error: no raw snapshot for 2026-01-01" in err
-    assert "joor-pipeline fetch --date 2026-01-01" in err
+    # a past date: the fetch it suggests must work as given (JOOR serves only today's state)
+    assert "joor-pipeline fetch --date 2026-01-01 --allow-backdated` (it files today's JOOR" in err
 
 
 def test_standalone_sandbox_process(tmp_path: Path) -> None:

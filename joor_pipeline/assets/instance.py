@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import sys
 import time
 from collections import OrderedDict
@@ -29,6 +30,7 @@ from typing import Any, Final
 
 import dagster as dg
 import sqlalchemy as sa
+from dagster._check import CheckError
 from dagster._config import StringSource
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log import SqliteEventLogStorage
@@ -185,9 +187,37 @@ def open_instance(environ: Mapping[str, str], *, wait: float = INSTANCE_WAIT_SEC
             config = home / "dagster.yaml"
             if created and not config.exists():
                 config.write_text(DAGSTER_YAML.format(home=_yaml_string(str(home))), encoding="utf-8")
-            return dg.DagsterInstance.from_config(str(home))
+            try:
+                return dg.DagsterInstance.from_config(str(home))
+            except CheckError as exc:  # a module dagster.yaml names is not installed, e.g. dagster_postgres
+                missing = _missing_package(exc, config)
+                if missing is None:
+                    raise
+                raise missing from None
     except OSError as exc:
         raise ConfigError(f"DAGSTER_HOME {home} is not usable: {exc.strerror or exc}") from None
+
+
+#: The extra that installs a module a ``dagster.yaml`` may name (dagster-postgres, and psycopg2 with it).
+EXTRA_OF_MODULE: Final = {"dagster_postgres": ("postgres", "dagster-postgres")}
+_NOT_IMPORTED: Final = re.compile(r"Couldn't import module (?P<module>[\w.]+) when attempting to load the "
+                                  r"configurable class (?P<cls>[\w.]+)")  # fmt: skip
+
+
+def _missing_package(exc: CheckError, config: Path) -> ConfigError | None:
+    """Dagster's "Couldn't import module" as one line naming the extra to install; None for another error."""
+    found = _NOT_IMPORTED.search(str(exc))
+    if not found:
+        return None
+    module = found["module"].split(".")[0]
+    if module not in EXTRA_OF_MODULE:
+        return ConfigError(f"{config} names {found['cls']}, but its module {module} is not installed")
+    extra, package = EXTRA_OF_MODULE[module]
+    return ConfigError(
+        f"{config} names {found['cls']}, which needs the optional package {package}: install the {extra} extra "
+        f"(uv sync --frozen --no-dev --all-extras, or --extra {extra} with every other extra this deployment uses; "
+        f"or pip install 'joor-pipeline[{extra}]')"
+    )
 
 
 def _yaml_string(text: str) -> str:

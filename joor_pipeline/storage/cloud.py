@@ -198,8 +198,8 @@ class _BotocoreProfile:
             import botocore.session
         except ImportError:
             raise MissingExtra(
-                f"AWS_PROFILE for {url} needs botocore: install the s3 extra (uv sync --extra s3, or pip install "
-                "'joor-pipeline[s3]')"
+                f"AWS_PROFILE for {url} needs botocore: install the s3 extra (uv sync --extra s3, with every other "
+                "extra this deployment uses; or pip install 'joor-pipeline[s3]')"
             ) from None
         self.session = botocore.session.Session(profile=profile)
         self.region: str | None = self.session.get_config_variable("region")

@@ -19,6 +19,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,10 @@ def raw_snapshot_exists(data_dir: Path, key: SnapshotKey) -> bool:
 
 def _fetch_first(key: SnapshotKey) -> str:
     option = f" --account {key.account}" if key.account != DEFAULT_ACCOUNT else ""
-    return f"run `joor-pipeline fetch{option} --date {key.snapshot_date.isoformat()}` first"
+    # JOOR serves only today's state: a past date's fetch must say it files today's connections under that date
+    past = key.snapshot_date < datetime.now(UTC).date()
+    backdated = " --allow-backdated` (it files today's JOOR connections under that date)" if past else "`"
+    return f"run `joor-pipeline fetch{option} --date {key.snapshot_date.isoformat()}{backdated} first"
 
 
 def read_manifest(data_dir: Path, key: SnapshotKey) -> dict[str, Any]:
