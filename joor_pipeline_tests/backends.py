@@ -8,12 +8,15 @@ A test takes the ``backend`` fixture and runs once per name in :data:`BACKENDS`;
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from joor_pipeline import layout
 from joor_pipeline.config import SETTINGS, check_data_dir
 from joor_pipeline.storage.factory import store_of
 from joor_pipeline.storage.store import Store
@@ -25,6 +28,9 @@ BACKENDS = tuple(SCHEMES)
 CLOUDS = tuple(name for name, scheme in SCHEMES.items() if scheme)
 #: A secret value of the S3 backend's credentials, which must never show anywhere (see :attr:`Backend.secret`).
 SECRET = S3_SECRET
+#: ``JOOR_STORE_LEASE_SECONDS`` of a writer a crash test kills: long enough that no load delays its renewals past
+#: it; the test then expires the dead writer's lease itself (:meth:`Backend.expire_dead_leases`).
+DEAD_WRITER_LEASE = "120"
 
 
 @dataclass
@@ -56,6 +62,24 @@ class Backend:
         set), which must never show in output, logs or objects."""
         return (self.emulator.secret if self.emulator else "") or SECRET
 
+    def expire_dead_leases(self) -> None:
+        """What time does to the lease objects a SIGKILLed writer left (their life elapsing), done at once: each is
+        rewritten as expired, so the next run's takeover (compare-and-swap against the version it reads) happens
+        now, however long the lease. A killed writer runs with a long lease (:data:`DEAD_WRITER_LEASE`) so that a
+        loaded machine never makes it lose its lease before the write it is killed at."""
+        if self.lease_seconds is None:
+            return  # a flock is freed by the kernel when its holder dies
+        for key in self.objects(layout.LOCKS):
+            found = self.store.read(key)
+            if found is None:
+                continue
+            try:
+                info = json.loads(found[0])
+            except ValueError:
+                continue  # junk: the next run sets it aside anyway
+            info["expires_at"] = time.time() - 1
+            self.store.write(key, json.dumps(info).encode())
+
     def objects(self, prefix: str = "") -> list[str]:
         """Every key under ``prefix`` (local disk: the data's files; the scratch under ``_work/`` excepted)."""
         keys = sorted(self.store.list(prefix))
@@ -78,14 +102,14 @@ def make_backend(request: pytest.FixtureRequest, name: str, tmp_path: Path, monk
         env = {**os.environ, "JOOR_FLATTEN_WORKERS": "1"}
         return Backend("local", str(location), check_data_dir(location), env)
     emulator: Emulator = request.getfixturevalue(FIXTURES[scheme])
-    settings = {**emulator.env, "JOOR_WORK_DIR": str(tmp_path / "work"), "JOOR_STORE_LEASE_SECONDS": "2"}
+    settings = {**emulator.env, "JOOR_WORK_DIR": str(tmp_path / "work"), "JOOR_STORE_LEASE_SECONDS": "30"}
     for variable, value in settings.items():
         monkeypatch.setenv(variable, value)
     location = f"{scheme}://{new_bucket(emulator)}/data"
     data_dir = check_data_dir(Path(location))
     assert data_dir == (tmp_path / "work").absolute()
     env = {**os.environ, "JOOR_FLATTEN_WORKERS": "1"}
-    return Backend(name, location, data_dir, env, lease_seconds=2.0, emulated=True, emulator=emulator)
+    return Backend(name, location, data_dir, env, lease_seconds=30.0, emulated=True, emulator=emulator)
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from joor_pipeline.storage.parquet import partition_rows, published_dates, publi
 from joor_pipeline.storage.publish import quarantine_dir, recover
 from joor_pipeline.storage.raw import iter_raw_pages, raw_snapshot_exists, read_manifest
 from joor_pipeline.warehouse import ANALYST_MODELS, build_warehouse
-from joor_pipeline_tests.backends import Backend
+from joor_pipeline_tests.backends import DEAD_WRITER_LEASE, Backend
 from joor_pipeline_tests.model_fixtures import parquet_root, query, write_snapshot
 from joor_pipeline_tests.raw_fixtures import land, snap
 from joor_pipeline_tests.test_publication import KILLER, records, writes_of
@@ -352,7 +352,7 @@ def killed_prune(backend: Backend, put: int, env: dict[str, str]) -> subprocess.
     )
     assert killer != KILLER
     argv = [sys.executable, "-c", killer, "prune", "--data-dir", backend.location]
-    environment = {**backend.env, **env, "KILL_AT_PUT": str(put), "JOOR_STORE_LEASE_SECONDS": "1"}
+    environment = {**backend.env, **env, "KILL_AT_PUT": str(put), "JOOR_STORE_LEASE_SECONDS": DEAD_WRITER_LEASE}
     return subprocess.run(argv, env=environment, capture_output=True, text=True, timeout=300)
 
 
@@ -389,6 +389,7 @@ def test_a_prune_killed_at_every_write_leaves_each_target_whole_or_gone(backend:
         baseline = read_manifest(backend.data_dir, old)["publication_id"]
         killed = killed_prune(backend, put, env)
         assert killed.returncode == -signal.SIGKILL, killed.stderr
+        backend.expire_dead_leases()
         seen = whole(backend.data_dir, old)  # each target whole or not there: never half a partition
         assert sum(seen.values()) == (targets if put <= commit else max(targets - (put - commit - 1), 0)), put
         recovered(backend)
