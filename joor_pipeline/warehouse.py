@@ -629,6 +629,10 @@ def run_dbt(args: Sequence[str], target_dir: Path) -> dict[str, Any]:
                 str(target_dir),
                 "--log-path",
                 str(target_dir),
+                # dbt.log at INFO: each node's result and every warning and error, without the SQL of every
+                # statement dbt runs (DEBUG, its default: 0.9 MB a daily build at 500 retailers, 0.15 s of its time)
+                "--log-level-file",
+                "info",
                 "--quiet",
                 "--no-use-colors",
                 "--no-send-anonymous-usage-stats",
