@@ -370,7 +370,8 @@ def render(saved: dict[str, Any]) -> str:
         "Built-in sandbox, SQLite `DAGSTER_HOME` (each checkout's own `dagster.sqlite.yaml`), a daily run (the day",
         "fetched again, the models built incrementally on it) after an untimed first run. Medians over "
         f"{saved['repeat']} rounds;",
-        "a ratio is the median of the ratios taken within each round (the two commands one after the other).",
+        "a ratio is the median of the ratios taken within each round (the commands one after the other), of wall",
+        "time and, in brackets, of CPU time (the process and the children it waited for).",
         "",
     ]
     checkouts = saved["checkouts"]
@@ -378,7 +379,7 @@ def render(saved: dict[str, Any]) -> str:
     runs = {(r["case"], r["checkout"]): r["runs"] for r in saved.get("results", [])}
     if runs:
         header = "| case | " + " | ".join(f"{c}: wall s / CPU s / events / runs / model builds" for c in checkouts)
-        header += "".join(f" | wall {checkouts[0]} / {other}" for other in checkouts[1:])
+        header += "".join(f" | {checkouts[0]} / {other}: wall (CPU)" for other in checkouts[1:])
         lines += [header + " |", "|---" * header.count("|") + "|"]
         for case in cases:
             cells = []
@@ -398,8 +399,13 @@ def render(saved: dict[str, Any]) -> str:
             row = f"| {case} | " + " | ".join(cells)
             for other in checkouts[1:]:
                 a, b = runs.get((case, checkouts[0])), runs.get((case, other))
-                ratio = statistics.median(x["wall"] / y["wall"] for x, y in zip(a, b, strict=True)) if a and b else None
-                row += f" | {ratio:.2f}x" if ratio is not None else " | "
+                if a and b:
+                    wall, cpu = (
+                        statistics.median(x[key] / y[key] for x, y in zip(a, b, strict=True)) for key in ("wall", "cpu")
+                    )
+                    row += f" | {wall:.2f}x ({cpu:.2f}x)"
+                else:
+                    row += " | "
             lines.append(row + " |")
         lines.append("")
         for label in checkouts:

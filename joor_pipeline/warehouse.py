@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -301,10 +302,16 @@ def _recorded(database: Path) -> tuple[dict[Partition, str], str | None]:
         con.close()
 
 
+@functools.cache
+def load_manifest(path: Path) -> Mapping[str, Any]:
+    """The dbt manifest at ``path`` (:func:`manifest_path`), read once per process; not to be changed."""
+    return dict(json.loads(path.read_text()))
+
+
 def view_models() -> dict[str, tuple[str, str]]:
     """The dbt models materialized as views, by unique id, each after the views it reads: their (schema, name)
     in the warehouse."""
-    nodes = json.loads(manifest_path().read_text())["nodes"]
+    nodes = load_manifest(manifest_path())["nodes"]
     views = {
         unique_id: node
         for unique_id, node in nodes.items()

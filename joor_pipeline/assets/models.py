@@ -8,10 +8,8 @@ whole project is built whatever subset is selected (an incremental model skipped
 again); only the selected assets and checks are reported. dbt runs in this process (see ``run_dbt``).
 """
 
-import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any, Final
 
 import dagster as dg
@@ -31,6 +29,7 @@ from joor_pipeline.warehouse import (
     WarehouseError,
     attach_warehouse,
     database_path,
+    load_manifest,
     manifest_path,
     reader_connection,
     run_dbt,
@@ -161,7 +160,7 @@ def _synthetic_accounts(storage: DataDirResource, latest: Mapping[str, Any]) -> 
 @dbt_assets(manifest=MANIFEST, dagster_dbt_translator=TRANSLATOR, name="joor_models", pool=DUCKDB_POOL)
 def joor_models(context: dg.AssetExecutionContext, storage: DataDirResource) -> Iterator[Any]:
     """Build every dbt model on the snapshot dates that changed, then publish ``joor.duckdb`` by atomic rename."""
-    manifest = _manifest(MANIFEST)
+    manifest = load_manifest(MANIFEST)
     try:
         # The library's warnings in the run's log; its progress is the line below (said once, not twice).
         with forward_logs(context, logging.WARNING), warehouse_build(storage.path) as plan:
@@ -195,10 +194,6 @@ def joor_models(context: dg.AssetExecutionContext, storage: DataDirResource) -> 
         yield from _events(context, manifest, results, con, extra, plan.kept_views)
     finally:
         con.close()
-
-
-def _manifest(path: Path) -> dict[str, Any]:
-    return dict(json.loads(path.read_text()))
 
 
 __all__ = ["DBT_PROJECT_DIR", "joor_models"]
