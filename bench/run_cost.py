@@ -370,7 +370,8 @@ def render(saved: dict[str, Any]) -> str:
         "Built-in sandbox, SQLite `DAGSTER_HOME` (each checkout's own `dagster.sqlite.yaml`), a daily run (the day",
         "fetched again, the models built incrementally on it) after an untimed first run. Medians over "
         f"{saved['repeat']} rounds;",
-        "a ratio is the median of the ratios taken within each round (the two commands one after the other).",
+        "a ratio is the median of the ratios taken within each round (the commands one after the other), of wall",
+        "time and, in brackets, of CPU time (the process and the children it waited for).",
         "",
     ]
     checkouts = saved["checkouts"]
@@ -378,8 +379,7 @@ def render(saved: dict[str, Any]) -> str:
     runs = {(r["case"], r["checkout"]): r["runs"] for r in saved.get("results", [])}
     if runs:
         header = "| case | " + " | ".join(f"{c}: wall s / CPU s / events / runs / model builds" for c in checkouts)
-        if len(checkouts) == 2:
-            header += f" | wall {checkouts[0]} / {checkouts[1]}"
+        header += "".join(f" | {checkouts[0]} / {other}: wall (CPU)" for other in checkouts[1:])
         lines += [header + " |", "|---" * header.count("|") + "|"]
         for case in cases:
             cells = []
@@ -397,9 +397,15 @@ def render(saved: dict[str, Any]) -> str:
                     f"{med('model_builds'):.0f}"
                 )
             row = f"| {case} | " + " | ".join(cells)
-            if len(checkouts) == 2 and all(runs.get((case, c)) for c in checkouts):
-                a, b = (runs[(case, c)] for c in checkouts)
-                row += f" | {statistics.median(x['wall'] / y['wall'] for x, y in zip(a, b, strict=True)):.2f}x"
+            for other in checkouts[1:]:
+                a, b = runs.get((case, checkouts[0])), runs.get((case, other))
+                if a and b:
+                    wall, cpu = (
+                        statistics.median(x[key] / y[key] for x, y in zip(a, b, strict=True)) for key in ("wall", "cpu")
+                    )
+                    row += f" | {wall:.2f}x ({cpu:.2f}x)"
+                else:
+                    row += " | "
             lines.append(row + " |")
         lines.append("")
         for label in checkouts:
@@ -456,7 +462,13 @@ def _machine() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run_cost", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--baseline", metavar="REV", help="also measure this commit, paired (e.g. main, or a sha)")
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        action="append",
+        default=[],
+        help="also measure this commit, paired (e.g. main, or a sha); repeat it for several",
+    )
     parser.add_argument(
         "--cases",
         default=DEFAULT_CASES,
@@ -477,8 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir: Path = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     checkouts = [Checkout("this tree", PROJECT_ROOT)]
-    if args.baseline:
-        checkouts.append(baseline_checkout(args.baseline, workdir, log))
+    for rev in args.baseline:
+        checkouts.append(baseline_checkout(rev, workdir, log))
     saved_path = workdir / "results.json"
     saved: dict[str, Any] = json.loads(saved_path.read_text()) if args.only and saved_path.is_file() else {}
     saved.update(

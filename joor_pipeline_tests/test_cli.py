@@ -282,6 +282,48 @@ def test_installed_command_exit_codes(tmp_path: Path) -> None:
     assert done.returncode == 0 and "joor-pipeline" in done.stdout
 
 
+def test_run_ends_its_process_itself_and_leaves_its_exit_code_runs_and_warehouse(tmp_path: Path) -> None:
+    """The installed `run` ends its process with os._exit after Python's own exit steps (cli._exit_process): its
+    exit code, every Dagster run with its events, and joor.duckdb are there afterwards, and DuckDB's bindings
+    print nothing at exit."""
+    import dagster as dg
+    import duckdb
+    from dagster._core.storage.dagster_run import DagsterRunStatus
+
+    home, data = tmp_path / "home", tmp_path / "data"
+    env = {"JOOR_ENVIRONMENT": "builtin", "JOOR_SANDBOX_CONNECTIONS": "20", "DAGSTER_HOME": str(home)}
+    for _ in range(2):  # the first run builds the warehouse, the second is a daily run on it
+        done = cli("run", "--data-dir", str(data), env=env)
+        assert done.returncode == 0, done.stderr
+        assert "leaked" not in done.stdout + done.stderr and "Traceback" not in done.stderr
+        assert done.stdout.rstrip().endswith("passed"), done.stdout  # the last report line, flushed
+    with duckdb.connect(str(data / "joor.duckdb"), read_only=True) as con:
+        assert con.execute("select count(*) from dim_retailers").fetchall() == [(20,)]
+        assert con.execute("select count(*) from staging.stg_connections").fetchall() == [(20,)]
+
+    (data / "joor.duckdb").rename(tmp_path / "aside.duckdb")
+    (data / "joor.duckdb").mkdir()  # the model build fails; the landing run publishes
+    done = cli("run", "--data-dir", str(data), env=env)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("error: 1 run(s) failed (1 other(s) published): models:")
+    done = cli("run", "--date", "2025-01-02", "--data-dir", str(data), env=env)  # refused before Dagster starts
+    assert done.returncode == 2 and "no raw snapshot is kept for 2025-01-02" in one_error_line(done.stderr)
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        runs = instance.get_runs()
+        assert sorted((run.job_name, run.status.value) for run in runs) == [
+            *[("joor_daily", DagsterRunStatus.SUCCESS.value)] * 3,
+            ("joor_warehouse", DagsterRunStatus.FAILURE.value),
+            *[("joor_warehouse", DagsterRunStatus.SUCCESS.value)] * 2,
+        ]
+        for run in runs:  # every run's log ends with its end, written before the process ended
+            last = instance.all_logs(run.run_id)[-1]
+            assert last.dagster_event is not None
+            assert last.dagster_event.event_type_value in ("PIPELINE_SUCCESS", "PIPELINE_FAILURE"), run.job_name
+        built = instance.fetch_materializations(dg.AssetKey("dim_retailers"), limit=10).records
+        assert len(built) == 2
+
+
 def test_a_secret_pasted_anywhere_is_never_echoed(tmp_path: Path) -> None:
     """Into api_token_env, into another variable, into a URL's query (issue 19): refused, never echoed, --debug too."""
     token = "tok-7f3a9c-PASTED-d41e88b0c2"

@@ -77,6 +77,33 @@ def test_model_assets_carry_their_schema_and_a_preview(tmp_path: Path) -> None:
     assert by_key["staging/stg_connections"]["dagster/row_count"].value == 3
 
 
+def test_a_daily_build_reports_every_model_and_check_with_the_views_kept_in_place(tmp_path: Path) -> None:
+    """The second build leaves the views to the first (warehouse.py), and still records every model, the views
+    with their rows of the new date, and every check, the views' tests included."""
+    write_snapshot(parquet_root(tmp_path), D1, [clean_retailer(1000 + i, f"R{i}") for i in range(3)])
+    first = dg.materialize([joor_models], resources=storage(tmp_path))
+    write_snapshot(parquet_root(tmp_path), D2, [clean_retailer(1000 + i, f"R{i}") for i in range(5)])
+    daily = dg.materialize([joor_models], resources=storage(tmp_path))
+
+    assert first.success and daily.success
+    built, kept = (
+        {m.asset_key.to_user_string(): m.metadata for m in result.asset_materializations_for_node("joor_models")}
+        for result in (first, daily)
+    )
+    assert kept.keys() == built.keys() == {key.to_user_string() for key in joor_models.keys}
+    assert kept["staging/stg_connections"]["dagster/row_count"].value == 5  # the view reads the latest date
+    assert (
+        kept["staging/int_addresses"]["dagster/column_schema"]
+        == built["staging/int_addresses"]["dagster/column_schema"]
+    )
+    checks = {(c.asset_key.to_user_string(), c.check_name, c.passed) for c in daily.get_asset_check_evaluations()}
+    assert checks == {
+        (c.asset_key.to_user_string(), c.check_name, c.passed) for c in first.get_asset_check_evaluations()
+    }
+    assert any(asset == "staging/stg_connections" for asset, _check, _passed in checks)
+    assert all(passed for _asset, _check, passed in checks)
+
+
 def test_models_on_a_fresh_data_dir_fail_with_one_clear_line(tmp_path: Path) -> None:
     result = dg.materialize([joor_models], resources=storage(tmp_path), raise_on_error=False)
     assert not result.success

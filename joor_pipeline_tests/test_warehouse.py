@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -25,7 +26,10 @@ from joor_pipeline.warehouse import (
     build_warehouse,
     database_path,
     generate_docs,
+    manifest_path,
     read,
+    run_dbt,
+    view_models,
     warehouse_build,
 )
 from joor_pipeline_tests.model_fixtures import (
@@ -203,6 +207,49 @@ def test_a_failing_dbt_test_stops_the_publication(tmp_path: Path) -> None:
     with pytest.raises(WarehouseError, match="accepted_values_stg_addresses_address_type"):
         build_warehouse(tmp_path)
     assert query(tmp_path, "select max(snapshot_date) from dim_retailers") == [(D1,)]
+
+
+def test_a_daily_build_keeps_the_views_runs_their_tests_and_a_missing_view_has_them_made_again(
+    tmp_path: Path,
+) -> None:
+    """The views (stg_*, int_addresses) are the project's queries: a full refresh creates them, an incremental
+    build leaves them in place and runs their tests on the new data; a view missing from the warehouse has the
+    next build create them all."""
+    root = parquet_root(tmp_path)
+    views = view_models()
+    manifest = json.loads(manifest_path().read_text())
+    view_tests = {
+        unique_id
+        for unique_id, node in manifest["nodes"].items()
+        if node["resource_type"] == "test" and set(node["depends_on"]["nodes"]) & views.keys()
+    }
+    assert {"model.joor.stg_connections", "model.joor.int_addresses"} <= views.keys() and view_tests
+
+    def build(snapshot_date: date, day: int) -> tuple[list[str], set[str]]:
+        write_snapshot(root, snapshot_date, retailers(day))
+        with warehouse_build(tmp_path) as plan:
+            for _batch in plan.batches():
+                results = run_dbt(plan.dbt_args(), plan.target_dir)
+        assert all(r["status"] in ("success", "pass") for r in results["results"])
+        return plan.kept_views, {r["unique_id"] for r in results["results"]}
+
+    kept, ran = build(D1, 1)
+    assert kept == [] and views.keys() | view_tests <= ran
+    kept, ran = build(D2, 2)
+    assert kept == list(views) and not ran & views.keys() and view_tests <= ran
+    assert query(tmp_path, "select distinct snapshot_date from stg_connections") == [(D2,)]
+    assert query(tmp_path, "select count(*) from stg_connections") == [(3,)]  # 1002 is not in D2
+
+    with duckdb.connect(str(database_path(tmp_path))) as con:
+        con.execute("drop view staging.int_addresses")
+    kept, ran = build(D3, 3)
+    assert kept == [] and views.keys() | view_tests <= ran
+    assert query(tmp_path, "select count(*) from int_addresses") == query(
+        tmp_path, "select count(*) from stg_addresses"
+    )
+    incremental = tables(tmp_path)
+    build_warehouse(tmp_path, full_refresh=True)
+    assert tables(tmp_path) == incremental
 
 
 @pytest.mark.parametrize("damage", ["missing", "garbage", "truncated"])

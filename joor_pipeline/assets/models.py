@@ -8,10 +8,8 @@ whole project is built whatever subset is selected (an incremental model skipped
 again); only the selected assets and checks are reported. dbt runs in this process (see ``run_dbt``).
 """
 
-import json
 import logging
-from collections.abc import Iterator, Mapping
-from pathlib import Path
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
 
 import dagster as dg
@@ -31,6 +29,7 @@ from joor_pipeline.warehouse import (
     WarehouseError,
     attach_warehouse,
     database_path,
+    load_manifest,
     manifest_path,
     reader_connection,
     run_dbt,
@@ -119,21 +118,31 @@ def _events(
     results: Mapping[str, Any],
     con: duckdb.DuckDBPyConnection | None,
     extra: Mapping[str, Any],
+    kept_views: Sequence[str] = (),
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-    """Dagster events in dbt's execution order (topological); models only with ``con`` (once published)."""
+    """Dagster events in dbt's execution order (topological), after the views the build kept in place (upstream
+    of every other model); models only with ``con`` (once published)."""
+
+    def materialized(unique_id: str) -> Iterator[dg.MaterializeResult]:
+        if con is None:
+            return
+        node = manifest["nodes"][unique_id]
+        key = TRANSLATOR.get_asset_spec(manifest, unique_id, None).key
+        if key in context.selected_asset_keys:
+            descriptions = {column: entry.get("description", "") for column, entry in node["columns"].items()}
+            metadata = _model_metadata(con, node["schema"], node["alias"] or node["name"], descriptions)
+            yield dg.MaterializeResult(asset_key=key, metadata={**metadata, **extra})
+
+    for unique_id in kept_views:
+        yield from materialized(unique_id)
     for result in results.get("results", []):
         unique_id = result["unique_id"]
         if unique_id.startswith("test."):
             check = _check_result(context, manifest, result)
             if check is not None:
                 yield check
-        elif unique_id.startswith("model.") and con is not None:
-            node = manifest["nodes"][unique_id]
-            key = TRANSLATOR.get_asset_spec(manifest, unique_id, None).key
-            if key in context.selected_asset_keys:
-                descriptions = {column: entry.get("description", "") for column, entry in node["columns"].items()}
-                metadata = _model_metadata(con, node["schema"], node["alias"] or node["name"], descriptions)
-                yield dg.MaterializeResult(asset_key=key, metadata={**metadata, **extra})
+        elif unique_id.startswith("model."):
+            yield from materialized(unique_id)
 
 
 def _synthetic_accounts(storage: DataDirResource, latest: Mapping[str, Any]) -> list[str]:
@@ -151,7 +160,7 @@ def _synthetic_accounts(storage: DataDirResource, latest: Mapping[str, Any]) -> 
 @dbt_assets(manifest=MANIFEST, dagster_dbt_translator=TRANSLATOR, name="joor_models", pool=DUCKDB_POOL)
 def joor_models(context: dg.AssetExecutionContext, storage: DataDirResource) -> Iterator[Any]:
     """Build every dbt model on the snapshot dates that changed, then publish ``joor.duckdb`` by atomic rename."""
-    manifest = _manifest(MANIFEST)
+    manifest = load_manifest(MANIFEST)
     try:
         # The library's warnings in the run's log; its progress is the line below (said once, not twice).
         with forward_logs(context, logging.WARNING), warehouse_build(storage.path) as plan:
@@ -182,13 +191,9 @@ def joor_models(context: dg.AssetExecutionContext, storage: DataDirResource) -> 
             "synthetic": bool(made_up),
             **({"synthetic_accounts": dg.MetadataValue.json(made_up)} if made_up else {}),
         }
-        yield from _events(context, manifest, results, con, extra)
+        yield from _events(context, manifest, results, con, extra, plan.kept_views)
     finally:
         con.close()
-
-
-def _manifest(path: Path) -> dict[str, Any]:
-    return dict(json.loads(path.read_text()))
 
 
 __all__ = ["DBT_PROJECT_DIR", "joor_models"]

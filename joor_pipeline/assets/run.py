@@ -15,6 +15,7 @@ every traceback. Each finished run is handed, as a :class:`RunSummary`, to the c
 
 from __future__ import annotations
 
+import importlib.abc
 import logging
 import sys
 import uuid
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import dagster as dg
+import pyarrow as pa
 
 from joor_pipeline.alerts import ALERT_TAG, IN_PROCESS
 from joor_pipeline.assets.automation import JOB_NAME, MODELS_JOB_NAME, synthetic_accounts, synthetic_tags
@@ -188,6 +190,34 @@ def partition_label(account: str, snapshot_date: date) -> str:
     return snapshot_date.isoformat() if account == DEFAULT_ACCOUNT else f"account {account}, {snapshot_date}"
 
 
+class _RefusePandas(importlib.abc.MetaPathFinder):
+    """An import finder that refuses pandas (while pyarrow looks for it once, see :func:`_pyarrow_without_pandas`)."""
+
+    def find_spec(self, fullname: str, path: object, target: object = None) -> None:
+        if fullname.partition(".")[0] == "pandas":
+            raise ModuleNotFoundError("pandas is not imported for pyarrow's look", name=fullname)
+        return None
+
+
+def _pyarrow_without_pandas() -> None:
+    """Tell pyarrow once that pandas is not here, unless something imported it already.
+
+    pyarrow's first ``pa.array()`` of a Python list (the flatten's, in the landing run) imports pandas only to ask
+    whether the list is a pandas object: 0.5 s of a daily run, for a library this process never uses (the flatten's
+    worker processes refuse it the same way, ``flatten/workers.py``). Here pyarrow looks once while pandas is
+    refused, and remembers "no pandas" for those checks; a later call that needs pandas for real (``to_pandas``)
+    still imports it (pyarrow tries again when pandas is required), and the finder is gone by then.
+    """
+    if "pandas" in sys.modules:
+        return
+    finder = _RefusePandas()
+    sys.meta_path.insert(0, finder)
+    try:
+        pa.array([])
+    finally:
+        sys.meta_path.remove(finder)
+
+
 def run_batch(
     partitions: Sequence[tuple[str, date]],
     environ: Mapping[str, str],
@@ -203,6 +233,7 @@ def run_batch(
     snapshot; ``refetch``: fetch again over a kept raw snapshot), then build the models once if any of them
     published; every run recorded in ``environ``'s ``DAGSTER_HOME`` (or a throwaway instance), with ``environ``'s
     settings, ``os.environ`` left as it is."""
+    _pyarrow_without_pandas()
     defs = build_defs(
         environ,
         resources=resources_from_values(environ),
