@@ -510,7 +510,7 @@ class _Check(Protocol):
 
 
 class FinishedRun(Protocol):
-    """What :func:`alert_for_failed_run` reads of a run's summary (``assets.run.RunSummary``)."""
+    """What :func:`alert_for_failed_run` reads of a run's summary (``batch.RunSummary``)."""
 
     run_id: str
     success: bool

@@ -42,7 +42,7 @@ from joor_pipeline.joor.errors import ConfigError, JoorError
 from joor_pipeline.layout import SnapshotKey
 
 if TYPE_CHECKING:
-    from joor_pipeline.assets.run import BatchSummary, RunSummary
+    from joor_pipeline.batch import BatchSummary, RunSummary
 
 EXIT_ERROR = 1
 EXIT_CONFIG = 2
@@ -393,7 +393,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from joor_pipeline.alerts import load_alert_settings
 
     load_alert_settings(env)  # a wrong alert setting is exit 2 before the run, not a lost alert after it
-    from joor_pipeline.assets.run import run_batch
+    from joor_pipeline.batch import run_batch
 
     # Each account's day is landed in a run of its own, one after the other (its own JOOR credits), then the
     # models are built once over every account that published: a failed account does not stop the others.
@@ -431,7 +431,7 @@ def _run_range(args: argparse.Namespace) -> int:
     from joor_pipeline.alerts import load_alert_settings
 
     load_alert_settings(env)
-    from joor_pipeline.assets.run import RANGE_TAG, range_partitions, run_batch
+    from joor_pipeline.batch import RANGE_TAG, range_partitions, run_batch
 
     partitions = range_partitions(args.from_date, args.to_date, data_dir, accounts)
     with _fewer_collections():
@@ -458,7 +458,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return subprocess.run([sys.executable, "-m", "joor_pipeline.cli", *argv], env=child, check=False).returncode
     env, data_dir = _run_environ(args, builtin=True)
     _check_run_date(args.date)
-    from joor_pipeline.assets.run import run_batch
+    from joor_pipeline.batch import run_batch
 
     home = env.get("DAGSTER_HOME") or "a throwaway Dagster instance (DAGSTER_HOME is not set)"
     print(

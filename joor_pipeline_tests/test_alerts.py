@@ -26,13 +26,13 @@ from joor_pipeline.alerts import (
 )
 from joor_pipeline.assets.joor import joor_raw_connections, joor_tables
 from joor_pipeline.assets.resources import DataDirResource, JoorApiResource
-from joor_pipeline.assets.run import CheckOutcome, RunSummary, open_instance, run_batch
 from joor_pipeline.assets.sensors import (
     FRESHNESS_CHECK_KEYS,
     build_alert_sensors,
     build_freshness_checks,
     build_freshness_sensor,
 )
+from joor_pipeline.batch import CheckOutcome, RunSummary, open_instance, run_batch
 from joor_pipeline.cli import main
 from joor_pipeline.config import NOT_CONFIGURED, Secret, account_environments
 from joor_pipeline.definitions import JOB_NAME, build_defs

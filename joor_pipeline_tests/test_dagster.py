@@ -24,8 +24,8 @@ from joor_pipeline.assets.instance import InstanceBusy, open_instance
 from joor_pipeline.assets.joor import RAW_ASSET, joor_raw_connections, joor_tables
 from joor_pipeline.assets.models import joor_models
 from joor_pipeline.assets.resources import DataDirResource, JoorApiResource, resources_from_env
-from joor_pipeline.assets.run import run_batch
 from joor_pipeline.assets.sensors import FRESHNESS_CHECK_KEYS
+from joor_pipeline.batch import run_batch
 from joor_pipeline.cli import main
 from joor_pipeline.config import NOT_CONFIGURED
 from joor_pipeline.definitions import build_defs

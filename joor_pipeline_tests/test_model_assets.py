@@ -14,7 +14,7 @@ from joor_pipeline.assets.joor import RAW_ASSET, joor_raw_connections
 from joor_pipeline.assets.models import joor_models
 from joor_pipeline.assets.partitions import FIRST_SNAPSHOT_VAR, build_daily_partitions
 from joor_pipeline.assets.resources import DataDirResource, JoorApiResource
-from joor_pipeline.assets.run import RangeRefused, range_partitions, run_batch
+from joor_pipeline.batch import RangeRefused, range_partitions, run_batch
 from joor_pipeline.cli import EXIT_ERROR, main
 from joor_pipeline.config import first_snapshot_date
 from joor_pipeline.joor.errors import ConfigError

@@ -1,6 +1,6 @@
 """A failed step's root cause as one line: what ``joor-pipeline run`` prints last and what an alert names.
 
-Shared by the CLI's in-process runs (``assets/run.py``) and the daemon's failure sensor (``assets/sensors.py``), so
+Shared by the CLI's in-process runs (``batch.py``) and the daemon's failure sensor (``assets/sensors.py``), so
 both say the same thing; it imports nothing of the project.
 """
 

@@ -111,7 +111,7 @@ def _partition(run: dg.DagsterRun) -> tuple[str | None, str | None]:
 
 def failed_run_alert(instance: dg.DagsterInstance, run: dg.DagsterRun, message: str | None = None) -> Alert:
     """The alert of a failed run: its first failed step and that step's root-cause line, found as
-    ``joor-pipeline run`` finds it (``assets/run.py``), or the run's own failure message when no step failed."""
+    ``joor-pipeline run`` finds it (``batch.py``), or the run's own failure message when no step failed."""
     step = None
     steps = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
     if steps and steps[0].dagster_event is not None:
