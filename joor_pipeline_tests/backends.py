@@ -69,7 +69,7 @@ class Backend:
         loaded machine never makes it lose its lease before the write it is killed at."""
         if self.lease_seconds is None:
             return  # a flock is freed by the kernel when its holder dies
-        leases = [*self.objects(layout.LOCKS), *sorted(self.store.list(layout.WAREHOUSE_LOCK))]
+        leases = [*self.objects(layout.LOCKS), layout.WAREHOUSE_LOCK]
         for key in leases:
             found = self.store.read(key)
             if found is None:
