@@ -305,7 +305,7 @@ def test_run_ends_its_process_itself_and_leaves_its_exit_code_runs_and_warehouse
     (data / "joor.duckdb").mkdir()  # the model build fails; the landing run publishes
     done = cli("run", "--data-dir", str(data), env=env)
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1].startswith("error: 1 run(s) failed (1 other(s) published): models:")
+    assert done.stderr.strip().splitlines()[-1].startswith("error: joor_models: ")  # its cause, last
     done = cli("run", "--date", "2025-01-02", "--data-dir", str(data), env=env)  # refused before Dagster starts
     assert done.returncode == 2 and "no raw snapshot is kept for 2025-01-02" in one_error_line(done.stderr)
 
