@@ -508,6 +508,9 @@ class _Check(Protocol):
     severity: str
     failures: int | None
 
+    @property
+    def failed_rules(self) -> Sequence[str]: ...
+
 
 class FinishedRun(Protocol):
     """What :func:`alert_for_failed_run` reads of a run's summary (``batch.RunSummary``)."""
@@ -525,9 +528,8 @@ def check_lines(checks: Iterable[_Check]) -> tuple[str, ...]:
     ``warning_rules``: each rule with its failing records), or how many records failed it (a dbt test)."""
     lines = []
     for c in checks:
-        rules = list(getattr(c, "failed_rules", None) or ())
-        if rules:
-            lines.append(f"{c.severity} {c.asset}.{c.check}: {'; '.join(rules)}")
+        if c.failed_rules:
+            lines.append(f"{c.severity} {c.asset}.{c.check}: {'; '.join(c.failed_rules)}")
         else:
             lines.append(f"{c.severity} {c.asset}.{c.check}" + (f" ({c.failures} records)" if c.failures else ""))
     return tuple(lines)

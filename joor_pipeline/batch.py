@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from joor_pipeline.alerts import ALERT_TAG, IN_PROCESS
 from joor_pipeline.assets.automation import JOB_NAME, MODELS_JOB_NAME, synthetic_accounts, synthetic_tags
-from joor_pipeline.assets.failures import step_failure
+from joor_pipeline.assets.failures import CheckOutcome, check_outcome, step_failure
 from joor_pipeline.assets.instance import InstanceBusy, open_instance
 from joor_pipeline.assets.joor import RAW_ASSET, joor_tables
 from joor_pipeline.assets.partitions import partition_key as multi_key
@@ -43,6 +43,7 @@ from joor_pipeline.storage.raw import raw_snapshot_exists
 
 __all__ = [
     "BatchSummary",
+    "CheckOutcome",
     "InstanceBusy",
     "RangeRefused",
     "RunSummary",
@@ -55,19 +56,6 @@ __all__ = [
 BATCH_TAG: Final = "joor/batch"
 #: Tag on every run of ``joor-pipeline run --from D1 --to D2``.
 RANGE_TAG: Final = "joor/range"
-
-
-@dataclass
-class CheckOutcome:
-    """One asset check's result in a run (a table's ``blocking_rules`` or ``warning_rules``, or a dbt test)."""
-
-    asset: str
-    check: str
-    passed: bool
-    severity: str
-    failures: int | None
-    #: The rules that failed, each with what failed (a table check's; empty for a dbt test).
-    failed_rules: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -145,11 +133,6 @@ def quiet_console(init_context: dg.InitLoggerContext) -> logging.Logger:
     return logger
 
 
-def _json_list(value: Any) -> list[str]:
-    data = getattr(value, "data", None)
-    return [str(item) for item in data] if isinstance(data, list) else []
-
-
 def summarize(result: dg.ExecuteInProcessResult, summary: RunSummary) -> RunSummary:
     """``summary`` filled in from one in-process run: rows per asset, every check and the first failure."""
     summary.run_id, summary.success = result.run_id, result.success
@@ -161,19 +144,7 @@ def summarize(result: dg.ExecuteInProcessResult, summary: RunSummary) -> RunSumm
             if rows is not None:
                 summary.rows[materialization.asset_key.to_user_string()] = int(rows.value)  # type: ignore[arg-type]
         elif event.event_type_value == "ASSET_CHECK_EVALUATION":
-            evaluation = event.event_specific_data
-            metadata = evaluation.metadata  # type: ignore[union-attr]
-            failures = metadata.get("failures")
-            summary.checks.append(
-                CheckOutcome(
-                    asset=evaluation.asset_key.to_user_string(),  # type: ignore[union-attr]
-                    check=evaluation.check_name,  # type: ignore[union-attr]
-                    passed=evaluation.passed,  # type: ignore[union-attr]
-                    severity=evaluation.severity.value,  # type: ignore[union-attr]
-                    failures=int(failures.value) if failures is not None else None,  # type: ignore[arg-type]
-                    failed_rules=_json_list(metadata.get("failed_rules")),
-                )
-            )
+            summary.checks.append(check_outcome(event.event_specific_data))
         elif event.event_type_value == "STEP_FAILURE" and summary.failure is None:
             line, detail = step_failure(event)
             summary.failure = f"{event.step_key}: {line}"

@@ -1,9 +1,11 @@
-"""A failed step's root cause as one line: what ``joor-pipeline run`` prints last and what an alert names.
+"""What a run's failure is made of, read from its Dagster events: a failed step's root cause as one line (what
+``joor-pipeline run`` prints last and what an alert names), and each asset check's outcome.
 
-Shared by the CLI's in-process runs (``batch.py``) and the daemon's failure sensor (``assets/sensors.py``), so
+Shared by the CLI's in-process runs (``batch.py``) and the daemon's alert sensors (``assets/sensors.py``), so
 both say the same thing; it imports nothing of the project.
 """
 
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import dagster as dg
@@ -41,3 +43,32 @@ def step_failure(event: dg.DagsterEvent) -> tuple[str, str]:
     if error is None:
         return event.message or "failed", detail
     return error_line(error), detail
+
+
+@dataclass
+class CheckOutcome:
+    """One asset check's result in a run (a table's ``blocking_rules`` or ``warning_rules``, or a dbt test)."""
+
+    asset: str
+    check: str
+    passed: bool
+    severity: str
+    failures: int | None
+    #: The rules that failed, each with what failed (a table check's; empty for a dbt test).
+    failed_rules: list[str] = field(default_factory=list)
+
+
+def check_outcome(evaluation: Any) -> CheckOutcome:
+    """A check evaluation (``AssetCheckEvaluation``) as a :class:`CheckOutcome`: its ``failures`` and
+    ``failed_rules`` metadata read when present."""
+    metadata = evaluation.metadata
+    failures = metadata.get("failures")
+    rules = getattr(metadata.get("failed_rules"), "data", None)
+    return CheckOutcome(
+        asset=evaluation.asset_key.to_user_string(),
+        check=evaluation.check_name,
+        passed=evaluation.passed,
+        severity=evaluation.severity.value,
+        failures=int(failures.value) if failures is not None else None,
+        failed_rules=[str(rule) for rule in rules] if isinstance(rules, list) else [],
+    )

@@ -39,7 +39,7 @@ from joor_pipeline.alerts import (
     secret_values,
     send_alert,
 )
-from joor_pipeline.assets.failures import step_failure
+from joor_pipeline.assets.failures import CheckOutcome, check_outcome, step_failure
 from joor_pipeline.assets.partitions import ACCOUNTS
 from joor_pipeline.assets.resources import DataDirResource
 from joor_pipeline.config import BY_NAME
@@ -64,24 +64,10 @@ def _utc_now() -> datetime:
 # ---- a Dagster run, told as an alert ----------------------------------------------------------------------------
 
 
-class _CheckSeen:
-    """A failed check of a run, as ``alerts.check_lines`` reads it."""
-
-    def __init__(self, evaluation: Any) -> None:
-        self.asset = evaluation.asset_key.to_user_string()
-        self.check = evaluation.check_name
-        self.severity = evaluation.severity.value
-        failures = evaluation.metadata.get("failures")
-        self.failures = int(failures.value) if failures is not None else None
-        rules = evaluation.metadata.get("failed_rules")
-        data = getattr(rules, "data", None)
-        self.failed_rules = [str(rule) for rule in data] if isinstance(data, list) else []
-
-
-def _failed_checks(instance: dg.DagsterInstance, run_id: str) -> list[_CheckSeen]:
+def _failed_checks(instance: dg.DagsterInstance, run_id: str) -> list[CheckOutcome]:
     entries = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
     evaluations = [entry.dagster_event.event_specific_data for entry in entries if entry.dagster_event]
-    return [_CheckSeen(e) for e in evaluations if not e.passed]  # type: ignore[union-attr]
+    return [check_outcome(e) for e in evaluations if not e.passed]  # type: ignore[union-attr]
 
 
 def launched_by(run: dg.DagsterRun) -> str:
