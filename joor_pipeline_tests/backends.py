@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +22,7 @@ import pytest
 
 from joor_pipeline import layout
 from joor_pipeline.config import SETTINGS, check_data_dir
+from joor_pipeline.layout import SnapshotKey
 from joor_pipeline.storage.factory import store_of
 from joor_pipeline.storage.store import Store
 from joor_pipeline_tests.emulators import FIXTURES, S3_SECRET, Emulator, new_bucket
@@ -129,3 +134,31 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.
 def cloud_backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Backend:
     """Each cloud backend in turn, on its emulator (see :data:`CLOUDS`)."""
     return make_backend(request, request.param, tmp_path, monkeypatch)
+
+
+_HOLDER = """
+import sys, time
+from datetime import date
+from pathlib import Path
+from joor_pipeline.config import check_data_dir
+from joor_pipeline.layout import SnapshotKey
+from joor_pipeline.storage.publish import snapshot_lock
+with snapshot_lock(check_data_dir(Path(sys.argv[1])), SnapshotKey(sys.argv[2], date.fromisoformat(sys.argv[3]))):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+@contextmanager
+def held_elsewhere(backend: Backend, key: SnapshotKey) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding ``key``'s lock for the block (killed at its end), with a lease no loaded machine
+    makes it lose (:data:`DEAD_WRITER_LEASE`)."""
+    argv = [sys.executable, "-c", _HOLDER, backend.location, key.account, key.snapshot_date.isoformat()]
+    env = {**backend.env, "JOOR_STORE_LEASE_SECONDS": DEAD_WRITER_LEASE}
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "locked"
+        yield process
+    finally:
+        process.kill()
+        process.communicate()

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from joor_pipeline.storage.parquet import partition_rows, published_dates, publi
 from joor_pipeline.storage.publish import quarantine_dir, recover
 from joor_pipeline.storage.raw import iter_raw_pages, raw_snapshot_exists, read_manifest
 from joor_pipeline.warehouse import ANALYST_MODELS, build_warehouse
-from joor_pipeline_tests.backends import DEAD_WRITER_LEASE, Backend
+from joor_pipeline_tests.backends import DEAD_WRITER_LEASE, Backend, held_elsewhere
 from joor_pipeline_tests.model_fixtures import parquet_root, query, write_snapshot
 from joor_pipeline_tests.raw_fixtures import land, snap
 from joor_pipeline_tests.test_publication import KILLER, records, writes_of
@@ -216,32 +215,6 @@ def test_a_date_held_by_another_process_is_skipped_and_named(local_backend: Back
     assert [
         r.key.snapshot_date for r in prune(data_dir, Retention(raw_days=5), today=TODAY, configured=["default"]).removed
     ] == [ago(30)]
-
-
-HOLDER = """
-import sys, time
-from datetime import date
-from pathlib import Path
-from joor_pipeline.config import check_data_dir
-from joor_pipeline.layout import SnapshotKey
-from joor_pipeline.storage.publish import snapshot_lock
-with snapshot_lock(check_data_dir(Path(sys.argv[1])), SnapshotKey(sys.argv[2], date.fromisoformat(sys.argv[3]))):
-    print("locked", flush=True)
-    time.sleep(120)
-"""
-
-
-@contextmanager
-def held_elsewhere(backend: Backend, key: SnapshotKey) -> Iterator[subprocess.Popen[str]]:
-    """Another process holding a date's lock for the block."""
-    argv = [sys.executable, "-c", HOLDER, backend.location, key.account, key.snapshot_date.isoformat()]
-    process = subprocess.Popen(argv, env=backend.env, stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None and process.stdout.readline().strip() == "locked"
-        yield process
-    finally:
-        process.kill()
-        process.communicate()
 
 
 # ---- the settings and the command line ----------------------------------------------------------------------------

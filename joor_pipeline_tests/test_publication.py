@@ -34,7 +34,7 @@ from joor_pipeline.storage.publish import PublishError, publication, quarantine_
 from joor_pipeline.storage.raw import iter_raw_pages, read_manifest
 from joor_pipeline.storage.store import SnapshotBusy
 from joor_pipeline.warehouse import build_warehouse, read
-from joor_pipeline_tests.backends import DEAD_WRITER_LEASE, Backend
+from joor_pipeline_tests.backends import DEAD_WRITER_LEASE, Backend, held_elsewhere
 from joor_pipeline_tests.model_fixtures import query
 from joor_pipeline_tests.raw_fixtures import land, partition_bytes, snap, staging_leftovers
 
@@ -247,34 +247,11 @@ def test_a_manifest_changed_since_staging_began_is_refused(backend: Backend) -> 
     assert records(backend) == []
 
 
-HOLDER = """
-import sys, time
-from datetime import date
-from pathlib import Path
-from joor_pipeline.config import check_data_dir
-from joor_pipeline.layout import SnapshotKey
-from joor_pipeline.storage.publish import snapshot_lock
-with snapshot_lock(check_data_dir(Path(sys.argv[1])), SnapshotKey("default", date(2026, 11, 2))):
-    print("locked", flush=True)
-    time.sleep(120)
-"""
-
-
 @pytest.fixture
 def holder(backend: Backend) -> Iterator[subprocess.Popen[str]]:
     """Another process holding the date's lock."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, backend.location],
-        env={**backend.env, "JOOR_STORE_LEASE_SECONDS": DEAD_WRITER_LEASE},  # never lost to a loaded machine
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None and process.stdout.readline().strip() == "locked"
+    with held_elsewhere(backend, KEY) as process:
         yield process
-    finally:
-        process.kill()
-        process.communicate()
 
 
 def test_a_second_writer_of_the_date_gets_one_line_and_a_dead_holders_lock_is_taken(backend: Backend, holder) -> None:

@@ -31,22 +31,22 @@ class LockTimeout(JoorError):
     """A flock was not free within the time allowed."""
 
 
-def fsync_dir(path: Path) -> None:
-    """Make the directory's entries (a rename, a new file) durable."""
+def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the directory's entries (a rename, a new file) durable."""
+    _fsync(path)
 
 
 def fsync_file(path: Path) -> None:
     """Flush a file written without fsync (e.g. by pyarrow) to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync(path)
 
 
 def write_durably(path: Path, data: bytes) -> None:
